@@ -1,0 +1,42 @@
+"""ailf: an actor-style agent runtime for Python on Redis and trio.
+
+The public API is re-exported here; ``tests/test_public_api.py`` checks ``__all__``.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ailf.config import EMBEDDED_URL as EMBEDDED_URL
+from ailf.config import RedisConfig as RedisConfig
+from ailf.config import RetryPolicy as RetryPolicy
+from ailf.errors import AilfError as AilfError
+from ailf.errors import AuthenticationError as AuthenticationError
+from ailf.errors import ConfigError as ConfigError
+from ailf.errors import DecodeError as DecodeError
+from ailf.errors import EmbeddedServerError as EmbeddedServerError
+from ailf.errors import RedisConnectionError as RedisConnectionError
+from ailf.errors import RedisError as RedisError
+from ailf.errors import RedisTimeoutError as RedisTimeoutError
+from ailf.errors import ResponseError as ResponseError
+from ailf.server import RedisServer as RedisServer
+
+try:
+    __version__ = version("ailf")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0"
+
+__all__ = [
+    "EMBEDDED_URL",
+    "AilfError",
+    "AuthenticationError",
+    "ConfigError",
+    "DecodeError",
+    "EmbeddedServerError",
+    "RedisConfig",
+    "RedisConnectionError",
+    "RedisError",
+    "RedisServer",
+    "RedisTimeoutError",
+    "ResponseError",
+    "RetryPolicy",
+    "__version__",
+]

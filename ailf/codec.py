@@ -1,0 +1,111 @@
+"""One codec for everything ailf puts on the wire: JSON through one cattrs converter.
+
+No pickle anywhere: a payload from Redis is data, never code. Plain JSON values (dicts,
+lists, strings, numbers, booleans, None) travel as they are. An attrs instance travels
+as its unstructured fields plus a *type tag* ``"package.module:QualName"``, and comes
+back as an instance of its class when that class can be imported on the receiving side
+(and as the plain dict of its fields when it cannot, so that nothing is lost).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from typing import Any
+
+import attrs
+import cattrs
+from cattrs.preconf.json import make_converter
+
+from ailf.errors import DecodeError
+
+__all__ = [
+    "converter",
+    "decode_body",
+    "dumps",
+    "encode_body",
+    "loads",
+    "type_tag",
+]
+
+#: The converter used for message bodies, envelopes and scenario files' agent options.
+#: Register hooks on it for your own non-attrs types.
+converter: cattrs.Converter = make_converter()
+
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_decoder = json.JSONDecoder()
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text for a JSON-able value; attrs instances are unstructured first."""
+    try:
+        return _encoder.encode(value)
+    except (TypeError, ValueError):
+        try:
+            return _encoder.encode(converter.unstructure(value))
+        except (TypeError, ValueError) as exc:
+            raise DecodeError(f"cannot encode {type(value).__name__} as JSON: {exc}") from exc
+
+
+def loads(text: str | bytes) -> Any:
+    """Parse JSON text; a :class:`DecodeError` (not a bare ValueError) on bad input."""
+    try:
+        if isinstance(text, bytes):
+            text = text.decode()
+        return _decoder.decode(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        preview = text[:80] if isinstance(text, str) else text[:80].decode(errors="replace")
+        raise DecodeError(f"not valid JSON ({exc}): {preview!r}") from None
+
+
+def type_tag(cls: type) -> str:
+    """``"package.module:QualName"`` for a class: the tag an attrs body travels with."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def encode_body(body: Any) -> tuple[Any, str | None]:
+    """Split a body into (JSON-able data, type tag or None for plain JSON)."""
+    if attrs.has(type(body)):
+        return converter.unstructure(body), type_tag(type(body))
+    return body, None
+
+
+_class_cache: dict[str, type | None] = {}
+
+
+def _import_tagged(tag: str) -> type | None:
+    if tag in _class_cache:
+        return _class_cache[tag]
+    module_name, _, qualname = tag.partition(":")
+    found: Any = None
+    try:
+        found = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError, ValueError):
+        found = None
+    cls = found if isinstance(found, type) and attrs.has(found) else None
+    _class_cache[tag] = cls
+    return cls
+
+
+def decode_body(data: Any, tag: str | None) -> Any:
+    """Rebuild a body from its data and type tag.
+
+    Raises :class:`DecodeError` when the class is importable but the data does not fit
+    it (the message carries cattrs' path to the bad field). An unknown tag leaves the
+    data as it is.
+    """
+    if tag is None:
+        return data
+    cls = _import_tagged(tag)
+    if cls is None:
+        return data
+    try:
+        return converter.structure(data, cls)
+    except Exception as exc:
+        if isinstance(exc, cattrs.BaseValidationError):
+            details = "; ".join(cattrs.transform_error(exc))
+        else:
+            details = str(exc)
+        raise DecodeError(f"body does not fit {tag}: {details}") from exc

@@ -1,0 +1,320 @@
+"""Where Redis is and how to talk to it: :class:`RedisConfig` and :class:`RetryPolicy`.
+
+Both are frozen attrs classes validated on construction, so a bad value fails where it
+was written, with the field's name and the value in the message, rather than as a
+confusing socket error later. Every client, the runtime and the CLI take one.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl as _ssl
+from typing import Any, Literal
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import attrs
+
+from ailf.errors import ConfigError
+
+__all__ = ["EMBEDDED_URL", "RedisConfig", "RetryPolicy"]
+
+#: The URL that means "start a throwaway server for me" (see :mod:`ailf.server`).
+EMBEDDED_URL = "embedded://"
+
+CertReqs = Literal["required", "optional", "none"]
+
+
+def _fail(field: str, value: object, expected: str, owner: str = "RedisConfig") -> ConfigError:
+    return ConfigError(f"{owner}.{field}: expected {expected}, got {value!r}")
+
+
+def _owner(instance: object) -> str:
+    return type(instance).__name__
+
+
+def _positive(instance: object, attribute: attrs.Attribute, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise _fail(attribute.name, value, "a number of seconds > 0 (or None)", _owner(instance))
+
+
+def _int_in(low: int, high: int | None = None):
+    def check(instance: object, attribute: attrs.Attribute, value: Any) -> None:
+        bad = isinstance(value, bool) or not isinstance(value, int)
+        if bad or value < low or (high is not None and value > high):
+            span = f"an integer in {low}..{high}" if high is not None else f"an integer >= {low}"
+            raise _fail(attribute.name, value, span, _owner(instance))
+
+    return check
+
+
+def _optional_str(instance: object, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and not isinstance(value, str):
+        raise _fail(attribute.name, value, "a string or None", _owner(instance))
+
+
+def _bool(instance: object, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise _fail(attribute.name, value, "True or False", _owner(instance))
+
+
+def _masked(value: str | None) -> str:
+    return "None" if value is None else "'***'"
+
+
+@attrs.frozen
+class RetryPolicy:
+    """How often, and how patiently, to retry an idempotent command or a reconnect.
+
+    ``attempts`` counts retries after the first try (0 disables retrying). The delay
+    before retry *n* (0-based) is ``min(backoff_max, backoff_initial * 2**n)``, with up
+    to 50 % random jitter when ``jitter`` is true, so that many clients restarting
+    together do not reconnect in lockstep.
+    """
+
+    attempts: int = attrs.field(default=3, validator=_int_in(0))
+    backoff_initial: float = attrs.field(default=0.05, validator=_positive)
+    backoff_max: float = attrs.field(default=2.0, validator=_positive)
+    jitter: bool = attrs.field(default=True, validator=_bool)
+
+    def delay(self, attempt: int) -> float:
+        """The pause before retry number ``attempt`` (0-based), jitter included."""
+        import random
+
+        base = min(self.backoff_max, self.backoff_initial * (2**attempt))
+        return base * (0.5 + random.random() / 2) if self.jitter else base
+
+
+@attrs.frozen
+class RedisConfig:
+    """Connection settings for one Redis server (or the embedded one).
+
+    >>> RedisConfig(port=6380).port
+    6380
+    >>> RedisConfig(port=0)
+    Traceback (most recent call last):
+    ...
+    ailf.errors.ConfigError: RedisConfig.port: expected an integer in 1..65535, got 0
+
+    ``unix_socket_path`` replaces host and port when set. ``embedded=True`` means "no
+    server of mine: start a throwaway one"; clients resolve it through
+    :func:`ailf.server.shared_server` on first use. The password never appears in
+    ``repr()``.
+    """
+
+    host: str = attrs.field(default="localhost", validator=attrs.validators.instance_of(str))
+    port: int = attrs.field(default=6379, validator=_int_in(1, 65535))
+    db: int = attrs.field(default=0, validator=_int_in(0))
+    username: str | None = attrs.field(default=None, validator=_optional_str)
+    password: str | None = attrs.field(default=None, validator=_optional_str, repr=_masked)
+    ssl: bool = attrs.field(default=False, validator=_bool)
+    ssl_ca_certs: str | None = attrs.field(default=None, validator=_optional_str)
+    ssl_certfile: str | None = attrs.field(default=None, validator=_optional_str)
+    ssl_keyfile: str | None = attrs.field(default=None, validator=_optional_str)
+    ssl_cert_reqs: CertReqs = attrs.field(default="required")
+    ssl_check_hostname: bool = attrs.field(default=True, validator=_bool)
+    socket_timeout: float | None = attrs.field(default=None, validator=_positive)
+    socket_connect_timeout: float = attrs.field(default=5.0, validator=_positive)
+    socket_keepalive: bool = attrs.field(default=True, validator=_bool)
+    max_connections: int = attrs.field(default=50, validator=_int_in(1))
+    decode_responses: bool = attrs.field(default=True, validator=_bool)
+    client_name: str | None = attrs.field(default=None, validator=_optional_str)
+    unix_socket_path: str | None = attrs.field(default=None, validator=_optional_str)
+    retry: RetryPolicy = attrs.field(
+        factory=RetryPolicy, validator=attrs.validators.instance_of(RetryPolicy)
+    )
+    embedded: bool = attrs.field(default=False, validator=_bool)
+
+    @ssl_cert_reqs.validator
+    def _check_cert_reqs(self, attribute: attrs.Attribute, value: Any) -> None:
+        if value not in ("required", "optional", "none"):
+            raise _fail(attribute.name, value, "'required', 'optional' or 'none'")
+
+    @host.validator
+    def _check_host(self, attribute: attrs.Attribute, value: str) -> None:
+        if not value.strip():
+            raise _fail(attribute.name, value, "a non-empty host name")
+
+    # -- constructors ---------------------------------------------------------------
+
+    @classmethod
+    def from_url(cls, url: str, **overrides: Any) -> RedisConfig:
+        """Parse ``redis://``, ``rediss://`` (TLS), ``unix://`` or ``embedded://`` URLs.
+
+        ``redis://[[username]:password@]host[:port][/db][?option=value...]``; options
+        are any field of this class (``socket_timeout=0.5``, ``ssl_cert_reqs=none``,
+        ``client_name=worker``, ``db=2``...). ``unix:///path/to/redis.sock?db=1`` uses a
+        socket file. The bare word ``embedded`` is accepted too. Keyword ``overrides``
+        win over what the URL says.
+        """
+        if not isinstance(url, str) or not url.strip():
+            raise ConfigError(f"RedisConfig.from_url: expected a Redis URL, got {url!r}")
+        url = url.strip()
+        if url in ("embedded", EMBEDDED_URL.rstrip("/"), EMBEDDED_URL):
+            return cls(embedded=True, **overrides)
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        kwargs: dict[str, Any] = {}
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(
+                f"RedisConfig.from_url: unsupported scheme {parts.scheme!r} in {_redact(url)!r};"
+                " use redis://, rediss://, unix:// or embedded://"
+            )
+        if parts.username:
+            kwargs["username"] = unquote(parts.username)
+        if parts.password:
+            kwargs["password"] = unquote(parts.password)
+        if scheme == "unix":
+            if not parts.path:
+                raise ConfigError(f"RedisConfig.from_url: no socket path in {_redact(url)!r}")
+            kwargs["unix_socket_path"] = unquote(parts.path)
+        else:
+            try:
+                port = parts.port
+            except ValueError:
+                raise ConfigError(
+                    f"RedisConfig.from_url: bad port in {_redact(url)!r}; expected 1..65535"
+                ) from None
+            if parts.hostname:
+                kwargs["host"] = unquote(parts.hostname)
+            if port is not None:
+                kwargs["port"] = port
+            kwargs["ssl"] = scheme == "rediss"
+            path = parts.path.strip("/")
+            if path:
+                if not path.isdigit():
+                    raise ConfigError(
+                        f"RedisConfig.from_url: database {path!r} in {_redact(url)!r}"
+                        " is not a number"
+                    )
+                kwargs["db"] = int(path)
+        for key, values in parse_qs(parts.query, keep_blank_values=True).items():
+            kwargs[key] = _coerce_option(key, values[-1])
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_env(cls, default: str | None = None, **overrides: Any) -> RedisConfig:
+        """Read ``AILF_REDIS_URL``, then ``REDIS_URL``; else ``default``; else localhost:6379."""
+        url = os.environ.get("AILF_REDIS_URL") or os.environ.get("REDIS_URL") or default
+        return cls.from_url(url, **overrides) if url else cls(**overrides)
+
+    # -- derived views --------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """``host:port`` or the socket path: what error messages name."""
+        if self.embedded:
+            return "embedded server"
+        return self.unix_socket_path or f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """This config as a URL (password masked): for logs and messages."""
+        if self.embedded:
+            return EMBEDDED_URL
+        auth = ""
+        if self.password is not None:
+            auth = f"{self.username or ''}:***@"
+        elif self.username:
+            auth = f"{self.username}@"
+        if self.unix_socket_path:
+            return f"unix://{auth}{self.unix_socket_path}?db={self.db}"
+        scheme = "rediss" if self.ssl else "redis"
+        return f"{scheme}://{auth}{self.host}:{self.port}/{self.db}"
+
+    def replace(self, **changes: Any) -> RedisConfig:
+        """A copy with some fields changed (validated again)."""
+        return attrs.evolve(self, **changes)
+
+    def resolve(self) -> RedisConfig:
+        """The config to actually connect with: ``embedded`` becomes the shared server's."""
+        if not self.embedded:
+            return self
+        from ailf.server import shared_server
+
+        server_config = shared_server().config
+        return attrs.evolve(
+            self,
+            embedded=False,
+            host=server_config.host,
+            port=server_config.port,
+            unix_socket_path=server_config.unix_socket_path,
+        )
+
+    def ssl_context(self) -> _ssl.SSLContext | None:
+        """An :class:`ssl.SSLContext` built from the TLS fields, or None without TLS."""
+        if not self.ssl:
+            return None
+        context = _ssl.create_default_context(cafile=self.ssl_ca_certs)
+        if self.ssl_cert_reqs == "none":
+            context.check_hostname = False
+            context.verify_mode = _ssl.CERT_NONE
+        else:
+            context.check_hostname = self.ssl_check_hostname
+            context.verify_mode = (
+                _ssl.CERT_REQUIRED if self.ssl_cert_reqs == "required" else _ssl.CERT_OPTIONAL
+            )
+        if self.ssl_certfile:
+            context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+        return context
+
+    def redis_py_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for a redis-py ``ConnectionPool`` (sync or asyncio)."""
+        kwargs: dict[str, Any] = {
+            "db": self.db,
+            "username": self.username,
+            "password": self.password,
+            "socket_timeout": self.socket_timeout,
+            "socket_connect_timeout": self.socket_connect_timeout,
+            "socket_keepalive": self.socket_keepalive,
+            "max_connections": self.max_connections,
+            "decode_responses": self.decode_responses,
+            "client_name": self.client_name,
+        }
+        if self.unix_socket_path:
+            kwargs["path"] = self.unix_socket_path
+            return kwargs
+        kwargs["host"] = self.host
+        kwargs["port"] = self.port
+        if self.ssl:
+            kwargs.update(
+                ssl_ca_certs=self.ssl_ca_certs,
+                ssl_certfile=self.ssl_certfile,
+                ssl_keyfile=self.ssl_keyfile,
+                ssl_cert_reqs=self.ssl_cert_reqs,
+                ssl_check_hostname=self.ssl_check_hostname and self.ssl_cert_reqs != "none",
+            )
+        return kwargs
+
+
+_BOOL_WORDS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+_FIELD_TYPES = {field.name: field.type for field in attrs.fields(RedisConfig)}
+
+
+def _coerce_option(key: str, raw: str) -> Any:
+    """Turn one ``?key=value`` URL option into the field's type, or say what is wrong."""
+    kind = _FIELD_TYPES.get(key)
+    if kind is None or key in ("retry", "embedded", "password", "username"):
+        known = ", ".join(sorted(k for k in _FIELD_TYPES if k not in ("retry", "embedded")))
+        raise ConfigError(f"RedisConfig.from_url: unknown option {key!r}; known options: {known}")
+    text = str(kind)
+    try:
+        if text == "bool":
+            return _BOOL_WORDS[raw.lower()]
+        if text == "int":
+            return int(raw)
+        if "float" in text:
+            return None if raw.lower() in ("", "none") else float(raw)
+    except (KeyError, ValueError):
+        raise _fail(key, raw, f"a value of type {text}") from None
+    return raw or None
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()

