@@ -1,0 +1,1 @@
+"""Ready-made agents for scenarios: ``class = "ailf.agents.echo:Echo"``."""

@@ -1,0 +1,1 @@
+"""Messaging primitives over the clients: pub/sub and streams, sync and async."""

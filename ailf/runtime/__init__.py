@@ -1,0 +1,1 @@
+"""The actor runtime: agents, mailboxes, broadcast, supervision."""
