@@ -3,7 +3,8 @@
 The public API is re-exported here; ``tests/test_public_api.py`` checks ``__all__``.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
 
 from ailf.config import EMBEDDED_URL as EMBEDDED_URL
 from ailf.config import RedisConfig as RedisConfig
@@ -20,8 +21,8 @@ from ailf.errors import ResponseError as ResponseError
 from ailf.server import RedisServer as RedisServer
 
 try:
-    __version__ = version("ailf")
-except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = _version("ailf")
+except _PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0"
 
 __all__ = [
