@@ -18,6 +18,7 @@ from ailf.errors import RedisConnectionError as RedisConnectionError
 from ailf.errors import RedisError as RedisError
 from ailf.errors import RedisTimeoutError as RedisTimeoutError
 from ailf.errors import ResponseError as ResponseError
+from ailf.errors import ScenarioError as ScenarioError
 from ailf.server import RedisServer as RedisServer
 
 try:
@@ -39,5 +40,6 @@ __all__ = [
     "RedisTimeoutError",
     "ResponseError",
     "RetryPolicy",
+    "ScenarioError",
     "__version__",
 ]

@@ -12,6 +12,8 @@
      │    └── ResponseError          the server answered with an error reply; ``.code`` holds
      │                               its first word, e.g. ``"NOGROUP"`` (also redis.ResponseError)
      ├── EmbeddedServerError         the embedded redis-server could not be found or started
+     ├── ScenarioError               a scenario file that cannot run: every problem, with the
+     │                               file and the path to the field (also a ValueError)
      └── DecodeError                 an undecodable payload or envelope (also a ValueError)
 
 Why the Redis errors also derive from redis-py's: code written against redis-py
@@ -38,6 +40,7 @@ __all__ = [
     "RedisError",
     "RedisTimeoutError",
     "ResponseError",
+    "ScenarioError",
 ]
 
 
@@ -84,6 +87,20 @@ class ResponseError(RedisError, _redis_exc.ResponseError):
 
 class EmbeddedServerError(AilfError):
     """No server binary was found, or the embedded server did not come up."""
+
+
+class ScenarioError(AilfError, ValueError):
+    """A scenario file is unreadable or inconsistent; nothing was started.
+
+    ``problems`` lists every problem found, each as ``"agents[1].replicas: expected an
+    integer >= 1, found 0"``; the message prefixes each with the file's path, one per
+    line, so that an editor can jump to it.
+    """
+
+    def __init__(self, path: str, problems: list[str] | tuple[str, ...]) -> None:
+        self.path = path
+        self.problems = tuple(problems)
+        super().__init__("\n".join(f"{path}: {problem}" for problem in self.problems))
 
 
 class DecodeError(AilfError, ValueError):
