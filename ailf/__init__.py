@@ -6,6 +6,7 @@ The public API is re-exported here; ``tests/test_public_api.py`` checks ``__all_
 from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
+from ailf.clients.sync import RedisClient as RedisClient
 from ailf.config import EMBEDDED_URL as EMBEDDED_URL
 from ailf.config import RedisConfig as RedisConfig
 from ailf.config import RetryPolicy as RetryPolicy
@@ -19,6 +20,8 @@ from ailf.errors import RedisError as RedisError
 from ailf.errors import RedisTimeoutError as RedisTimeoutError
 from ailf.errors import ResponseError as ResponseError
 from ailf.errors import ScenarioError as ScenarioError
+from ailf.messaging.pubsub import RedisPubSub as RedisPubSub
+from ailf.messaging.stream import RedisStream as RedisStream
 from ailf.server import RedisServer as RedisServer
 
 try:
@@ -33,10 +36,13 @@ __all__ = [
     "ConfigError",
     "DecodeError",
     "EmbeddedServerError",
+    "RedisClient",
     "RedisConfig",
     "RedisConnectionError",
     "RedisError",
+    "RedisPubSub",
     "RedisServer",
+    "RedisStream",
     "RedisTimeoutError",
     "ResponseError",
     "RetryPolicy",

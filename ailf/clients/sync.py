@@ -1,0 +1,305 @@
+"""The synchronous client: :class:`RedisClient`, on redis-py.
+
+One client owns one redis-py connection pool (``config.max_connections`` connections)
+and is safe to share between threads. It connects lazily: constructing a client never
+does I/O, so a client for a server that is not up yet can be built at import time.
+
+Every redis-py exception crosses into ailf's tree at a single boundary,
+:meth:`RedisClient.run` (through :func:`translate_error`), so ``except RedisError``
+(ailf's, or redis-py's) catches everything a client method raises. Commands are not
+retried: a command whose connection broke may or may not have run on the server, and
+only the caller knows whether running it twice is safe. redis-py's own retries are
+turned off so that an unreachable server fails within ``socket_connect_timeout``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any, Self, TypeVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ailf.codec import dumps, loads
+from ailf.config import RedisConfig
+from ailf.errors import (
+    AilfError,
+    AuthenticationError,
+    RedisConnectionError,
+    RedisError,
+    RedisTimeoutError,
+    ResponseError,
+)
+
+__all__ = ["Pipeline", "RedisClient", "encode_message", "translate_error"]
+
+T = TypeVar("T")
+Expiry = float | timedelta
+
+
+def translate_error(exc: redis.RedisError, config: RedisConfig) -> AilfError:
+    """The ailf exception for a redis-py one, with a message that says what to check.
+
+    ``config`` is the resolved config the client connected with; connection failures
+    name its address and connect timeout. An exception that already is ailf's is
+    returned as it is.
+    """
+    if isinstance(exc, AilfError):
+        return exc
+    where = f"Redis at {config.address}"
+    if isinstance(exc, redis.AuthenticationError):
+        return AuthenticationError(
+            f"{where} refused the credentials: {exc}; check the username and password"
+            f" in the config or AILF_REDIS_URL (now {config.url})"
+        )
+    if isinstance(exc, redis.ConnectionError) or (
+        isinstance(exc, redis.TimeoutError) and "connecting" in str(exc)
+    ):
+        return RedisConnectionError(
+            f"cannot talk to {where} ({exc}; connect timeout"
+            f" {config.socket_connect_timeout:g} s): is redis-server running there?"
+            f" check AILF_REDIS_URL (now {config.url})"
+        )
+    if isinstance(exc, redis.TimeoutError):
+        return RedisTimeoutError(
+            f"{where} did not answer within socket_timeout={config.socket_timeout:g} s ({exc})"
+        )
+    if isinstance(exc, redis.ResponseError):
+        return ResponseError(str(exc))
+    return RedisError(f"{where}: {exc}")
+
+
+def encode_message(message: Any) -> str | bytes | int | float:
+    """A pub/sub payload for ``message``: dicts and lists as JSON, strings as they are."""
+    if isinstance(message, (str, bytes, int, float)) and not isinstance(message, bool):
+        return message
+    return dumps(message)
+
+
+def _json_or_none(value: str | bytes | None) -> Any:
+    return None if value is None else loads(value)
+
+
+def _expiry_ms(expire: Expiry | None) -> int | None:
+    if expire is None:
+        return None
+    seconds = expire.total_seconds() if isinstance(expire, timedelta) else expire
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+        raise ValueError(f"expire: expected seconds > 0 or a timedelta, got {expire!r}")
+    return max(1, round(seconds * 1000))
+
+
+class _KeyValueCommands:
+    """The convenience commands, written once for the client and for its pipelines.
+
+    ``_command(name, *args, decode=..., **kwargs)`` calls redis-py's method ``name``;
+    the client runs it now, a pipeline queues it and decodes its reply after EXEC.
+    """
+
+    def _command(
+        self, name: str, *args: Any, decode: Callable[[Any], Any] | None = None, **kwargs: Any
+    ) -> Any:
+        raise NotImplementedError
+
+    def get(self, key: str) -> Any:
+        """The string at ``key``, or None when there is none."""
+        return self._command("get", key)
+
+    def set(self, key: str, value: Any, expire: Expiry | None = None) -> Any:
+        """Store ``value`` (str, bytes or number) at ``key``, expiring after ``expire`` seconds."""
+        return self._command("set", key, value, px=_expiry_ms(expire))
+
+    def delete(self, *keys: str) -> Any:
+        """Delete keys; the number that existed."""
+        return self._command("delete", *keys)
+
+    def exists(self, *keys: str) -> Any:
+        """How many of ``keys`` exist (a key named twice counts twice)."""
+        return self._command("exists", *keys)
+
+    def set_json(self, key: str, value: Any, expire: Expiry | None = None) -> Any:
+        """Store ``value`` as JSON: nested dicts, lists, numbers and booleans survive."""
+        return self._command("set", key, dumps(value), px=_expiry_ms(expire))
+
+    def get_json(self, key: str) -> Any:
+        """The JSON value at ``key``, or None; :class:`~ailf.errors.DecodeError` if not JSON."""
+        return self._command("get", key, decode=_json_or_none)
+
+    def publish(self, channel: str, message: Any) -> Any:
+        """Publish to ``channel`` (dicts and lists as JSON); how many subscribers got it."""
+        return self._command("publish", channel, encode_message(message))
+
+
+class RedisClient(_KeyValueCommands):
+    """A thread-safe Redis client with one connection pool.
+
+    ``config`` defaults to :meth:`RedisConfig.from_env` (``AILF_REDIS_URL``, then
+    ``REDIS_URL``, then localhost:6379). ``embedded://`` is resolved on first use,
+    which is also when the first connection is made. Use it as a context manager, or
+    call :meth:`close`, to drop the pool's connections.
+    """
+
+    def __init__(self, config: RedisConfig | None = None) -> None:
+        self.config = config if config is not None else RedisConfig.from_env()
+        self._lock = threading.Lock()
+        self._redis: redis.Redis | None = None
+        self._raw: redis.Redis | None = None
+        self._resolved: RedisConfig | None = None
+
+    # -- the pool and the error boundary ----------------------------------------------
+
+    def _connect(self) -> tuple[redis.Redis, redis.Redis]:
+        with self._lock:
+            if self._redis is None or self._raw is None:
+                resolved = self.config.resolve()
+                kwargs = resolved.redis_py_kwargs()
+                if resolved.unix_socket_path:
+                    kwargs["connection_class"] = redis.UnixDomainSocketConnection
+                    kwargs.pop("socket_keepalive")
+                elif resolved.ssl:
+                    kwargs["connection_class"] = redis.SSLConnection
+                pool = redis.ConnectionPool(retry=Retry(NoBackoff(), 0), **kwargs)
+                raw = redis.Redis(connection_pool=pool)
+                raw.response_callbacks.clear()
+                self._resolved = resolved
+                self._redis, self._raw = redis.Redis(connection_pool=pool), raw
+            return self._redis, self._raw
+
+    @property
+    def client(self) -> redis.Redis:
+        """The underlying redis-py client (its exceptions are redis-py's, untranslated)."""
+        return self._connect()[0]
+
+    def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Call ``function(*args, **kwargs)`` with redis-py errors translated to ailf's.
+
+        This is the client's one error boundary; use it for any redis-py call of your
+        own: ``client.run(client.client.hset, "user:1", "name", "Ada")``.
+        """
+        try:
+            return function(*args, **kwargs)
+        except redis.RedisError as exc:
+            if isinstance(exc, AilfError):
+                raise
+            raise translate_error(exc, self._resolved or self.config) from exc
+
+    def execute(self, *args: Any) -> Any:
+        """Send one command and return the server's reply as parsed, unconverted.
+
+        ``client.execute("XLEN", "tasks")``. Replies are RESP2 values (strings, ints,
+        lists, None), exactly what the pure reply parsers in :mod:`ailf.messaging`
+        expect from either client.
+        """
+        return self.run(self._connect()[1].execute_command, *args)
+
+    def _command(
+        self, name: str, *args: Any, decode: Callable[[Any], Any] | None = None, **kwargs: Any
+    ) -> Any:
+        reply = self.run(getattr(self.client, name), *args, **kwargs)
+        return decode(reply) if decode else reply
+
+    # -- the rest of the public surface ------------------------------------------------
+
+    @contextmanager
+    def pipeline(self, *, transaction: bool = True) -> Iterator[Pipeline]:
+        """Queue commands and send them in one round trip when the block ends.
+
+        ::
+
+            with client.pipeline() as pipe:
+                pipe.set("a", "1")
+                pipe.get_json("config")
+            pipe.results  # [True, {...}]
+
+        With ``transaction=True`` (the default) they run as one MULTI/EXEC. If the
+        block raises, nothing is sent. Calling ``pipe.execute()`` inside the block
+        sends what is queued so far.
+        """
+        pipe = Pipeline(self, self.client.pipeline(transaction=transaction))
+        try:
+            yield pipe
+        except BaseException:
+            pipe.discard()
+            raise
+        if pipe.queued:
+            pipe.execute()
+
+    def health_check(self) -> bool:
+        """True when the server answers PING, False when it cannot be reached.
+
+        A server that answers but refuses the credentials is a misconfiguration, not
+        an outage: that raises :class:`~ailf.errors.AuthenticationError`.
+        """
+        try:
+            return bool(self.run(self.client.ping))
+        except AuthenticationError:
+            raise
+        except (RedisConnectionError, RedisTimeoutError):
+            return False
+
+    def close(self) -> None:
+        """Close every pooled connection. Idempotent; a later command opens a new pool."""
+        with self._lock:
+            pool = self._redis.connection_pool if self._redis is not None else None
+            self._redis = self._raw = None
+        if pool is not None:
+            pool.disconnect()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<RedisClient {self.config.url}>"
+
+
+class Pipeline(_KeyValueCommands):
+    """Commands queued by :meth:`RedisClient.pipeline`; replies land in :attr:`results`.
+
+    Besides the client's convenience methods, ``pipe.command(name, *args)`` queues
+    any redis-py pipeline method: ``pipe.command("hset", "user:1", "name", "Ada")``.
+    """
+
+    def __init__(self, client: RedisClient, pipe: redis.client.Pipeline) -> None:
+        self._client = client
+        self._pipe = pipe
+        self._decoders: list[Callable[[Any], Any] | None] = []
+        self.results: list[Any] = []
+
+    @property
+    def queued(self) -> int:
+        """How many commands wait for :meth:`execute`."""
+        return len(self._decoders)
+
+    def _command(
+        self, name: str, *args: Any, decode: Callable[[Any], Any] | None = None, **kwargs: Any
+    ) -> Self:
+        getattr(self._pipe, name)(*args, **kwargs)
+        self._decoders.append(decode)
+        return self
+
+    def command(self, name: str, *args: Any, **kwargs: Any) -> Self:
+        """Queue redis-py's pipeline method ``name``; its reply is left as redis-py gives it."""
+        return self._command(name, *args, **kwargs)
+
+    def execute(self) -> list[Any]:
+        """Send everything queued; the replies, in order (also appended to :attr:`results`)."""
+        decoders, self._decoders = self._decoders, []
+        try:
+            replies = self._client.run(self._pipe.execute)
+        finally:
+            self._pipe.reset()
+        decoded = [d(r) if d else r for d, r in zip(decoders, replies, strict=True)]
+        self.results.extend(decoded)
+        return decoded
+
+    def discard(self) -> None:
+        """Drop everything queued without sending it."""
+        self._decoders.clear()
+        self._pipe.reset()

@@ -1,0 +1,278 @@
+"""Redis pub/sub with handlers: :class:`RedisPubSub`.
+
+Pub/sub is fan-out and best-effort: every subscriber connected when a message is
+published gets it; a subscriber that is disconnected at that moment never will. For
+work that must not be lost, use a stream (:mod:`ailf.messaging.stream`).
+
+The pure half — :func:`decode_payload` and :class:`Subscriptions`, which turns an
+incoming message into a :class:`Delivery` for the right handler — does no I/O and is
+shared with the async twin. The sync half, :class:`RedisPubSub`, listens on one
+connection in the calling thread or a thread of its own, and keeps listening across a
+server restart: it reconnects with backoff, subscribes to everything again, and logs
+both (logger ``ailf.pubsub``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, Self
+
+import attrs
+import redis.client
+
+from ailf.clients.sync import RedisClient
+from ailf.codec import loads
+from ailf.errors import (
+    AuthenticationError,
+    DecodeError,
+    RedisConnectionError,
+    RedisTimeoutError,
+)
+
+__all__ = ["Delivery", "Handler", "RedisPubSub", "Subscriptions", "decode_payload"]
+
+log = logging.getLogger("ailf.pubsub")
+
+#: A handler receives the decoded payload: a dict or list for JSON, else the string.
+Handler = Callable[[Any], Any]
+
+# How long one wait for a message lasts: the bound on how late stop() is noticed.
+_POLL_SECONDS = 0.1
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def decode_payload(data: str | bytes) -> Any:
+    """A payload as handlers see it: JSON objects and arrays decoded, anything else as is.
+
+    Only objects and arrays are decoded, so that a string payload such as ``"42"`` or
+    ``"true"`` reaches the handler as the string that was published.
+    """
+    text = data
+    if isinstance(data, bytes):
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            return data
+    if text[:1] in ("{", "["):
+        try:
+            return loads(text)
+        except DecodeError:
+            pass
+    return text
+
+
+@attrs.frozen
+class Delivery:
+    """One message on its way to its handler."""
+
+    handler: Handler
+    channel: str
+    payload: Any
+    pattern: str | None = None
+
+    def log_failure(self) -> None:
+        """Log the exception being handled as this handler's failure (call in ``except``)."""
+        via = f" (pattern {self.pattern!r})" if self.pattern else ""
+        log.exception("handler for channel %r%s raised; still listening", self.channel, via)
+
+
+@attrs.define
+class Subscriptions:
+    """Which handler serves which channel and pattern: the state a reconnect restores."""
+
+    channels: dict[str, Handler] = attrs.field(factory=dict)
+    patterns: dict[str, Handler] = attrs.field(factory=dict)
+
+    def route(
+        self, kind: str | bytes, channel: str | bytes, data: Any, pattern: str | bytes | None = None
+    ) -> Delivery | None:
+        """The delivery for a ``message``/``pmessage``, or None (confirmations, strays)."""
+        kind, channel = _text(kind), _text(channel)
+        if kind == "message":
+            handler = self.channels.get(channel)
+            pattern = None
+        elif kind == "pmessage" and pattern is not None:
+            pattern = _text(pattern)
+            handler = self.patterns.get(pattern)
+        else:
+            return None
+        if handler is None:
+            return None
+        return Delivery(handler, channel, decode_payload(data), pattern)
+
+
+class RedisPubSub:
+    """Publish, and call handlers for messages on channels and patterns.
+
+    Handlers run one at a time in the listening thread, in the order messages arrive.
+    A handler that raises is logged and the listener goes on. ``subscribe`` and
+    ``unsubscribe`` may be called before listening starts, while it runs (from any
+    thread, handlers included), or after it stopped.
+    """
+
+    def __init__(self, client: RedisClient | None = None) -> None:
+        self.client = client if client is not None else RedisClient()
+        self.subscriptions = Subscriptions()
+        self._lock = threading.RLock()
+        self._pubsub: redis.client.PubSub | None = None
+        self._stopping = threading.Event()
+        self._listening = False
+        self._thread: threading.Thread | None = None
+
+    # -- publishing and subscribing --------------------------------------------------
+
+    def publish(self, channel: str, message: Any) -> int:
+        """Publish (dicts and lists as JSON, strings as they are); how many received it."""
+        return self.client.publish(channel, message)
+
+    def subscribe(self, channel: str, handler: Handler) -> None:
+        """Call ``handler(payload)`` for each message on ``channel`` (replacing any before)."""
+        with self._lock:
+            self.subscriptions.channels[channel] = handler
+            self._send("subscribe", channel)
+
+    def psubscribe(self, pattern: str, handler: Handler) -> None:
+        """Call ``handler(payload)`` for messages on channels matching ``pattern`` (glob)."""
+        with self._lock:
+            self.subscriptions.patterns[pattern] = handler
+            self._send("psubscribe", pattern)
+
+    def unsubscribe(self, channel: str) -> None:
+        """Stop handling ``channel`` (or a pattern given to :meth:`psubscribe`)."""
+        with self._lock:
+            if self.subscriptions.patterns.pop(channel, None) is not None:
+                self._send("punsubscribe", channel)
+            if self.subscriptions.channels.pop(channel, None) is not None:
+                self._send("unsubscribe", channel)
+
+    def _connection(self) -> redis.client.PubSub:
+        if self._pubsub is None:
+            pubsub = self.client.client.pubsub(ignore_subscribe_messages=True)
+            self._pubsub = pubsub
+            subs = self.subscriptions
+            if subs.channels:
+                self.client.run(pubsub.subscribe, *subs.channels)
+            if subs.patterns:
+                self.client.run(pubsub.psubscribe, *subs.patterns)
+        return self._pubsub
+
+    def _send(self, command: str, name: str) -> None:
+        try:
+            if self._pubsub is None:
+                self._connection()
+            else:
+                self.client.run(getattr(self._pubsub, command), name)
+        except AuthenticationError:
+            raise
+        except (RedisConnectionError, RedisTimeoutError):
+            # While listening, the listener reconnects and restores every subscription.
+            self._discard()
+            if not self._listening:
+                raise
+
+    def _discard(self) -> None:
+        with self._lock:
+            pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            try:
+                pubsub.close()
+            except (redis.RedisError, OSError):
+                log.debug("closing a broken pub/sub connection failed", exc_info=True)
+
+    # -- listening -------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Listen in this thread until :meth:`stop` is called (by a handler or a thread)."""
+        self._stopping.clear()
+        self._listen()
+
+    def run_in_thread(self, daemon: bool = True) -> threading.Thread:
+        """Listen in a new thread, which is returned; :meth:`stop` ends it."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                raise RuntimeError("this RedisPubSub is already listening in a thread")
+            self._stopping.clear()
+            self._thread = threading.Thread(target=self._listen, name="ailf-pubsub", daemon=daemon)
+            self._thread.start()
+            return self._thread
+
+    def stop(self) -> None:
+        """Stop listening and close the connection.
+
+        Returns once the listening thread has ended (within ``0.1`` s, plus the rest
+        of a handler that is running). Called from a handler, it returns at once and
+        the listener ends after that handler.
+        """
+        self._stopping.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+            self._thread = None
+        if not self._listening:
+            self._discard()
+
+    def close(self) -> None:
+        """Stop listening and close the client's connections too."""
+        self.stop()
+        self.client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _listen(self) -> None:
+        self._listening = True
+        failures = 0
+        try:
+            while not self._stopping.is_set():
+                try:
+                    delivery = self._next_delivery()
+                except AuthenticationError:
+                    raise
+                except (RedisConnectionError, RedisTimeoutError) as exc:
+                    self._discard()
+                    delay = self.client.config.retry.delay(failures)
+                    failures += 1
+                    log.warning("pub/sub lost %s (%s); reconnecting in %.2f s", self, exc, delay)
+                    self._stopping.wait(delay)
+                    continue
+                if failures:
+                    log.warning("pub/sub reconnected %s; subscriptions restored", self)
+                    failures = 0
+                if delivery is not None:
+                    try:
+                        delivery.handler(delivery.payload)
+                    except Exception:
+                        delivery.log_failure()
+        finally:
+            self._listening = False
+            self._discard()
+
+    def _next_delivery(self) -> Delivery | None:
+        with self._lock:
+            pubsub = self._connection()
+            subscribed = pubsub.subscribed
+            if subscribed:
+                message = self.client.run(pubsub.get_message, timeout=_POLL_SECONDS)
+        if not subscribed:
+            self._stopping.wait(_POLL_SECONDS)
+            return None
+        if message is None:
+            return None
+        return self.subscriptions.route(
+            message["type"], message["channel"], message["data"], message.get("pattern")
+        )
+
+    def __repr__(self) -> str:
+        subs = self.subscriptions
+        return (
+            f"<RedisPubSub {self.client.config.url}:"
+            f" {len(subs.channels)} channels, {len(subs.patterns)} patterns>"
+        )

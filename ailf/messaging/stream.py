@@ -1,0 +1,468 @@
+"""Redis streams with consumer groups: :class:`RedisStream`.
+
+A stream is durable and ordered; a consumer group shares its entries among consumers
+so that each entry is handled by one of them, and stays *pending* until acknowledged.
+
+The module is written in two halves. The pure half builds command arguments and
+parses replies (``*_command`` and ``parse_*`` functions, :func:`encode_fields`,
+:func:`decode_fields`); it does no I/O, so the sync class here and an async twin
+send the same commands and read replies the same way. The sync half,
+:class:`RedisStream`, runs them through a :class:`~ailf.clients.sync.RedisClient`.
+
+Field values are stored as JSON, one field at a time, so that ``{"priority": 1}``
+reads back as the int 1. Entries written by other programs keep working: a value that
+is not valid JSON reads back as the string it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from ailf.clients.sync import RedisClient
+from ailf.codec import dumps, loads
+from ailf.errors import (
+    AuthenticationError,
+    DecodeError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    ResponseError,
+)
+
+__all__ = [
+    "NO_GROUP_MESSAGE",
+    "PendingEntry",
+    "PendingSummary",
+    "RedisStream",
+    "autoclaim_command",
+    "decode_fields",
+    "encode_fields",
+    "parse_autoclaim",
+    "parse_entries",
+    "parse_pending_entries",
+    "parse_pending_summary",
+    "parse_read",
+    "read_command",
+    "readgroup_command",
+    "reply_map",
+    "xadd_command",
+]
+
+log = logging.getLogger("ailf.stream")
+
+#: The ValueError message when a group operation is called before a group is set.
+NO_GROUP_MESSAGE = "No consumer group set. Call create_consumer_group first."
+
+#: An entry as every read method returns it: ``{"id": "1715…-0", "data": {...}}``.
+Entry = dict[str, Any]
+
+
+# -- the pure half: entries ----------------------------------------------------------
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def encode_fields(data: Mapping[str, Any]) -> list[str]:
+    """Flatten ``data`` into XADD's ``field value ...`` with every value as JSON."""
+    if not isinstance(data, Mapping) or not data:
+        raise ValueError(f"a stream entry must be a non-empty dict of fields, got {data!r}")
+    flat: list[str] = []
+    for field, value in data.items():
+        if not isinstance(field, str):
+            raise ValueError(f"stream field names must be strings, got {field!r}")
+        flat += [field, dumps(value)]
+    return flat
+
+
+def _field_value(raw: str | bytes) -> Any:
+    try:
+        return loads(raw)
+    except DecodeError:
+        if isinstance(raw, bytes):
+            try:
+                return raw.decode()
+            except UnicodeDecodeError:
+                return raw
+        return raw
+
+
+def _pairs(reply: Sequence[Any] | Mapping[Any, Any]) -> Iterable[tuple[Any, Any]]:
+    if isinstance(reply, Mapping):
+        return reply.items()
+    return zip(reply[::2], reply[1::2], strict=True)
+
+
+def decode_fields(flat: Sequence[str | bytes] | Mapping[Any, Any]) -> dict[str, Any]:
+    """The entry's fields as a dict, each value decoded from JSON where it is JSON."""
+    return {_text(field): _field_value(value) for field, value in _pairs(flat)}
+
+
+def parse_entries(reply: Sequence[Any] | None) -> list[Entry]:
+    """``[[id, [field, value, ...]], ...]`` as entry dicts, deleted entries left out."""
+    return [
+        {"id": _text(entry_id), "data": decode_fields(fields)}
+        for entry_id, fields in reply or ()
+        if fields is not None
+    ]
+
+
+def deleted_ids(reply: Sequence[Any] | None) -> list[str]:
+    """Ids in a reply whose entries were deleted (trimmed) while they were pending."""
+    return [_text(entry_id) for entry_id, fields in reply or () if fields is None]
+
+
+def parse_read(reply: Any) -> list[Any]:
+    """The raw entries of the single stream an XREAD/XREADGROUP reply is about."""
+    if not reply:
+        return []
+    streams = reply.values() if isinstance(reply, Mapping) else (e for _, e in reply)
+    return [entry for entries in streams for entry in entries or ()]
+
+
+def reply_map(reply: Sequence[Any] | Mapping[Any, Any]) -> dict[str, Any]:
+    """A flat ``[key, value, key, value]`` reply (or a RESP3 map) as a dict of str keys."""
+    return {_text(k): _text(v) if isinstance(v, bytes) else v for k, v in _pairs(reply)}
+
+
+# -- the pure half: commands and replies -----------------------------------------------
+
+
+def xadd_command(name: str, data: Mapping[str, Any], maxlen: int | None) -> list[Any]:
+    trim = ["MAXLEN", "~", maxlen] if maxlen is not None else []
+    return ["XADD", name, *trim, "*", *encode_fields(data)]
+
+
+def _count_block(count: int | None, block: int | None) -> list[Any]:
+    args: list[Any] = []
+    if count is not None:
+        args += ["COUNT", count]
+    if block is not None:
+        args += ["BLOCK", block]
+    return args
+
+
+def read_command(name: str, last_id: str, count: int | None, block: int | None) -> list[Any]:
+    return ["XREAD", *_count_block(count, block), "STREAMS", name, last_id]
+
+
+def readgroup_command(
+    name: str, group: str, consumer: str, last_id: str, count: int | None, block: int | None
+) -> list[Any]:
+    return [
+        "XREADGROUP", "GROUP", group, consumer,
+        *_count_block(count, block), "STREAMS", name, last_id,
+    ]  # fmt: skip
+
+
+def autoclaim_command(
+    name: str, group: str, consumer: str, min_idle_ms: int, start: str, count: int
+) -> list[Any]:
+    return ["XAUTOCLAIM", name, group, consumer, min_idle_ms, start, "COUNT", count]
+
+
+def parse_autoclaim(reply: Sequence[Any]) -> tuple[str, list[Entry]]:
+    """XAUTOCLAIM's reply as (next start id, claimed entries still in the stream)."""
+    return _text(reply[0]), parse_entries(reply[1])
+
+
+@attrs.frozen
+class PendingSummary:
+    """A group's pending entries in brief: how many, the id range, and who holds them."""
+
+    count: int
+    min_id: str | None
+    max_id: str | None
+    consumers: dict[str, int]
+
+
+@attrs.frozen
+class PendingEntry:
+    """One delivered, unacknowledged entry: who has it, for how long, how often delivered."""
+
+    id: str
+    consumer: str
+    idle_ms: int
+    deliveries: int
+
+
+def parse_pending_summary(reply: Sequence[Any]) -> PendingSummary:
+    count, low, high, consumers = reply
+    return PendingSummary(
+        count=int(count),
+        min_id=_text(low) if low is not None else None,
+        max_id=_text(high) if high is not None else None,
+        consumers={_text(name): int(n) for name, n in consumers or ()},
+    )
+
+
+def parse_pending_entries(reply: Sequence[Any]) -> list[PendingEntry]:
+    return [
+        PendingEntry(id=_text(i), consumer=_text(c), idle_ms=int(idle), deliveries=int(n))
+        for i, c, idle, n in reply or ()
+    ]
+
+
+# -- the sync half -------------------------------------------------------------------
+
+
+class RedisStream:
+    """One Redis stream, optionally read through a consumer group.
+
+    ``maxlen`` caps the stream on every :meth:`add` (``MAXLEN ~``: Redis trims whole
+    nodes, so the length hovers a little above it). A stream instance belongs to one
+    consumer and is not meant to be shared between threads; the client is.
+    """
+
+    def __init__(
+        self, name: str, client: RedisClient | None = None, maxlen: int | None = None
+    ) -> None:
+        if maxlen is not None and (isinstance(maxlen, bool) or maxlen < 1):
+            raise ValueError(f"maxlen: expected an integer >= 1 or None, got {maxlen!r}")
+        self.name = name
+        self.client = client if client is not None else RedisClient()
+        self.maxlen = maxlen
+        self.group: str | None = None
+        self.consumer: str | None = None
+        self._history_from: str | None = None
+
+    def __repr__(self) -> str:
+        group = f" group={self.group!r} consumer={self.consumer!r}" if self.group else ""
+        return f"<RedisStream {self.name!r}{group}>"
+
+    def _group(self) -> tuple[str, str]:
+        if self.group is None or self.consumer is None:
+            raise ValueError(NO_GROUP_MESSAGE)
+        return self.group, self.consumer
+
+    # -- writing and plain reading ---------------------------------------------------
+
+    def add(self, data: Mapping[str, Any]) -> str:
+        """Append an entry; its id (``"<ms>-<seq>"``)."""
+        return _text(self.client.execute(*xadd_command(self.name, data, self.maxlen)))
+
+    def read(
+        self, count: int | None = None, block: int | None = None, last_id: str = "0"
+    ) -> list[Entry]:
+        """Entries after ``last_id`` (``"0"``: from the start; ``"$"``: only new ones).
+
+        ``block`` waits up to that many milliseconds for an entry when there is none.
+        Plain reading ignores consumer groups and acknowledges nothing.
+        """
+        reply = self.client.execute(*read_command(self.name, last_id, count, block))
+        return parse_entries(parse_read(reply))
+
+    def length(self) -> int:
+        return int(self.client.execute("XLEN", self.name))
+
+    def trim(
+        self, maxlen: int | None = None, *, minid: str | None = None, approximate: bool = True
+    ) -> int:
+        """Drop old entries beyond ``maxlen``, or older than id ``minid``; how many went.
+
+        ``approximate=True`` (``~``) lets Redis trim whole nodes only, which is much
+        cheaper and may leave a few more entries than asked.
+        """
+        if (maxlen is None) == (minid is None):
+            raise ValueError("trim: pass exactly one of maxlen= or minid=")
+        strategy = ["MAXLEN", maxlen] if maxlen is not None else ["MINID", minid]
+        op = ["~"] if approximate else []
+        return int(self.client.execute("XTRIM", self.name, strategy[0], *op, strategy[1]))
+
+    def info(self) -> dict[str, Any]:
+        """XINFO STREAM as a dict; ``first-entry``/``last-entry`` as entry dicts."""
+        info = reply_map(self.client.execute("XINFO", "STREAM", self.name))
+        for key in ("first-entry", "last-entry"):
+            if info.get(key):
+                found = parse_entries([info[key]])
+                info[key] = found[0] if found else None
+        return info
+
+    def groups(self) -> list[dict[str, Any]]:
+        """XINFO GROUPS: one dict per group (name, consumers, pending, last-delivered-id...)."""
+        return [reply_map(g) for g in self.client.execute("XINFO", "GROUPS", self.name)]
+
+    # -- consumer groups -------------------------------------------------------------
+
+    def create_consumer_group(self, group: str, consumer: str, start_id: str = "0") -> None:
+        """Create ``group`` (and the stream, if missing) and read as ``consumer`` from now on.
+
+        The default ``start_id="0"`` makes a new group see the entries already in the
+        stream: a producer that runs first does not lose its work to a consumer that
+        starts later. Pass ``"$"`` for a group that only sees entries added after it
+        was created. Creating a group that exists is not an error (BUSYGROUP is
+        success) and leaves its position alone. No dummy entry is ever written.
+        """
+        try:
+            self.client.execute("XGROUP", "CREATE", self.name, group, start_id, "MKSTREAM")
+        except ResponseError as exc:
+            if exc.code != "BUSYGROUP":
+                raise
+        self.group, self.consumer = group, consumer
+        self._history_from = "0"
+
+    def read_group(self, count: int = 10, block: int | None = None) -> list[Entry]:
+        """Entries for this consumer: first its own unacknowledged history, then new ones.
+
+        The first calls after :meth:`create_consumer_group` return entries this
+        consumer name was given before and never acknowledged (a restarted worker
+        resumes its work); once that history is read, calls return entries never
+        delivered to anyone, waiting up to ``block`` milliseconds for one. History
+        entries trimmed away while pending are acknowledged and skipped.
+        """
+        group, consumer = self._group()
+        while self._history_from is not None:
+            command = readgroup_command(self.name, group, consumer, self._history_from, count, None)
+            raw = parse_read(self.client.execute(*command))
+            if not raw:
+                self._history_from = None
+                break
+            self._history_from = _text(raw[-1][0])
+            gone = deleted_ids(raw)
+            if gone:
+                self.acknowledge(*gone)
+            entries = parse_entries(raw)
+            if entries:
+                return entries
+        command = readgroup_command(self.name, group, consumer, ">", count, block)
+        return parse_entries(parse_read(self.client.execute(*command)))
+
+    def acknowledge(self, *ids: str) -> int:
+        """Mark entries as done for this group; how many were pending."""
+        group, _ = self._group()
+        if not ids:
+            return 0
+        return int(self.client.execute("XACK", self.name, group, *ids))
+
+    def pending(self) -> PendingSummary:
+        """How many entries the group has delivered and not yet had acknowledged."""
+        group, _ = self._group()
+        return parse_pending_summary(self.client.execute("XPENDING", self.name, group))
+
+    def pending_entries(
+        self, count: int = 100, consumer: str | None = None, idle: int | None = None
+    ) -> list[PendingEntry]:
+        """Up to ``count`` pending entries, oldest first, of one consumer or all,
+        idle at least ``idle`` milliseconds when given."""
+        group, _ = self._group()
+        args: list[Any] = ["XPENDING", self.name, group]
+        if idle is not None:
+            args += ["IDLE", idle]
+        args += ["-", "+", count]
+        if consumer is not None:
+            args.append(consumer)
+        return parse_pending_entries(self.client.execute(*args))
+
+    def claim_idle(self, min_idle_ms: int, count: int = 10) -> list[Entry]:
+        """Take over up to ``count`` entries pending longer than ``min_idle_ms`` (XAUTOCLAIM).
+
+        This is how the work of a consumer that died is picked up: its entries stay
+        pending under its name until another consumer claims them. Claimed entries
+        count as delivered again and must be acknowledged as usual.
+        """
+        group, consumer = self._group()
+        claimed: list[Entry] = []
+        start = "0-0"
+        while len(claimed) < count:
+            command = autoclaim_command(
+                self.name, group, consumer, min_idle_ms, start, count - len(claimed)
+            )
+            start, entries = parse_autoclaim(self.client.execute(*command))
+            claimed += entries
+            if start == "0-0":
+                break
+        return claimed
+
+    def _recreate_group(self) -> None:
+        group, consumer = self._group()
+        self.create_consumer_group(group, consumer, start_id="0")
+
+    # -- the processing loop ---------------------------------------------------------
+
+    def process(
+        self,
+        handler: Callable[[Entry], object],
+        *,
+        count: int = 10,
+        block: int = 2000,
+        stop_event: threading.Event | None = None,
+        max_messages: int | None = None,
+        claim_idle_ms: int | None = None,
+    ) -> int:
+        """Read, handle and acknowledge entries until stopped; how many were acknowledged.
+
+        ``handler(entry)`` is called once per entry, in order; the entry is
+        acknowledged only if the handler returns. One that raises is logged (logger
+        ``ailf.stream``) and stays pending, and the loop backs off
+        (``config.retry`` delays) before reading on. With ``claim_idle_ms`` the loop
+        also claims entries pending longer than that, including its own failed ones,
+        which is how they are retried.
+
+        The loop survives the server going away: connection errors and timeouts are
+        logged and retried after a backoff, and a group lost with the server's data
+        (NOGROUP) is re-created at ``"0"``, so entries written after the loss are
+        read. It never spins: every failure is followed by a growing pause, capped at
+        ``retry.backoff_max``; ``retry.attempts`` does not limit it (a worker exists
+        to keep working). Wrong credentials are not retried.
+
+        It returns when ``stop_event`` is set (checked between reads, so within
+        ``block`` milliseconds) or after ``max_messages`` entries were handled.
+        """
+        self._group()
+        stop = stop_event if stop_event is not None else threading.Event()
+        policy = self.client.config.retry
+        handled = acked = failures = 0
+        while not stop.is_set() and (max_messages is None or handled < max_messages):
+            budget = count if max_messages is None else min(count, max_messages - handled)
+            try:
+                batch = self.claim_idle(claim_idle_ms, budget) if claim_idle_ms else []
+                batch = batch or self.read_group(count=budget, block=block)
+                done, errors = self._handle(handler, batch)
+                handled += len(batch)
+                acked += self.acknowledge(*done)
+            except AuthenticationError:
+                raise
+            except ResponseError as exc:
+                if exc.code != "NOGROUP":
+                    raise
+                log.warning("stream %r lost its group (%s); re-creating it", self.name, exc)
+                errors = 1
+                self._try(self._recreate_group)
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                log.warning("stream %r: %s; retrying", self.name, exc)
+                errors = 1
+            if errors:
+                stop.wait(policy.delay(failures))
+                failures += 1
+            else:
+                failures = 0
+        return acked
+
+    def _handle(
+        self, handler: Callable[[Entry], object], batch: list[Entry]
+    ) -> tuple[list[str], int]:
+        done: list[str] = []
+        errors = 0
+        for entry in batch:
+            try:
+                handler(entry)
+            except Exception:
+                errors += 1
+                log.exception(
+                    "handler failed on entry %s of stream %r; it stays pending",
+                    entry["id"], self.name,
+                )  # fmt: skip
+            else:
+                done.append(entry["id"])
+        return done, errors
+
+    def _try(self, step: Callable[[], object]) -> None:
+        try:
+            step()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.warning("stream %r: %s; will retry", self.name, exc)
