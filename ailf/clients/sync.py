@@ -21,6 +21,7 @@ from datetime import timedelta
 from typing import Any, Self, TypeVar
 
 import redis
+import redis.connection
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -60,15 +61,18 @@ def translate_error(exc: redis.RedisError, config: RedisConfig) -> AilfError:
         isinstance(exc, redis.TimeoutError) and "connecting" in str(exc)
     ):
         return RedisConnectionError(
-            f"cannot talk to {where} ({exc}; connect timeout"
-            f" {config.socket_connect_timeout:g} s): is redis-server running there?"
-            f" check AILF_REDIS_URL (now {config.url})"
+            f"cannot talk to {where}: {exc} (connect timeout {config.socket_connect_timeout:g} s)."
+            f" Is redis-server running there? Check AILF_REDIS_URL (now {config.url})."
         )
     if isinstance(exc, redis.TimeoutError):
         return RedisTimeoutError(
             f"{where} did not answer within socket_timeout={config.socket_timeout:g} s ({exc})"
         )
     if isinstance(exc, redis.ResponseError):
+        # redis-py prefixes a pipeline's error; the server's reply goes first, for .code.
+        where_in_pipeline, marker, reply = str(exc).partition(" of pipeline caused error: ")
+        if marker:
+            return ResponseError(f"{reply} (in pipeline: {where_in_pipeline})")
         return ResponseError(str(exc))
     return RedisError(f"{where}: {exc}")
 
@@ -91,6 +95,25 @@ def _expiry_ms(expire: Expiry | None) -> int | None:
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
         raise ValueError(f"expire: expected seconds > 0 or a timedelta, got {expire!r}")
     return max(1, round(seconds * 1000))
+
+
+def _bounded_handshake(connection: redis.connection.AbstractConnection) -> None:
+    """redis-py's connection handshake, held to ``socket_connect_timeout``.
+
+    redis-py reads the handshake replies (HELLO, AUTH, CLIENT SETINFO...) with
+    ``socket_timeout``, which is None by default: a port that accepts connections but
+    never answers (not a Redis server, or a stopped one) would hang the first command
+    forever. Connecting means handshaking too, so the connect timeout bounds both.
+    """
+    sock = connection._sock
+    sock.settimeout(connection.socket_connect_timeout)
+    try:
+        connection.on_connect()
+    except redis.TimeoutError as exc:
+        raise redis.ConnectionError(
+            f"no handshake reply within the connect timeout ({exc}); is it a Redis server?"
+        ) from exc
+    sock.settimeout(connection.socket_timeout)
 
 
 class _KeyValueCommands:
@@ -162,7 +185,9 @@ class RedisClient(_KeyValueCommands):
                     kwargs.pop("socket_keepalive")
                 elif resolved.ssl:
                     kwargs["connection_class"] = redis.SSLConnection
-                pool = redis.ConnectionPool(retry=Retry(NoBackoff(), 0), **kwargs)
+                pool = redis.ConnectionPool(
+                    retry=Retry(NoBackoff(), 0), redis_connect_func=_bounded_handshake, **kwargs
+                )
                 raw = redis.Redis(connection_pool=pool)
                 raw.response_callbacks.clear()
                 self._resolved = resolved

@@ -1,0 +1,268 @@
+"""RedisClient against real throwaway servers: commands, pipelines, errors, lifecycle."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+import redis
+
+from ailf import (
+    AuthenticationError,
+    DecodeError,
+    RedisClient,
+    RedisConfig,
+    RedisConnectionError,
+    RedisServer,
+    RedisTimeoutError,
+    ResponseError,
+)
+from ailf.clients.sync import encode_message
+
+
+@pytest.fixture
+def client(redis_config: RedisConfig):
+    with RedisClient(redis_config) as client:
+        yield client
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_get_set_and_missing_key(client: RedisClient) -> None:
+    assert client.set("user:1:name", "Alice") is True
+    assert client.get("user:1:name") == "Alice"
+    assert client.get("no-such-key") is None
+
+
+def test_set_with_expiry(client: RedisClient) -> None:
+    client.set("short", "x", expire=30)
+    client.set("shorter", "x", expire=timedelta(milliseconds=1500))
+    client.set_json("json", {"a": 1}, expire=2.5)
+    assert 29_000 < client.client.pttl("short") <= 30_000
+    assert 0 < client.client.pttl("shorter") <= 1500
+    assert 0 < client.client.pttl("json") <= 2500
+    assert client.client.pttl("no-expiry") == -2
+    with pytest.raises(ValueError, match="expire"):
+        client.set("k", "v", expire=0)
+
+
+def test_delete_and_exists_count(client: RedisClient) -> None:
+    client.set("a", "1")
+    client.set("b", "2")
+    assert client.exists("a", "b", "c") == 2
+    assert client.exists("a", "a") == 2
+    assert client.delete("a", "c") == 1
+    assert client.exists("a") == 0
+
+
+def test_json_round_trip_keeps_nested_types(client: RedisClient) -> None:
+    value = {
+        "name": "Alice",
+        "n": 3,
+        "ratio": 0.5,
+        "on": True,
+        "none": None,
+        "nested": [1, {"x": []}],
+    }
+    client.set_json("user:1", value)
+    assert client.get_json("user:1") == value
+    assert client.get_json("missing") is None
+    client.set("not-json", "plain {text")
+    with pytest.raises(DecodeError, match="not valid JSON"):
+        client.get_json("not-json")
+
+
+def test_publish_encodes_dicts_and_lists_and_passes_strings(client: RedisClient) -> None:
+    listener = client.client.pubsub(ignore_subscribe_messages=True)
+    listener.subscribe("news")
+    assert listener.get_message(timeout=1) is None  # consumes the confirmation
+    assert client.publish("news", {"a": [1, 2]}) == 1
+    client.publish("news", [1, "two"])
+    client.publish("news", "plain text")
+    received = []
+    deadline = time.monotonic() + 5
+    while len(received) < 3 and time.monotonic() < deadline:
+        message = listener.get_message(timeout=0.5)
+        if message:
+            received.append(message["data"])
+    listener.close()
+    assert received == ['{"a":[1,2]}', '[1,"two"]', "plain text"]
+    assert encode_message(7) == 7
+    assert encode_message(True) == "true"
+
+
+def test_pipeline_runs_on_exit_and_decodes(client: RedisClient) -> None:
+    client.set_json("config", {"debug": False})
+    with client.pipeline() as pipe:
+        pipe.set("a", "1")
+        pipe.get("a")
+        pipe.get_json("config")
+        pipe.command("incr", "counter")
+        pipe.exists("a", "config")
+        assert client.get("a") is None  # nothing sent yet
+    assert pipe.results == [True, "1", {"debug": False}, 1, 2]
+
+
+def test_pipeline_execute_inside_the_block(client: RedisClient) -> None:
+    with client.pipeline(transaction=False) as pipe:
+        pipe.set("x", "1")
+        assert pipe.execute() == [True]
+        assert client.get("x") == "1"
+        pipe.delete("x")
+    assert pipe.results == [True, 1]
+
+
+def test_pipeline_sends_nothing_when_the_block_raises(client: RedisClient) -> None:
+    with pytest.raises(RuntimeError), client.pipeline() as pipe:
+        pipe.set("a", "1")
+        pipe.set("b", "2")
+        raise RuntimeError("changed my mind")
+    assert client.exists("a", "b") == 0
+    assert pipe.results == []
+
+
+def test_pipeline_error_reply_is_translated(client: RedisClient) -> None:
+    client.set("text", "x")
+    with pytest.raises(ResponseError) as info, client.pipeline() as pipe:
+        pipe.command("lpush", "text", "y")
+    assert info.value.code == "WRONGTYPE"
+    assert "LPUSH" in str(info.value)
+
+
+def test_error_reply_becomes_response_error_with_code(client: RedisClient) -> None:
+    client.set("text", "x")
+    with pytest.raises(ResponseError) as info:
+        client.run(client.client.lpush, "text", "y")
+    assert info.value.code == "WRONGTYPE"
+    assert isinstance(info.value, redis.ResponseError)
+
+
+def test_execute_returns_raw_replies(client: RedisClient) -> None:
+    assert client.execute("SET", "k", "v") == "OK"  # redis-py's callbacks would say True
+    assert client.execute("XLEN", "nothing") == 0
+    with pytest.raises(ResponseError) as info:
+        client.execute("XREADGROUP", "GROUP", "g", "c", "STREAMS", "nothing", ">")
+    assert info.value.code == "NOGROUP"
+
+
+def test_read_timeout_is_a_timeout_error(redis_config: RedisConfig) -> None:
+    with RedisClient(redis_config.replace(socket_timeout=0.2)) as client:
+        with pytest.raises(RedisTimeoutError, match=r"socket_timeout=0\.2"):
+            client.run(client.client.blpop, ["empty-list"], timeout=2)
+        assert client.set("still", "works")  # the broken connection was not reused
+
+
+def test_unreachable_server_fails_fast_with_a_clear_message() -> None:
+    port = closed_port()
+    client = RedisClient(RedisConfig(host="127.0.0.1", port=port, socket_connect_timeout=1.5))
+    started = time.monotonic()
+    with pytest.raises(RedisConnectionError) as info:
+        client.get("anything")
+    assert time.monotonic() - started < 1.5
+    message = str(info.value)
+    assert f"127.0.0.1:{port}" in message
+    assert "connect timeout 1.5 s" in message
+    assert "redis-server running" in message and "AILF_REDIS_URL" in message
+    assert isinstance(info.value, redis.ConnectionError)
+    assert client.health_check() is False
+
+
+def test_silent_port_fails_within_the_connect_timeout() -> None:
+    """A port that accepts but never answers must not hang the handshake."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        client = RedisClient(RedisConfig(host="127.0.0.1", port=port, socket_connect_timeout=0.5))
+        started = time.monotonic()
+        with pytest.raises(RedisConnectionError, match=f"127.0.0.1:{port}"):
+            client.get("anything")
+        assert time.monotonic() - started < 3
+
+
+def test_wrong_password_is_an_authentication_error() -> None:
+    with RedisServer(args=["--requirepass", "right"]) as server:
+        wrong = RedisClient(server.config.replace(password="wrong"))
+        with pytest.raises(AuthenticationError, match=f"127.0.0.1:{server.port}"):
+            wrong.get("k")
+        with pytest.raises(AuthenticationError):
+            wrong.health_check()
+        right = RedisClient(server.config.replace(password="right"))
+        assert right.health_check() is True
+
+
+def test_construction_does_no_io() -> None:
+    config = RedisConfig(host="redis.example.com", port=6380, password="secret", ssl=True)
+    client = RedisClient(config)
+    assert client.config is config
+    assert "secret" not in repr(client)
+    client.close()
+
+
+def test_default_config_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, redis_server: RedisServer
+) -> None:
+    monkeypatch.setenv("AILF_REDIS_URL", redis_server.url)
+    client = RedisClient()
+    assert client.config.port == redis_server.port
+    assert client.health_check() is True
+    client.close()
+
+
+def test_unix_socket_server() -> None:
+    with RedisServer(unix_socket=True) as server, RedisClient(server.config) as client:
+        client.set("k", "v")
+        assert client.get("k") == "v"
+
+
+def test_embedded_config_resolves_on_first_use() -> None:
+    client = RedisClient(RedisConfig.from_url("embedded://"))
+    client.set("embedded-key", "here")
+    assert client.get("embedded-key") == "here"
+    assert client.client.connection_pool.connection_kwargs["port"] != 6379
+    client.delete("embedded-key")
+    client.close()
+
+
+def test_pool_size_comes_from_max_connections(redis_config: RedisConfig) -> None:
+    client = RedisClient(redis_config.replace(max_connections=3))
+    assert client.client.connection_pool.max_connections == 3
+    client.close()
+
+
+def test_client_is_thread_safe(client: RedisClient) -> None:
+    def work(n: int) -> None:
+        for i in range(50):
+            client.set(f"t{n}:{i}", str(i))
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert client.execute("DBSIZE") == 400
+
+
+def test_close_is_idempotent_and_the_client_reconnects(client: RedisClient) -> None:
+    client.set("k", "v")
+    raw = client.client
+    client.close()
+    client.close()
+    assert client.get("k") == "v"
+    assert client.client is not raw
+
+
+def test_client_survives_a_server_restart(fresh_server: RedisServer) -> None:
+    client = RedisClient(fresh_server.config)
+    client.set("k", "v")
+    fresh_server.restart(kill=True)
+    assert client.get("k") is None  # stale pooled connections are replaced on checkout
+    assert client.health_check() is True
+    client.close()
