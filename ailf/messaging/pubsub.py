@@ -239,12 +239,17 @@ class RedisPubSub:
                 except (RedisConnectionError, RedisTimeoutError) as exc:
                     self._discard()
                     delay = self.client.config.retry.delay(failures)
+                    if not failures:
+                        log.warning("%r lost its connection (%s); reconnecting", self, exc)
+                    else:
+                        log.debug(
+                            "reconnect attempt %d failed (%s); next in %.2fs", failures, exc, delay
+                        )
                     failures += 1
-                    log.warning("pub/sub lost %s (%s); reconnecting in %.2f s", self, exc, delay)
                     self._stopping.wait(delay)
                     continue
                 if failures:
-                    log.warning("pub/sub reconnected %s; subscriptions restored", self)
+                    log.info("%r reconnected and re-subscribed after %d attempts", self, failures)
                     failures = 0
                 if delivery is not None:
                     try:

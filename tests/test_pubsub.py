@@ -1,0 +1,258 @@
+"""RedisPubSub against real servers: delivery, patterns, failures, stop, restarts."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from ailf import (
+    RedisClient,
+    RedisConfig,
+    RedisConnectionError,
+    RedisPubSub,
+    RedisServer,
+    RetryPolicy,
+)
+from ailf.messaging.pubsub import Subscriptions, decode_payload
+
+FAST_RETRY = RetryPolicy(backoff_initial=0.02, backoff_max=0.2)
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(0.01)
+
+
+def subscribers(client: RedisClient, channel: str) -> int:
+    return dict(client.client.pubsub_numsub(channel))[channel]
+
+
+@pytest.fixture
+def client(redis_config: RedisConfig) -> Iterator[RedisClient]:
+    with RedisClient(redis_config.replace(retry=FAST_RETRY)) as client:
+        yield client
+
+
+@pytest.fixture
+def pubsub(client: RedisClient) -> Iterator[RedisPubSub]:
+    pubsub = RedisPubSub(client)
+    yield pubsub
+    pubsub.stop()
+
+
+def ailf_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "ailf-pubsub"]
+
+
+# -- the pure half ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ('{"a": 1}', {"a": 1}),
+        ("[1, 2]", [1, 2]),
+        (b'{"b": [true]}', {"b": [True]}),
+        ("plain text", "plain text"),
+        ("42", "42"),
+        ("true", "true"),
+        ('"quoted"', '"quoted"'),
+        ("{not json", "{not json"),
+        ("", ""),
+        (b"\xff\xfe", b"\xff\xfe"),
+    ],
+)
+def test_decode_payload(data: Any, expected: Any) -> None:
+    assert decode_payload(data) == expected
+
+
+def test_subscriptions_route_messages_to_their_handlers() -> None:
+    def on_channel(payload: Any) -> None: ...
+    def on_pattern(payload: Any) -> None: ...
+
+    subs = Subscriptions(channels={"news": on_channel}, patterns={"user.*": on_pattern})
+    delivery = subs.route("message", b"news", '{"x": 1}')
+    assert delivery is not None
+    assert (delivery.handler, delivery.channel, delivery.payload) == (on_channel, "news", {"x": 1})
+    by_pattern = subs.route("pmessage", "user.7", "hi", pattern="user.*")
+    assert by_pattern is not None and by_pattern.handler is on_pattern
+    assert by_pattern.pattern == "user.*" and by_pattern.channel == "user.7"
+    assert subs.route("subscribe", "news", 1) is None
+    assert subs.route("message", "other", "x") is None
+
+
+# -- delivery ---------------------------------------------------------------------------
+
+
+def test_subscribe_and_receive_json_and_strings(pubsub: RedisPubSub, client: RedisClient) -> None:
+    received: queue.Queue[Any] = queue.Queue()
+    pubsub.subscribe("notifications", received.put)
+    thread = pubsub.run_in_thread()
+    assert thread.daemon
+    wait_for(lambda: subscribers(client, "notifications") == 1)
+    assert pubsub.publish("notifications", {"type": "alert", "level": 1}) == 1
+    pubsub.publish("notifications", ["a", "b"])
+    pubsub.publish("notifications", "just text")
+    assert received.get(timeout=5) == {"type": "alert", "level": 1}
+    assert received.get(timeout=5) == ["a", "b"]
+    assert received.get(timeout=5) == "just text"
+
+
+def test_psubscribe_matches_channels(pubsub: RedisPubSub, client: RedisClient) -> None:
+    received: queue.Queue[Any] = queue.Queue()
+    pubsub.psubscribe("agent.*", received.put)
+    pubsub.run_in_thread()
+    wait_for(lambda: client.client.pubsub_numpat() == 1)
+    client.publish("agent.7", {"n": 7})
+    client.publish("other.7", {"n": 0})
+    client.publish("agent.8", {"n": 8})
+    assert received.get(timeout=5) == {"n": 7}
+    assert received.get(timeout=5) == {"n": 8}
+    pubsub.unsubscribe("agent.*")
+    wait_for(lambda: client.client.pubsub_numpat() == 0)
+
+
+def test_subscribe_and_unsubscribe_while_listening(
+    pubsub: RedisPubSub, client: RedisClient
+) -> None:
+    received: queue.Queue[Any] = queue.Queue()
+    pubsub.run_in_thread()
+    pubsub.subscribe("late", received.put)
+    wait_for(lambda: subscribers(client, "late") == 1)
+    client.publish("late", "hello")
+    assert received.get(timeout=5) == "hello"
+    pubsub.unsubscribe("late")
+    wait_for(lambda: subscribers(client, "late") == 0)
+    assert client.publish("late", "nobody") == 0
+
+
+def test_handler_exception_is_logged_and_listening_goes_on(
+    pubsub: RedisPubSub, client: RedisClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    received: queue.Queue[Any] = queue.Queue()
+
+    def handler(payload: Any) -> None:
+        if payload == "boom":
+            raise ValueError("handler blew up")
+        received.put(payload)
+
+    pubsub.subscribe("jobs", handler)
+    with caplog.at_level(logging.ERROR, logger="ailf.pubsub"):
+        pubsub.run_in_thread()
+        wait_for(lambda: subscribers(client, "jobs") == 1)
+        client.publish("jobs", "boom")
+        client.publish("jobs", "after")
+        assert received.get(timeout=5) == "after"
+    [record] = [r for r in caplog.records if r.name == "ailf.pubsub"]
+    assert "'jobs'" in record.getMessage()
+    assert record.exc_info is not None and "handler blew up" in str(record.exc_info[1])
+
+
+def test_stop_returns_within_a_second_and_leaves_no_thread(
+    pubsub: RedisPubSub, client: RedisClient
+) -> None:
+    pubsub.subscribe("quiet", lambda payload: None)
+    thread = pubsub.run_in_thread()
+    wait_for(lambda: subscribers(client, "quiet") == 1)
+    started = time.monotonic()
+    pubsub.stop()
+    assert time.monotonic() - started < 1.0
+    assert not thread.is_alive()
+    assert ailf_threads() == []
+    wait_for(lambda: subscribers(client, "quiet") == 0)
+
+
+def test_stop_without_subscriptions(pubsub: RedisPubSub) -> None:
+    thread = pubsub.run_in_thread()
+    started = time.monotonic()
+    pubsub.stop()
+    assert time.monotonic() - started < 1.0
+    assert not thread.is_alive()
+
+
+def test_run_blocks_until_a_handler_calls_stop(pubsub: RedisPubSub, client: RedisClient) -> None:
+    received: list[Any] = []
+
+    def handler(payload: Any) -> None:
+        received.append(payload)
+        if payload == "last":
+            pubsub.stop()
+
+    pubsub.subscribe("ch", handler)
+
+    def publish_when_subscribed() -> None:
+        wait_for(lambda: subscribers(client, "ch") == 1)
+        client.publish("ch", "first")
+        client.publish("ch", "last")
+
+    publisher = threading.Thread(target=publish_when_subscribed)
+    publisher.start()
+    pubsub.run()
+    publisher.join()
+    assert received == ["first", "last"]
+
+
+def test_listening_can_start_again_after_stop(pubsub: RedisPubSub, client: RedisClient) -> None:
+    received: queue.Queue[Any] = queue.Queue()
+    pubsub.subscribe("again", received.put)
+    pubsub.run_in_thread()
+    pubsub.stop()
+    with pytest.raises(queue.Empty):
+        received.get_nowait()
+    pubsub.run_in_thread()
+    wait_for(lambda: subscribers(client, "again") == 1)
+    client.publish("again", "back")
+    assert received.get(timeout=5) == "back"
+
+
+def test_run_in_thread_twice_is_an_error(pubsub: RedisPubSub) -> None:
+    pubsub.run_in_thread()
+    with pytest.raises(RuntimeError, match="already listening"):
+        pubsub.run_in_thread()
+
+
+def test_subscribe_to_an_unreachable_server_raises() -> None:
+    with RedisServer() as server:
+        config = server.config
+    pubsub = RedisPubSub(RedisClient(config.replace(socket_connect_timeout=1)))
+    with pytest.raises(RedisConnectionError, match=f"127.0.0.1:{config.port}"):
+        pubsub.subscribe("anything", print)
+
+
+def test_listener_survives_a_server_restart(
+    fresh_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = RedisClient(fresh_server.config.replace(retry=FAST_RETRY))
+    pubsub = RedisPubSub(client)
+    received: queue.Queue[Any] = queue.Queue()
+    pubsub.subscribe("alerts", received.put)
+    pubsub.psubscribe("agent.*", received.put)
+    with caplog.at_level(logging.INFO, logger="ailf.pubsub"):
+        thread = pubsub.run_in_thread()
+        wait_for(lambda: subscribers(client, "alerts") == 1)
+        client.publish("alerts", "before")
+        assert received.get(timeout=5) == "before"
+
+        fresh_server.restart(kill=True)
+
+        wait_for(lambda: subscribers(client, "alerts") == 1)
+        wait_for(lambda: client.client.pubsub_numpat() == 1)
+        client.publish("alerts", {"after": True})
+        client.publish("agent.3", "pattern too")
+        assert received.get(timeout=5) == {"after": True}
+        assert received.get(timeout=5) == "pattern too"
+        pubsub.stop()
+    assert not thread.is_alive()
+    messages = [r.getMessage() for r in caplog.records if r.name == "ailf.pubsub"]
+    assert any("lost" in m for m in messages)
+    assert any("reconnected" in m for m in messages)
+    client.close()
