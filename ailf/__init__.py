@@ -6,6 +6,7 @@ The public API is re-exported here; ``tests/test_public_api.py`` checks ``__all_
 from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
+from ailf.clients.async_client import AsyncRedisClient as AsyncRedisClient
 from ailf.clients.sync import RedisClient as RedisClient
 from ailf.config import EMBEDDED_URL as EMBEDDED_URL
 from ailf.config import RedisConfig as RedisConfig
@@ -32,6 +33,7 @@ except _PackageNotFoundError:  # running from a source tree that was not install
 __all__ = [
     "EMBEDDED_URL",
     "AilfError",
+    "AsyncRedisClient",
     "AuthenticationError",
     "ConfigError",
     "DecodeError",

@@ -1,0 +1,161 @@
+"""``AsyncRedisClient``: one async Redis client for trio (native) and asyncio (delegated).
+
+Under trio, ``async with AsyncRedisClient(config) as client:`` opens a nursery that owns
+every background task of the client (the shared connection's reader and writer); nothing
+outlives the block, and leaving it closes every connection at once. Under asyncio the
+same class runs on ``redis.asyncio``. Which one is decided when the client is entered
+(or first used), from the running async library.
+
+The command methods come from :class:`~ailf.clients.commands.Commands` and return
+redis-py's shapes; see ``docs/clients.md`` for the cancellation contract, pipelining,
+blocking commands and reconnection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import sniffio
+
+from ailf.clients.commands import IDEMPOTENT_COMMANDS, Commands, Convert
+from ailf.clients.connection import raise_reply_error
+from ailf.clients.pipeline import Pipeline
+from ailf.config import RedisConfig
+from ailf.errors import AuthenticationError, RedisConnectionError
+
+__all__ = ["AsyncRedisClient"]
+
+
+def _backend_for(config: RedisConfig, nursery: Any) -> Any:
+    library = sniffio.current_async_library()
+    if library == "trio":
+        from ailf.clients.trio_backend import TrioBackend
+
+        return TrioBackend(config, nursery)
+    if library == "asyncio":
+        from ailf.clients.asyncio_backend import AsyncioBackend
+
+        return AsyncioBackend(config)
+    raise RuntimeError(f"AsyncRedisClient runs under trio or asyncio, not {library}")
+
+
+class AsyncRedisClient(Commands):
+    """An async Redis client; use it as ``async with AsyncRedisClient(config) as client:``.
+
+    ``config`` defaults to :meth:`RedisConfig.from_env`. Under trio every task in the
+    block may use the client at once: ordinary commands share one connection and are
+    pipelined on the wire automatically; blocking commands (``xreadgroup(block=…)``,
+    ``blpop``) run on dedicated connections from a pool of at most
+    ``config.max_connections``.
+
+    ``retry_idempotent=True`` retries commands that are safe to repeat (reads, SET,
+    DEL, HSET, XACK…, see :data:`~ailf.clients.commands.IDEMPOTENT_COMMANDS`) when the
+    connection fails under them, with ``config.retry``'s backoff. Other commands, and
+    all commands by default, fail with :class:`~ailf.errors.RedisConnectionError`: they
+    may or may not have run.
+
+    Used without ``async with`` (under trio), the client has no nursery to run
+    background tasks in, so each command borrows a dedicated connection from the pool;
+    call :meth:`aclose` when done. Pub/sub always needs ``async with client.pubsub()``.
+    """
+
+    def __init__(self, config: RedisConfig | None = None, *, retry_idempotent: bool = False):
+        self.config = (config if config is not None else RedisConfig.from_env()).resolve()
+        self.retry_idempotent = retry_idempotent
+        self._backend: Any = None
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    def __repr__(self) -> str:
+        return f"<AsyncRedisClient {self.config.url}>"
+
+    # -- lifetime -------------------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncRedisClient:
+        if self._stack is not None:
+            raise RuntimeError("this AsyncRedisClient is already open; enter it only once")
+        stack = contextlib.AsyncExitStack()
+        nursery = None
+        if sniffio.current_async_library() == "trio":
+            import trio
+
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            stack.callback(nursery.cancel_scope.cancel)
+        backend = _backend_for(self.config, nursery)
+        stack.push_async_callback(backend.aclose)
+        try:
+            await backend.open()
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._backend = backend
+        self._stack = stack
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close every connection; commands in flight fail with RedisConnectionError.
+
+        Under trio, when the client was entered with ``async with``, only the task that
+        entered it may close it (leaving the block does).
+        """
+        stack, self._stack = self._stack, None
+        backend, self._backend = self._backend, None
+        if stack is not None:
+            await stack.aclose()
+        elif backend is not None:
+            await backend.aclose()
+
+    def _lazy_backend(self) -> Any:
+        self._backend = _backend_for(self.config, None)
+        return self._backend
+
+    # -- running commands -----------------------------------------------------------
+
+    async def _command(
+        self, args: tuple[Any, ...], convert: Convert = None, blocking: bool = False
+    ) -> Any:
+        backend = self._backend or self._lazy_backend()
+        try:
+            reply = await backend.execute(args, blocking)
+        except AuthenticationError:
+            raise
+        except RedisConnectionError:
+            if not self.retry_idempotent or str(args[0]).upper() not in IDEMPOTENT_COMMANDS:
+                raise
+            reply = await self._retry(backend, args, blocking)
+        if isinstance(reply, Exception):
+            raise_reply_error(reply, self.config.address)
+        return reply if convert is None else convert(reply)
+
+    async def _retry(self, backend: Any, args: tuple[Any, ...], blocking: bool) -> Any:
+        policy = self.config.retry
+        for attempt in range(policy.attempts):
+            await backend.sleep(policy.delay(attempt))
+            try:
+                return await backend.execute(args, blocking)
+            except AuthenticationError:
+                raise
+            except RedisConnectionError:
+                if attempt + 1 >= policy.attempts:
+                    raise
+        raise RedisConnectionError(
+            f"connection to Redis at {self.config.address} failed and retries are disabled"
+        )
+
+    async def _execute_many(
+        self, commands: list[tuple[Any, ...]], blocking: bool, transaction: bool
+    ) -> list[Any]:
+        backend = self._backend or self._lazy_backend()
+        return await backend.execute_many(commands, blocking, transaction)
+
+    def pipeline(self, transaction: bool = True) -> Pipeline:
+        """A :class:`~ailf.clients.pipeline.Pipeline` on this client (MULTI/EXEC if asked)."""
+        return Pipeline(self, transaction)
+
+    def pubsub(self) -> Any:
+        """A pub/sub session on a dedicated connection: ``async with client.pubsub() as ps``."""
+        backend = self._backend or self._lazy_backend()
+        return backend.pubsub()

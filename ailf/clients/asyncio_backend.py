@@ -1,0 +1,219 @@
+"""The asyncio engine behind :class:`~ailf.clients.async_client.AsyncRedisClient`.
+
+Under asyncio the client delegates to ``redis.asyncio`` (a pool of connections, one per
+concurrent command), with two adjustments so that both engines look the same from
+above: replies come back raw (redis-py's response callbacks are switched off, because
+:class:`~ailf.clients.commands.Commands` converts them, once, for both engines), and
+errors are ailf's (error replies are parsed straight into
+:class:`~ailf.errors.ResponseError` keeping their code, other redis-py errors are
+translated at this boundary). redis-py's own retries are off: retrying is the client's
+decision (``retry_idempotent``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import redis.asyncio
+import redis.exceptions
+from redis._parsers import _AsyncHiredisParser, _AsyncRESP2Parser
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ailf.config import RedisConfig
+from ailf.errors import (
+    AuthenticationError,
+    RedisConnectionError,
+    RedisError,
+    RedisTimeoutError,
+    ResponseError,
+)
+
+__all__ = ["AsyncioBackend", "AsyncioPubSub"]
+
+log = logging.getLogger("ailf.clients")
+
+
+def _ailf_error(response: str) -> ResponseError:
+    return ResponseError(response)
+
+
+class _HiredisParser(_AsyncHiredisParser):
+    parse_error = staticmethod(_ailf_error)
+
+
+class _PythonParser(_AsyncRESP2Parser):
+    parse_error = staticmethod(_ailf_error)
+
+
+def _parser_class() -> type:
+    from ailf.clients.resp import parser_name
+
+    return _HiredisParser if parser_name() == "hiredis" else _PythonParser
+
+
+@contextlib.contextmanager
+def _translated(address: str) -> Iterator[None]:
+    """redis-py's exceptions in, ailf's out (ailf's own pass through untouched)."""
+    try:
+        yield
+    except RedisError:
+        raise
+    except redis.exceptions.AuthenticationError as exc:
+        raise AuthenticationError(f"Redis at {address} refused the credentials: {exc}") from exc
+    except redis.exceptions.TimeoutError as exc:
+        raise RedisTimeoutError(f"Redis at {address} did not answer in time: {exc}") from exc
+    except redis.exceptions.ConnectionError as exc:
+        raise RedisConnectionError(f"connection to Redis at {address} failed: {exc}") from exc
+    except redis.exceptions.ResponseError as exc:
+        raise ResponseError(str(exc)) from exc
+    except (OSError, asyncio.IncompleteReadError) as exc:
+        raise RedisConnectionError(f"connection to Redis at {address} failed: {exc}") from exc
+
+
+def _client(config: RedisConfig) -> redis.asyncio.Redis:
+    kwargs = config.redis_py_kwargs()
+    client = redis.asyncio.Redis(**kwargs, protocol=2, retry=Retry(NoBackoff(), 0))
+    client.connection_pool.connection_kwargs["parser_class"] = _parser_class()
+    client.response_callbacks.clear()
+    return client
+
+
+class AsyncioBackend:
+    """Runs commands through ``redis.asyncio``; same interface as the trio backend."""
+
+    def __init__(self, config: RedisConfig) -> None:
+        self._config = config
+        self._redis = _client(config)
+
+    async def open(self) -> None:
+        with _translated(self._config.address):
+            await self._redis.execute_command("PING")
+
+    async def execute(self, args: tuple[Any, ...], blocking: bool) -> Any:
+        with _translated(self._config.address):
+            try:
+                return await self._redis.execute_command(*args)
+            except ResponseError as exc:
+                return exc
+
+    async def execute_many(
+        self, commands: list[tuple[Any, ...]], blocking: bool, transaction: bool
+    ) -> list[Any]:
+        with _translated(self._config.address):
+            async with self._redis.pipeline(transaction=transaction) as pipe:
+                for args in commands:
+                    pipe.execute_command(*args)
+                return await pipe.execute(raise_on_error=False)
+
+    def pubsub(self) -> AsyncioPubSub:
+        return AsyncioPubSub(self._config, self._redis)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+
+class AsyncioPubSub:
+    """:class:`~ailf.clients.pubsub.PubSub`'s asyncio twin, over ``redis.asyncio``'s.
+
+    Same names and message dicts; confirmations are not yielded. A lost connection is
+    re-established with ``config.retry``'s backoff for as long as the block lives, and
+    redis-py subscribes again to every channel and pattern on reconnect.
+    """
+
+    def __init__(self, config: RedisConfig, client: redis.asyncio.Redis) -> None:
+        self._config = config
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self.reconnects = 0
+
+    @property
+    def channels(self) -> set[Any]:
+        return set(self._pubsub.channels)
+
+    @property
+    def patterns(self) -> set[Any]:
+        return set(self._pubsub.patterns)
+
+    async def __aenter__(self) -> AsyncioPubSub:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._pubsub.aclose()
+
+    async def subscribe(self, *channels: Any) -> None:
+        with _translated(self._config.address):
+            await self._pubsub.subscribe(*channels)
+            await self._confirm()
+
+    async def psubscribe(self, *patterns: Any) -> None:
+        with _translated(self._config.address):
+            await self._pubsub.psubscribe(*patterns)
+            await self._confirm()
+
+    async def unsubscribe(self, *channels: Any) -> None:
+        with _translated(self._config.address):
+            await self._pubsub.unsubscribe(*channels)
+
+    async def punsubscribe(self, *patterns: Any) -> None:
+        with _translated(self._config.address):
+            await self._pubsub.punsubscribe(*patterns)
+
+    async def _confirm(self) -> None:
+        # redis-py registers the channels when the confirmation is read; ping so that
+        # the subscription is in place on the server when subscribe() returns.
+        await self._pubsub.ping()
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        while True:
+            message = await self.get_message(timeout=None)
+            if message is not None:
+                return message
+
+    async def get_message(self, timeout: float | None = None) -> dict[str, Any] | None:  # noqa: ASYNC109 - redis-py's signature
+        """The next message, or None if none arrived within ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        attempt = 0
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            try:
+                with _translated(self._config.address):
+                    message = await self._pubsub.get_message(timeout=remaining)
+            except RedisConnectionError as exc:
+                delay = self._config.retry.delay(min(attempt, 30))
+                log.warning("pub/sub %s; reconnecting in %.2f s", exc, delay)
+                attempt += 1
+                self.reconnects += 1
+                await asyncio.sleep(delay)
+                continue
+            attempt = 0
+            if message is None:
+                if deadline is not None and loop.time() >= deadline:
+                    return None
+                continue
+            if message.get("type") in ("message", "pmessage"):
+                return _message(message)
+            if deadline is not None and loop.time() >= deadline:
+                return None
+
+
+def _message(message: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": message["type"],
+        "pattern": message.get("pattern"),
+        "channel": message["channel"],
+        "data": message["data"],
+    }

@@ -1,0 +1,257 @@
+"""One socket to Redis: connecting (TCP, unix socket, TLS), the handshake, and plain I/O.
+
+A :class:`Connection` is used in one of two ways. A *dedicated* connection belongs to
+one task at a time, which sends a command and reads its reply itself (blocking
+commands, pub/sub, clients used without ``async with``). A *shared* connection is
+driven by the single writer task and single reader task of
+:class:`~ailf.clients.multiplex.SharedConnection`, which many tasks use at once.
+
+Every I/O failure is translated here, once, into :class:`~ailf.errors.RedisConnectionError`
+naming the server's address, so callers never see a bare ``OSError`` or
+``trio.BrokenResourceError``.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from ailf.clients.resp import NOT_ENOUGH, Parser, ProtocolError, make_parser, pack_command
+from ailf.config import RedisConfig
+from ailf.errors import (
+    AuthenticationError,
+    DecodeError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    ResponseError,
+)
+
+__all__ = ["RECEIVE_SIZE", "Connection", "open_connection", "raise_reply_error"]
+
+#: How much the reader asks the socket for at once: large enough that a burst of
+#: pipelined replies is parsed from one chunk.
+RECEIVE_SIZE = 262144
+
+_AUTH_CODES = ("NOAUTH", "WRONGPASS", "NOPERM")
+_IO_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+def raise_reply_error(reply: ResponseError, address: str) -> None:
+    """Raise an error reply, as :class:`AuthenticationError` when it is about credentials."""
+    if reply.code in ("NOAUTH", "WRONGPASS"):
+        raise AuthenticationError(
+            f"Redis at {address} refused the command: {reply}; set RedisConfig.username"
+            " and RedisConfig.password (or the URL's user:password@) to ones the server accepts"
+        )
+    raise reply
+
+
+def connection_lost(address: str, exc: BaseException | None = None) -> RedisConnectionError:
+    """The error every caller sees when the socket to ``address`` breaks."""
+    if exc is None:
+        return RedisConnectionError(f"Redis at {address} closed the connection")
+    return RedisConnectionError(f"connection to Redis at {address} lost: {_describe(exc)}")
+
+
+def _describe(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(exc, trio.BrokenResourceError) and cause is not None:
+        return f"{type(cause).__name__}: {cause}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class Connection:
+    """A connected, authenticated socket to one Redis server, with its RESP parser.
+
+    Not safe for concurrent use by several tasks: either one task owns it (dedicated),
+    or one reader task and one writer task do (shared). :meth:`read_reply` and
+    :meth:`send` raise :class:`RedisConnectionError` when the socket breaks; after any
+    exception, including cancellation, mid-command, the connection must be closed,
+    because its position in the reply stream is no longer known.
+    """
+
+    __slots__ = ("_parser", "_stream", "address", "closed", "socket_timeout")
+
+    def __init__(
+        self, stream: trio.abc.Stream, parser: Parser, address: str, socket_timeout: float | None
+    ) -> None:
+        self._stream = stream
+        self._parser = parser
+        self.address = address
+        self.socket_timeout = socket_timeout
+        self.closed = False
+
+    @property
+    def stream(self) -> trio.abc.Stream:
+        return self._stream
+
+    @property
+    def parser(self) -> Parser:
+        return self._parser
+
+    async def send(self, data: bytes) -> None:
+        """Write bytes; may have sent some, all or none of them if it raises."""
+        try:
+            await self._stream.send_all(data)
+        except _IO_ERRORS as exc:
+            self.closed = True
+            raise connection_lost(self.address, exc) from exc
+
+    async def receive_into_parser(self) -> None:
+        """Read one chunk from the socket into the parser; EOF is a lost connection."""
+        try:
+            data = await self._stream.receive_some(RECEIVE_SIZE)
+        except _IO_ERRORS as exc:
+            self.closed = True
+            raise connection_lost(self.address, exc) from exc
+        if not data:
+            self.closed = True
+            raise connection_lost(self.address)
+        self._parser.feed(data)
+
+    def next_reply(self) -> Any:
+        """The next complete reply already received, or ``NOT_ENOUGH``.
+
+        Error replies are returned as :class:`ResponseError` instances; a reply that is
+        not valid UTF-8 under ``decode_responses`` is returned as a :class:`DecodeError`
+        instance (the stream stays usable); garbage on the wire closes the connection.
+        """
+        try:
+            return self._parser.gets()
+        except UnicodeDecodeError as exc:
+            return DecodeError(
+                f"a reply from Redis at {self.address} is not valid UTF-8 ({exc});"
+                " use decode_responses=False for binary values"
+            )
+        except ProtocolError as exc:
+            self.closed = True
+            raise RedisConnectionError(
+                f"Redis at {self.address} sent bytes that are not RESP ({exc});"
+                " the connection was closed"
+            ) from exc
+
+    async def read_reply(self, reply_timeout: float | None = None) -> Any:
+        """Wait for the next reply (an error reply is returned, not raised).
+
+        ``reply_timeout`` (default: ``socket_timeout``) bounds the wait; past it,
+        :class:`RedisTimeoutError` is raised and the connection must be discarded.
+        """
+        reply = self.next_reply()
+        if reply is not NOT_ENOUGH:
+            return reply
+        limit = self.socket_timeout if reply_timeout is None else reply_timeout
+        with trio.move_on_after(limit if limit is not None else float("inf")) as scope:
+            while True:
+                await self.receive_into_parser()
+                reply = self.next_reply()
+                if reply is not NOT_ENOUGH:
+                    return reply
+        assert scope.cancelled_caught
+        raise RedisTimeoutError(f"Redis at {self.address} did not answer within {limit} s")
+
+    async def request(
+        self, commands: Sequence[tuple[Any, ...]], reply_timeout: float | None = None
+    ) -> list[Any]:
+        """Send commands in one write and return their replies in order (errors returned)."""
+        await self.send(b"".join(pack_command(args) for args in commands))
+        return [await self.read_reply(reply_timeout) for _ in commands]
+
+    async def aclose(self) -> None:
+        """Close the socket at once (no goodbye to the server); safe to call twice."""
+        self.closed = True
+        await trio.aclose_forcefully(self._stream)
+
+
+async def open_connection(config: RedisConfig) -> Connection:
+    """Connect to ``config``'s server, do TLS and the handshake (AUTH, SELECT, SETNAME).
+
+    ``config`` must be resolved already (no ``embedded``). Raises
+    :class:`RedisConnectionError` naming the address when the server cannot be reached
+    or the TLS handshake fails, and :class:`AuthenticationError` when it refuses the
+    credentials. Cancellation closes whatever was opened.
+    """
+    address = config.address
+    stream = await _open_stream(config)
+    encoding = "utf-8" if config.decode_responses else None
+    connection = Connection(stream, make_parser(encoding), address, config.socket_timeout)
+    try:
+        await _handshake(connection, config)
+    except BaseException:
+        await connection.aclose()
+        raise
+    return connection
+
+
+async def _open_stream(config: RedisConfig) -> trio.abc.Stream:
+    address = config.address
+    timeout = config.socket_connect_timeout
+    stream: trio.abc.Stream | None = None
+    try:
+        with trio.fail_after(timeout):
+            if config.unix_socket_path:
+                stream = await trio.open_unix_socket(config.unix_socket_path)
+            else:
+                tcp = await trio.open_tcp_stream(config.host, config.port)
+                if config.socket_keepalive:
+                    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                stream = tcp
+            context = config.ssl_context()
+            if context is not None:
+                stream = trio.SSLStream(stream, context, server_hostname=config.host)
+                await stream.do_handshake()
+            return stream
+    except trio.TooSlowError:
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
+        raise RedisConnectionError(
+            f"timed out after {timeout} s connecting to Redis at {address}"
+            " (is the server up? raise socket_connect_timeout if it is just slow)"
+        ) from None
+    except _IO_ERRORS as exc:
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
+        cause = exc.__cause__ or exc
+        if isinstance(cause, ssl.SSLError):
+            raise RedisConnectionError(
+                f"TLS handshake with Redis at {address} failed: {cause}; check ssl_ca_certs,"
+                " ssl_certfile/ssl_keyfile and that the server speaks TLS on that port"
+            ) from exc
+        raise RedisConnectionError(
+            f"cannot connect to Redis at {address}: {_describe(exc)}"
+        ) from exc
+    except BaseException:
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
+        raise
+
+
+async def _handshake(connection: Connection, config: RedisConfig) -> None:
+    commands: list[tuple[Any, ...]] = []
+    if config.password is not None:
+        if config.username:
+            commands.append(("AUTH", config.username, config.password))
+        else:
+            commands.append(("AUTH", config.password))
+    if config.db:
+        commands.append(("SELECT", config.db))
+    if config.client_name:
+        commands.append(("CLIENT", "SETNAME", config.client_name))
+    if not commands:
+        return
+    replies = await connection.request(commands, config.socket_connect_timeout)
+    for command, reply in zip(commands, replies, strict=True):
+        if not isinstance(reply, ResponseError):
+            continue
+        if command[0] == "AUTH" or reply.code in _AUTH_CODES:
+            user = config.username or "default"
+            raise AuthenticationError(
+                f"Redis at {connection.address} refused to authenticate user {user!r}: {reply};"
+                " check RedisConfig.username and RedisConfig.password"
+            )
+        raise ResponseError(
+            f"{reply} (during {command[0]} {command[1]} on connect to {config.address})"
+        )

@@ -1,0 +1,181 @@
+"""One connection shared by many tasks: a single writer task, a single reader task.
+
+Callers never touch the socket. :meth:`SharedConnection.request` appends the packed
+command to an outbox and a reply slot to a FIFO, in the same synchronous step, so the
+order of slots is the order of commands on the wire; then the caller parks. The writer
+drains the whole outbox into one ``send_all``, so commands issued concurrently by many
+tasks are pipelined automatically. The reader parses replies from large chunks and hands
+each to the slot at the head of the FIFO.
+
+Cancellation never desynchronizes the stream: a cancelled caller only marks its slot
+*abandoned*; its command may still be sent and run, and the reader throws its reply
+away instead of handing it to the next caller (the CVE-2023-28858/28859 class of bug
+cannot happen, because no caller ever reads from the socket). When the socket breaks,
+every waiting caller gets :class:`~ailf.errors.RedisConnectionError` and the connection
+is done; the client opens a new one for later commands.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import outcome
+import trio
+from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_rescheduled
+
+from ailf.clients.connection import Connection
+from ailf.clients.resp import NOT_ENOUGH
+from ailf.errors import RedisConnectionError, RedisTimeoutError
+
+__all__ = ["SharedConnection"]
+
+
+class _Slot:
+    """Where one request's reply (or replies, for a pipeline) will be delivered."""
+
+    __slots__ = ("abandoned", "count", "replies", "task")
+
+    def __init__(self, task: Task, count: int) -> None:
+        self.task = task
+        self.count = count
+        self.replies: list[Any] | None = [] if count > 1 else None
+        self.abandoned = False
+
+    def abandon(self, raise_cancel: Any) -> Abort:
+        self.abandoned = True
+        return Abort.SUCCEEDED
+
+
+class SharedConnection:
+    """A :class:`Connection` multiplexed among tasks; run it with :meth:`run` in a nursery.
+
+    Usable from the moment it is created (requests queue until the writer starts).
+    ``error`` is None while it works, and the :class:`RedisConnectionError` that ended
+    it afterwards; requests made then fail at once with that error.
+    """
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._outbox: list[bytes] = []
+        self._waiting: deque[_Slot] = deque()
+        self._parked_writer: Task | None = None
+        self._scope = trio.CancelScope()
+        self._timeout = connection.socket_timeout
+        self.error: RedisConnectionError | None = None
+
+    @property
+    def address(self) -> str:
+        return self._connection.address
+
+    @property
+    def in_flight(self) -> int:
+        """Requests whose replies have not arrived yet (abandoned ones included)."""
+        return len(self._waiting)
+
+    async def request(self, data: bytes, count: int = 1) -> Any:
+        """Queue ``count`` packed commands and wait for the reply (a list if ``count > 1``).
+
+        Error replies are returned, not raised. Cancellation: before the command is
+        queued, nothing was sent; after, the command may still run on the server and its
+        reply is discarded. ``socket_timeout`` (when set) abandons the wait the same way
+        and raises :class:`RedisTimeoutError`.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self.error is not None:
+            raise RedisConnectionError(str(self.error))
+        slot = _Slot(current_task(), count)
+        self._outbox.append(data)
+        self._waiting.append(slot)
+        writer = self._parked_writer
+        if writer is not None:
+            self._parked_writer = None
+            reschedule(writer)
+        if self._timeout is None:
+            return await wait_task_rescheduled(slot.abandon)
+        with trio.move_on_after(self._timeout):
+            return await wait_task_rescheduled(slot.abandon)
+        raise RedisTimeoutError(
+            f"Redis at {self.address} did not answer within {self._timeout} s"
+            " (socket_timeout); the command may still have run"
+        )
+
+    async def run(self) -> None:
+        """Drive the socket until it breaks or :meth:`close` is called.
+
+        Never raises a connection error: that is delivered to the callers waiting on
+        this connection. Returns once the socket is closed.
+        """
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._write_loop)
+                    await self._read_loop()
+        finally:
+            self._fail(RedisConnectionError(f"connection to Redis at {self.address} was closed"))
+            with trio.CancelScope(shield=True):
+                await self._connection.aclose()
+
+    def close(self) -> None:
+        """Stop the reader and writer; waiting callers get :class:`RedisConnectionError`."""
+        self._fail(RedisConnectionError(f"connection to Redis at {self.address} was closed"))
+        self._scope.cancel()
+
+    def _fail(self, error: RedisConnectionError) -> None:
+        if self.error is None:
+            self.error = error
+        self._outbox.clear()
+        waiting = self._waiting
+        while waiting:
+            slot = waiting.popleft()
+            if not slot.abandoned:
+                slot.abandoned = True
+                reschedule(slot.task, outcome.Error(RedisConnectionError(str(self.error))))
+        self._scope.cancel()
+
+    def _abort_parked_writer(self, raise_cancel: Any) -> Abort:
+        self._parked_writer = None
+        return Abort.SUCCEEDED
+
+    async def _write_loop(self) -> None:
+        connection = self._connection
+        try:
+            while True:
+                outbox = self._outbox
+                if not outbox:
+                    self._parked_writer = current_task()
+                    await wait_task_rescheduled(self._abort_parked_writer)
+                    continue
+                self._outbox = []
+                await connection.send(outbox[0] if len(outbox) == 1 else b"".join(outbox))
+        except RedisConnectionError as exc:
+            self._fail(exc)
+
+    async def _read_loop(self) -> None:
+        try:
+            await self._dispatch_replies()
+        except RedisConnectionError as exc:
+            self._fail(exc)
+
+    async def _dispatch_replies(self) -> None:
+        connection = self._connection
+        waiting = self._waiting
+        while True:
+            await connection.receive_into_parser()
+            while True:
+                reply = connection.next_reply()
+                if reply is NOT_ENOUGH:
+                    break
+                if not waiting:
+                    raise RedisConnectionError(
+                        f"Redis at {self.address} sent a reply nobody asked for: {reply!r}"
+                    )
+                slot = waiting[0]
+                if slot.count != 1:
+                    slot.replies.append(reply)
+                    if len(slot.replies) < slot.count:
+                        continue
+                    reply = slot.replies
+                waiting.popleft()
+                if not slot.abandoned:
+                    reschedule(slot.task, outcome.Value(reply))

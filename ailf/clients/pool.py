@@ -1,0 +1,114 @@
+"""Dedicated connections: connecting with backoff, and a bounded pool of them.
+
+Blocking commands (``XREADGROUP … BLOCK``, ``BLPOP``…) must not sit on the shared
+connection, where they would hold up every command queued behind them, so each runs
+on a connection of its own, borrowed from a :class:`ConnectionPool` for the duration of
+the command. The pool is bounded (``RedisConfig.max_connections``): past the bound,
+callers wait for a connection to come back. A connection comes back only if the
+command finished normally; after any exception, cancellation included, it is closed,
+because its place in the reply stream is unknown.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import select
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from ailf.clients.connection import Connection, open_connection
+from ailf.clients.resp import pack_command
+from ailf.config import RedisConfig
+from ailf.errors import AuthenticationError, RedisConnectionError
+
+__all__ = ["ConnectionPool", "connect_with_retry"]
+
+log = logging.getLogger("ailf.clients")
+
+
+async def connect_with_retry(config: RedisConfig, *, forever: bool = False) -> Connection:
+    """Open a connection, retrying refused/unreachable with ``config.retry``'s backoff.
+
+    Gives up after ``config.retry.attempts`` retries with the last
+    :class:`RedisConnectionError`, unless ``forever`` (pub/sub listeners, which must
+    outlive a Redis restart; cancel them to stop). Wrong credentials are never retried.
+    """
+    policy = config.retry
+    for attempt in itertools.count():
+        try:
+            return await open_connection(config)
+        except AuthenticationError:
+            raise
+        except RedisConnectionError as exc:
+            if not forever and attempt >= policy.attempts:
+                raise
+            delay = policy.delay(min(attempt, 30))
+            log.warning("%s; retrying in %.2f s", exc, delay)
+            await trio.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _is_stale(connection: Connection) -> bool:
+    """True when an idle connection has something to read: EOF or junk, never a reply."""
+    stream: Any = connection.stream
+    sock = getattr(stream, "socket", None) or getattr(
+        getattr(stream, "transport_stream", None), "socket", None
+    )
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+class ConnectionPool:
+    """At most ``max_connections`` dedicated connections, reused while they are healthy."""
+
+    def __init__(self, config: RedisConfig, max_connections: int) -> None:
+        self._config = config
+        self._idle: list[Connection] = []
+        self._limit = trio.Semaphore(max_connections)
+        self._closed = False
+
+    async def request(
+        self, commands: Sequence[tuple[Any, ...]], reply_timeout: float | None = None
+    ) -> list[Any]:
+        """Run commands on a borrowed connection, in one write; their replies, in order.
+
+        Error replies are returned, not raised. ``reply_timeout`` bounds each reply (None:
+        ``socket_timeout``; ``float("inf")`` for blocking commands). Cancellation closes
+        the borrowed connection.
+        """
+        data = b"".join(pack_command(args) for args in commands)
+        async with self._limit:
+            connection = await self._checkout()
+            try:
+                await connection.send(data)
+                replies = [await connection.read_reply(reply_timeout) for _ in commands]
+            except BaseException:
+                await connection.aclose()
+                raise
+            self._idle.append(connection)
+            return replies
+
+    async def _checkout(self) -> Connection:
+        if self._closed:
+            raise RedisConnectionError(f"client for Redis at {self._config.address} is closed")
+        while self._idle:
+            connection = self._idle.pop()
+            if not _is_stale(connection):
+                return connection
+            await connection.aclose()
+        return await connect_with_retry(self._config)
+
+    async def aclose(self) -> None:
+        """Close idle connections; borrowed ones close when their command ends."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            await connection.aclose()

@@ -1,0 +1,109 @@
+"""The trio engine behind :class:`~ailf.clients.async_client.AsyncRedisClient`.
+
+With a nursery (``async with AsyncRedisClient(...)``), ordinary commands share one
+:class:`~ailf.clients.multiplex.SharedConnection` whose reader and writer tasks live in
+that nursery; blocking commands borrow dedicated connections from a bounded
+:class:`~ailf.clients.pool.ConnectionPool`. When the shared connection breaks, the
+commands in flight fail and the next command opens a new one, with backoff.
+
+Without a nursery (a client used without ``async with``) there can be no background
+task, so every command borrows a dedicated connection from the pool: correct, but with
+no automatic pipelining across tasks. ``aclose()`` closes the idle ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from ailf.clients.multiplex import SharedConnection
+from ailf.clients.pool import ConnectionPool, connect_with_retry
+from ailf.clients.pubsub import PubSub
+from ailf.clients.resp import pack_command
+from ailf.config import RedisConfig
+from ailf.errors import RedisConnectionError, ResponseError
+
+__all__ = ["TrioBackend"]
+
+_FOREVER = float("inf")
+
+
+class TrioBackend:
+    """Runs commands on trio; see the module docstring for which connection each uses."""
+
+    def __init__(self, config: RedisConfig, nursery: trio.Nursery | None) -> None:
+        self._config = config
+        self._nursery = nursery
+        self._pool = ConnectionPool(config, config.max_connections)
+        self._shared: SharedConnection | None = None
+        self._connect_lock = trio.Lock()
+        self._closed = False
+
+    async def open(self) -> None:
+        """Connect the shared connection now, so a wrong address fails at ``async with``."""
+        if self._nursery is not None:
+            await self._reconnect(None)
+
+    async def execute(self, args: tuple[Any, ...], blocking: bool) -> Any:
+        """One command's raw reply (an error reply is returned, not raised)."""
+        shared = self._shared
+        if blocking or self._nursery is None:
+            replies = await self._pool.request([args], _FOREVER if blocking else None)
+            return replies[0]
+        if shared is None or shared.error is not None:
+            shared = await self._reconnect(shared)
+        return await shared.request(pack_command(args))
+
+    async def execute_many(
+        self, commands: list[tuple[Any, ...]], blocking: bool, transaction: bool
+    ) -> list[Any]:
+        """Raw replies of commands sent in one write, MULTI/EXEC around them if asked."""
+        if transaction:
+            commands = [("MULTI",), *commands, ("EXEC",)]
+        if blocking or self._nursery is None:
+            replies = await self._pool.request(commands, _FOREVER if blocking else None)
+        else:
+            shared = self._shared
+            if shared is None or shared.error is not None:
+                shared = await self._reconnect(shared)
+            data = b"".join([pack_command(args) for args in commands])
+            replies = await shared.request(data, len(commands))
+            if len(commands) == 1:
+                replies = [replies]
+        if not transaction:
+            return replies
+        executed = replies[-1]
+        if isinstance(executed, ResponseError):
+            queued = [reply for reply in replies[1:-1] if isinstance(reply, ResponseError)]
+            raise queued[0] if queued else executed
+        return executed
+
+    def pubsub(self) -> PubSub:
+        return PubSub(self._config)
+
+    async def sleep(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+
+    async def _reconnect(self, broken: SharedConnection | None) -> SharedConnection:
+        async with self._connect_lock:
+            current = self._shared
+            if current is not None and current is not broken and current.error is None:
+                return current
+            if self._closed or self._nursery is None:
+                raise RedisConnectionError(
+                    f"client for Redis at {self._config.address} is closed;"
+                    " use it inside `async with AsyncRedisClient(...) as client:`"
+                )
+            connection = await connect_with_retry(self._config)
+            shared = SharedConnection(connection)
+            self._nursery.start_soon(shared.run)
+            self._shared = shared
+            return shared
+
+    async def aclose(self) -> None:
+        """Close every connection; commands in flight fail with RedisConnectionError."""
+        self._closed = True
+        if self._shared is not None:
+            self._shared.close()
+        await self._pool.aclose()

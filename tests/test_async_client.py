@@ -1,0 +1,297 @@
+"""AsyncRedisClient's commands, pipelines and pub/sub, under trio and asyncio alike.
+
+Every test body here is an ``async def`` run by the ``run`` fixture once under
+``trio.run`` and once under ``asyncio.run``, and (through ``resp_parser``) with hiredis
+and with the pure-Python RESP parser, against a real throwaway redis-server.
+"""
+
+from __future__ import annotations
+
+import pytest
+from async_helpers import resp_parser_fixture, run_fixture  # noqa: F401 - fixtures
+
+from ailf import AsyncRedisClient, RedisConfig, ResponseError
+
+pytestmark = pytest.mark.usefixtures("resp_parser")
+
+
+def test_strings_and_keys(run, redis_config: RedisConfig) -> None:
+    async def body() -> None:
+        async with AsyncRedisClient(redis_config) as client:
+            assert await client.ping() is True
+            assert await client.get("missing") is None
+            assert await client.set("k", "v") is True
+            assert await client.get("k") == "v"
+            assert await client.set("k", "w", nx=True) is None
+            assert await client.set("k", "w", xx=True) is True
+            assert await client.set("t", 1, expire=100) is True
+            assert 0 < await client.ttl("t") <= 100
+            assert await client.set("p", 1, px=50_000) is True
+            assert await client.exists("k", "t", "missing") == 2
+            assert await client.incr("n") == 1
+            assert await client.incr("n", amount=5) == 6
+            assert await client.expire("n", 60) is True
+            assert await client.delete("k", "t", "missing") == 2
+            assert await client.execute_command("ECHO", "raw") == "raw"
+
+    run(body)
+
+
+def test_decode_responses_off_gives_bytes(run, redis_config: RedisConfig) -> None:
+    async def body() -> None:
+        config = redis_config.replace(decode_responses=False)
+        async with AsyncRedisClient(config) as client:
+            await client.set("b", b"\xff\x00")
+            assert await client.get("b") == b"\xff\x00"
+            await client.hset("h", "f", "v")
+            assert await client.hgetall("h") == {b"f": b"v"}
+
+    run(body)
+
+
+def test_hashes_and_json(run, redis_config: RedisConfig) -> None:
+    async def body() -> None:
+        async with AsyncRedisClient(redis_config) as client:
+            assert await client.hset("h", "a", "1") == 1
+            assert await client.hset("h", mapping={"b": "2", "c": "3"}) == 2
+            assert await client.hget("h", "a") == "1"
+            assert await client.hget("h", "zz") is None
+            assert await client.hgetall("h") == {"a": "1", "b": "2", "c": "3"}
+            assert await client.hgetall("nothing") == {}
+            assert await client.hincrby("h", "a", 4) == 5
+            assert await client.hdel("h", "b", "c") == 2
+            user = {"name": "Alice", "settings": {"theme": "dark", "on": True}}
+            assert await client.set_json("user:1", user, expire=60) is True
+            assert await client.get_json("user:1") == user
+            assert await client.get_json("user:missing") is None
+
+    run(body)
+
+
+def test_error_reply_has_code_and_client_stays_usable(run, redis_config: RedisConfig) -> None:
+    async def body() -> None:
+        async with AsyncRedisClient(redis_config) as client:
+            await client.set("s", "text")
+            with pytest.raises(ResponseError) as caught:
+                await client.incr("s")
+            assert caught.value.code == "ERR"
+            await client.xgroup_create("stream", "group", mkstream=True)
+            with pytest.raises(ResponseError) as caught:
+                await client.xgroup_create("stream", "group")
+            assert caught.value.code == "BUSYGROUP"
+            with pytest.raises(ResponseError) as caught:
+                await client.xreadgroup("nogroup", "c", {"stream": ">"})
+            assert caught.value.code == "NOGROUP"
+            assert await client.get("s") == "text"
+
+    run(body)
+
+
+def test_streams_and_consumer_groups(run, redis_config: RedisConfig) -> None:
+    async def body() -> None:
+        async with AsyncRedisClient(redis_config) as client:
+            assert await client.xgroup_create("jobs", "workers", id="0", mkstream=True) is True
+            first = await client.xadd("jobs", {"n": "1"})
+            second = await client.xadd("jobs", {"n": "2"}, maxlen=1000)
+            assert isinstance(first, str) and first < second
+            assert await client.xlen("jobs") == 2
+            assert await client.xrange("jobs") == [(first, {"n": "1"}), (second, {"n": "2"})]
+            assert await client.xrange("jobs", count=1) == [(first, {"n": "1"})]
+            assert await client.xread({"jobs": "0"}, count=1) == [["jobs", [(first, {"n": "1"})]]]
+            assert await client.xread({"jobs": second}, block=10) == []
+
+            read = await client.xreadgroup("workers", "alice", {"jobs": ">"}, count=10)
+            assert read == [["jobs", [(first, {"n": "1"}), (second, {"n": "2"})]]]
+            summary = await client.xpending("jobs", "workers")
+            assert summary["pending"] == 2
+            assert (summary["min"], summary["max"]) == (first, second)
+            assert summary["consumers"] == [{"name": "alice", "pending": 2}]
+            detail = await client.xpending_range("jobs", "workers", count=10)
+            assert [d["message_id"] for d in detail] == [first, second]
+            assert detail[0]["consumer"] == "alice" and detail[0]["times_delivered"] == 1
+            assert await client.xpending_range("jobs", "workers", consumername="bob") == []
+
+            claimed = await client.xautoclaim("jobs", "workers", "bob", 0, count=1)
+            assert claimed[1] == [(first, {"n": "1"})] and claimed[2] == []
+            ids = await client.xautoclaim("jobs", "workers", "bob", 0, justid=True)
+            assert set(ids) == {first, second}
+            assert await client.xack("jobs", "workers", first, second) == 2
+            assert (await client.xpending("jobs", "workers"))["pending"] == 0
+
+            info = await client.xinfo_stream("jobs")
+            assert info["length"] == 2 and info["first-entry"] == (first, {"n": "1"})
+            groups = await client.xinfo_groups("jobs")
+            assert groups[0]["name"] == "workers"
+            assert await client.xgroup_createconsumer("jobs", "workers", "carol") == 1
+            consumers = await client.xinfo_consumers("jobs", "workers")
+            assert {c["name"] for c in consumers} == {"alice", "bob", "carol"}
+            assert await client.xgroup_delconsumer("jobs", "workers", "carol") == 0
+            assert await client.xdel("jobs", first) == 1
+            await client.xadd("jobs", {"n": "3"})
+            assert await client.xtrim("jobs", maxlen=1, approximate=False) == 1
+            assert await client.xgroup_destroy("jobs", "workers") is True
+
+    run(body)
+
+
+def test_deleted_entry_in_pending_read_is_none(run, redis_config: RedisConfig) -> None:
+    async def body() -> None:
+        async with AsyncRedisClient(redis_config) as client:
+            await client.xgroup_create("s", "g", id="0", mkstream=True)
+            entry = await client.xadd("s", {"a": "b"})
+            await client.xreadgroup("g", "c", {"s": ">"})
+            await client.xdel("s", entry)
+            assert await client.xreadgroup("g", "c", {"s": "0"}) == [["s", [(entry, None)]]]
+
+    run(body)
+
+
+def test_pipeline_sends_queued_commands(run, redis_config: RedisConfig) -> None:
+    async def body() -> None:
+        async with AsyncRedisClient(redis_config) as client:
+            async with client.pipeline() as pipe:
+                pipe.set("a", 1).incr("a").get("a").hgetall("none")
+                assert len(pipe) == 4
+                assert await pipe.execute() == [True, 2, "2", {}]
+            pipe = client.pipeline(transaction=False)
+            for n in range(100):
+                pipe.xadd("s", {"n": n})
+            ids = await pipe.execute()
+            assert len(ids) == 100 and await client.xlen("s") == 100
+            assert await pipe.execute() == []
+
+    run(body)
+
+
+def test_pipeline_errors(run, redis_config: RedisConfig) -> None:
+    async def body() -> None:
+        async with AsyncRedisClient(redis_config) as client:
+            await client.set("text", "x")
+            for transaction in (True, False):
+                pipe = client.pipeline(transaction=transaction)
+                pipe.set("k", "v").incr("text").get("k")
+                with pytest.raises(ResponseError):
+                    await pipe.execute()
+                pipe.set("k", "v").incr("text").get("k")
+                result = await pipe.execute(raise_on_error=False)
+                assert result[0] is True and result[2] == "v"
+                assert isinstance(result[1], ResponseError)
+
+    run(body)
+
+
+def test_pipeline_not_sent_when_block_raises(run, redis_config: RedisConfig) -> None:
+    async def body() -> None:
+        async with AsyncRedisClient(redis_config) as client:
+            with pytest.raises(KeyError):
+                async with client.pipeline() as pipe:
+                    pipe.set("never", 1)
+                    raise KeyError("boom")
+            assert await client.get("never") is None
+
+    run(body)
+
+
+def test_publish_and_pubsub(run, redis_config: RedisConfig) -> None:
+    async def body() -> None:
+        async with AsyncRedisClient(redis_config) as client, client.pubsub() as ps:
+            await ps.subscribe("news", "other")
+            await ps.psubscribe("events.*")
+            assert await client.publish("news", {"a": 1}) == 1
+            assert await client.publish("events.x", "plain") == 1
+            assert await client.publish("nobody", "x") == 0
+            first = await ps.get_message(timeout=5)
+            assert first == {
+                "type": "message",
+                "pattern": None,
+                "channel": "news",
+                "data": '{"a":1}',
+            }
+            async for message in ps:
+                assert message == {
+                    "type": "pmessage",
+                    "pattern": "events.*",
+                    "channel": "events.x",
+                    "data": "plain",
+                }
+                break
+            await ps.unsubscribe("news")
+            assert await client.publish("news", "lost") == 0
+            assert await ps.get_message(timeout=0.05) is None
+
+    run(body)
+
+
+def test_blocking_read_does_not_hold_up_other_commands(run, redis_config: RedisConfig) -> None:
+    async def body() -> None:
+        async with AsyncRedisClient(redis_config) as client:
+            await client.xgroup_create("s", "g", mkstream=True)
+            results = []
+
+            async def reader() -> None:
+                results.append(await client.xreadgroup("g", "c", {"s": ">"}, block=5000))
+
+            async def writer() -> None:
+                for n in range(20):
+                    await client.set(f"k{n}", n)
+                await client.xadd("s", {"hello": "world"})
+
+            await _gather(reader, writer)
+            assert results[0][0][1][0][1] == {"hello": "world"}
+            assert await client.blpop("nothing", timeout=0.05) is None
+            await client.rpush("list", "x")
+            assert await client.blpop(["list"], timeout=1) == ("list", "x")
+
+    run(body)
+
+
+async def _gather(*functions) -> None:
+    import sniffio
+
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        async with trio.open_nursery() as nursery:
+            for function in functions:
+                nursery.start_soon(function)
+    else:
+        import asyncio
+
+        await asyncio.gather(*(function() for function in functions))
+
+
+def test_many_tasks_share_the_client(run, redis_config: RedisConfig) -> None:
+    async def body() -> None:
+        async with AsyncRedisClient(redis_config) as client:
+
+            async def task(n: int) -> None:
+                for i in range(50):
+                    key = f"task{n}"
+                    assert await client.incr(key) == i + 1
+                    assert await client.get(key) == str(i + 1)
+
+            await _gather(*(lambda n=n: task(n) for n in range(50)))
+
+    run(body)
+
+
+def test_client_without_async_with(run, redis_config: RedisConfig) -> None:
+    async def body() -> None:
+        client = AsyncRedisClient(redis_config)
+        try:
+            assert await client.set("lazy", "yes") is True
+            assert await client.get("lazy") == "yes"
+            pipe = client.pipeline()
+            pipe.incr("count").incr("count")
+            assert await pipe.execute() == [1, 2]
+            await _gather(*(lambda: client.incr("c") for _ in range(10)))
+            assert await client.get("c") == "10"
+        finally:
+            await client.aclose()
+
+    run(body)
+
+
+def test_config_defaults_from_environment(monkeypatch, redis_config: RedisConfig) -> None:
+    monkeypatch.setenv("AILF_REDIS_URL", f"redis://127.0.0.1:{redis_config.port}/3")
+    assert AsyncRedisClient().config.db == 3
