@@ -9,15 +9,155 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import ailf
-from ailf.errors import AilfError
+from ailf.config import RedisConfig
+from ailf.errors import AilfError, ScenarioError
 from ailf.server import RedisServer
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A bad argument the parser could not catch (a JSON body, say): exit code 2."""
+
+
+def _redis_config(args: argparse.Namespace) -> RedisConfig:
+    """``--redis URL``, else ``AILF_REDIS_URL`` / ``REDIS_URL``, else localhost:6379."""
+    if args.redis:
+        return RedisConfig.from_url(args.redis)
+    return RedisConfig.from_env()
+
+
+def _json_argument(text: str) -> Any:
+    """A message body from the command line: JSON text, or ``-`` for stdin."""
+    if text == "-":
+        text = sys.stdin.read()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f"the body is not JSON ({exc.msg} at column {exc.colno}): {text!r};"
+            """ quote it for the shell, e.g. '{"n": 1}'"""
+        ) from None
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from ailf.scenario.load import load_scenario
+
+    scenario = load_scenario(args.file)
+    if args.json:
+        _print_json({"file": args.file, "ok": True, "name": scenario.name})
+        return EXIT_OK
+    replicas = sum(agent.replicas for agent in scenario.agents)
+    print(
+        f"{args.file}: ok — scenario {scenario.name!r}, {len(scenario.agents)} agents"
+        f" ({replicas} replicas in {scenario.process_count} processes),"
+        f" {len(scenario.messages)} messages, until {scenario.scenario.until!r}"
+    )
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ailf.scenario.load import load_scenario
+    from ailf.scenario.runner import run_scenario
+
+    scenario = load_scenario(args.file)
+    unknown = sorted(set(args.only or ()) - {agent.name for agent in scenario.agents})
+    if unknown:
+        known = ", ".join(agent.name for agent in scenario.agents)
+        raise UsageError(
+            f"--only: no agent named {', '.join(unknown)} in {args.file}; agents: {known}"
+        )
+    report = run_scenario(
+        scenario, redis_url=args.redis, only=tuple(args.only or ()), json_output=args.json
+    )
+    if args.json:
+        _print_json(report.to_json())
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from ailf.scenario.worker import run_worker
+
+    return run_worker(
+        args.file,
+        process=args.process,
+        redis_url=args.redis,
+        events_fd=args.events_fd,
+        only=tuple(args.only or ()),
+    )
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    from ailf import admin
+
+    body = _json_argument(args.body)
+    config = _redis_config(args)
+    if args.ask:
+        reply = admin.ask(config, args.namespace, args.agent, body, timeout=args.timeout)
+        _print_json(reply)
+        return EXIT_OK
+    ids = admin.send(config, args.namespace, args.agent, body, count=args.count)
+    if args.json:
+        _print_json({"agent": args.agent, "ids": ids})
+    else:
+        for message_id in ids:
+            print(message_id)
+    return EXIT_OK
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from ailf import admin
+
+    body = _json_argument(args.body)
+    admin.publish(_redis_config(args), args.namespace, args.topic, body)
+    return EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from ailf import admin
+
+    status = admin.status(_redis_config(args), args.namespace)
+    if args.json:
+        _print_json(status)
+    else:
+        print(admin.format_status(status))
+    return EXIT_OK
+
+
+def _cmd_dlq(args: argparse.Namespace) -> int:
+    from ailf import admin
+
+    config = _redis_config(args)
+    if args.action == "list":
+        letters = admin.dead_letters(config, args.namespace, args.agent, count=args.count)
+        if args.json:
+            _print_json(letters)
+        else:
+            print(admin.format_dead_letters(args.agent, letters))
+    elif args.action == "show":
+        if not args.ids:
+            raise UsageError("dlq show: give the id of a dead letter (see ailf dlq list AGENT)")
+        letters = admin.dead_letters(config, args.namespace, args.agent, ids=args.ids)
+        _print_json(letters)
+    elif args.action == "redrive":
+        moved = admin.redrive(config, args.namespace, args.agent, ids=args.ids)
+        print(f"{len(moved)} dead letters of {args.agent!r} sent back to its mailbox")
+    else:
+        removed = admin.purge(config, args.namespace, args.agent, ids=args.ids)
+        print(f"{removed} dead letters of {args.agent!r} deleted")
+    return EXIT_OK
 
 
 def _cmd_server(args: argparse.Namespace) -> int:
@@ -31,28 +171,204 @@ def _cmd_server(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_RAW = argparse.RawDescriptionHelpFormatter
+
+_NAMESPACE_HELP = (
+    "the namespace (default: AILF_NAMESPACE, else 'default'); a scenario's is its name"
+)
+
+
+def _add_redis(
+    parser: argparse.ArgumentParser,
+    what: str = "the Redis to talk to"
+    " (default: AILF_REDIS_URL, else REDIS_URL, else redis://localhost:6379/0)",
+) -> None:
+    parser.add_argument("--redis", metavar="URL", default=None, help=what)
+
+
+def _add_namespace(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-n",
+        "--namespace",
+        default=os.environ.get("AILF_NAMESPACE", "default"),
+        help=_NAMESPACE_HELP,
+    )
+
+
+def _add_json(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--json", action="store_true", help=f"print {what} as JSON on stdout")
+
+
+def _command(
+    commands: Any, name: str, summary: str, description: str, examples: str, **kwargs: Any
+) -> argparse.ArgumentParser:
+    return commands.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog="examples:\n" + examples,
+        formatter_class=_RAW,
+        **kwargs,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ailf",
         description="ailf: an actor-style agent runtime on Redis and trio.",
-        epilog="examples:\n  ailf server            # a throwaway Redis, prints its URL\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  ailf run scenarios/quickstart.toml     # run a scenario (starts its own Redis)\n"
+        "  ailf check scenarios/word-count.toml   # validate a scenario file\n"
+        "  ailf server                            # a throwaway Redis, prints its URL\n"
+        "  ailf send echo '{\"hi\": 1}' --ask      # ask an agent, print the reply\n"
+        "  ailf status                            # namespaces, agents, processes, backlog\n"
+        "  ailf dlq list worker                   # an agent's dead letters\n\n"
+        "Exit codes: 0 success, 1 failure (a failed run, Redis unreachable), 2 bad usage or file.",
+        formatter_class=_RAW,
     )
     parser.add_argument("--version", action="version", version=f"ailf {ailf.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    server = commands.add_parser(
+    run = _command(
+        commands,
+        "run",
+        "run a scenario file",
+        "Run the agents a scenario file declares, send its messages, show progress on\n"
+        "stderr, then a summary per agent. Without [redis] url in the file (or --redis),\n"
+        "an embedded Redis server is started for the run. Exit code 0 when the run ended\n"
+        "as the file says (until = idle|stop) and its [expect] tables hold; 1 on failure\n"
+        "or timeout; 2 for a bad file.",
+        "  ailf run scenarios/quickstart.toml\n"
+        "  ailf run scenarios/word-count.toml --redis redis://localhost:6379/0\n"
+        "  ailf run scenarios/work-queue.toml --only worker   # this host runs the workers\n"
+        "  ailf run scenarios/ping-pong.toml --json > summary.json",
+    )
+    run.add_argument("file", help="the scenario file (TOML)")
+    _add_redis(
+        run,
+        "use this Redis (default: the file's [redis] url, else an embedded server"
+        " started for the run)",
+    )
+    run.add_argument(
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        help="run only these agents (other hosts run the rest against the same Redis)",
+    )
+    _add_json(run, "the summary")
+    run.set_defaults(handler=_cmd_run)
+
+    check = _command(
+        commands,
+        "check",
+        "validate a scenario file without running it",
+        "Parse and check a scenario file: TOML syntax, keys and types, agent classes\n"
+        "(imported), their options, names used by messages. Exit code 0 when it would\n"
+        "run, 2 (with every problem listed on stderr) when it would not.",
+        "  ailf check scenarios/word-count.toml\n"
+        "  for f in scenarios/*.toml; do ailf check $f; done",
+    )
+    check.add_argument("file", help="the scenario file (TOML)")
+    _add_json(check, "the result")
+    check.set_defaults(handler=_cmd_check)
+
+    send = _command(
+        commands,
+        "send",
+        "send a message to an agent's mailbox (or ask it)",
+        "Add a message to an agent's mailbox and print its id. With --ask, wait for the\n"
+        "agent's reply and print it as JSON (exit 1 on timeout or a remote error).\n"
+        "JSON is any JSON value; '-' reads it from stdin.",
+        "  ailf send echo '{\"hi\": 1}'\n"
+        '  ailf send calculator \'{"op": "add", "args": [1, 2]}\' --ask -n service\n'
+        "  ailf send worker '{\"job\": 1}' --count 100 -n work-queue\n"
+        "  echo '[1, 2]' | ailf send echo - --ask",
+    )
+    send.add_argument("agent", help="the agent's name")
+    send.add_argument("body", metavar="JSON", help="the message body as JSON ('-': stdin)")
+    send.add_argument("--ask", action="store_true", help="wait for the reply and print it")
+    send.add_argument("--timeout", type=float, default=10.0, help="seconds to wait with --ask")
+    send.add_argument("--count", type=int, default=1, help="send the message this many times")
+    _add_namespace(send)
+    _add_redis(send)
+    _add_json(send, "the message ids")
+    send.set_defaults(handler=_cmd_send)
+
+    publish = _command(
+        commands,
+        "publish",
+        "broadcast a message on a topic",
+        "Publish a message on a topic: every agent instance subscribed to it, in every\n"
+        "process, hears it once. Broadcasts are best-effort: nobody listening, nobody\n"
+        "hears. Prints how many processes received it.",
+        '  ailf publish room \'{"text": "hello"}\' -n chat',
+    )
+    publish.add_argument("topic", help="the topic")
+    publish.add_argument("body", metavar="JSON", help="the message body as JSON ('-': stdin)")
+    _add_namespace(publish)
+    _add_redis(publish)
+    publish.set_defaults(handler=_cmd_publish)
+
+    status = _command(
+        commands,
+        "status",
+        "show namespaces, agents, processes and backlogs",
+        "Show what runs against a Redis: per namespace, the live processes (with their\n"
+        "last heartbeat) and per agent its replicas, mailbox length, pending (delivered,\n"
+        "not yet acknowledged), lag (not yet delivered) and dead letters.",
+        "  ailf status\n  ailf status -n word-count --json",
+    )
+    status.add_argument(
+        "-n", "--namespace", default=None, help="only this namespace (default: all of them)"
+    )
+    _add_redis(status)
+    _add_json(status, "the status")
+    status.set_defaults(handler=_cmd_status)
+
+    dlq = _command(
+        commands,
+        "dlq",
+        "list, show, redrive or purge an agent's dead letters",
+        "Messages that failed max_deliveries times, or could not be decoded, end in the\n"
+        "agent's dead-letter stream with the reason and the exception. 'list' shows them,\n"
+        "'show' prints them whole, 'redrive' sends them back to the agent's mailbox (as\n"
+        "new messages) and removes them, 'purge' deletes them. 'redrive' and 'purge'\n"
+        "take ids, or act on every dead letter of the agent when given none.",
+        "  ailf dlq list worker -n work-queue\n"
+        "  ailf dlq show worker 1764120000250-0\n"
+        "  ailf dlq redrive worker            # all of them\n"
+        "  ailf dlq purge worker 1764120000250-0",
+    )
+    dlq.add_argument("action", choices=("list", "show", "redrive", "purge"))
+    dlq.add_argument("agent", help="the agent's name")
+    dlq.add_argument("ids", nargs="*", metavar="ID", help="dead-letter ids (default: all)")
+    dlq.add_argument("--count", type=int, default=100, help="list at most this many")
+    _add_namespace(dlq)
+    _add_redis(dlq)
+    _add_json(dlq, "the dead letters")
+    dlq.set_defaults(handler=_cmd_dlq)
+
+    server = _command(
+        commands,
         "server",
-        help="run an embedded Redis server in the foreground and print its URL",
-        description="Run a throwaway Redis server until Ctrl-C; prints its URL on stdout.",
-        epilog="examples:\n  ailf server\n  ailf server --port 6390 --persistent\n"
+        "run an embedded Redis server in the foreground and print its URL",
+        "Run a throwaway Redis server until Ctrl-C; prints its URL on stdout.",
+        "  ailf server\n  ailf server --port 6390 --persistent\n"
         "  export AILF_REDIS_URL=$(ailf server &)  # in scripts, read the first line",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     server.add_argument("--port", type=int, default=None, help="TCP port (default: a free one)")
     server.add_argument("--unix-socket", action="store_true", help="listen on a socket file")
     server.add_argument("--persistent", action="store_true", help="AOF with fsync always")
     server.set_defaults(handler=_cmd_server)
+
+    # The runner's child processes: not for people, so not in the help.
+    worker = commands.add_parser("_worker")
+    worker.add_argument("file")
+    worker.add_argument("--process", type=int, required=True)
+    worker.add_argument("--redis", required=True)
+    worker.add_argument("--events-fd", type=int, required=True)
+    worker.add_argument("--only", nargs="*", default=())
+    worker.set_defaults(handler=_cmd_worker)
     return parser
 
 
@@ -64,6 +380,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return args.handler(args)
+    except (ScenarioError, UsageError) as exc:
+        for line in str(exc).splitlines():
+            print(f"ailf: error: {line}", file=sys.stderr)
+        return EXIT_USAGE
     except AilfError as exc:
         print(f"ailf: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("ailf: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,461 @@
+"""Read a scenario file and check it, so that a bad file never starts anything.
+
+Loading happens in three passes, and each reports *every* problem it finds before
+giving up, as one :class:`~ailf.errors.ScenarioError`:
+
+1. TOML syntax (``tomllib``): the line and column of the first error.
+2. Shape (cattrs, detailed validation, unknown keys forbidden): the path to each bad
+   field (``agents[1].replicas``), what was expected and what was found. Types are
+   strict: ``replicas = "2"`` is an error, not a 2.
+3. Meaning: duplicate agent names, messages to agents or topics the file does not
+   declare, classes that do not import or are not agents, options that do not fit
+   the class's ``Options``, more processes than replicas, non-positive timeouts...
+
+The scenario file's own directory is put on ``sys.path`` (as the runner does for its
+worker processes), so ``class = "my_agents:Worker"`` finds ``my_agents.py`` beside it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import sys
+import tomllib
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import attrs
+import cattrs
+from cattrs.cols import (
+    homogenous_tuple_structure_factory,
+    is_mapping,
+    is_sequence,
+    list_structure_factory,
+    mapping_structure_factory,
+)
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.gen import make_dict_structure_fn, override
+
+from ailf.config import RedisConfig
+from ailf.errors import ConfigError, ScenarioError
+from ailf.scenario.model import Scenario
+
+__all__ = ["import_agent_class", "load_scenario", "parse_scenario", "structure_strict"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_CLASS_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class _Mismatch(Exception):
+    """A value of the wrong kind; the walker adds the path and what was found."""
+
+    def __init__(self, expected: str) -> None:
+        super().__init__(expected)
+        self.expected = expected
+
+
+# -- a strict converter ------------------------------------------------------------------
+
+
+def _describe_type(kind: Any) -> str:
+    origin = get_origin(kind)
+    if kind is bool:
+        return "true or false"
+    if kind is int:
+        return "an integer"
+    if kind is float:
+        return "a number"
+    if kind is str:
+        return "a string"
+    if origin is Literal:
+        return "one of " + ", ".join(_show(value) for value in get_args(kind))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe_type(arg) for arg in get_args(kind) if arg is not type(None))
+    if origin in (tuple, list):
+        return f"a list of {_plural(get_args(kind)[0])}"
+    if origin is dict or attrs.has(kind):
+        return "a table"
+    return getattr(kind, "__name__", str(kind))
+
+
+def _plural(kind: Any) -> str:
+    return {int: "integers", float: "numbers", str: "strings", bool: "booleans"}.get(
+        kind, "tables" if attrs.has(kind) else "values"
+    )
+
+
+def _strict_scalar(kind: type, check: Callable[[Any], bool]) -> Callable[[Any, type], Any]:
+    def structure(value: Any, _: type) -> Any:
+        if not check(value):
+            raise _Mismatch(_describe_type(kind))
+        return kind(value)
+
+    return structure
+
+
+def _toml_key(attribute: attrs.Attribute) -> str:
+    return attribute.name.rstrip("_")
+
+
+def _make_converter() -> cattrs.Converter:
+    converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    converter.register_structure_hook(
+        int, _strict_scalar(int, lambda v: isinstance(v, int) and not isinstance(v, bool))
+    )
+    converter.register_structure_hook(
+        float,
+        _strict_scalar(float, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    )
+    converter.register_structure_hook(str, _strict_scalar(str, lambda v: isinstance(v, str)))
+    converter.register_structure_hook(bool, _strict_scalar(bool, lambda v: isinstance(v, bool)))
+
+    def guarded(inner: Callable[[Any, Any], Any], want: type, kind: Any) -> Callable:
+        def structure(value: Any, target: Any) -> Any:
+            if not isinstance(value, want):
+                raise _Mismatch(_describe_type(kind))
+            return inner(value, target)
+
+        return structure
+
+    def sequences(kind: Any, conv: cattrs.Converter) -> Callable:
+        factory = homogenous_tuple_structure_factory if get_origin(kind) is tuple else None
+        inner = (factory or list_structure_factory)(kind, conv)
+        return guarded(inner, list, kind)
+
+    def mappings(kind: Any, conv: cattrs.Converter) -> Callable:
+        return guarded(mapping_structure_factory(kind, conv), dict, kind)
+
+    def records(kind: type, conv: cattrs.Converter) -> Callable:
+        renames = {
+            a.name: override(omit=True) if a.metadata.get("toml") is False else override(rename=key)
+            for a in attrs.fields(kind)
+            if a.name != (key := _toml_key(a)) or a.metadata.get("toml") is False
+        }
+        inner = make_dict_structure_fn(kind, conv, _cattrs_forbid_extra_keys=True, **renames)
+        return guarded(inner, dict, kind)
+
+    converter.register_structure_hook_factory(is_sequence, sequences)
+    converter.register_structure_hook_factory(is_mapping, mappings)
+    converter.register_structure_hook_factory(attrs.has, records)
+    return converter
+
+
+_converter = _make_converter()
+
+
+# -- turning cattrs' exception groups into lines ------------------------------------------
+
+
+def _show(value: Any) -> str:
+    """A value as the TOML file would spell it, shortened."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        text = "a table {" + ", ".join(f"{k} = {_show(v)}" for k, v in value.items()) + "}"
+    elif isinstance(value, list):
+        text = "a list [" + ", ".join(_show(v) for v in value) + "]"
+    else:
+        text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _child(raw: Any, key: str | int) -> Any:
+    try:
+        return raw[key]
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def _field_key(cls: type | None, name: str) -> str:
+    if cls is not None and attrs.has(cls):
+        for attribute in attrs.fields(cls):
+            if attribute.name == name:
+                return _toml_key(attribute)
+    return name
+
+
+def _known_keys(cls: type) -> str:
+    keys = [_toml_key(a) for a in attrs.fields(cls) if a.metadata.get("toml") is not False]
+    return ", ".join(keys) if keys else "none (it takes no options)"
+
+
+def _explain(exc: BaseException, path: str, raw: Any, cls: type | None = None) -> list[str]:
+    """Every leaf of a cattrs validation error as ``path: what is wrong``."""
+    where = path or "the file"
+    if isinstance(exc, ClassValidationError):
+        lines: list[str] = []
+        with_notes, without = exc.group_exceptions()
+        for sub, note in with_notes:
+            key = _field_key(exc.cl, note.name)
+            sub_path = _join(path, key)
+            if isinstance(sub, KeyError):
+                lines.append(f"{sub_path}: missing; expected {_describe_type(note.type)}")
+            else:
+                lines += _explain(sub, sub_path, _child(raw, key), note.type)
+        for sub in without:
+            lines += _explain(sub, path, raw, exc.cl)
+        return lines
+    if isinstance(exc, IterableValidationError):
+        lines = []
+        with_notes, without = exc.group_exceptions()
+        for sub, note in with_notes:
+            lines += _explain(sub, _join(path, note.index), _child(raw, note.index), note.type)
+        for sub in without:
+            lines += _explain(sub, path, raw, cls)
+        return lines
+    if isinstance(exc, ForbiddenExtraKeysError):
+        unknown = ", ".join(sorted(exc.extra_fields))
+        plural = "s" if len(exc.extra_fields) > 1 else ""
+        return [f"{where}: unknown key{plural} {unknown}; expected keys: {_known_keys(exc.cl)}"]
+    if isinstance(exc, _Mismatch):
+        return [f"{where}: expected {exc.expected}, found {_show(raw)}"]
+    if get_origin(cls) is Literal:
+        return [f"{where}: expected {_describe_type(cls)}, found {_show(raw)}"]
+    return [f"{where}: {exc}"]
+
+
+def structure_strict(data: Any, cls: type, path: str = "") -> tuple[Any, list[str]]:
+    """Structure ``data`` into ``cls`` strictly: ``(instance, [])`` or ``(None, problems)``.
+
+    Used for the file itself and for agent options; attrs validators that raise
+    (``ValueError``, ``TypeError``) become problems with their own message.
+    """
+    try:
+        return _converter.structure(data, cls), []
+    except Exception as exc:
+        return None, _explain(exc, path, data, cls)
+
+
+# -- meaning --------------------------------------------------------------------------------
+
+
+def import_agent_class(reference: str) -> type:
+    """Import ``"module:Class"``; raises ``ValueError`` saying what went wrong."""
+    from ailf.runtime.agent import Agent
+
+    if not _CLASS_REF.match(reference):
+        example = '"ailf.agents.echo:Echo"'
+        raise ValueError(f'expected "module:Class" (e.g. {example}), found {reference!r}')
+    module_name, class_name = reference.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ValueError(
+            f"cannot import {module_name!r} ({exc}); is it installed, or beside the scenario file?"
+        ) from None
+    except Exception as exc:
+        raise ValueError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ValueError(f"module {module_name!r} has no attribute {class_name!r}")
+    if not isinstance(cls, type) or not issubclass(cls, Agent):
+        raise ValueError(f"{reference} is not an agent class (a subclass of ailf.Agent)")
+    return cls
+
+
+def _check_name(value: str, path: str, what: str) -> list[str]:
+    if _NAME.match(value):
+        return []
+    return [
+        f"{path}: expected {what} made of letters, digits, '_', '.' and '-'"
+        f" (no spaces or ':'), found {_show(value)}"
+    ]
+
+
+def _check_agents(scenario: Scenario, raw: dict[str, Any]) -> tuple[list[str], set[str]]:
+    problems: list[str] = []
+    topics: set[str] = set()
+    seen: dict[str, int] = {}
+    raw_agents = raw.get("agents") or []
+    for index, spec in enumerate(scenario.agents):
+        path = f"agents[{index}]"
+        problems += _check_name(spec.name, f"{path}.name", "an agent name")
+        if spec.name in seen:
+            problems.append(
+                f"{path}.name: duplicate agent name {_show(spec.name)}"
+                f" (also agents[{seen[spec.name]}].name)"
+            )
+        seen.setdefault(spec.name, index)
+        if spec.replicas < 1:
+            problems.append(f"{path}.replicas: expected an integer >= 1, found {spec.replicas}")
+        if spec.processes < 1:
+            problems.append(f"{path}.processes: expected an integer >= 1, found {spec.processes}")
+        elif spec.processes > spec.replicas >= 1:
+            problems.append(
+                f"{path}.processes: {spec.processes} processes for {spec.replicas} replicas;"
+                " expected processes <= replicas"
+            )
+        if spec.claim_idle is not None and spec.claim_idle <= 0:
+            problems.append(f"{path}.claim_idle: expected seconds > 0, found {spec.claim_idle}")
+        if spec.concurrency is not None and spec.concurrency < 1:
+            problems.append(
+                f"{path}.concurrency: expected an integer >= 1, found {spec.concurrency}"
+            )
+        for position, topic in enumerate(spec.topics):
+            problems += _check_name(topic, f"{path}.topics[{position}]", "a topic name")
+        topics.update(spec.topics)
+        try:
+            cls = import_agent_class(spec.class_)
+        except ValueError as exc:
+            problems.append(f"{path}.class: {exc}")
+            continue
+        topics.update(getattr(cls, "topics", ()) or ())
+        options_cls = getattr(cls, "Options", None)
+        if options_cls is not None and attrs.has(options_cls):
+            raw_options = _child(_child(raw_agents, index), "options") or {}
+            _, option_problems = structure_strict(raw_options, options_cls, f"{path}.options")
+            problems += option_problems
+        elif spec.options:
+            problems.append(f"{path}.options: {spec.class_} takes no options (no Options class)")
+    return problems, topics
+
+
+def _check_messages(scenario: Scenario, topics: set[str]) -> list[str]:
+    problems: list[str] = []
+    names = {agent.name for agent in scenario.agents}
+    for index, message in enumerate(scenario.messages):
+        path = f"messages[{index}]"
+        if (message.to is None) == (message.topic is None):
+            problems.append(f'{path}: expected exactly one of to = "agent" or topic = "topic"')
+        elif message.to is not None and message.to not in names:
+            problems.append(
+                f"{path}.to: no agent named {_show(message.to)} in this file;"
+                f" agents: {', '.join(sorted(names))}"
+            )
+        elif message.topic is not None and message.topic not in topics:
+            known = ", ".join(sorted(topics)) or "none"
+            problems.append(
+                f"{path}.topic: no agent listens to topic {_show(message.topic)}; topics: {known}"
+            )
+        if message.ask and message.topic is not None:
+            problems.append(f'{path}.ask: a broadcast cannot be asked; use to = "agent"')
+        if message.delay < 0:
+            problems.append(f"{path}.delay: expected seconds >= 0, found {message.delay}")
+        if message.count < 1:
+            problems.append(f"{path}.count: expected an integer >= 1, found {message.count}")
+    return problems
+
+
+def _check_expectations(scenario: Scenario) -> list[str]:
+    problems: list[str] = []
+    names = {agent.name for agent in scenario.agents}
+    for name, expectation in scenario.expect.items():
+        path = f"expect.{name}"
+        if name not in names:
+            problems.append(f"{path}: no agent named {_show(name)} in this file")
+        for field in attrs.fields(type(expectation)):
+            value = getattr(expectation, field.name)
+            if value is not None and value < 0:
+                problems.append(f"{path}.{field.name}: expected an integer >= 0, found {value}")
+        if expectation.processed is not None and expectation.processed_at_least is not None:
+            problems.append(f"{path}: expected one of processed and processed_at_least, not both")
+    return problems
+
+
+def _check_faults(scenario: Scenario) -> list[str]:
+    problems: list[str] = []
+    for index, fault in enumerate(scenario.faults):
+        path = f"faults[{index}]"
+        try:
+            spec = scenario.agent(fault.kill)
+        except KeyError:
+            problems.append(f"{path}.kill: no agent named {_show(fault.kill)} in this file")
+            continue
+        if fault.process is not None and not 0 <= fault.process < spec.processes:
+            problems.append(
+                f"{path}.process: agent {_show(spec.name)} runs in processes"
+                f" 0..{spec.processes - 1}, found {fault.process}"
+            )
+        if (fault.after is None) == (fault.after_processed is None):
+            problems.append(f"{path}: expected exactly one of after and after_processed")
+        if fault.after is not None and fault.after < 0:
+            problems.append(f"{path}.after: expected seconds >= 0, found {fault.after}")
+        if fault.after_processed is not None and fault.after_processed < 1:
+            problems.append(
+                f"{path}.after_processed: expected an integer >= 1, found {fault.after_processed}"
+            )
+    return problems
+
+
+def _check(scenario: Scenario, raw: dict[str, Any]) -> list[str]:
+    settings = scenario.scenario
+    problems: list[str] = []
+    if not settings.name.strip():
+        problems.append('scenario.name: expected a non-empty name, found ""')
+    elif settings.namespace is not None:
+        problems += _check_name(settings.namespace, "scenario.namespace", "a namespace")
+    else:
+        problems += _check_name(
+            settings.name, "scenario.name", "a name usable as the namespace (or set namespace)"
+        )
+    if settings.timeout <= 0:
+        problems.append(f"scenario.timeout: expected seconds > 0, found {settings.timeout}")
+    if scenario.redis.url is not None:
+        try:
+            RedisConfig.from_url(scenario.redis.url)
+        except ConfigError as exc:
+            problems.append(f"redis.url: {exc}")
+    if not scenario.agents:
+        problems.append("agents: expected at least one [[agents]] table with name and class")
+    agent_problems, topics = _check_agents(scenario, raw)
+    problems += agent_problems
+    problems += _check_messages(scenario, topics)
+    problems += _check_expectations(scenario)
+    problems += _check_faults(scenario)
+    return problems
+
+
+# -- entry points --------------------------------------------------------------------------
+
+_TOML_POSITION = re.compile(r"^(?P<what>.*) \(at line (?P<line>\d+), column (?P<column>\d+)\)$")
+
+
+def parse_scenario(text: str, path: str = "<scenario>") -> Scenario:
+    """Parse and check scenario text; raises :class:`ScenarioError` listing every problem."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        found = _TOML_POSITION.match(str(exc))
+        if found:
+            raise ScenarioError(
+                f"{path}:{found['line']}:{found['column']}", [f"invalid TOML: {found['what']}"]
+            ) from None
+        raise ScenarioError(path, [f"invalid TOML: {exc}"]) from None
+    if "scenario" not in raw:
+        raise ScenarioError(path, ["scenario: missing; expected a [scenario] table with a name"])
+    scenario, problems = structure_strict(raw, Scenario)
+    if problems:
+        raise ScenarioError(path, problems)
+    scenario = attrs.evolve(scenario, path=path)
+    problems = _check(scenario, raw)
+    if problems:
+        raise ScenarioError(path, problems)
+    return scenario
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read, parse and check a scenario file (see the module docstring).
+
+    Puts the file's directory on ``sys.path`` first, so that agent classes defined
+    beside the scenario import.
+    """
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScenarioError(str(path), ["no such file"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(str(path), [f"cannot read it: {exc}"]) from None
+    folder = str(file.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return parse_scenario(text, str(path))

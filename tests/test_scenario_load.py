@@ -1,0 +1,127 @@
+"""Scenario files: every broken file in ``tests/scenarios_bad/`` is refused with exit code 2
+and a message naming its problem; every shipped scenario and every scenario in the docs
+passes ``ailf check``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from ailf.cli import main
+from ailf.errors import ScenarioError
+from ailf.scenario.load import parse_scenario
+from ailf.scenario.model import AgentSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+BAD = sorted((ROOT / "tests" / "scenarios_bad").glob("*.toml"))
+SHIPPED = sorted((ROOT / "scenarios").glob("*.toml"))
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+
+
+def _expected(path: Path) -> str:
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# expect: "), f"{path.name} must start with '# expect: <text>'"
+    return first.removeprefix("# expect: ")
+
+
+def test_the_corpus_is_large_enough() -> None:
+    assert len(BAD) >= 20
+
+
+@pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
+def test_bad_file_is_refused(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert _expected(path) in captured.err
+    for line in captured.err.splitlines():
+        assert line.startswith(f"ailf: error: {path}"), line
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_scenario_passes_check(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(path)]) == 0, capsys.readouterr().err
+    assert ": ok" in capsys.readouterr().out
+
+
+def _toml_blocks() -> list[tuple[str, str]]:
+    blocks = []
+    for doc in DOCS:
+        for number, block in enumerate(re.findall(r"```toml\n(.*?)```", doc.read_text(), re.S)):
+            if block.lstrip().startswith("[scenario]"):
+                blocks.append((f"{doc.name}#{number}", block))
+    return blocks
+
+
+@pytest.mark.parametrize(("where", "text"), _toml_blocks(), ids=lambda v: v if "#" in v else "")
+def test_scenarios_in_the_docs_pass_check(where: str, text: str) -> None:
+    parse_scenario(text, where)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    text = """
+[scenario]
+name = "x"
+timeout = -1
+
+[[agents]]
+name = "a"
+class = "ailf.agents.echo:Echo"
+replicas = 0
+
+[[messages]]
+to = "b"
+"""
+    with pytest.raises(ScenarioError) as caught:
+        parse_scenario(text, "x.toml")
+    assert [p.split(":")[0] for p in caught.value.problems] == [
+        "scenario.timeout",
+        "agents[0].replicas",
+        "messages[0].to",
+    ]
+    assert str(caught.value).startswith("x.toml: scenario.timeout")
+
+
+def test_types_are_strict() -> None:
+    text = '[scenario]\nname = "x"\ntimeout = true\n[[agents]]\nname = "a"\nclass = "m:C"\n'
+    with pytest.raises(ScenarioError, match=r"scenario.timeout: expected a number, found true"):
+        parse_scenario(text)
+
+
+def test_defaults_and_class_key() -> None:
+    scenario = parse_scenario(
+        '[scenario]\nname = "demo"\n[[agents]]\nname = "e"\nclass = "ailf.agents.echo:Echo"\n'
+    )
+    assert scenario.namespace == "demo"
+    assert scenario.scenario.until == "idle"
+    assert scenario.agents[0].class_ == "ailf.agents.echo:Echo"
+    assert scenario.redis.url is None
+
+
+def test_replicas_are_spread_over_processes() -> None:
+    spec = AgentSpec(name="w", class_="m:C", replicas=5, processes=2)
+    assert [spec.replicas_in(i) for i in range(3)] == [3, 2, 0]
+
+
+def test_only_keeps_the_messages_of_the_chosen_agents() -> None:
+    scenario = parse_scenario(
+        """
+[scenario]
+name = "demo"
+[[agents]]
+name = "a"
+class = "ailf.agents.echo:Echo"
+[[agents]]
+name = "b"
+class = "ailf.agents.echo:Echo"
+[[messages]]
+to = "a"
+[[messages]]
+to = "b"
+"""
+    )
+    only_b = scenario.only(("b",))
+    assert [a.name for a in only_b.agents] == ["b"]
+    assert [m.to for m in only_b.messages] == ["b"]
