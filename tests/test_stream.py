@@ -289,7 +289,7 @@ def test_competing_consumers_in_threads_process_each_message_once(client: RedisC
     for thread in threads:
         thread.join(timeout=30)
     assert sorted(handled) == sorted(sent)
-    assert producer.client.execute("XPENDING", "jobs", "workers")[0] == 0
+    assert producer.client.execute_command("XPENDING", "jobs", "workers")[0] == 0
 
 
 DOOMED_CONSUMER = textwrap.dedent(

@@ -145,10 +145,10 @@ def test_error_reply_becomes_response_error_with_code(client: RedisClient) -> No
 
 
 def test_execute_returns_raw_replies(client: RedisClient) -> None:
-    assert client.execute("SET", "k", "v") == "OK"  # redis-py's callbacks would say True
-    assert client.execute("XLEN", "nothing") == 0
+    assert client.execute_command("SET", "k", "v") == "OK"  # redis-py's callbacks would say True
+    assert client.execute_command("XLEN", "nothing") == 0
     with pytest.raises(ResponseError) as info:
-        client.execute("XREADGROUP", "GROUP", "g", "c", "STREAMS", "nothing", ">")
+        client.execute_command("XREADGROUP", "GROUP", "g", "c", "STREAMS", "nothing", ">")
     assert info.value.code == "NOGROUP"
 
 
@@ -247,7 +247,7 @@ def test_client_is_thread_safe(client: RedisClient) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    assert client.execute("DBSIZE") == 400
+    assert client.execute_command("DBSIZE") == 400
 
 
 def test_close_is_idempotent_and_the_client_reconnects(client: RedisClient) -> None:

@@ -212,12 +212,13 @@ class RedisClient(_KeyValueCommands):
                 raise
             raise translate_error(exc, self._resolved or self.config) from exc
 
-    def execute(self, *args: Any) -> Any:
-        """Send one command and return the server's reply as parsed, unconverted.
+    def execute_command(self, *args: Any) -> Any:
+        """Send any command; the server's reply as parsed, unconverted.
 
-        ``client.execute("XLEN", "tasks")``. Replies are RESP2 values (strings, ints,
-        lists, None), exactly what the pure reply parsers in :mod:`ailf.messaging`
-        expect from either client.
+        ``client.execute_command("XLEN", "tasks")``. Replies are RESP2 values (strings,
+        ints, lists, None), as from the async client's method of the same name, which is
+        what lets :mod:`ailf.messaging` parse both clients' replies with one set of
+        functions. (redis-py's own ``execute_command`` would convert some replies.)
         """
         return self.run(self._connect()[1].execute_command, *args)
 

@@ -244,7 +244,7 @@ class RedisStream:
 
     def add(self, data: Mapping[str, Any]) -> str:
         """Append an entry; its id (``"<ms>-<seq>"``)."""
-        return _text(self.client.execute(*xadd_command(self.name, data, self.maxlen)))
+        return _text(self.client.execute_command(*xadd_command(self.name, data, self.maxlen)))
 
     def read(
         self, count: int | None = None, block: int | None = None, last_id: str = "0"
@@ -254,11 +254,11 @@ class RedisStream:
         ``block`` waits up to that many milliseconds for an entry when there is none.
         Plain reading ignores consumer groups and acknowledges nothing.
         """
-        reply = self.client.execute(*read_command(self.name, last_id, count, block))
+        reply = self.client.execute_command(*read_command(self.name, last_id, count, block))
         return parse_entries(parse_read(reply))
 
     def length(self) -> int:
-        return int(self.client.execute("XLEN", self.name))
+        return int(self.client.execute_command("XLEN", self.name))
 
     def trim(
         self, maxlen: int | None = None, *, minid: str | None = None, approximate: bool = True
@@ -272,11 +272,11 @@ class RedisStream:
             raise ValueError("trim: pass exactly one of maxlen= or minid=")
         strategy = ["MAXLEN", maxlen] if maxlen is not None else ["MINID", minid]
         op = ["~"] if approximate else []
-        return int(self.client.execute("XTRIM", self.name, strategy[0], *op, strategy[1]))
+        return int(self.client.execute_command("XTRIM", self.name, strategy[0], *op, strategy[1]))
 
     def info(self) -> dict[str, Any]:
         """XINFO STREAM as a dict; ``first-entry``/``last-entry`` as entry dicts."""
-        info = reply_map(self.client.execute("XINFO", "STREAM", self.name))
+        info = reply_map(self.client.execute_command("XINFO", "STREAM", self.name))
         for key in ("first-entry", "last-entry"):
             if info.get(key):
                 found = parse_entries([info[key]])
@@ -285,7 +285,7 @@ class RedisStream:
 
     def groups(self) -> list[dict[str, Any]]:
         """XINFO GROUPS: one dict per group (name, consumers, pending, last-delivered-id...)."""
-        return [reply_map(g) for g in self.client.execute("XINFO", "GROUPS", self.name)]
+        return [reply_map(g) for g in self.client.execute_command("XINFO", "GROUPS", self.name)]
 
     # -- consumer groups -------------------------------------------------------------
 
@@ -299,7 +299,7 @@ class RedisStream:
         success) and leaves its position alone. No dummy entry is ever written.
         """
         try:
-            self.client.execute("XGROUP", "CREATE", self.name, group, start_id, "MKSTREAM")
+            self.client.execute_command("XGROUP", "CREATE", self.name, group, start_id, "MKSTREAM")
         except ResponseError as exc:
             if exc.code != "BUSYGROUP":
                 raise
@@ -318,7 +318,7 @@ class RedisStream:
         group, consumer = self._group()
         while self._history_from is not None:
             command = readgroup_command(self.name, group, consumer, self._history_from, count, None)
-            raw = parse_read(self.client.execute(*command))
+            raw = parse_read(self.client.execute_command(*command))
             if not raw:
                 self._history_from = None
                 break
@@ -330,19 +330,19 @@ class RedisStream:
             if entries:
                 return entries
         command = readgroup_command(self.name, group, consumer, ">", count, block)
-        return parse_entries(parse_read(self.client.execute(*command)))
+        return parse_entries(parse_read(self.client.execute_command(*command)))
 
     def acknowledge(self, *ids: str) -> int:
         """Mark entries as done for this group; how many were pending."""
         group, _ = self._group()
         if not ids:
             return 0
-        return int(self.client.execute("XACK", self.name, group, *ids))
+        return int(self.client.execute_command("XACK", self.name, group, *ids))
 
     def pending(self) -> PendingSummary:
         """How many entries the group has delivered and not yet had acknowledged."""
         group, _ = self._group()
-        return parse_pending_summary(self.client.execute("XPENDING", self.name, group))
+        return parse_pending_summary(self.client.execute_command("XPENDING", self.name, group))
 
     def pending_entries(
         self, count: int = 100, consumer: str | None = None, idle: int | None = None
@@ -356,7 +356,7 @@ class RedisStream:
         args += ["-", "+", count]
         if consumer is not None:
             args.append(consumer)
-        return parse_pending_entries(self.client.execute(*args))
+        return parse_pending_entries(self.client.execute_command(*args))
 
     def claim_idle(self, min_idle_ms: int, count: int = 10) -> list[Entry]:
         """Take over up to ``count`` entries pending longer than ``min_idle_ms`` (XAUTOCLAIM).
@@ -372,7 +372,7 @@ class RedisStream:
             command = autoclaim_command(
                 self.name, group, consumer, min_idle_ms, start, count - len(claimed)
             )
-            start, entries = parse_autoclaim(self.client.execute(*command))
+            start, entries = parse_autoclaim(self.client.execute_command(*command))
             claimed += entries
             if start == "0-0":
                 break
