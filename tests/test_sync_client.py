@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import socket
+import subprocess
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import redis
@@ -154,7 +159,7 @@ def test_execute_returns_raw_replies(client: RedisClient) -> None:
 
 def test_read_timeout_is_a_timeout_error(redis_config: RedisConfig) -> None:
     with RedisClient(redis_config.replace(socket_timeout=0.2)) as client:
-        with pytest.raises(RedisTimeoutError, match=r"socket_timeout=0\.2"):
+        with pytest.raises(RedisTimeoutError, match=r"socket_timeout=0\.2 s"):
             client.run(client.client.blpop, ["empty-list"], timeout=2)
         assert client.set("still", "works")  # the broken connection was not reused
 
@@ -266,3 +271,65 @@ def test_client_survives_a_server_restart(fresh_server: RedisServer) -> None:
     assert client.get("k") is None  # stale pooled connections are replaced on checkout
     assert client.health_check() is True
     client.close()
+
+
+def test_health_check_of_a_hung_server_is_false_not_a_hang(fresh_server: RedisServer) -> None:
+    client = RedisClient(fresh_server.config.replace(socket_connect_timeout=0.3))
+    assert client.health_check() is True
+    pid = fresh_server.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        assert client.health_check() is False
+        assert time.monotonic() - started < 3
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert client.health_check() is True
+    client.close()
+
+
+def test_an_exhausted_pool_says_so(redis_config: RedisConfig) -> None:
+    client = RedisClient(redis_config.replace(max_connections=1))
+    held = client.client.connection_pool.get_connection()
+    try:
+        with pytest.raises(RedisConnectionError, match="all 1 connections of the pool"):
+            client.get("k")
+    finally:
+        client.client.connection_pool.release(held)
+    assert client.get("k") is None
+    client.close()
+
+
+def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for localhost/127.0.0.1, made with openssl."""
+    ca_key, ca_crt = directory / "ca.key", directory / "ca.crt"
+    key, csr, crt = directory / "server.key", directory / "server.csr", directory / "server.crt"
+    extensions = directory / "san.ext"
+    extensions.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for argv in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca_crt,
+         "-days", "1", "-subj", "/CN=ailf-test-ca"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+         "-subj", "/CN=localhost"],
+        ["x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key, "-CAcreateserial",
+         "-out", crt, "-days", "1", "-extfile", extensions],
+    ):  # fmt: skip
+        subprocess.run(["openssl", *map(str, argv)], check=True, capture_output=True)
+    return ca_crt, crt, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_tls_connection_verifies_the_server(tmp_path: Path) -> None:
+    ca, crt, key = make_certificates(tmp_path)
+    tls_port = closed_port()
+    args = ["--tls-port", str(tls_port), "--tls-cert-file", str(crt), "--tls-key-file", str(key)]
+    args += ["--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]
+    with RedisServer(args=args):
+        url = f"rediss://localhost:{tls_port}/0?ssl_ca_certs={ca}"
+        with RedisClient(RedisConfig.from_url(url)) as client:
+            assert client.set("secure", "yes") and client.get("secure") == "yes"
+            assert client.health_check() is True
+        untrusted = RedisClient(RedisConfig(host="localhost", port=tls_port, ssl=True))
+        with pytest.raises(RedisConnectionError, match=f"localhost:{tls_port}"):
+            untrusted.get("secure")

@@ -22,6 +22,7 @@ from typing import Any, Self, TypeVar
 
 import redis
 import redis.connection
+import redis.exceptions
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -57,6 +58,11 @@ def translate_error(exc: redis.RedisError, config: RedisConfig) -> AilfError:
             f"{where} refused the credentials: {exc}; check the username and password"
             f" in the config or AILF_REDIS_URL (now {config.url})"
         )
+    if isinstance(exc, redis.exceptions.MaxConnectionsError):
+        return RedisConnectionError(
+            f"all {config.max_connections} connections of the pool to {where} are in use;"
+            " raise max_connections, or share fewer clients' worth of threads"
+        )
     if isinstance(exc, redis.ConnectionError) or (
         isinstance(exc, redis.TimeoutError) and "connecting" in str(exc)
     ):
@@ -66,7 +72,7 @@ def translate_error(exc: redis.RedisError, config: RedisConfig) -> AilfError:
         )
     if isinstance(exc, redis.TimeoutError):
         return RedisTimeoutError(
-            f"{where} did not answer within socket_timeout={config.socket_timeout:g} s ({exc})"
+            f"{where} did not answer in time ({exc}; socket_timeout={config.socket_timeout} s)"
         )
     if isinstance(exc, redis.ResponseError):
         # redis-py prefixes a pipeline's error; the server's reply goes first, for .code.
@@ -255,17 +261,27 @@ class RedisClient(_KeyValueCommands):
             pipe.execute()
 
     def health_check(self) -> bool:
-        """True when the server answers PING, False when it cannot be reached.
+        """True when the server answers PING, False when it cannot be reached in time.
 
-        A server that answers but refuses the credentials is a misconfiguration, not
-        an outage: that raises :class:`~ailf.errors.AuthenticationError`.
+        The probe uses a fresh connection of its own, outside the pool (so a busy pool
+        cannot fail it), and gives connecting and the reply ``socket_connect_timeout``
+        each, so a hung server reads as down instead of hanging the probe. A server
+        that answers but refuses the credentials is a misconfiguration, not an outage:
+        that raises :class:`~ailf.errors.AuthenticationError`.
         """
+        pool = self.client.connection_pool
+        timeout = (self._resolved or self.config).socket_connect_timeout
+        probe = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": timeout})
         try:
-            return bool(self.run(self.client.ping))
+            self.run(probe.connect)
+            self.run(probe.send_command, "PING")
+            return self.run(probe.read_response) in ("PONG", b"PONG")
         except AuthenticationError:
             raise
         except (RedisConnectionError, RedisTimeoutError):
             return False
+        finally:
+            probe.disconnect()
 
     def close(self) -> None:
         """Close every pooled connection. Idempotent; a later command opens a new pool."""
