@@ -93,7 +93,6 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(
         args.file,
         process=args.process,
-        redis_url=args.redis,
         events_fd=args.events_fd,
         only=tuple(args.only or ()),
     )
@@ -365,7 +364,6 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("_worker")
     worker.add_argument("file")
     worker.add_argument("--process", type=int, required=True)
-    worker.add_argument("--redis", required=True)
     worker.add_argument("--events-fd", type=int, required=True)
     worker.add_argument("--only", nargs="*", default=())
     worker.set_defaults(handler=_cmd_worker)

@@ -1,0 +1,184 @@
+"""What a scenario run reports: live progress on stderr, and the summary at the end.
+
+The summary aggregates the per-agent counters of every process the run started —
+including processes that crashed or were killed, whose last report is kept — and
+checks the scenario's ``[expect]`` tables against them.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable
+from typing import Any, TextIO
+
+import attrs
+
+from ailf.runtime.statistics import AgentStatistics
+from ailf.scenario.model import Scenario
+
+__all__ = ["Progress", "RunReport", "check_expectations", "combine"]
+
+
+def combine(snapshots: Iterable[dict[str, AgentStatistics]]) -> dict[str, AgentStatistics]:
+    """Sum per-agent statistics over processes (and over incarnations of one process)."""
+    parts: dict[str, list[AgentStatistics]] = {}
+    for snapshot in snapshots:
+        for name, stats in snapshot.items():
+            parts.setdefault(name, []).append(stats)
+    return {name: AgentStatistics.combine(name, found) for name, found in parts.items()}
+
+
+def check_expectations(scenario: Scenario, totals: dict[str, AgentStatistics]) -> list[str]:
+    """Every ``[expect.AGENT]`` counter that does not hold, as a sentence."""
+    failures = []
+    for name, expectation in scenario.expect.items():
+        stats = totals.get(name, AgentStatistics(name=name))
+        for field in attrs.fields(type(expectation)):
+            wanted = getattr(expectation, field.name)
+            if wanted is None:
+                continue
+            if field.name == "processed_at_least":
+                if stats.processed < wanted:
+                    failures.append(
+                        f"expected {name} to process at least {wanted}, it processed"
+                        f" {stats.processed}"
+                    )
+                continue
+            actual = getattr(stats, field.name)
+            if actual != wanted:
+                failures.append(f"expected {name}.{field.name} = {wanted}, found {actual}")
+    return failures
+
+
+@attrs.frozen
+class RunReport:
+    """The outcome of one ``ailf run``: ``ok`` decides the exit code."""
+
+    scenario: str
+    namespace: str
+    redis: str
+    until: str
+    ok: bool
+    outcome: str
+    elapsed: float
+    agents: tuple[AgentStatistics, ...]
+    processes: int
+    restarts: int = 0
+    problems: tuple[str, ...] = ()
+    events: tuple[str, ...] = ()
+    replies: tuple[dict[str, Any], ...] = ()
+    dead_letters: dict[str, tuple[str, ...]] = attrs.Factory(dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = attrs.asdict(self, recurse=False)
+        data["agents"] = {stats.name: stats.to_json() for stats in self.agents}
+        data["problems"] = list(self.problems)
+        data["events"] = list(self.events)
+        data["replies"] = list(self.replies)
+        data["dead_letters"] = {k: list(v) for k, v in self.dead_letters.items()}
+        return data
+
+    def format(self) -> str:
+        """The human summary: a headline, one row per agent, then what went wrong."""
+        verdict = "ok" if self.ok else "FAILED"
+        lines = [
+            f"scenario {self.scenario}: {verdict} — {self.outcome} after {self.elapsed:.1f} s"
+            f" (namespace {self.namespace}, {self.processes} processes,"
+            f" {self.restarts} restarts, redis {self.redis})",
+            "",
+            _table(self.agents),
+        ]
+        if self.events:
+            lines += ["", *(f"  {event}" for event in self.events)]
+        for name, reasons in self.dead_letters.items():
+            lines.append("")
+            lines.append(f"dead letters of {name} (ailf dlq list {name} -n {self.namespace}):")
+            lines += [f"  {reason}" for reason in reasons]
+        if self.problems:
+            lines += ["", *(f"problem: {problem}" for problem in self.problems)]
+        return "\n".join(lines)
+
+
+_COLUMNS = (
+    ("agent", "name", "{}"),
+    ("replicas", "replicas", "{}"),
+    ("received", "received", "{}"),
+    ("processed", "processed", "{}"),
+    ("failed", "failed", "{}"),
+    ("retried", "retried", "{}"),
+    ("dead", "dead_lettered", "{}"),
+    ("p50 ms", "latency_p50", "{:.2f}"),
+    ("p99 ms", "latency_p99", "{:.2f}"),
+    ("mean ms", "latency_mean", "{:.2f}"),
+)
+
+
+def _table(rows: Iterable[AgentStatistics]) -> str:
+    cells = [[title for title, _, _ in _COLUMNS]]
+    for stats in rows:
+        row = []
+        for _, field, style in _COLUMNS:
+            value = getattr(stats, field)
+            row.append(style.format(value * 1000 if field.startswith("latency") else value))
+        cells.append(row)
+    widths = [max(len(row[i]) for row in cells) for i in range(len(_COLUMNS))]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(width) if i == 0 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in cells
+    )
+
+
+class Progress:
+    """One status line on stderr, at most every ``interval`` seconds.
+
+    On a terminal the line is rewritten in place; otherwise (a log file, a pipe) each
+    update is a new line, so logs stay readable.
+    """
+
+    def __init__(self, name: str, stream: TextIO | None = None, interval: float = 1.0) -> None:
+        self._name = name
+        self._stream = stream or sys.stderr
+        self._interval = interval
+        self._started = time.monotonic()
+        self._last = 0.0
+        self._tty = self._stream.isatty()
+        self._width = 0
+
+    def update(
+        self, totals: dict[str, AgentStatistics], alive: int, processes: int, force: bool = False
+    ) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self._interval:
+            return
+        self._last = now
+        processed = sum(s.processed for s in totals.values())
+        failed = sum(s.failed for s in totals.values())
+        dead = sum(s.dead_lettered for s in totals.values())
+        per_agent = " ".join(f"{name}={s.processed}" for name, s in totals.items())
+        line = (
+            f"[{self._name} {now - self._started:5.1f}s] processed {processed}"
+            f" failed {failed} dead {dead} | {per_agent} | processes {alive}/{processes}"
+        )
+        if self._tty:
+            self._stream.write("\r" + line.ljust(self._width))
+            self._width = len(line)
+        else:
+            self._stream.write(line + "\n")
+        self._stream.flush()
+
+    def note(self, text: str) -> None:
+        """A line that stays (a crash, a restart, a fault fired)."""
+        if self._tty and self._width:
+            self._stream.write("\r" + " " * self._width + "\r")
+        elapsed = time.monotonic() - self._started
+        self._stream.write(f"[{self._name} {elapsed:5.1f}s] {text}\n")
+        self._stream.flush()
+
+    def done(self) -> None:
+        if self._tty and self._width:
+            self._stream.write("\n")
+            self._stream.flush()

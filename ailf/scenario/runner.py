@@ -1,0 +1,401 @@
+"""Run a scenario: worker processes, supervised; messages; the end condition; the summary.
+
+The runner itself hosts no agent. It starts ``scenario.process_count`` worker processes
+(``python -m ailf _worker``, see :mod:`ailf.scenario.worker`); process *i* spawns its
+share of the replicas of every agent with more than *i* processes. A worker reports
+to the runner over a pipe, one JSON line per event (``ready``, ``stats``,
+``stop_requested``, ``fatal``), and is told to stop by ``stop`` on its stdin (or by
+the end of its stdin, so a runner that dies takes its workers with it).
+
+A worker that dies without reporting a fatal error — killed, crashed — is restarted
+with backoff, at most :data:`MAX_RESTARTS` times within :data:`RESTART_PERIOD`
+seconds; the messages it held stay pending in Redis and are claimed by the other
+replicas (or by its own next incarnation) once idle for ``claim_idle`` seconds. Its
+last counters are kept and summed with everything else.
+
+The run sends its messages once every worker is ready, then ends when the scenario's
+``until`` condition holds (every mailbox drained; or an agent called
+``runtime.stop()``), or fails at its ``timeout``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ailf.config import RedisConfig
+from ailf.errors import AilfError
+from ailf.runtime import Runtime
+from ailf.runtime.statistics import AgentStatistics
+from ailf.scenario.model import FaultSpec, MessageSpec, Scenario
+from ailf.scenario.report import Progress, RunReport, check_expectations, combine
+from ailf.server import RedisServer
+
+__all__ = ["MAX_RESTARTS", "RESTART_PERIOD", "run_scenario"]
+
+#: A worker process that dies more often than this within RESTART_PERIOD fails the run.
+MAX_RESTARTS = 5
+RESTART_PERIOD = 30.0
+#: Seconds a worker is given to finish in-flight messages when the run ends.
+STOP_GRACE = 10.0
+#: How many dead letters per agent the summary shows.
+DEAD_LETTERS_SHOWN = 5
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "is still running"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class WorkerProcess:
+    """One of the run's OS processes, restarted when it dies unexpectedly."""
+
+    def __init__(self, index: int, run: ScenarioRun) -> None:
+        self.index = index
+        self._run = run
+        #: The last counters each incarnation reported, oldest first.
+        self.snapshots: list[dict[str, AgentStatistics]] = []
+        self.restarts = 0
+        self.ready = trio.Event()
+        self.alive = False
+        self.pid: int | None = None
+        self._stopping = False
+        self._process: trio.Process | None = None
+        self._crashes: collections.deque[float] = collections.deque()
+
+    async def supervise(self) -> None:
+        """Run the worker until the run stops it; restart it when it dies on its own."""
+        while True:
+            code, fatal = await self._run_once()
+            if self._stopping:
+                return
+            if fatal is not None:
+                self._run.fail(f"process {self.index}: {fatal}")
+                return
+            now = trio.current_time()
+            self._crashes.append(now)
+            while self._crashes and now - self._crashes[0] > RESTART_PERIOD:
+                self._crashes.popleft()
+            what = f"process {self.index} (pid {self.pid}) {_describe_exit(code)}"
+            if len(self._crashes) > MAX_RESTARTS:
+                self._run.fail(
+                    f"{what}; it died {len(self._crashes)} times within {RESTART_PERIOD:.0f} s,"
+                    " giving up (see its log lines above)"
+                )
+                return
+            self.restarts += 1
+            self._run.note(f"{what}; restarting it")
+            await trio.sleep(min(2.0, 0.1 * 2 ** (len(self._crashes) - 1)))
+
+    async def _run_once(self) -> tuple[int, str | None]:
+        read_fd, write_fd = os.pipe()
+        try:
+            self._process = await trio.lowlevel.open_process(
+                self._run.worker_argv(self.index, write_fd),
+                stdin=subprocess.PIPE,
+                stdout=self._run.child_stdout,
+                pass_fds=(write_fd,),
+                cwd=self._run.workdir,
+                env=self._run.child_env,
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        self.pid = self._process.pid
+        self.snapshots.append({})
+        fatal: str | None = None
+        async with trio.lowlevel.FdStream(read_fd) as events:
+            buffered = b""
+            while chunk := await events.receive_some():
+                buffered += chunk
+                *lines, buffered = buffered.split(b"\n")
+                for line in lines:
+                    fatal = self._handle(json.loads(line)) or fatal
+        code = await self._process.wait()
+        self.alive = False
+        return code, fatal
+
+    def _handle(self, event: dict[str, Any]) -> str | None:
+        kind = event["event"]
+        if kind == "ready":
+            self.alive = True
+            self.ready.set()
+        elif kind == "stats":
+            self.snapshots[-1] = {
+                name: AgentStatistics.from_json(data) for name, data in event["agents"].items()
+            }
+            self._run.stats_updated()
+        elif kind == "stop_requested":
+            self._run.finish("stopped by an agent")
+        elif kind == "fatal":
+            return str(event["error"])
+        return None
+
+    def kill(self) -> int | None:
+        """SIGKILL the current incarnation (a fault); the supervisor restarts it."""
+        process = self._process
+        if process is None or process.returncode is not None:
+            return None
+        process.send_signal(signal.SIGKILL)
+        return process.pid
+
+    async def stop(self) -> None:
+        """Ask the worker to stop gracefully; SIGKILL it after :data:`STOP_GRACE` seconds."""
+        self._stopping = True
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        try:
+            assert process.stdin is not None
+            await process.stdin.send_all(b"stop\n")
+            await process.stdin.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        with trio.move_on_after(STOP_GRACE):
+            await process.wait()
+            return
+        self._run.note(f"process {self.index} did not stop within {STOP_GRACE:.0f} s; killed")
+        process.kill()
+
+
+class ScenarioRun:
+    """The state of one run; :meth:`main` is the whole of it."""
+
+    def __init__(
+        self, scenario: Scenario, url: str | None, json_output: bool, only: tuple[str, ...]
+    ) -> None:
+        self.scenario = scenario
+        self._url = url
+        self._only = only
+        self.workdir = str(Path(scenario.path).resolve().parent)
+        self.child_stdout = sys.stderr.fileno() if json_output else None
+        self.child_env: dict[str, str] = {}
+        self._progress = Progress(scenario.name)
+        self._json = json_output
+        self.workers = [WorkerProcess(i, self) for i in range(scenario.process_count)]
+        self._finished = trio.Event()
+        self._outcome = ""
+        self._problems: list[str] = []
+        self._events: list[str] = []
+        self._replies: list[dict[str, Any]] = []
+        self._sent = trio.Event()
+        self._stats_changed = trio.Event()
+
+    # -- what workers and tasks report ---------------------------------------------------
+
+    def worker_argv(self, index: int, events_fd: int) -> list[str]:
+        argv = [sys.executable, "-m", "ailf", "_worker", str(Path(self.scenario.path).resolve())]
+        argv += ["--process", str(index), "--events-fd", str(events_fd)]
+        if self._only:
+            argv += ["--only", *self._only]
+        return argv
+
+    def finish(self, outcome: str) -> None:
+        if not self._finished.is_set():
+            self._outcome = outcome
+            self._finished.set()
+
+    def fail(self, problem: str) -> None:
+        self._problems.append(problem)
+        self.note(f"failure: {problem}")
+        self.finish("failed")
+
+    def note(self, text: str) -> None:
+        self._events.append(text)
+        self._progress.note(text)
+
+    def stats_updated(self) -> None:
+        """A worker reported counters: wake whoever waits for a count to be reached."""
+        self._stats_changed.set()
+        self._stats_changed = trio.Event()
+
+    def totals(self) -> dict[str, AgentStatistics]:
+        return combine(snapshot for w in self.workers for snapshot in w.snapshots)
+
+    # -- the run -------------------------------------------------------------------------
+
+    async def main(self) -> RunReport:
+        started = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            url = self._url
+            if url is None:
+                server = await nursery.start(RedisServer().serve)
+                url = server.url
+                self.note(f"embedded Redis server started at {url}")
+            config = RedisConfig.from_url(url)
+            self.child_env = {**os.environ, "AILF_REDIS_URL": url}
+            try:
+                report = await self._run_with(config, started)
+            finally:
+                nursery.cancel_scope.cancel()
+        return report
+
+    async def _run_with(self, config: RedisConfig, started: float) -> RunReport:
+        timeout = self.scenario.scenario.timeout
+        async with Runtime(config, namespace=self.scenario.namespace) as client:
+            async with trio.open_nursery() as workers:
+                for worker in self.workers:
+                    workers.start_soon(worker.supervise)
+                try:
+                    with trio.move_on_after(timeout - (trio.current_time() - started)):
+                        await self._drive(client)
+                    if not self._finished.is_set():
+                        self.fail(self._timeout_problem(timeout))
+                finally:
+                    with trio.CancelScope(shield=True):
+                        async with trio.open_nursery() as stopping:
+                            for worker in self.workers:
+                                stopping.start_soon(worker.stop)
+            self._progress.done()
+            totals = self.totals()
+            dead = await self._dead_letters(client, totals)
+        problems = [*self._problems, *check_expectations(self.scenario, totals)]
+        return RunReport(
+            scenario=self.scenario.name,
+            namespace=self.scenario.namespace,
+            redis=config.url,
+            until=self.scenario.scenario.until,
+            ok=not problems,
+            outcome=self._outcome,
+            elapsed=trio.current_time() - started,
+            agents=tuple(totals.get(a.name, AgentStatistics(a.name)) for a in self.scenario.agents),
+            processes=len(self.workers),
+            restarts=sum(w.restarts for w in self.workers),
+            problems=tuple(problems),
+            events=tuple(self._events),
+            replies=tuple(self._replies),
+            dead_letters=dead,
+        )
+
+    def _timeout_problem(self, timeout: float) -> str:
+        until = self.scenario.scenario.until
+        waiting = {
+            "idle": "every mailbox to drain",
+            "stop": "an agent to call runtime.stop()",
+        }[until]
+        if not all(w.ready.is_set() for w in self.workers):
+            waiting = "every worker process to start"
+        return f"timed out after {timeout:g} s waiting for {waiting} (until = {until!r})"
+
+    async def _drive(self, client: Runtime) -> None:
+        async with trio.open_nursery() as tasks:
+            tasks.start_soon(self._show_progress)
+            tasks.start_soon(self._start_then_send, client, tasks)
+            await self._finished.wait()
+            tasks.cancel_scope.cancel()
+
+    async def _start_then_send(self, client: Runtime, tasks: trio.Nursery) -> None:
+        for worker in self.workers:
+            await worker.ready.wait()
+        total = sum(m.count for m in self.scenario.messages)
+        self._progress.note(f"{len(self.workers)} worker processes ready; sending {total} messages")
+        for fault in self.scenario.faults:
+            tasks.start_soon(self._inject, fault)
+        for message in self.scenario.messages:
+            await self._send(client, message)
+        self._sent.set()
+        if self.scenario.scenario.until == "idle":
+            await client.wait_idle(names=[a.name for a in self.scenario.agents])
+            self.finish("every mailbox drained")
+
+    async def _send(self, client: Runtime, message: MessageSpec) -> None:
+        for _ in range(message.count):
+            if message.delay:
+                await trio.sleep(message.delay)
+            if message.topic is not None:
+                await client.publish(message.topic, message.body)
+            elif message.ask:
+                await self._ask(client, message)
+            else:
+                await client.send(message.to, message.body)
+
+    async def _ask(self, client: Runtime, message: MessageSpec) -> None:
+        try:
+            reply = await client.ask(message.to, message.body, timeout=10)
+        except AilfError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            entry = {"to": message.to, "body": message.body, "error": error}
+        else:
+            entry = {"to": message.to, "body": message.body, "reply": reply}
+        self._replies.append(entry)
+        if not self._json:
+            shown = entry.get("reply", entry.get("error"))
+            print(f"ask {message.to} {json.dumps(message.body)} -> {json.dumps(shown)}", flush=True)
+
+    async def _inject(self, fault: FaultSpec) -> None:
+        spec = self.scenario.agent(fault.kill)
+        worker = self.workers[spec.processes - 1 if fault.process is None else fault.process]
+        if fault.after is not None:
+            await self._sent.wait()
+            await trio.sleep(fault.after)
+            when = f"{fault.after:g} s after the messages were sent"
+        else:
+            wanted = fault.after_processed or 0
+            while self.totals().get(fault.kill, AgentStatistics(fault.kill)).processed < wanted:
+                await self._stats_changed.wait()
+            when = f"once {fault.kill} had processed {fault.after_processed} messages"
+        pid = worker.kill()
+        where = f"process {worker.index} (pid {pid}, hosting {fault.kill})"
+        self.note(f"fault: SIGKILL to {where} {when}")
+
+    async def _show_progress(self) -> None:
+        while True:
+            alive = sum(w.alive for w in self.workers)
+            self._progress.update(self.totals(), alive, len(self.workers))
+            await trio.sleep(0.25)
+
+    async def _dead_letters(
+        self, client: Runtime, totals: dict[str, AgentStatistics]
+    ) -> dict[str, tuple[str, ...]]:
+        found = {}
+        for name, stats in totals.items():
+            if not stats.dead_lettered:
+                continue
+            letters = await client.dead_letters(name, count=DEAD_LETTERS_SHOWN)
+            found[name] = tuple(
+                f"{letter.id}: {letter.reason} after {letter.delivery_count} deliveries,"
+                f" body {json.dumps(letter.body, default=str)}"
+                for letter in letters
+            )
+        return found
+
+
+def run_scenario(
+    scenario: Scenario,
+    *,
+    redis_url: str | None = None,
+    only: tuple[str, ...] = (),
+    json_output: bool = False,
+) -> RunReport:
+    """Run ``scenario`` to its end and return the report (printed unless ``json_output``).
+
+    ``redis_url`` overrides the file's ``[redis] url``; with neither, an embedded server
+    is started for the run and stopped after it. ``only`` restricts the run to some
+    agents (see :meth:`Scenario.only`). Raises :class:`~ailf.errors.RedisError` when
+    Redis cannot be reached.
+    """
+    url = redis_url or scenario.redis.url
+    if url:
+        RedisConfig.from_url(url)  # a bad --redis URL fails here, before anything starts
+    run = ScenarioRun(scenario.only(only), url, json_output, only)
+    report = trio.run(run.main)
+    if not json_output:
+        print(report.format(), flush=True)
+    return report

@@ -1,0 +1,119 @@
+"""One worker process of a scenario run (``python -m ailf _worker``), started by the runner.
+
+It loads the scenario file again (the same checks, so a worker never runs something
+``ailf check`` would refuse), connects to ``AILF_REDIS_URL``, spawns its share of
+each agent's replicas, and then reports to the runner on the events pipe, one JSON
+object per line:
+
+- ``{"event": "ready"}`` once every agent is spawned;
+- ``{"event": "stats", "agents": {name: counters}}`` every :data:`REPORT_INTERVAL`
+  seconds, and once more after the runtime stopped;
+- ``{"event": "stop_requested"}`` when an agent called ``runtime.stop()``;
+- ``{"event": "fatal", "error": "..."}`` when the runtime failed for good (an
+  escalated supervision failure, an unreachable Redis).
+
+``stop`` on stdin, or the end of stdin, stops the runtime gracefully: in-flight
+handlers finish, what finished is acknowledged, the rest stays pending for others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import IO, Any
+
+import trio
+
+from ailf.config import RedisConfig
+from ailf.runtime import Runtime
+from ailf.scenario.load import import_agent_class, load_scenario
+from ailf.scenario.model import Scenario
+
+__all__ = ["REPORT_INTERVAL", "run_worker"]
+
+#: Seconds between two counter reports to the runner.
+REPORT_INTERVAL = 0.1
+
+
+class _Events:
+    """The pipe to the runner: one JSON object per line, flushed at once."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def emit(self, event: str, **fields: Any) -> None:
+        try:
+            self._stream.write(json.dumps({"event": event, **fields}) + "\n")
+            self._stream.flush()
+        except BrokenPipeError:
+            pass  # the runner is gone; stdin's end will stop us too
+
+    def stats(self, runtime: Runtime) -> None:
+        self.emit("stats", agents={s.name: s.to_json() for s in runtime.statistics().values()})
+
+
+async def _watch_stdin(runtime: Runtime, stopped_by_runner: list[bool]) -> None:
+    """Stop the runtime on ``stop`` or at the end of stdin."""
+    async with trio.lowlevel.FdStream(os.dup(sys.stdin.fileno())) as stdin:
+        buffered = b""
+        while b"stop" not in buffered:
+            chunk = await stdin.receive_some()
+            if not chunk:
+                break
+            buffered += chunk
+    stopped_by_runner.append(True)
+    runtime.stop()
+
+
+async def _report(runtime: Runtime, events: _Events) -> None:
+    while True:
+        events.stats(runtime)
+        await trio.sleep(REPORT_INTERVAL)
+
+
+async def _serve(scenario: Scenario, process: int, events: _Events) -> None:
+    config = RedisConfig.from_env()
+    stopped_by_runner: list[bool] = []
+    async with Runtime(config, namespace=scenario.namespace) as runtime:
+        for spec in scenario.agents:
+            replicas = spec.replicas_in(process)
+            if replicas:
+                await runtime.spawn(
+                    import_agent_class(spec.class_),
+                    name=spec.name,
+                    replicas=replicas,
+                    options=spec.options,
+                    topics=spec.topics,
+                    claim_idle=spec.claim_idle,
+                    concurrency=spec.concurrency,
+                )
+        events.emit("ready")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_stdin, runtime, stopped_by_runner)
+            nursery.start_soon(_report, runtime, events)
+            await runtime.wait_stopped()
+            nursery.cancel_scope.cancel()
+    events.stats(runtime)
+    if not stopped_by_runner:
+        events.emit("stop_requested")
+
+
+def run_worker(file: str, *, process: int, events_fd: int, only: tuple[str, ...] = ()) -> int:
+    """The body of ``ailf _worker``: 0 after a graceful stop, 1 after a fatal error."""
+    logging.basicConfig(
+        level=os.environ.get("AILF_LOG_LEVEL", "WARNING").upper(),
+        stream=sys.stderr,
+        format=f"%(asctime)s [process {process} pid %(process)d] %(levelname)s %(message)s",
+    )
+    with os.fdopen(events_fd, "w", encoding="utf-8") as stream:
+        events = _Events(stream)
+        try:
+            scenario = load_scenario(file).only(only)
+            trio.run(_serve, scenario, process, events)
+        except Exception as exc:
+            logging.getLogger("ailf.scenario").exception("worker process %d failed", process)
+            events.emit("fatal", error=f"{type(exc).__name__}: {exc}")
+            return 1
+    return 0
