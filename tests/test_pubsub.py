@@ -216,8 +216,10 @@ def test_listening_can_start_again_after_stop(pubsub: RedisPubSub, client: Redis
 
 def test_run_in_thread_twice_is_an_error(pubsub: RedisPubSub) -> None:
     pubsub.run_in_thread()
-    with pytest.raises(RuntimeError, match="already listening"):
+    with pytest.raises(RuntimeError, match="already listening; call stop"):
         pubsub.run_in_thread()
+    with pytest.raises(RuntimeError, match="already listening; call stop"):
+        pubsub.run()
 
 
 def test_subscribe_to_an_unreachable_server_raises() -> None:

@@ -187,16 +187,23 @@ class RedisPubSub:
     # -- listening -------------------------------------------------------------------
 
     def run(self) -> None:
-        """Listen in this thread until :meth:`stop` is called (by a handler or a thread)."""
-        self._stopping.clear()
+        """Listen in this thread until :meth:`stop` is called (by a handler or a thread).
+
+        Lost connections are retried for as long as it takes; only wrong credentials
+        (:class:`~ailf.errors.AuthenticationError`) end the listener with an error.
+        """
+        with self._lock:
+            self._check_idle()
+            self._stopping.clear()
+            self._listening = True
         self._listen()
 
     def run_in_thread(self, daemon: bool = True) -> threading.Thread:
         """Listen in a new thread, which is returned; :meth:`stop` ends it."""
         with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                raise RuntimeError("this RedisPubSub is already listening in a thread")
+            self._check_idle()
             self._stopping.clear()
+            self._listening = True
             self._thread = threading.Thread(target=self._listen, name="ailf-pubsub", daemon=daemon)
             self._thread.start()
             return self._thread
@@ -204,9 +211,10 @@ class RedisPubSub:
     def stop(self) -> None:
         """Stop listening and close the connection.
 
-        Returns once the listening thread has ended (within ``0.1`` s, plus the rest
-        of a handler that is running). Called from a handler, it returns at once and
-        the listener ends after that handler.
+        Returns once the thread of :meth:`run_in_thread` has ended (within ``0.1`` s,
+        plus the rest of a handler that is running). Called from a handler, or while
+        :meth:`run` listens in another thread, it only signals: the listener ends
+        after the running handler, or within ``0.1`` s.
         """
         self._stopping.set()
         thread = self._thread
@@ -227,8 +235,11 @@ class RedisPubSub:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def _check_idle(self) -> None:
+        if self._listening:
+            raise RuntimeError(f"{self!r} is already listening; call stop() first")
+
     def _listen(self) -> None:
-        self._listening = True
         failures = 0
         try:
             while not self._stopping.is_set():
