@@ -40,6 +40,7 @@ __all__ = [
     "RedisStream",
     "autoclaim_command",
     "decode_fields",
+    "deleted_ids",
     "encode_fields",
     "parse_autoclaim",
     "parse_entries",
@@ -258,6 +259,7 @@ class RedisStream:
         return parse_entries(parse_read(reply))
 
     def length(self) -> int:
+        """How many entries the stream holds (0 when it does not exist)."""
         return int(self.client.execute_command("XLEN", self.name))
 
     def trim(
@@ -372,7 +374,11 @@ class RedisStream:
             command = autoclaim_command(
                 self.name, group, consumer, min_idle_ms, start, count - len(claimed)
             )
-            start, entries = parse_autoclaim(self.client.execute_command(*command))
+            reply = self.client.execute_command(*command)
+            gone = deleted_ids(reply[1])  # Redis 6.2 returns trimmed entries as nil
+            if gone:
+                self.acknowledge(*gone)
+            start, entries = parse_autoclaim(reply)
             claimed += entries
             if start == "0-0":
                 break
@@ -417,30 +423,41 @@ class RedisStream:
         stop = stop_event if stop_event is not None else threading.Event()
         policy = self.client.config.retry
         handled = acked = failures = 0
+        redis_down = False
         while not stop.is_set() and (max_messages is None or handled < max_messages):
             budget = count if max_messages is None else min(count, max_messages - handled)
+            trouble: str | None = None
             try:
-                batch = self.claim_idle(claim_idle_ms, budget) if claim_idle_ms else []
+                batch = self.claim_idle(claim_idle_ms, budget) if claim_idle_ms is not None else []
                 batch = batch or self.read_group(count=budget, block=block)
                 done, errors = self._handle(handler, batch)
                 handled += len(batch)
                 acked += self.acknowledge(*done)
+                if errors:
+                    trouble = f"{errors} handler failure(s)"
             except AuthenticationError:
                 raise
             except ResponseError as exc:
                 if exc.code != "NOGROUP":
                     raise
                 log.warning("stream %r lost its group (%s); re-creating it", self.name, exc)
-                errors = 1
+                trouble, redis_down = "a lost group", True
                 self._try(self._recreate_group)
             except (RedisConnectionError, RedisTimeoutError) as exc:
-                log.warning("stream %r: %s; retrying", self.name, exc)
-                errors = 1
-            if errors:
-                stop.wait(policy.delay(failures))
-                failures += 1
-            else:
+                trouble = str(exc)
+                if not redis_down:
+                    redis_down = True
+                    log.warning("stream %r: %s; retrying with backoff", self.name, exc)
+            if trouble is None:
+                if redis_down:
+                    redis_down = False
+                    log.info("stream %r: reading again after %d failures", self.name, failures)
                 failures = 0
+                continue
+            delay = policy.delay(failures)
+            log.debug("stream %r: backing off %.2fs after %s", self.name, delay, trouble)
+            failures += 1
+            stop.wait(delay)
         return acked
 
     def _handle(
