@@ -12,17 +12,27 @@ from ailf.config import EMBEDDED_URL as EMBEDDED_URL
 from ailf.config import RedisConfig as RedisConfig
 from ailf.config import RetryPolicy as RetryPolicy
 from ailf.errors import AilfError as AilfError
+from ailf.errors import AskTimeout as AskTimeout
 from ailf.errors import AuthenticationError as AuthenticationError
 from ailf.errors import ConfigError as ConfigError
 from ailf.errors import DecodeError as DecodeError
 from ailf.errors import EmbeddedServerError as EmbeddedServerError
+from ailf.errors import EscalationError as EscalationError
+from ailf.errors import MessageTooLarge as MessageTooLarge
 from ailf.errors import RedisConnectionError as RedisConnectionError
 from ailf.errors import RedisError as RedisError
 from ailf.errors import RedisTimeoutError as RedisTimeoutError
+from ailf.errors import RemoteError as RemoteError
 from ailf.errors import ResponseError as ResponseError
 from ailf.errors import ScenarioError as ScenarioError
+from ailf.errors import SupervisionError as SupervisionError
 from ailf.messaging.pubsub import RedisPubSub as RedisPubSub
 from ailf.messaging.stream import RedisStream as RedisStream
+from ailf.runtime import Agent as Agent
+from ailf.runtime import AgentStatistics as AgentStatistics
+from ailf.runtime import DeadLetter as DeadLetter
+from ailf.runtime import Message as Message
+from ailf.runtime import Runtime as Runtime
 from ailf.server import RedisServer as RedisServer
 
 try:
@@ -32,12 +42,19 @@ except _PackageNotFoundError:  # running from a source tree that was not install
 
 __all__ = [
     "EMBEDDED_URL",
+    "Agent",
+    "AgentStatistics",
     "AilfError",
+    "AskTimeout",
     "AsyncRedisClient",
     "AuthenticationError",
     "ConfigError",
+    "DeadLetter",
     "DecodeError",
     "EmbeddedServerError",
+    "EscalationError",
+    "Message",
+    "MessageTooLarge",
     "RedisClient",
     "RedisConfig",
     "RedisConnectionError",
@@ -46,8 +63,11 @@ __all__ = [
     "RedisServer",
     "RedisStream",
     "RedisTimeoutError",
+    "RemoteError",
     "ResponseError",
     "RetryPolicy",
+    "Runtime",
     "ScenarioError",
+    "SupervisionError",
     "__version__",
 ]

@@ -14,7 +14,15 @@
      ├── EmbeddedServerError         the embedded redis-server could not be found or started
      ├── ScenarioError               a scenario file that cannot run: every problem, with the
      │                               file and the path to the field (also a ValueError)
-     └── DecodeError                 an undecodable payload or envelope (also a ValueError)
+     ├── DecodeError                 an undecodable payload or envelope (also a ValueError)
+     ├── MessageTooLarge             an envelope over the runtime's max_message_size
+     │                               (also a ValueError)
+     ├── AskTimeout                  no reply to ``ask()`` in time (also a TimeoutError)
+     ├── RemoteError                 the asked agent's handler raised; ``.type_name`` and
+     │                               ``.message`` keep the original exception's
+     └── SupervisionError            an agent could not be kept running
+          └── EscalationError        an agent failed past its restart intensity limit;
+                                     the runtime stopped because of it
 
 Why the Redis errors also derive from redis-py's: code written against redis-py
 (``except redis.ConnectionError``) keeps working when it moves to ailf's clients, and
@@ -32,15 +40,20 @@ import redis.exceptions as _redis_exc
 
 __all__ = [
     "AilfError",
+    "AskTimeout",
     "AuthenticationError",
     "ConfigError",
     "DecodeError",
     "EmbeddedServerError",
+    "EscalationError",
+    "MessageTooLarge",
     "RedisConnectionError",
     "RedisError",
     "RedisTimeoutError",
+    "RemoteError",
     "ResponseError",
     "ScenarioError",
+    "SupervisionError",
 ]
 
 
@@ -105,3 +118,55 @@ class ScenarioError(AilfError, ValueError):
 
 class DecodeError(AilfError, ValueError):
     """A payload, stream entry or envelope could not be decoded; the message says why."""
+
+
+class MessageTooLarge(AilfError, ValueError):
+    """An envelope is larger than the runtime's ``max_message_size``; send a reference
+    (a key, a URL) instead of the data, or raise the limit on every runtime involved."""
+
+
+class AskTimeout(AilfError, TimeoutError):
+    """``ask()`` got no reply in time. The message names the agent and the timeout.
+
+    The request may still be handled later (it stays in the agent's mailbox); its late
+    reply is dropped. Also a builtin :class:`TimeoutError`, so ``except TimeoutError``
+    catches it.
+    """
+
+    def __init__(self, message: str, *, agent: str = "", timeout: float = 0.0) -> None:
+        super().__init__(message)
+        self.agent = agent
+        self.timeout = timeout
+
+
+class RemoteError(AilfError):
+    """The agent that was asked raised an exception while handling the request.
+
+    ``type_name`` is the original exception's class name (``"ValueError"``), ``message``
+    its text and ``agent`` the agent that raised it: the exception object itself stays
+    on the remote side, since nothing but JSON travels.
+    """
+
+    def __init__(self, type_name: str, message: str, *, agent: str = "") -> None:
+        super().__init__(f"agent {agent!r} raised {type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.agent = agent
+
+
+class SupervisionError(AilfError):
+    """An agent instance could not be kept running under its restart policy."""
+
+
+class EscalationError(SupervisionError):
+    """An agent failed more often than its restart intensity allows.
+
+    The runtime stops (gracefully, for every other agent) and raises this from its
+    ``async with`` block; ``__cause__`` is the agent's last exception, ``agent`` and
+    ``replica`` say which instance failed.
+    """
+
+    def __init__(self, message: str, *, agent: str = "", replica: int = 0) -> None:
+        super().__init__(message)
+        self.agent = agent
+        self.replica = replica

@@ -1,0 +1,205 @@
+"""The :class:`Agent` base class users subclass, and how agent options are structured.
+
+An agent is a class; the runtime makes one instance per replica (and a fresh one on
+every restart, so that a restarted agent starts from clean state, as in Erlang and Akka).
+Everything an instance needs from the runtime — its name, replica number, options,
+logger — is set before ``on_start`` runs.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
+import cattrs
+
+from ailf.codec import converter
+from ailf.errors import ConfigError
+from ailf.runtime.message import Message
+
+if TYPE_CHECKING:
+    from ailf.runtime.cell import Cell
+    from ailf.runtime.runtime import Runtime
+
+__all__ = ["RESTART_POLICIES", "Agent", "AgentLog", "NoOptions", "structure_options"]
+
+RESTART_POLICIES = ("permanent", "transient", "temporary")
+
+#: The id of the message the current task is handling, put on every log record.
+current_message_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "ailf_message_id", default=None
+)
+
+
+@attrs.frozen
+class NoOptions:
+    """The options of an agent that declares none."""
+
+
+class AgentLog(logging.LoggerAdapter):
+    """A logger that prefixes records with ``agent[replica] message-id`` and puts
+    ``agent``, ``replica`` and ``message_id`` on each record (for structured handlers)."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        message_id = current_message_id.get()
+        extra = {**(self.extra or {}), "message_id": message_id, **kwargs.get("extra", {})}
+        kwargs["extra"] = extra
+        where = f"{extra['agent']}[{extra['replica']}]"
+        if message_id is not None:
+            where = f"{where} {message_id}"
+        return f"{where}: {msg}", kwargs
+
+
+class Agent:
+    """Subclass this and write ``async def on_message(self, message)``.
+
+    Class attributes configure every instance (``spawn()`` can override some):
+
+    - ``topics``: broadcast topics every instance hears from the start.
+    - ``max_deliveries``: deliveries before a failing message goes to the dead letters.
+    - ``claim_idle``: seconds a message may sit unacknowledged with another (presumably
+      dead) replica before this one claims it. Must exceed your slowest handler.
+    - ``concurrency``: messages one instance handles at once (1 keeps the actor promise:
+      one at a time, in order).
+    - ``restart``, ``max_restarts``, ``restart_period``: the restart policy for failures
+      of ``on_start``, ``on_stop`` and background tasks (see docs/concepts.md).
+    - ``Options``: an attrs class of the agent's options; ``self.options`` is an instance.
+
+    A plain ``def on_message(self, message)`` (not async) runs in a worker thread, so it
+    may block; from there, call the async API with ``trio.from_thread.run(self.send, ...)``.
+    """
+
+    topics: ClassVar[tuple[str, ...]] = ()
+    max_deliveries: ClassVar[int] = 5
+    claim_idle: ClassVar[float] = 30.0
+    concurrency: ClassVar[int] = 1
+    restart: ClassVar[str] = "permanent"
+    max_restarts: ClassVar[int] = 3
+    restart_period: ClassVar[float] = 5.0
+    Options: ClassVar[type] = NoOptions
+
+    # Set by the runtime before on_start.
+    name: str
+    replica: int
+    options: Any
+    runtime: Runtime
+    log: AgentLog
+    _cell: Cell
+
+    async def on_start(self) -> None:
+        """Called once per instance before its first message; open resources here."""
+
+    async def on_message(self, message: Message) -> Any:
+        """Handle one message. The return value answers an ``ask()``; an exception is a
+        failed delivery (retried, then dead-lettered; an ``ask()`` gets a RemoteError)."""
+        return None
+
+    async def on_stop(self) -> None:
+        """Called when the instance stops (shutdown, restart); close resources here."""
+
+    # -- talking to others -------------------------------------------------------------
+
+    async def send(self, to: str, body: Any, *, headers: dict[str, str] | None = None) -> str:
+        """Add a message to agent ``to``'s mailbox; returns its stream entry id."""
+        return await self.runtime.send(to, body, sender=self.name, headers=headers)
+
+    async def ask(self, to: str, body: Any, timeout: float = 10) -> Any:  # noqa: ASYNC109
+        """Send a request and wait for the handler's return value (see ``Runtime.ask``).
+
+        Asking your own agent name from a handler of a ``concurrency = 1`` agent with one
+        replica waits for itself: it times out.
+        """
+        return await self.runtime.ask(to, body, timeout=timeout, sender=self.name)
+
+    async def publish(self, topic: str, body: Any) -> int:
+        """Broadcast to every instance subscribed to ``topic``; returns the number of
+        processes that received it."""
+        return await self.runtime.publish(topic, body, sender=self.name)
+
+    async def subscribe(self, topic: str) -> None:
+        """Start hearing broadcasts on ``topic`` (returns once the subscription is live)."""
+        await self._cell.subscribe(topic)
+
+    async def unsubscribe(self, topic: str) -> None:
+        """Stop hearing broadcasts on ``topic``."""
+        await self._cell.unsubscribe(topic)
+
+    def start_task(self, async_fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``async_fn(*args)`` beside the handler for as long as this instance lives.
+
+        The task is cancelled when the instance stops; an exception escaping it crashes
+        the instance, which its restart policy then handles.
+        """
+        self._cell.start_task(async_fn, *args)
+
+    def stop(self) -> None:
+        """Stop this instance normally: a ``"permanent"`` agent is started again, a
+        ``"transient"`` or ``"temporary"`` one is not."""
+        self._cell.request_stop(normal=True)
+
+
+def is_sync_handler(agent_cls: type[Agent]) -> bool:
+    """True when the class's ``on_message`` is a plain function (run in a worker thread)."""
+    return not inspect.iscoroutinefunction(agent_cls.on_message)
+
+
+def check_agent_class(agent_cls: Any) -> type[Agent]:
+    """Reject what cannot be spawned with a message that says what to change."""
+    if not (isinstance(agent_cls, type) and issubclass(agent_cls, Agent)):
+        raise ConfigError(f"spawn(): expected an Agent subclass, got {agent_cls!r}")
+    name = agent_cls.__qualname__
+    if agent_cls.restart not in RESTART_POLICIES:
+        raise ConfigError(
+            f"{name}.restart: expected one of {', '.join(RESTART_POLICIES)}, "
+            f"got {agent_cls.restart!r}"
+        )
+    for attr in ("max_deliveries", "concurrency"):
+        value = getattr(agent_cls, attr)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name}.{attr}: expected an integer >= 1, got {value!r}")
+    if not isinstance(agent_cls.max_restarts, int) or agent_cls.max_restarts < 0:
+        raise ConfigError(
+            f"{name}.max_restarts: expected an integer >= 0, got {agent_cls.max_restarts!r}"
+        )
+    for attr in ("claim_idle", "restart_period"):
+        value = getattr(agent_cls, attr)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigError(f"{name}.{attr}: expected a number of seconds > 0, got {value!r}")
+    if not attrs.has(agent_cls.Options):
+        raise ConfigError(f"{name}.Options: expected an attrs class, got {agent_cls.Options!r}")
+    return agent_cls
+
+
+def structure_options(agent_cls: type[Agent], data: Any) -> Any:
+    """Turn ``None``, a mapping or an ``Options`` instance into ``agent_cls.Options``.
+
+    Raises :class:`ConfigError` naming the agent class and every bad or unknown field,
+    e.g. ``Greeter options: expected int @ $.retries``.
+    """
+    options_cls = agent_cls.Options
+    owner = f"{agent_cls.__qualname__} options"
+    if isinstance(data, options_cls):
+        return data
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            f"{owner}: expected a mapping or a {options_cls.__qualname__}, got {data!r}"
+        )
+    known = attrs.fields_dict(options_cls)
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        allowed = ", ".join(sorted(known)) or "none"
+        raise ConfigError(f"{owner}: unknown option(s) {', '.join(unknown)} (known: {allowed})")
+    try:
+        return converter.structure(dict(data), options_cls)
+    except Exception as exc:
+        if isinstance(exc, cattrs.BaseValidationError):
+            details = "; ".join(cattrs.transform_error(exc, path="$"))
+        else:
+            details = f"{type(exc).__name__}: {exc}"
+        raise ConfigError(f"{owner}: {details}") from exc

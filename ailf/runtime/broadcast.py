@@ -1,0 +1,154 @@
+"""One pub/sub connection per process: broadcast topics and the ``ask()`` reply inbox.
+
+Every topic an instance of this process listens to is one channel subscription on the
+shared connection, however many instances listen; an arriving broadcast is decoded once
+and queued to each listening instance. The process's reply channel is subscribed on the
+same connection, so ``ask()`` costs no connection and no subscription per request.
+
+Pub/sub is best-effort: a process that is not subscribed (not started yet, or
+reconnecting after a Redis restart) misses what is published meanwhile. The client's
+pub/sub session reconnects and subscribes again by itself, so listeners survive a Redis
+restart. Malformed broadcasts are logged, counted in :attr:`BroadcastHub.malformed`
+and dropped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from ailf.errors import AskTimeout, DecodeError, RemoteError
+from ailf.runtime.message import Reply, decode_envelope, decode_reply
+
+if TYPE_CHECKING:
+    from ailf.clients.async_client import AsyncRedisClient
+    from ailf.runtime.cell import Cell
+
+__all__ = ["BroadcastHub", "ReplyInbox"]
+
+log = logging.getLogger("ailf.runtime")
+
+
+@attrs.define(eq=False)
+class _Waiter:
+    event: trio.Event = attrs.field(factory=trio.Event)
+    reply: Reply | None = None
+
+
+class ReplyInbox:
+    """Pending ``ask()`` calls of this process, by correlation id.
+
+    A reply whose asker has given up (timed out, cancelled) finds no waiter and is
+    dropped quietly (logged at DEBUG).
+    """
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+        self._waiting: dict[str, _Waiter] = {}
+        self._ids = itertools.count(1)
+
+    def deliver(self, data: Any) -> None:
+        try:
+            reply = decode_reply(data)
+        except DecodeError as exc:
+            log.warning("dropped a malformed reply on %s: %s", self.channel, exc)
+            return
+        waiter = self._waiting.pop(reply.correlation, None)
+        if waiter is None:
+            log.debug("dropped a late reply (correlation %s)", reply.correlation)
+            return
+        waiter.reply = reply
+        waiter.event.set()
+
+    async def ask(self, to: str, timeout: float, send: Any) -> Any:  # noqa: ASYNC109
+        """Call ``await send(correlation)`` and wait for the matching reply.
+
+        Raises :class:`AskTimeout` after ``timeout`` seconds (the request stays in the
+        mailbox; its reply will be dropped) and :class:`RemoteError` when the handler
+        raised. Cancellation abandons the reply the same way.
+        """
+        correlation = str(next(self._ids))
+        waiter = _Waiter()
+        self._waiting[correlation] = waiter
+        try:
+            with trio.move_on_after(timeout):
+                await send(correlation)
+                await waiter.event.wait()
+        finally:
+            self._waiting.pop(correlation, None)
+        reply = waiter.reply
+        if reply is None:
+            raise AskTimeout(
+                f"no reply from agent {to!r} within {timeout} s (is an agent named {to!r}"
+                " running in this namespace, and is its handler that slow?)",
+                agent=to,
+                timeout=timeout,
+            )
+        if not reply.ok:
+            raise RemoteError(reply.error_type, reply.error_message, agent=to)
+        return reply.body
+
+
+class BroadcastHub:
+    """The process's pub/sub session: topic listeners and the reply inbox."""
+
+    def __init__(self, client: AsyncRedisClient, inbox: ReplyInbox) -> None:
+        self.client = client
+        self.inbox = inbox
+        self.malformed = 0
+        self._listeners: dict[str, set[Cell]] = {}
+        self._pubsub: Any = None
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        async with self.client.pubsub() as pubsub, trio.open_nursery() as nursery:
+            self._pubsub = pubsub
+            self._nursery = nursery
+            await pubsub.subscribe(self.inbox.channel)
+            task_status.started()
+            async for message in pubsub:
+                if message.get("type") != "message":
+                    continue
+                channel = message["channel"]
+                if channel == self.inbox.channel:
+                    self.inbox.deliver(message["data"])
+                else:
+                    self._broadcast(channel, message["data"])
+
+    def _broadcast(self, channel: str, data: Any) -> None:
+        listeners = self._listeners.get(channel)
+        if not listeners:
+            return
+        try:
+            message = decode_envelope(data)
+        except DecodeError as exc:
+            self.malformed += 1
+            log.warning("dropped a malformed broadcast on %s: %s", channel, exc)
+            return
+        for cell in listeners:
+            cell.deliver(message)
+
+    async def add_listener(self, channel: str, cell: Cell) -> None:
+        """Queue broadcasts on ``channel`` to ``cell``; returns once subscribed."""
+        listeners = self._listeners.setdefault(channel, set())
+        listeners.add(cell)
+        if channel not in self._pubsub.channels:
+            await self._pubsub.subscribe(channel)
+
+    def remove_listener(self, channel: str, cell: Cell) -> None:
+        listeners = self._listeners.get(channel)
+        if listeners is None:
+            return
+        listeners.discard(cell)
+        if not listeners:
+            del self._listeners[channel]
+            if self._nursery is not None:
+                self._nursery.start_soon(self._unsubscribe, channel)
+
+    async def _unsubscribe(self, channel: str) -> None:
+        if channel not in self._listeners and channel in self._pubsub.channels:
+            await self._pubsub.unsubscribe(channel)

@@ -1,0 +1,357 @@
+"""One running agent instance: its queue, its handler loop, its background tasks.
+
+A :class:`Cell` (Akka's word for the runtime side of an actor) owns one ``Agent``
+instance for one life: the supervisor makes a new cell, with a new instance, for every
+restart. Messages reach it from the mailbox reader and the broadcast hub through a
+plain deque (no trio task and no channel per message); ``concurrency`` worker loops
+drain it, one message at a time each, so the default of one keeps stream order.
+
+What happens to a message after its handler:
+
+- returned: the reply (for an ``ask()``) is published and the entry acknowledged;
+- raised, on a tell: retried after a backoff, and after ``max_deliveries`` deliveries
+  written to the dead letters and acknowledged together;
+- raised, on an ask: the caller gets a RemoteError and the entry is acknowledged (the
+  caller knows, and decides whether to ask again);
+- cancelled (shutdown past the grace period, a crash): nothing; the entry stays
+  pending and is delivered again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from ailf.codec import dumps
+from ailf.errors import DecodeError, RedisError
+from ailf.runtime.agent import Agent, AgentLog, current_message_id, is_sync_handler
+from ailf.runtime.keys import GROUP, check_name
+from ailf.runtime.mailbox import Binding, Delivery, MailboxReader
+from ailf.runtime.message import ENVELOPE_FIELD, Message, decode_envelope, encode_reply
+from ailf.runtime.statistics import Counters
+
+if TYPE_CHECKING:
+    from ailf.runtime.runtime import Runtime
+
+__all__ = ["AgentSpec", "Cell"]
+
+_logger = logging.getLogger("ailf.agent")
+
+
+@attrs.frozen
+class AgentSpec:
+    """What ``spawn()`` was asked to run: one agent name, all its local replicas."""
+
+    agent_cls: type[Agent]
+    name: str
+    options: Any
+    topics: tuple[str, ...]
+    claim_idle: float
+    concurrency: int
+
+
+class Cell:
+    """One life of one agent instance (see the module docstring)."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        spec: AgentSpec,
+        replica: int,
+        reader: MailboxReader,
+        counters: Counters,
+    ) -> None:
+        self.runtime = runtime
+        self.spec = spec
+        self.replica = replica
+        self.reader = reader
+        self.counters = counters
+        self.started = False
+        self.in_flight = 0
+        self._queue: deque[Delivery | Message] = deque()
+        self._lot = trio.lowlevel.ParkingLot()
+        self._high_water = 2 * runtime.settings.batch_size
+        self._starved = False
+        self._closing = False
+        self._normal = False
+        self._stop = trio.Event()
+        self._topics: set[str] = set()
+        self._nursery: trio.Nursery | None = None
+        self._sync = is_sync_handler(spec.agent_cls)
+        self.binding = Binding(runtime.keys.mailbox(spec.name), spec.name, self, spec.claim_idle)
+        self.log = AgentLog(_logger, {"agent": spec.name, "replica": replica})
+        agent = spec.agent_cls()
+        agent.name = spec.name
+        agent.replica = replica
+        agent.options = spec.options
+        agent.runtime = runtime
+        agent.log = self.log
+        agent._cell = self
+        self.agent = agent
+
+    # -- fed by the reader and the hub (synchronous) -----------------------------------
+
+    def deliver(self, item: Delivery | Message) -> None:
+        self._queue.append(item)
+        self._lot.unpark()
+
+    def has_room(self) -> bool:
+        if len(self._queue) < self._high_water:
+            return True
+        self._starved = True
+        return False
+
+    def busy(self) -> bool:
+        return bool(self._queue) or self.in_flight > 0
+
+    # -- lifetime -------------------------------------------------------------------
+
+    def request_stop(self, *, normal: bool) -> None:
+        self._normal = self._normal or normal
+        self._stop.set()
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> bool:
+        """Start, serve until asked to stop, stop gracefully; True if the agent stopped
+        itself normally. Raises what escaped ``on_start`` or a background task."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await self.agent.on_start()
+                self.started = True
+                for topic in self.spec.topics:
+                    await self.subscribe(topic)
+                self.reader.bind(self.binding)
+                task_status.started()
+                async with trio.open_nursery() as workers:
+                    for _ in range(self.spec.concurrency):
+                        workers.start_soon(self._worker)
+                    await self._stop.wait()
+                    self._detach()
+                    workers.cancel_scope.deadline = trio.current_time() + self.runtime.grace_period
+                nursery.cancel_scope.cancel()
+        finally:
+            self._detach()
+        return self._normal
+
+    def _detach(self) -> None:
+        """Stop receiving: queued entries stay pending in Redis for whoever reads next."""
+        self._closing = True
+        self.reader.unbind(self.binding)
+        self._queue.clear()
+        self._lot.unpark_all()
+        for topic in self._topics:
+            self.runtime.hub.remove_listener(self.runtime.keys.topic(topic), self)
+        self._topics.clear()
+
+    async def finish(self) -> Exception | None:
+        """Run ``on_stop`` (if ``on_start`` completed); the exception it raised, if any."""
+        if not self.started:
+            return None
+        with trio.move_on_after(self.runtime.grace_period) as scope:
+            try:
+                await self.agent.on_stop()
+            except Exception as exc:
+                return exc
+        if scope.cancelled_caught:
+            self.log.warning("on_stop did not finish within %.1f s", self.runtime.grace_period)
+        return None
+
+    def start_task(self, async_fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        if self._nursery is None or self._closing:
+            raise RuntimeError(
+                f"agent {self.spec.name!r}: start_task() works from on_start on, until stop"
+            )
+        self._nursery.start_soon(async_fn, *args)
+
+    async def subscribe(self, topic: str) -> None:
+        check_name("topic", topic)
+        if topic in self._topics or self._closing:
+            return
+        self._topics.add(topic)
+        await self.runtime.hub.add_listener(self.runtime.keys.topic(topic), self)
+
+    async def unsubscribe(self, topic: str) -> None:
+        if topic in self._topics:
+            self._topics.discard(topic)
+            self.runtime.hub.remove_listener(self.runtime.keys.topic(topic), self)
+
+    # -- handling -------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        queue = self._queue
+        handled = 0
+        while True:
+            if not queue:
+                if self._closing:
+                    return
+                await self._lot.park()
+                continue
+            item = queue.popleft()
+            if self._starved and len(queue) <= self._high_water // 2:
+                self._starved = False
+                self.reader.poke()
+            self.in_flight += 1
+            try:
+                if type(item) is Delivery:
+                    await self._handle_delivery(item)
+                else:
+                    await self._handle_broadcast(item)
+            finally:
+                self.in_flight -= 1
+            handled += 1
+            if not handled % 64:
+                await trio.lowlevel.checkpoint()
+
+    async def _call(self, message: Message) -> Any:
+        if self._sync:
+            return await trio.to_thread.run_sync(self.agent.on_message, message)
+        return await self.agent.on_message(message)
+
+    async def _handle_delivery(self, delivery: Delivery) -> None:
+        counters = self.counters
+        counters.received += 1
+        raw = delivery.fields.get(ENVELOPE_FIELD)
+        limit = self.runtime.settings.max_message_size
+        if isinstance(raw, str) and len(raw) > limit and len(raw.encode()) > limit:
+            await self._dead_letter(delivery, f"envelope larger than max_message_size={limit}")
+            return
+        try:
+            message = decode_envelope(
+                raw, message_id=delivery.id, delivery_count=delivery.delivery_count
+            )
+        except DecodeError as exc:
+            await self._dead_letter(delivery, f"undecodable: {exc}")
+            return
+        max_deliveries = self.spec.agent_cls.max_deliveries
+        if delivery.delivery_count > max_deliveries:
+            await self._dead_letter(
+                delivery,
+                f"delivered {delivery.delivery_count} times (max_deliveries={max_deliveries})"
+                " without its handler finishing: the process handling it died or was stopped",
+            )
+            return
+        token = current_message_id.set(delivery.id)
+        started = time.perf_counter()
+        try:
+            result = await self._call(message)
+        except Exception as exc:
+            counters.handler_finished(time.perf_counter() - started)
+            counters.failed += 1
+            await self._failed(delivery, message, exc)
+            return
+        finally:
+            current_message_id.reset(token)
+        counters.handler_finished(time.perf_counter() - started)
+        counters.processed += 1
+        if message.reply_to is not None:
+            await self._reply(message, result)
+        self.runtime.acker.ack(delivery.binding.stream, delivery.id)
+        delivery.binding.held.pop(delivery.id, None)
+
+    async def _failed(self, delivery: Delivery, message: Message, exc: Exception) -> None:
+        token = current_message_id.set(delivery.id)
+        try:
+            max_deliveries = self.spec.agent_cls.max_deliveries
+            if message.reply_to is not None:
+                self.log.warning(
+                    "handler raised %s: %s (answered to the asker as RemoteError)",
+                    type(exc).__name__,
+                    exc,
+                )
+                await self._reply(message, error=exc)
+                self.runtime.acker.ack(delivery.binding.stream, delivery.id)
+                delivery.binding.held.pop(delivery.id, None)
+            elif delivery.delivery_count >= max_deliveries:
+                await self._dead_letter(
+                    delivery,
+                    f"handler failed on delivery {delivery.delivery_count} of {max_deliveries}",
+                    exc,
+                )
+            else:
+                self.counters.retried += 1
+                delay = self.reader.schedule_retry(delivery)
+                self.log.warning(
+                    "handler raised %s: %s (delivery %d of %d; retrying in %.2f s)",
+                    type(exc).__name__,
+                    exc,
+                    delivery.delivery_count,
+                    max_deliveries,
+                    delay,
+                    exc_info=exc,
+                )
+        finally:
+            current_message_id.reset(token)
+
+    async def _reply(self, message: Message, result: Any = None, error: Exception | None = None):
+        assert message.reply_to is not None and message.correlation is not None
+        try:
+            text = encode_reply(message.correlation, result, error)
+        except DecodeError as exc:
+            text = encode_reply(message.correlation, error=exc)
+        try:
+            await self.runtime.client.publish(message.reply_to, text)
+        except RedisError as exc:
+            self.log.warning("could not send the reply to %s: %s", message.reply_to, exc)
+
+    async def _dead_letter(
+        self, delivery: Delivery, reason: str, error: Exception | None = None
+    ) -> None:
+        runtime = self.runtime
+        raw = delivery.fields.get(ENVELOPE_FIELD)
+        fields = {
+            "id": delivery.id,
+            "agent": self.spec.name,
+            "reason": reason,
+            "error_type": type(error).__name__ if error is not None else "",
+            "error_message": str(error) if error is not None else "",
+            "delivery_count": str(delivery.delivery_count),
+            "failed_at": repr(time.time()),
+            "consumer": self.reader.consumer,
+            "envelope": raw if isinstance(raw, str) else dumps(delivery.fields),
+        }
+        token = current_message_id.set(delivery.id)
+        try:
+            pipe = runtime.client.pipeline(transaction=True)
+            pipe.xadd(
+                runtime.keys.dead(self.spec.name),
+                fields,
+                maxlen=runtime.settings.dead_letter_maxlen,
+            )
+            pipe.xack(delivery.binding.stream, GROUP, delivery.id)
+            await pipe.execute()
+        except RedisError as exc:
+            self.log.warning("could not dead-letter (%s); it stays pending: %s", exc, reason)
+        else:
+            self.counters.dead_lettered += 1
+            self.log.error("dead-lettered: %s", reason, exc_info=error)
+        finally:
+            current_message_id.reset(token)
+            delivery.binding.held.pop(delivery.id, None)
+
+    async def _handle_broadcast(self, message: Message) -> None:
+        counters = self.counters
+        counters.received += 1
+        token = current_message_id.set(message.id)
+        started = time.perf_counter()
+        try:
+            await self._call(message)
+        except Exception as exc:
+            counters.failed += 1
+            self.log.warning(
+                "handler raised %s on a broadcast to %r: %s (broadcasts are not retried)",
+                type(exc).__name__,
+                message.topic,
+                exc,
+                exc_info=exc,
+            )
+        else:
+            counters.processed += 1
+        finally:
+            counters.handler_finished(time.perf_counter() - started)
+            current_message_id.reset(token)

@@ -1,0 +1,456 @@
+"""Reading mailboxes: batched consumer-group reads, acks, retries, claims, dead letters.
+
+A process reads every mailbox it hosts through a few :class:`MailboxReader` loops, not
+one per agent: an XREADGROUP names one group and one consumer for all its streams, so
+all mailboxes share the group :data:`~ailf.runtime.keys.GROUP`, and reader number *k*
+of a process (consumer ``{process}/{k}``) reads for the *k*-th local replica of every
+agent. One reader therefore serves 10,000 single-replica agents on one connection.
+
+Each reader loop, in turn: redelivers failed messages whose backoff has passed
+(XCLAIM to itself, which bumps Redis's delivery counter), claims entries idle longer
+than ``claim_idle`` from other consumers (XAUTOCLAIM) and keeps its own held entries
+fresh so that live replicas do not steal them, trims and tidies now and then, and then
+blocks in one XREADGROUP on the mailboxes whose instances have room (``>``), or on
+their own pending entries (``0``) after a start, a restart or a lost connection.
+A private *wake* stream is part of every read, so that a new agent, a retry coming
+due or a mailbox with room again interrupts a blocked read without cancelling it (a
+cancelled read may still have delivered entries, and costs a connection).
+
+Acks are batched: handled ids collect in :class:`Acker` and go out as one XACK per
+stream while the next handlers run.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from ailf.errors import RedisConnectionError, RedisError, ResponseError
+from ailf.runtime.keys import GROUP
+
+if TYPE_CHECKING:
+    from ailf.clients.async_client import AsyncRedisClient
+    from ailf.runtime.cell import Cell
+
+__all__ = ["Acker", "Binding", "Delivery", "MailboxReader", "MailboxSettings"]
+
+log = logging.getLogger("ailf.runtime")
+
+
+@attrs.frozen
+class MailboxSettings:
+    """How mailboxes are read and bounded (``Runtime`` keyword arguments of the same names)."""
+
+    batch_size: int = 128
+    mailbox_maxlen: int | None = 100_000
+    dead_letter_maxlen: int = 10_000
+    max_message_size: int = 1 << 20
+    retry_backoff: float = 0.1
+    retry_backoff_max: float = 5.0
+    max_block: float = 2.0
+    stale_consumer_after: float = 60.0
+
+
+@attrs.define(eq=False)
+class Binding:
+    """One agent instance's hold on its mailbox, through one reader (consumer)."""
+
+    stream: str
+    agent: str
+    cell: Cell
+    claim_idle: float
+    backlog: bool = True
+    backlog_from: str = "0"
+    claim_cursor: str = "0-0"
+    next_claim: float = 0.0
+    next_maintenance: float = 0.0
+    #: Entry ids held here (queued, being handled, waiting for a retry) -> since when.
+    held: dict[str, float] = attrs.field(factory=dict)
+    retrying: set[str] = attrs.field(factory=set)
+    warned_deleted: str = ""
+    active: bool = True
+
+
+@attrs.frozen
+class Delivery:
+    """A mailbox entry handed to an instance, with Redis's delivery count."""
+
+    binding: Binding
+    id: str
+    fields: dict[str, Any]
+    delivery_count: int
+
+
+def compare_ids(a: str, b: str) -> int:
+    """-1, 0 or 1 as stream id ``a`` is before, equal to or after ``b``."""
+    ams, _, aseq = a.partition("-")
+    bms, _, bseq = b.partition("-")
+    left = (int(ams), int(aseq or 0))
+    right = (int(bms), int(bseq or 0))
+    return (left > right) - (left < right)
+
+
+class Acker:
+    """Collects handled entry ids and acknowledges them in batches, one XACK per stream.
+
+    While one batch is on the wire the next one collects, so under load each XACK
+    carries many ids and acking costs a fraction of a round trip per message. An ack
+    that cannot be sent (Redis gone) is dropped after a few tries: the entry stays
+    pending and is delivered again, which at-least-once delivery allows.
+    """
+
+    def __init__(self, client: AsyncRedisClient) -> None:
+        self._client = client
+        self._waiting: dict[str, list[str]] = {}
+        self._sending: dict[str, list[str]] = {}
+        self._wakeup = trio.Event()
+
+    def ack(self, stream: str, entry_id: str) -> None:
+        ids = self._waiting.get(stream)
+        if ids is None:
+            self._waiting[stream] = [entry_id]
+            self._wakeup.set()
+        else:
+            ids.append(entry_id)
+
+    def busy(self, stream: str) -> bool:
+        """True while acks for ``stream`` are waiting or on the wire."""
+        return stream in self._waiting or stream in self._sending
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Send everything collected so far (and what collects meanwhile)."""
+        while self._waiting:
+            self._sending, self._waiting = self._waiting, {}
+            try:
+                await self._send(self._sending)
+            finally:
+                self._sending = {}
+
+    async def _send(self, batch: dict[str, list[str]]) -> None:
+        for attempt in range(4):
+            pipe = self._client.pipeline(transaction=False)
+            for stream, ids in batch.items():
+                pipe.xack(stream, GROUP, *ids)
+            try:
+                await pipe.execute(raise_on_error=False)
+                return
+            except RedisConnectionError as exc:
+                if attempt == 3:
+                    count = sum(len(ids) for ids in batch.values())
+                    log.warning("dropped %d acks (they will be redelivered): %s", count, exc)
+                    return
+                await trio.sleep(0.05 * 2**attempt)
+
+
+class MailboxReader:
+    """One consumer of a process: reads, claims and retries for every mailbox bound to it."""
+
+    def __init__(
+        self,
+        client: AsyncRedisClient,
+        acker: Acker,
+        settings: MailboxSettings,
+        consumer: str,
+        wake_key: str,
+    ) -> None:
+        self.client = client
+        self.acker = acker
+        self.settings = settings
+        self.consumer = consumer
+        self.wake_key = wake_key
+        self.bindings: dict[str, Binding] = {}
+        self._changed = trio.Event()
+        self._in_redis = False
+        self._rung = False
+        self._retries: list[tuple[float, int, Binding, Delivery, float]] = []
+        self._sequence = itertools.count()
+        self._nursery: trio.Nursery | None = None
+        self._failures = 0
+
+    # -- called by instances (synchronous, never blocking) --------------------------
+
+    def bind(self, binding: Binding) -> None:
+        self.bindings[binding.stream] = binding
+        self.poke()
+
+    def unbind(self, binding: Binding) -> None:
+        binding.active = False
+        if self.bindings.get(binding.stream) is binding:
+            del self.bindings[binding.stream]
+
+    def hosts(self, stream: str) -> bool:
+        return stream in self.bindings
+
+    def schedule_retry(self, delivery: Delivery) -> float:
+        """Deliver ``delivery`` again after a backoff; returns the backoff in seconds."""
+        binding = delivery.binding
+        settings = self.settings
+        delay = min(
+            settings.retry_backoff * 2 ** (delivery.delivery_count - 1),
+            settings.retry_backoff_max,
+            binding.claim_idle / 2,
+        )
+        binding.retrying.add(delivery.id)
+        due = trio.current_time() + delay
+        heapq.heappush(self._retries, (due, next(self._sequence), binding, delivery, delay))
+        self.poke()
+        return delay
+
+    def retries_pending(self, stream: str) -> bool:
+        return any(item[2].stream == stream for item in self._retries)
+
+    def poke(self) -> None:
+        """Make the loop look again at its mailboxes, retries and room (debounced)."""
+        self._changed.set()
+        if self._in_redis and not self._rung and self._nursery is not None:
+            self._rung = True
+            self._nursery.start_soon(self._ring)
+
+    async def _ring(self) -> None:
+        try:
+            await self.client.xadd(self.wake_key, {"w": "1"}, maxlen=16, approximate=False)
+        except RedisError as exc:
+            log.debug("could not wake reader %s: %s", self.consumer, exc)
+
+    # -- the loop -------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self._create_group(self.wake_key)
+            task_status.started()
+            recreate = False
+            while True:
+                try:
+                    if recreate:
+                        await self._recreate_groups()
+                        recreate = False
+                    await self._step()
+                    self._failures = 0
+                except ResponseError as exc:
+                    recreate = exc.code == "NOGROUP"
+                    why = "consumer group missing, re-creating it" if recreate else "error reply"
+                    await self._backoff(f"{why} ({exc})")
+                except RedisConnectionError as exc:
+                    await self._backoff(f"Redis unreachable ({exc})")
+                    for binding in self.bindings.values():
+                        binding.backlog, binding.backlog_from = True, "0"
+
+    async def _backoff(self, why: str) -> None:
+        delay = min(self.settings.max_block, 0.05 * 2**self._failures)
+        self._failures += 1
+        log.warning("mailbox reader %s: %s; retrying in %.2f s", self.consumer, why, delay)
+        await trio.sleep(delay)
+
+    async def _create_group(self, stream: str) -> None:
+        try:
+            await self.client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if exc.code != "BUSYGROUP":
+                raise
+
+    async def _recreate_groups(self) -> None:
+        streams = [self.wake_key, *self.bindings]
+        async with trio.open_nursery() as nursery:
+            for stream in streams:
+                nursery.start_soon(self._create_group, stream)
+        for binding in self.bindings.values():
+            binding.backlog, binding.backlog_from = True, "0"
+            binding.claim_cursor = "0-0"
+
+    async def _step(self) -> None:
+        now = trio.current_time()
+        await self._due_work(now)
+        self._changed = trio.Event()
+        ready = [b for b in self.bindings.values() if b.cell.has_room()]
+        if not ready:
+            with trio.move_on_at(self._next_due(now)):
+                await self._changed.wait()
+            return
+        streams: dict[str, str] = {self.wake_key: ">"}
+        backlog = False
+        for binding in ready:
+            if binding.backlog:
+                backlog = True
+                streams[binding.stream] = binding.backlog_from
+            else:
+                streams[binding.stream] = ">"
+        block = None
+        if not backlog:
+            block = max(1, int((self._next_due(now) - now) * 1000))
+        self._in_redis = block is not None
+        try:
+            reply = await self.client.xreadgroup(
+                GROUP, self.consumer, streams, count=self.settings.batch_size, block=block
+            )
+        finally:
+            self._in_redis = self._rung = False
+        await self._dispatch(reply)
+
+    def _next_due(self, now: float) -> float:
+        due = now + self.settings.max_block
+        if self._retries:
+            due = min(due, self._retries[0][0])
+        for binding in self.bindings.values():
+            due = min(due, binding.next_claim)
+        return max(due, now + 0.001)
+
+    async def _dispatch(self, reply: list[Any]) -> None:
+        now = trio.current_time()
+        for stream, entries in reply:
+            if stream == self.wake_key:
+                for entry_id, _ in entries:
+                    self.acker.ack(stream, entry_id)
+                continue
+            binding = self.bindings.get(stream)
+            if binding is None:
+                continue  # unbound meanwhile: the entries stay pending for a claim
+            if binding.backlog:
+                if len(entries) < self.settings.batch_size:
+                    binding.backlog = False
+                else:
+                    binding.backlog_from = entries[-1][0]
+                await self._deliver(binding, entries, now, await self._counts(binding, entries))
+            else:
+                await self._deliver(binding, entries, now, None)
+
+    async def _counts(self, binding: Binding, entries: list[Any]) -> dict[str, int]:
+        """Redis's delivery counts of entries re-read or claimed (one XPENDING)."""
+        if not entries:
+            return {}
+        rows = await self.client.xpending_range(
+            binding.stream,
+            GROUP,
+            min=entries[0][0],
+            max=entries[-1][0],
+            count=len(entries),
+            consumername=self.consumer,
+        )
+        return {row["message_id"]: int(row["times_delivered"]) for row in rows}
+
+    async def _deliver(
+        self, binding: Binding, entries: list[Any], now: float, counts: dict[str, int] | None
+    ) -> None:
+        cell = binding.cell
+        held = binding.held
+        for entry_id, fields in entries:
+            if fields is None:  # deleted (trimmed) while pending: nothing left to handle
+                self.acker.ack(binding.stream, entry_id)
+                continue
+            if entry_id in held or not binding.active:
+                continue
+            held[entry_id] = now
+            count = 1 if counts is None else counts.get(entry_id, 1)
+            cell.deliver(Delivery(binding, entry_id, fields, count))
+
+    # -- retries, claims, upkeep ------------------------------------------------------
+
+    async def _due_work(self, now: float) -> None:
+        retries = []
+        while self._retries and self._retries[0][0] <= now:
+            retries.append(heapq.heappop(self._retries))
+        claims = [b for b in self.bindings.values() if b.next_claim <= now]
+        if not retries and not claims:
+            return
+        async with trio.open_nursery() as nursery:
+            for _, _, binding, delivery, delay in retries:
+                nursery.start_soon(self._retry, binding, delivery, delay)
+            for binding in claims:
+                binding.next_claim = now + max(binding.claim_idle / 2, 0.05)
+                nursery.start_soon(self._claim, binding, now)
+
+    async def _retry(self, binding: Binding, delivery: Delivery, delay: float) -> None:
+        binding.retrying.discard(delivery.id)
+        if not binding.active:
+            return
+        # min-idle: if another replica claimed the entry meanwhile, leave it to that one.
+        entries = await self.client.xclaim(
+            binding.stream, GROUP, self.consumer, int(delay * 900), [delivery.id]
+        )
+        if not entries or entries[0][1] is None:
+            binding.held.pop(delivery.id, None)
+            return
+        entry_id, fields = entries[0]
+        binding.cell.deliver(Delivery(binding, entry_id, fields, delivery.delivery_count + 1))
+
+    async def _claim(self, binding: Binding, now: float) -> None:
+        stream = binding.stream
+        idle_ms = int(binding.claim_idle * 1000)
+        fresh_before = now - binding.claim_idle / 3
+        stale = [
+            entry_id
+            for entry_id, since in binding.held.items()
+            if since < fresh_before and entry_id not in binding.retrying
+        ]
+        if stale:  # reset their idle time so that other replicas leave them alone
+            await self.client.xclaim(stream, GROUP, self.consumer, 0, stale, justid=True)
+            for entry_id in stale:
+                if entry_id in binding.held:
+                    binding.held[entry_id] = now
+        cursor, entries, _deleted = await self.client.xautoclaim(
+            stream,
+            GROUP,
+            self.consumer,
+            idle_ms,
+            start_id=binding.claim_cursor,
+            count=self.settings.batch_size,
+        )
+        binding.claim_cursor = cursor
+        fresh = [(entry_id, fields) for entry_id, fields in entries if entry_id not in binding.held]
+        if fresh:
+            log.info(
+                "mailbox %s: claimed %d entries idle over %.1f s from other consumers",
+                stream,
+                len(fresh),
+                binding.claim_idle,
+            )
+            await self._deliver(binding, fresh, now, await self._counts(binding, fresh))
+        if binding.next_maintenance <= now:
+            binding.next_maintenance = now + max(1.0, 4 * binding.claim_idle)
+            await self._upkeep(binding)
+
+    async def _upkeep(self, binding: Binding) -> None:
+        """Trim what every replica has acknowledged, warn about entries trimmed unread,
+        and delete consumers that are long idle and hold nothing."""
+        stream = binding.stream
+        groups = await self.client.xinfo_groups(stream)
+        group = next((g for g in groups if g.get("name") == GROUP), None)
+        if group is None:
+            return
+        delivered = group["last-delivered-id"]
+        safe = delivered
+        if group.get("pending"):
+            summary = await self.client.xpending(stream, GROUP)
+            if summary.get("min"):
+                safe = summary["min"]
+        await self.client.xtrim(stream, minid=safe, approximate=True)
+        info = await self.client.xinfo_stream(stream)
+        deleted = info.get("max-deleted-entry-id") or "0-0"
+        if compare_ids(deleted, delivered) > 0 and deleted != binding.warned_deleted:
+            binding.warned_deleted = deleted
+            log.warning(
+                "mailbox %s: entries up to %s were trimmed or deleted before any replica read"
+                " them (last read: %s); raise mailbox_maxlen or add replicas",
+                stream,
+                deleted,
+                delivered,
+            )
+        stale_ms = self.settings.stale_consumer_after * 1000
+        for consumer in await self.client.xinfo_consumers(stream, GROUP):
+            name = consumer.get("name")
+            if name == self.consumer or consumer.get("pending") or consumer["idle"] < stale_ms:
+                continue
+            await self.client.xgroup_delconsumer(stream, GROUP, name)
+            log.info("mailbox %s: deleted idle consumer %s (nothing pending)", stream, name)

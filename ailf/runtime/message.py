@@ -1,0 +1,232 @@
+"""Messages, and the versioned JSON envelope they travel in (docs/wire-format.md).
+
+A mailbox entry is a stream entry with one field, ``envelope``, holding a JSON object::
+
+    {"v": 1, "body": {...}, "type": "app.msgs:Order", "sender": "shop",
+     "sent_at": 1764120000.25, "reply_to": "ailf:demo:reply:host:42:9f3a",
+     "correlation": "17", "headers": {"trace": "abc"}}
+
+Only ``v`` and ``body`` are required, so that any language can send with one XADD.
+Broadcasts carry the same object over pub/sub, with ``id`` and ``topic`` added; replies
+to ``ask()`` carry ``{"v": 1, "correlation": ..., "ok": true, "body": ..., "type": ...}``
+or ``{"v": 1, "correlation": ..., "ok": false, "error": {"type": ..., "message": ...}}``.
+Decoding is one ``json.loads`` per entry; everything that does not fit raises
+:class:`DecodeError` with the reason, which the mailbox turns into a dead letter.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import attrs
+
+from ailf.codec import decode_body, dumps, encode_body
+from ailf.errors import DecodeError, MessageTooLarge
+
+__all__ = [
+    "ENVELOPE_FIELD",
+    "VERSION",
+    "DeadLetter",
+    "Message",
+    "Reply",
+    "decode_envelope",
+    "decode_reply",
+    "encode_envelope",
+    "encode_reply",
+]
+
+#: The envelope format version this runtime writes and reads.
+VERSION = 1
+#: The stream entry field holding the envelope.
+ENVELOPE_FIELD = "envelope"
+
+_loads = json.JSONDecoder().decode
+
+
+@attrs.frozen
+class Message:
+    """One message as a handler sees it.
+
+    ``id`` is the stream entry id for mailbox messages (``"1764120000250-0"``) and a
+    sender-made id for broadcasts. ``topic`` is None unless the message is a broadcast.
+    ``delivery_count`` is Redis's count of deliveries (1 on the first; crashes and
+    retries count). ``reply_to`` and ``correlation`` are set when the sender is waiting
+    in ``ask()``; the runtime answers with the handler's return value.
+    """
+
+    id: str
+    body: Any
+    sender: str | None = None
+    topic: str | None = None
+    delivery_count: int = 1
+    sent_at: float = 0.0
+    headers: dict[str, str] = attrs.field(factory=dict)
+    reply_to: str | None = attrs.field(default=None, repr=False)
+    correlation: str | None = attrs.field(default=None, repr=False)
+
+    @property
+    def is_request(self) -> bool:
+        """True when the sender waits for a reply (``ask()``)."""
+        return self.reply_to is not None
+
+
+@attrs.frozen
+class Reply:
+    """The answer to one ``ask()``: a body, or the remote exception's type name and text."""
+
+    correlation: str
+    ok: bool
+    body: Any = None
+    error_type: str = ""
+    error_message: str = ""
+
+
+@attrs.frozen
+class DeadLetter:
+    """A message an agent gave up on, read back from its dead-letter stream.
+
+    ``id`` is the original mailbox entry id, ``body`` the decoded body (the raw text
+    when it could not be decoded), ``envelope`` the original entry as JSON text,
+    ``reason`` why it was given up, ``error_type``/``error_message`` the last handler
+    exception (empty when there was none), ``failed_at`` seconds since the epoch.
+    """
+
+    id: str
+    body: Any
+    reason: str
+    error_type: str
+    error_message: str
+    delivery_count: int
+    envelope: str
+    failed_at: float
+    dead_letter_id: str = ""
+
+
+def encode_envelope(
+    body: Any,
+    *,
+    sender: str | None = None,
+    reply_to: str | None = None,
+    correlation: str | None = None,
+    headers: dict[str, str] | None = None,
+    topic: str | None = None,
+    message_id: str | None = None,
+    max_size: int | None = None,
+) -> str:
+    """The envelope JSON text for a body; :class:`MessageTooLarge` past ``max_size`` bytes."""
+    data, tag = encode_body(body)
+    envelope: dict[str, Any] = {"v": VERSION, "body": data, "sent_at": time.time()}
+    if tag is not None:
+        envelope["type"] = tag
+    if sender is not None:
+        envelope["sender"] = sender
+    if reply_to is not None:
+        envelope["reply_to"] = reply_to
+        envelope["correlation"] = correlation
+    if headers:
+        envelope["headers"] = headers
+    if topic is not None:
+        envelope["topic"] = topic
+        envelope["id"] = message_id
+    text = dumps(envelope)
+    if max_size is not None and len(text) > max_size and len(text.encode()) > max_size:
+        raise MessageTooLarge(
+            f"message of {len(text.encode())} bytes exceeds max_message_size={max_size}"
+        )
+    return text
+
+
+def _optional_str(envelope: dict, key: str) -> str | None:
+    value = envelope.get(key)
+    if value is not None and not isinstance(value, str):
+        raise DecodeError(f"envelope field {key!r}: expected a string, got {value!r}")
+    return value
+
+
+def _parse(text: Any) -> dict[str, Any]:
+    if not isinstance(text, str):
+        raise DecodeError(f"no {ENVELOPE_FIELD!r} field holding JSON text")
+    try:
+        envelope = _loads(text)
+    except ValueError as exc:
+        raise DecodeError(f"envelope is not valid JSON ({exc}): {text[:80]!r}") from None
+    if not isinstance(envelope, dict):
+        raise DecodeError(f"envelope is not a JSON object: {text[:80]!r}")
+    version = envelope.get("v")
+    if version != VERSION:
+        raise DecodeError(f"unsupported envelope version {version!r} (this runtime reads v=1)")
+    return envelope
+
+
+def decode_envelope(
+    text: Any, *, message_id: str | None = None, delivery_count: int = 1
+) -> Message:
+    """Decode envelope JSON text into a :class:`Message`; :class:`DecodeError` says why not.
+
+    ``message_id`` is the stream entry id (mailboxes); broadcasts carry their own.
+    """
+    envelope = _parse(text)
+    if "body" not in envelope:
+        raise DecodeError("envelope has no 'body'")
+    tag = _optional_str(envelope, "type")
+    body = decode_body(envelope["body"], tag)
+    headers = envelope.get("headers") or {}
+    if not isinstance(headers, dict):
+        raise DecodeError(f"envelope field 'headers': expected an object, got {headers!r}")
+    sent_at = envelope.get("sent_at", 0.0)
+    if isinstance(sent_at, bool) or not isinstance(sent_at, (int, float)):
+        raise DecodeError(f"envelope field 'sent_at': expected a number, got {sent_at!r}")
+    if message_id is None:
+        message_id = _optional_str(envelope, "id") or ""
+    return Message(
+        id=message_id,
+        body=body,
+        sender=_optional_str(envelope, "sender"),
+        topic=_optional_str(envelope, "topic"),
+        delivery_count=delivery_count,
+        sent_at=float(sent_at),
+        headers=headers,
+        reply_to=_optional_str(envelope, "reply_to"),
+        correlation=_optional_str(envelope, "correlation"),
+    )
+
+
+def encode_reply(correlation: str, value: Any = None, error: BaseException | None = None) -> str:
+    """The reply JSON text for a handler's return value, or for the exception it raised."""
+    if error is not None:
+        return dumps(
+            {
+                "v": VERSION,
+                "correlation": correlation,
+                "ok": False,
+                "error": {"type": type(error).__name__, "message": str(error)},
+            }
+        )
+    data, tag = encode_body(value)
+    reply: dict[str, Any] = {"v": VERSION, "correlation": correlation, "ok": True, "body": data}
+    if tag is not None:
+        reply["type"] = tag
+    return dumps(reply)
+
+
+def decode_reply(text: Any) -> Reply:
+    """Decode reply JSON text; :class:`DecodeError` when it is not a v1 reply."""
+    reply = _parse(text)
+    correlation = reply.get("correlation")
+    if not isinstance(correlation, str):
+        raise DecodeError(f"reply has no string 'correlation': {correlation!r}")
+    if reply.get("ok") is True:
+        return Reply(
+            correlation, True, decode_body(reply.get("body"), _optional_str(reply, "type"))
+        )
+    error = reply.get("error")
+    if not isinstance(error, dict):
+        raise DecodeError(f"failed reply without an 'error' object: {error!r}")
+    return Reply(
+        correlation,
+        False,
+        error_type=str(error.get("type", "Exception")),
+        error_message=str(error.get("message", "")),
+    )

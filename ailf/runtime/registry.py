@@ -1,0 +1,138 @@
+"""The registry of live processes and their agents, kept in Redis by heartbeats.
+
+Every runtime writes, every ``heartbeat_interval`` seconds, one hash
+``ailf:{ns}:process:{id}`` (host, pid, start time, last heartbeat, its agents and their
+replica counts, its per-agent counters as JSON) with a TTL of three intervals, and
+scores its id with the heartbeat time in the sorted set ``ailf:{ns}:processes``. A
+process that dies stops refreshing both: its hash expires and readers skip and prune
+ids whose score is older than the TTL. Anyone can read the registry, a process that
+hosts no agent included.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ailf.codec import dumps
+from ailf.runtime.statistics import AgentStatistics
+
+if TYPE_CHECKING:
+    from ailf.clients.async_client import AsyncRedisClient
+    from ailf.runtime.keys import Keys
+
+__all__ = ["AgentInfo", "ProcessInfo", "RegistrySnapshot", "read_registry", "write_heartbeat"]
+
+
+@attrs.frozen
+class ProcessInfo:
+    """One live runtime process, as of its last heartbeat."""
+
+    id: str
+    host: str
+    pid: int
+    started: float
+    last_heartbeat: float
+    agents: dict[str, int]
+    statistics: dict[str, AgentStatistics]
+
+
+@attrs.frozen
+class AgentInfo:
+    """One agent name across the namespace: its replicas and where they run."""
+
+    name: str
+    replicas: int
+    processes: tuple[str, ...]
+
+
+@attrs.frozen
+class RegistrySnapshot:
+    """Every live process and agent in a namespace, with counters summed over processes."""
+
+    processes: tuple[ProcessInfo, ...]
+    agents: dict[str, AgentInfo]
+    statistics: dict[str, AgentStatistics]
+
+
+async def write_heartbeat(
+    client: AsyncRedisClient,
+    keys: Keys,
+    process: str,
+    fields: dict[str, Any],
+    ttl: float,
+    extra_keys: tuple[str, ...] = (),
+) -> None:
+    """Publish one heartbeat: the process hash, its TTL and its score, in one round trip."""
+    now = time.time()
+    pipe = client.pipeline(transaction=False)
+    pipe.hset(keys.process(process), mapping={**fields, "heartbeat": repr(now)})
+    ttl_ms = int(ttl * 1000)
+    pipe.pexpire(keys.process(process), ttl_ms)
+    for key in extra_keys:
+        pipe.pexpire(key, ttl_ms)
+    pipe.execute_command("ZADD", keys.processes, now, process)
+    pipe.execute_command("ZREMRANGEBYSCORE", keys.processes, "-inf", now - ttl)
+    await pipe.execute(raise_on_error=False)
+
+
+def heartbeat_fields(
+    host: str, pid: int, started: float, agents: dict[str, int], stats: list[AgentStatistics]
+) -> dict[str, str]:
+    return {
+        "host": host,
+        "pid": str(pid),
+        "started": repr(started),
+        "agents": dumps(agents),
+        "statistics": dumps([s.to_json() for s in stats]),
+    }
+
+
+def _process_info(process: str, data: dict[str, str]) -> ProcessInfo | None:
+    try:
+        stats = [AgentStatistics.from_json(s) for s in json.loads(data.get("statistics", "[]"))]
+        return ProcessInfo(
+            id=process,
+            host=data.get("host", ""),
+            pid=int(data.get("pid", 0)),
+            started=float(data.get("started", 0.0)),
+            last_heartbeat=float(data.get("heartbeat", 0.0)),
+            agents={str(k): int(v) for k, v in json.loads(data.get("agents", "{}")).items()},
+            statistics={s.name: s for s in stats},
+        )
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+async def read_registry(client: AsyncRedisClient, keys: Keys, ttl: float) -> RegistrySnapshot:
+    """Read every process whose heartbeat is younger than ``ttl`` seconds."""
+    ids = await client.execute_command("ZRANGEBYSCORE", keys.processes, time.time() - ttl, "+inf")
+    processes: list[ProcessInfo] = []
+    if ids:
+        pipe = client.pipeline(transaction=False)
+        for process in ids:
+            pipe.hgetall(keys.process(process))
+        for process, data in zip(ids, await pipe.execute(raise_on_error=False), strict=True):
+            info = _process_info(process, data) if isinstance(data, dict) and data else None
+            if info is not None:
+                processes.append(info)
+    agents: dict[str, list[tuple[str, int]]] = {}
+    parts: dict[str, list[AgentStatistics]] = {}
+    for info in processes:
+        for name, replicas in info.agents.items():
+            agents.setdefault(name, []).append((info.id, replicas))
+        for name, stats in info.statistics.items():
+            parts.setdefault(name, []).append(stats)
+    return RegistrySnapshot(
+        processes=tuple(processes),
+        agents={
+            name: AgentInfo(name, sum(r for _, r in where), tuple(p for p, _ in where))
+            for name, where in sorted(agents.items())
+        },
+        statistics={
+            name: AgentStatistics.combine(name, found) for name, found in sorted(parts.items())
+        },
+    )

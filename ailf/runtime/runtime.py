@@ -1,0 +1,567 @@
+"""The :class:`Runtime`: a trio nursery that runs agents, and the client to talk to them.
+
+``async with Runtime(config, namespace="demo") as runtime:`` connects (one shared
+command connection, one pub/sub connection, one blocking connection per mailbox reader
+— usually one), registers the process, and runs whatever is spawned until the block
+ends. A runtime that spawns nothing is just a client: ``send``, ``ask``, ``publish``,
+``dead_letters``, ``registry``.
+
+Shutdown is graceful whichever way it comes — the block ends, ``runtime.stop()`` is
+called, a signal arrives (``handle_signals=True`` or :meth:`Runtime.run_forever`), or an
+agent escalates: reading stops, in-flight handlers get ``grace_period`` seconds to
+finish, what finished is acknowledged, what did not stays pending for other replicas,
+``on_stop`` runs, the process leaves the registry and the connections close. A second
+signal forces: everything is cancelled at once (nothing is lost either; unacknowledged
+entries stay pending).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from ailf.clients.async_client import AsyncRedisClient
+from ailf.config import RedisConfig
+from ailf.errors import ConfigError, DecodeError, EscalationError, ResponseError
+from ailf.runtime.agent import Agent, check_agent_class, structure_options
+from ailf.runtime.broadcast import BroadcastHub, ReplyInbox
+from ailf.runtime.cell import AgentSpec, Cell
+from ailf.runtime.keys import GROUP, Keys, check_name
+from ailf.runtime.mailbox import Acker, MailboxReader, MailboxSettings, compare_ids
+from ailf.runtime.message import ENVELOPE_FIELD, DeadLetter, decode_envelope, encode_envelope
+from ailf.runtime.registry import (
+    RegistrySnapshot,
+    heartbeat_fields,
+    read_registry,
+    write_heartbeat,
+)
+from ailf.runtime.statistics import AgentStatistics, Counters
+from ailf.runtime.supervisor import supervise, unwrap
+
+__all__ = ["Runtime"]
+
+log = logging.getLogger("ailf.runtime")
+
+
+class Runtime:
+    """Runs agents on Redis; see the module docstring for the lifetime.
+
+    ``config`` defaults to :meth:`RedisConfig.from_env`. Keyword arguments:
+
+    - ``namespace``: the key prefix ``ailf:{namespace}:`` shared by everything.
+    - ``grace_period``: seconds in-flight handlers (and each ``on_stop``) get at shutdown.
+    - ``handle_signals``: stop gracefully on SIGINT/SIGTERM, force on the second one
+      (main thread only; :meth:`run_forever` does this anyway).
+    - ``batch_size``: entries per mailbox per read (and the per-instance queue's scale).
+    - ``mailbox_maxlen``: approximate cap on a mailbox stream's length, applied by
+      senders (None: no cap). Entries beyond it are trimmed even if unread — a warning
+      is logged when that happens; acknowledged entries are trimmed by the readers.
+    - ``dead_letter_maxlen``: approximate cap on each dead-letter stream.
+    - ``max_message_size``: bytes; bigger envelopes are refused when sent
+      (MessageTooLarge) and dead-lettered when received.
+    - ``heartbeat_interval``: seconds between registry heartbeats (TTL: three of them).
+    - ``retry_backoff``/``retry_backoff_max``: seconds before redelivering a failed
+      message, doubling per delivery.
+    - ``stale_consumer_after``: seconds idle before a consumer holding nothing is
+      deleted from a mailbox's group.
+    """
+
+    def __init__(
+        self,
+        config: RedisConfig | None = None,
+        *,
+        namespace: str = "default",
+        grace_period: float = 10.0,
+        handle_signals: bool = False,
+        batch_size: int = 128,
+        mailbox_maxlen: int | None = 100_000,
+        dead_letter_maxlen: int = 10_000,
+        max_message_size: int = 1 << 20,
+        heartbeat_interval: float = 2.0,
+        retry_backoff: float = 0.1,
+        retry_backoff_max: float = 5.0,
+        stale_consumer_after: float = 60.0,
+    ) -> None:
+        self.config = config if config is not None else RedisConfig.from_env()
+        self.keys = Keys(namespace)
+        self.namespace = namespace
+        self.grace_period = grace_period
+        self.handle_signals = handle_signals
+        self.heartbeat_interval = heartbeat_interval
+        self.settings = MailboxSettings(
+            batch_size=batch_size,
+            mailbox_maxlen=mailbox_maxlen,
+            dead_letter_maxlen=dead_letter_maxlen,
+            max_message_size=max_message_size,
+            retry_backoff=retry_backoff,
+            retry_backoff_max=retry_backoff_max,
+            stale_consumer_after=stale_consumer_after,
+        )
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        #: This runtime's id in the registry, and the prefix of its consumer names.
+        self.process_id = f"{self.host}:{self.pid}:{secrets.token_hex(3)}"
+        self.started_at = 0.0
+        self.stopping = False
+        self.stop_requested = trio.Event()
+        self.cells: set[Cell] = set()
+        self.client: AsyncRedisClient
+        self.acker: Acker
+        self.hub: BroadcastHub
+        self._inbox: ReplyInbox
+        self._specs: dict[str, AgentSpec] = {}
+        self._counters: dict[str, Counters] = {}
+        self._slots: dict[str, set[int]] = {}
+        self._replica_numbers: dict[str, itertools.count[int]] = {}
+        self._readers: list[MailboxReader] = []
+        self._readers_nursery: trio.Nursery | None = None
+        self._agents: trio.Nursery | None = None
+        self._body: trio.CancelScope | None = None
+        self._services: trio.Nursery | None = None
+        self._supervisors = 0
+        self._supervisors_done = trio.Event()
+        self._root: trio.CancelScope | None = None
+        self._escalation: EscalationError | None = None
+        self._broadcast_ids = itertools.count(1)
+        self._cm: Any = None
+
+    def __repr__(self) -> str:
+        return f"<Runtime {self.namespace!r} on {self.config.url} as {self.process_id}>"
+
+    # -- lifetime -------------------------------------------------------------------
+
+    async def __aenter__(self) -> Runtime:
+        if self._cm is not None:
+            raise RuntimeError("a Runtime can be entered only once; make a new one")
+        self._cm = self._lifecycle()
+        return await self._cm.__aenter__()
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        return await self._cm.__aexit__(*exc_info)
+
+    @asynccontextmanager
+    async def _lifecycle(self) -> AsyncIterator[Runtime]:
+        body_error: BaseException | None = None
+        try:
+            with trio.CancelScope() as self._root:
+                async with AsyncRedisClient(self.config) as client, trio.open_nursery() as services:
+                    self.client = client
+                    self._services = services
+                    self._supervisors_done.set()
+                    self.started_at = time.time()
+                    self.acker = Acker(client)
+                    self._inbox = ReplyInbox(self.keys.reply(self.process_id))
+                    self.hub = BroadcastHub(client, self._inbox)
+                    await services.start(self.hub.run)
+                    await services.start(self.acker.run)
+                    await services.start(self._host_readers)
+                    await self._heartbeat()
+                    services.start_soon(self._heartbeat_loop)
+                    if self.handle_signals:
+                        services.start_soon(self._watch_signals)
+                    async with trio.open_nursery() as agents:
+                        self._agents = agents
+                        try:
+                            with trio.CancelScope() as self._body:
+                                yield self
+                        except BaseException as exc:
+                            body_error = exc
+                            raise
+                        finally:
+                            self._begin_stop()
+                            await self._supervisors_done.wait()
+                    await self._leave()
+                    services.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            if body_error is not None and unwrap(group) is body_error:
+                raise body_error from None
+            raise
+        if self._escalation is not None:
+            raise self._escalation
+
+    def _begin_stop(self) -> None:
+        """Stop reading and ask every instance to stop; the agents nursery then drains."""
+        self.stopping = True
+        self.stop_requested.set()
+        if self._readers_nursery is not None:
+            self._readers_nursery.cancel_scope.cancel()
+        for cell in list(self.cells):
+            cell.request_stop(normal=False)
+
+    async def _leave(self) -> None:
+        """After the agents stopped: send the last acks, drop idle consumers, unregister."""
+        with trio.move_on_after(self.grace_period) as scope:
+            scope.shield = True
+            await self.acker.flush()
+            pipe = self.client.pipeline(transaction=False)
+            owned = [
+                (self.keys.mailbox(name), reader.consumer)
+                for name in self._specs
+                for reader in self._readers
+            ]
+            for stream, consumer in owned:
+                pipe.xpending_range(stream, GROUP, count=1, consumername=consumer)
+            replies = await pipe.execute(raise_on_error=False)
+            for (stream, consumer), pending in zip(owned, replies, strict=True):
+                if pending == []:
+                    pipe.xgroup_delconsumer(stream, GROUP, consumer)
+            pipe.delete(self.keys.process(self.process_id), *(r.wake_key for r in self._readers))
+            pipe.execute_command("ZREM", self.keys.processes, self.process_id)
+            await pipe.execute(raise_on_error=False)
+
+    def stop(self) -> None:
+        """Request a graceful stop: the ``async with`` body is cancelled (like a nursery's
+        ``cancel_scope.cancel()``) and the runtime shuts down as described above. Safe
+        to call from agents, from the body and more than once."""
+        if self._body is not None:
+            self._body.cancel()
+        self.stop_requested.set()
+
+    def escalate(self, error: EscalationError) -> None:
+        """Stop the runtime because of ``error``, which its ``async with`` then raises."""
+        if self._escalation is None:
+            self._escalation = error
+        self.stop()
+
+    def _force(self) -> None:
+        log.warning("forced stop: cancelling every agent now")
+        if self._root is not None:
+            self._root.cancel()
+
+    async def run_forever(self) -> None:
+        """Serve until :meth:`stop`, SIGINT/SIGTERM (graceful; a second one forces) or an
+        escalation. Signals are handled only in the main thread."""
+        if not self.handle_signals and threading.current_thread() is threading.main_thread():
+            self.handle_signals = True
+            assert self._services is not None
+            self._services.start_soon(self._watch_signals)
+        await trio.sleep_forever()
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if not self.stopping and not self.stop_requested.is_set():
+                    log.warning(
+                        "%s: stopping gracefully (within %.1f s); send it again to force",
+                        signal.Signals(signum).name,
+                        self.grace_period,
+                    )
+                    self.stop()
+                else:
+                    self._force()
+
+    # -- readers --------------------------------------------------------------------
+
+    async def _host_readers(self, *, task_status: trio.TaskStatus) -> None:
+        async with trio.open_nursery() as nursery:
+            self._readers_nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _reader(self, slot: int) -> MailboxReader:
+        while len(self._readers) <= slot:
+            consumer = f"{self.process_id}/{len(self._readers)}"
+            reader = MailboxReader(
+                self.client, self.acker, self.settings, consumer, self.keys.wake(consumer)
+            )
+            self._readers.append(reader)
+            assert self._readers_nursery is not None
+            await self._readers_nursery.start(reader.run)
+        return self._readers[slot]
+
+    def supervisor_started(self) -> None:
+        self._supervisors += 1
+        self._supervisors_done = trio.Event()
+
+    def release(self, name: str, reader: MailboxReader) -> None:
+        """A replica is gone for good: free its reader slot."""
+        self._slots.get(name, set()).discard(self._readers.index(reader))
+        self._counters[name].replicas -= 1
+        self._supervisors -= 1
+        if not self._supervisors:
+            self._supervisors_done.set()
+
+    def counters_for(self, name: str) -> Counters:
+        counters = self._counters.get(name)
+        if counters is None:
+            counters = self._counters[name] = Counters(name)
+        return counters
+
+    # -- spawning -------------------------------------------------------------------
+
+    async def spawn(
+        self,
+        agent_cls: type[Agent],
+        name: str | None = None,
+        *,
+        replicas: int = 1,
+        options: Any = None,
+        topics: Iterable[str] = (),
+        claim_idle: float | None = None,
+        concurrency: int | None = None,
+    ) -> None:
+        """Start ``replicas`` instances of ``agent_cls`` reading the mailbox ``name``.
+
+        ``name`` defaults to the class name. ``options`` is None, a dict (structured into
+        ``agent_cls.Options``; a :class:`ConfigError` names bad fields) or an
+        ``Options`` instance. ``topics`` add to the class's; ``claim_idle`` and
+        ``concurrency`` override the class's. Returns once every new instance has run
+        ``on_start`` (or failed it: then its restart policy applies). Spawning the same
+        name again adds replicas. Other processes may host replicas of the same name:
+        they share the mailbox as competing consumers.
+        """
+        if self._agents is None or self.stopping:
+            raise RuntimeError("spawn() works inside `async with Runtime(...)`, before it stops")
+        check_agent_class(agent_cls)
+        name = check_name("agent", agent_cls.__name__ if name is None else name)
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+            raise ConfigError(
+                f"spawn({name!r}): replicas must be an integer >= 1, not {replicas!r}"
+            )
+        claim = agent_cls.claim_idle if claim_idle is None else claim_idle
+        if isinstance(claim, bool) or not isinstance(claim, (int, float)) or claim <= 0:
+            raise ConfigError(f"spawn({name!r}): claim_idle must be seconds > 0, not {claim!r}")
+        parallel = agent_cls.concurrency if concurrency is None else concurrency
+        if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+            raise ConfigError(f"spawn({name!r}): concurrency must be >= 1, not {parallel!r}")
+        all_topics = tuple(dict.fromkeys((*agent_cls.topics, *topics)))
+        for topic in all_topics:
+            check_name("topic", topic)
+        spec = AgentSpec(
+            agent_cls=agent_cls,
+            name=name,
+            options=structure_options(agent_cls, options),
+            topics=all_topics,
+            claim_idle=float(claim),
+            concurrency=parallel,
+        )
+        known = self._specs.get(name)
+        if known is not None and known.agent_cls is not agent_cls:
+            raise ConfigError(
+                f"spawn({name!r}): this runtime already runs {name!r} as "
+                f"{known.agent_cls.__qualname__}, not {agent_cls.__qualname__}"
+            )
+        self._specs[name] = spec
+        try:
+            await self.client.xgroup_create(self.keys.mailbox(name), GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if exc.code != "BUSYGROUP":
+                raise
+        counters = self.counters_for(name)
+        numbers = self._replica_numbers.setdefault(name, itertools.count())
+        used = self._slots.setdefault(name, set())
+        for _ in range(replicas):
+            slot = next(k for k in itertools.count() if k not in used)
+            used.add(slot)
+            reader = await self._reader(slot)
+            counters.replicas += 1
+            await self._agents.start(supervise, self, spec, next(numbers), reader)
+
+    # -- talking to agents ----------------------------------------------------------
+
+    async def send(
+        self,
+        to: str,
+        body: Any,
+        *,
+        sender: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> str:
+        """Add a message to agent ``to``'s mailbox; returns its stream entry id.
+
+        The agent need not run yet: its mailbox keeps the message until it does (up to
+        ``mailbox_maxlen``). Raises MessageTooLarge past ``max_message_size``.
+        """
+        text = encode_envelope(
+            body, sender=sender, headers=headers, max_size=self.settings.max_message_size
+        )
+        return await self.client.xadd(
+            self.keys.mailbox(check_name("agent", to)),
+            {ENVELOPE_FIELD: text},
+            maxlen=self.settings.mailbox_maxlen,
+            approximate=True,
+        )
+
+    async def ask(
+        self,
+        to: str,
+        body: Any,
+        timeout: float = 10,  # noqa: ASYNC109 - part of the documented API
+        *,
+        sender: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """Send a request and return the handler's return value.
+
+        Raises :class:`~ailf.errors.AskTimeout` (also a TimeoutError) naming the agent
+        after ``timeout`` seconds, and :class:`~ailf.errors.RemoteError` (with the remote
+        exception's ``type_name`` and ``message``) when the handler raised. A reply
+        arriving after the timeout is dropped.
+        """
+        stream = self.keys.mailbox(check_name("agent", to))
+        max_size = self.settings.max_message_size
+
+        async def request(correlation: str) -> None:
+            text = encode_envelope(
+                body,
+                sender=sender,
+                headers=headers,
+                reply_to=self._inbox.channel,
+                correlation=correlation,
+                max_size=max_size,
+            )
+            await self.client.xadd(
+                stream, {ENVELOPE_FIELD: text}, maxlen=self.settings.mailbox_maxlen
+            )
+
+        return await self._inbox.ask(to, timeout, request)
+
+    async def publish(self, topic: str, body: Any, *, sender: str | None = None) -> int:
+        """Broadcast ``body`` to every instance subscribed to ``topic``, in every process.
+
+        Best-effort (pub/sub): only processes subscribed right now receive it. Returns
+        the number of processes that did.
+        """
+        text = encode_envelope(
+            body,
+            sender=sender,
+            topic=check_name("topic", topic),
+            message_id=f"{self.process_id}-{next(self._broadcast_ids)}",
+            max_size=self.settings.max_message_size,
+        )
+        return await self.client.publish(self.keys.topic(topic), text)
+
+    async def dead_letters(self, name: str, count: int = 100) -> list[DeadLetter]:
+        """The oldest ``count`` dead letters of agent ``name``, oldest first."""
+        entries = await self.client.xrange(self.keys.dead(check_name("agent", name)), count=count)
+        letters = []
+        for dead_id, fields in entries:
+            envelope = fields.get("envelope", "")
+            try:
+                body = decode_envelope(envelope).body
+            except DecodeError:
+                body = envelope
+            letters.append(
+                DeadLetter(
+                    id=fields.get("id", ""),
+                    body=body,
+                    reason=fields.get("reason", ""),
+                    error_type=fields.get("error_type", ""),
+                    error_message=fields.get("error_message", ""),
+                    delivery_count=int(fields.get("delivery_count") or 0),
+                    envelope=envelope,
+                    failed_at=float(fields.get("failed_at") or 0.0),
+                    dead_letter_id=dead_id,
+                )
+            )
+        return letters
+
+    # -- observing ------------------------------------------------------------------
+
+    def statistics(self) -> dict[str, AgentStatistics]:
+        """This process's counters, per agent name."""
+        return {name: counters.snapshot() for name, counters in self._counters.items()}
+
+    async def registry(self) -> RegistrySnapshot:
+        """Every live process in the namespace, its agents, and counters summed over them
+        (as of each process's last heartbeat; this process's is refreshed first)."""
+        await self._heartbeat()
+        return await read_registry(self.client, self.keys, 3 * self.heartbeat_interval)
+
+    async def cluster_statistics(self) -> dict[str, AgentStatistics]:
+        """Counters per agent name, summed over every live process."""
+        return (await self.registry()).statistics
+
+    async def _heartbeat(self) -> None:
+        agents = {name: c.replicas for name, c in self._counters.items() if c.replicas}
+        fields = heartbeat_fields(
+            self.host, self.pid, self.started_at, agents, list(self.statistics().values())
+        )
+        await write_heartbeat(
+            self.client,
+            self.keys,
+            self.process_id,
+            fields,
+            3 * self.heartbeat_interval,
+            tuple(reader.wake_key for reader in self._readers),
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await trio.sleep(self.heartbeat_interval)
+            if self.stopping:
+                return
+            try:
+                await self._heartbeat()
+            except Exception as exc:
+                log.warning("registry heartbeat failed: %s", exc)
+
+    async def wait_idle(
+        self,
+        names: Iterable[str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - part of the documented API
+    ) -> None:
+        """Wait until every named agent (default: those spawned here) has nothing left:
+        no unread and no pending entries in its mailbox, across all processes, and no
+        message queued, in flight, awaiting a retry or an ack here.
+
+        Raises TimeoutError naming the busy agents after ``timeout`` seconds.
+        """
+        wanted = list(self._specs) if names is None else [check_name("agent", n) for n in names]
+        busy: dict[str, str] = {}
+        quiet = 0
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            while True:
+                busy = await self._busy(wanted)
+                quiet = 0 if busy else quiet + 1
+                if quiet >= 2:
+                    return
+                await trio.sleep(0.01)
+        detail = ", ".join(f"{name} ({why})" for name, why in busy.items())
+        raise TimeoutError(f"agents still busy after {timeout} s: {detail}")
+
+    async def _busy(self, names: list[str]) -> dict[str, str]:
+        busy: dict[str, str] = {}
+        local = {cell.spec.name for cell in self.cells if cell.busy()}
+        for name in names:
+            stream = self.keys.mailbox(name)
+            if name in local:
+                busy[name] = "handling here"
+            elif self.acker.busy(stream) or any(r.retries_pending(stream) for r in self._readers):
+                busy[name] = "acks or retries due here"
+        remaining = [name for name in names if name not in busy]
+        if not remaining:
+            return busy
+        pipe = self.client.pipeline(transaction=False)
+        for name in remaining:
+            pipe.xinfo_groups(self.keys.mailbox(name))
+            pipe.xinfo_stream(self.keys.mailbox(name))
+        replies = await pipe.execute(raise_on_error=False)
+        for index, name in enumerate(remaining):
+            groups, info = replies[2 * index], replies[2 * index + 1]
+            if isinstance(info, Exception):  # no stream: nothing was ever sent
+                continue
+            group = None
+            if not isinstance(groups, Exception):
+                group = next((g for g in groups if g.get("name") == GROUP), None)
+            if group is None:
+                if info.get("length"):
+                    busy[name] = f"{info['length']} entries, no consumer group yet"
+                continue
+            if group.get("pending"):
+                busy[name] = f"{group['pending']} pending"
+            elif compare_ids(group["last-delivered-id"], info["last-generated-id"]) < 0:
+                busy[name] = "unread entries"
+        return busy

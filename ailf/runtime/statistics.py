@@ -1,0 +1,109 @@
+"""Per-agent counters, and the frozen records ``Runtime.statistics()`` returns.
+
+Counting is plain integer arithmetic on the hot path; percentiles are computed only when
+someone asks, from the last :data:`SAMPLES` handler durations.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any
+
+import attrs
+
+__all__ = ["AgentStatistics", "Counters"]
+
+#: How many recent handler durations each agent keeps for its latency percentiles.
+SAMPLES = 2048
+
+
+@attrs.frozen
+class AgentStatistics:
+    """What one agent did, in this process (``statistics()``) or summed over every
+    process (``cluster_statistics()``). Latencies are handler durations in seconds.
+
+    ``received`` counts mailbox messages and broadcasts handed to a handler (or found
+    undecodable), ``processed`` handlers that returned, ``failed`` handlers that raised,
+    ``retried`` redeliveries scheduled after a failure, ``dead_lettered`` messages given
+    up on. In cluster figures the percentiles are the worst process's.
+    """
+
+    name: str
+    replicas: int = 0
+    received: int = 0
+    processed: int = 0
+    failed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    latency_p50: float = 0.0
+    latency_p99: float = 0.0
+    latency_mean: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AgentStatistics:
+        fields = {f.name for f in attrs.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+    @classmethod
+    def combine(cls, name: str, parts: list[AgentStatistics]) -> AgentStatistics:
+        """Sum counters over processes; the mean weighted by processed, percentiles the max."""
+        processed = sum(p.processed for p in parts)
+        mean = sum(p.latency_mean * p.processed for p in parts) / processed if processed else 0.0
+        return cls(
+            name=name,
+            replicas=sum(p.replicas for p in parts),
+            received=sum(p.received for p in parts),
+            processed=processed,
+            failed=sum(p.failed for p in parts),
+            retried=sum(p.retried for p in parts),
+            dead_lettered=sum(p.dead_lettered for p in parts),
+            latency_p50=max((p.latency_p50 for p in parts), default=0.0),
+            latency_p99=max((p.latency_p99 for p in parts), default=0.0),
+            latency_mean=mean,
+        )
+
+
+def _percentile(ordered: list[float], fraction: float) -> float:
+    if not ordered:
+        return 0.0
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
+
+
+@attrs.define
+class Counters:
+    """The mutable counters of one agent name in one process (shared by its replicas)."""
+
+    name: str
+    replicas: int = 0
+    received: int = 0
+    processed: int = 0
+    failed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    total_latency: float = 0.0
+    handled: int = 0
+    samples: deque[float] = attrs.field(factory=lambda: deque(maxlen=SAMPLES))
+
+    def handler_finished(self, seconds: float) -> None:
+        self.handled += 1
+        self.total_latency += seconds
+        self.samples.append(seconds)
+
+    def snapshot(self) -> AgentStatistics:
+        ordered = sorted(self.samples)
+        return AgentStatistics(
+            name=self.name,
+            replicas=self.replicas,
+            received=self.received,
+            processed=self.processed,
+            failed=self.failed,
+            retried=self.retried,
+            dead_lettered=self.dead_lettered,
+            latency_p50=_percentile(ordered, 0.50),
+            latency_p99=_percentile(ordered, 0.99),
+            latency_mean=self.total_latency / self.handled if self.handled else 0.0,
+        )

@@ -1,0 +1,149 @@
+"""Restart policies: keep each agent instance running, or escalate — never die silently.
+
+Each replica runs under :func:`supervise`, Erlang's one_for_one: when an instance
+crashes (an exception escaped ``on_start``, ``on_stop`` or one of its background
+tasks), only that instance is replaced, by a fresh ``Agent`` object, after a backoff
+that doubles with each recent restart. Its unacknowledged messages stay pending under
+the same consumer and are read again by the new instance.
+
+``restart`` decides which exits are restarted, as in OTP: ``"permanent"`` always,
+``"transient"`` only after a crash (not after ``self.stop()``), ``"temporary"`` never
+(a crash is logged and the instance stays down). More than ``max_restarts`` restarts
+within ``restart_period`` seconds escalate: the runtime stops every agent gracefully
+and its ``async with`` block raises :class:`~ailf.errors.EscalationError`, whose
+``__cause__`` is the last crash. Handler exceptions never count here: they are message
+failures (retries, dead letters).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+import trio
+
+from ailf.errors import EscalationError
+from ailf.runtime.cell import AgentSpec, Cell
+from ailf.runtime.mailbox import MailboxReader
+
+if TYPE_CHECKING:
+    from ailf.runtime.runtime import Runtime
+
+__all__ = ["RESTART_BACKOFF", "supervise"]
+
+log = logging.getLogger("ailf.runtime")
+
+#: The pause before the first restart within a period; doubles with each further one.
+RESTART_BACKOFF = 0.1
+
+
+def unwrap(error: BaseException) -> BaseException:
+    """The single exception inside nested one-exception groups (what a nursery raises)."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
+async def supervise(
+    runtime: Runtime,
+    spec: AgentSpec,
+    replica: int,
+    reader: MailboxReader,
+    *,
+    task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run replica ``replica`` of ``spec`` until shutdown, restarting it per its policy.
+
+    Reports started once the first instance has started (or failed to). Cancelled by a
+    forced shutdown like any task.
+    """
+    runtime.supervisor_started()
+    try:
+        await _supervise(runtime, spec, replica, reader, task_status)
+    finally:
+        runtime.release(spec.name, reader)
+
+
+async def _supervise(
+    runtime: Runtime,
+    spec: AgentSpec,
+    replica: int,
+    reader: MailboxReader,
+    task_status: trio.TaskStatus,
+) -> None:
+    policy = spec.agent_cls.restart
+    max_restarts = spec.agent_cls.max_restarts
+    period = spec.agent_cls.restart_period
+    restarts: deque[float] = deque()
+    counters = runtime.counters_for(spec.name)
+    reported = False
+    while not runtime.stopping:
+        cell = Cell(runtime, spec, replica, reader, counters)
+        runtime.cells.add(cell)
+        error: BaseException | None = None
+        normal = False
+        try:
+            status = trio.TASK_STATUS_IGNORED if reported else task_status
+            normal = await cell.run(task_status=status)
+        except Exception as exc:
+            error = unwrap(exc)
+        finally:
+            runtime.cells.discard(cell)
+        reported = reported or cell.started
+        if not reported:
+            task_status.started()
+            reported = True
+        stop_error = await cell.finish()
+        if stop_error is not None:
+            cell.log.error("on_stop raised %s: %s", type(stop_error).__name__, stop_error)
+            error = error or stop_error
+        if runtime.stopping:
+            if error is not None:
+                cell.log.error("failed while stopping: %r", error, exc_info=error)
+            return
+        if error is None and not (normal and policy == "permanent"):
+            cell.log.info("stopped normally; not restarted (restart=%r)", policy)
+            return
+        if error is not None and policy == "temporary":
+            cell.log.error(
+                "crashed with %s: %s; not restarted (restart='temporary')",
+                type(error).__name__,
+                error,
+                exc_info=error,
+            )
+            return
+        now = trio.current_time()
+        while restarts and restarts[0] <= now - period:
+            restarts.popleft()
+        if error is not None and len(restarts) >= max_restarts:
+            escalation = EscalationError(
+                f"agent {spec.name!r} replica {replica} crashed more than max_restarts="
+                f"{max_restarts} times within restart_period={period} s; last error: "
+                f"{type(error).__name__}: {error}",
+                agent=spec.name,
+                replica=replica,
+            )
+            escalation.__cause__ = error
+            cell.log.critical("%s; stopping the runtime", escalation)
+            runtime.escalate(escalation)
+            return
+        restarts.append(now)
+        delay = min(period, RESTART_BACKOFF * 2 ** (len(restarts) - 1))
+        if error is not None:
+            cell.log.error(
+                "crashed with %s: %s; restarting in %.2f s (restart %d of %d within %s s)",
+                type(error).__name__,
+                error,
+                delay,
+                len(restarts),
+                max_restarts,
+                period,
+                exc_info=error,
+            )
+        else:
+            cell.log.info("stopped itself; restarting in %.2f s (restart='permanent')", delay)
+        with trio.move_on_after(delay):
+            await runtime.stop_requested.wait()
+    if not reported:
+        task_status.started()
