@@ -7,6 +7,7 @@ a scenario without writing code.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import attrs
@@ -28,7 +29,7 @@ class Echo(Agent):
 
     async def on_message(self, message: Message) -> Any:
         if self.options.print:
-            print(f"{self.name}: {message.body}", flush=True)
+            print(f"{self.name}: {json.dumps(message.body, default=str)}", flush=True)
         if self.options.forward_to:
             await self.send(self.options.forward_to, message.body)
         return message.body

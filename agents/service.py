@@ -13,9 +13,9 @@ from ailf import Agent, Message
 __all__ = ["Calculator"]
 
 _OPERATIONS = {
-    "add": lambda args: math.fsum(args),
+    "add": sum,
     "mul": lambda args: math.prod(args),
-    "sub": lambda args: args[0] - math.fsum(args[1:]),
+    "sub": lambda args: args[0] - sum(args[1:]),
     "div": lambda args: _divide(args),
     "max": max,
     "min": min,

@@ -19,10 +19,10 @@ import trio
 
 from ailf.clients.async_client import AsyncRedisClient
 from ailf.config import RedisConfig
-from ailf.runtime import Runtime
 from ailf.runtime.keys import GROUP, Keys
 from ailf.runtime.message import ENVELOPE_FIELD, DeadLetter
 from ailf.runtime.registry import read_registry
+from ailf.runtime.runtime import Runtime
 
 __all__ = [
     "ask",

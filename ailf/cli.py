@@ -52,6 +52,10 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('s') else 's'}"
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from ailf.scenario.load import load_scenario
 
@@ -61,9 +65,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
         return EXIT_OK
     replicas = sum(agent.replicas for agent in scenario.agents)
     print(
-        f"{args.file}: ok — scenario {scenario.name!r}, {len(scenario.agents)} agents"
-        f" ({replicas} replicas in {scenario.process_count} processes),"
-        f" {len(scenario.messages)} messages, until {scenario.scenario.until!r}"
+        f"{args.file}: ok — scenario {scenario.name!r}: {_count(len(scenario.agents), 'agent')}"
+        f" ({_count(replicas, 'replica')} in {_count(scenario.process_count, 'process')}),"
+        f" {_count(sum(m.count for m in scenario.messages), 'message')},"
+        f" until {scenario.scenario.until!r}"
     )
     return EXIT_OK
 

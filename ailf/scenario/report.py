@@ -84,8 +84,8 @@ class RunReport:
         verdict = "ok" if self.ok else "FAILED"
         lines = [
             f"scenario {self.scenario}: {verdict} — {self.outcome} after {self.elapsed:.1f} s"
-            f" (namespace {self.namespace}, {self.processes} processes,"
-            f" {self.restarts} restarts, redis {self.redis})",
+            f" (namespace {self.namespace}, {_count(self.processes, 'process')},"
+            f" {_count(self.restarts, 'restart')}, redis {self.redis})",
             "",
             _table(self.agents),
         ]
@@ -98,6 +98,10 @@ class RunReport:
         if self.problems:
             lines += ["", *(f"problem: {problem}" for problem in self.problems)]
         return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('s') else 's'}"
 
 
 _COLUMNS = (

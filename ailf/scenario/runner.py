@@ -29,11 +29,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
 from ailf.config import RedisConfig
 from ailf.errors import AilfError
-from ailf.runtime import Runtime
+from ailf.runtime.runtime import Runtime
 from ailf.runtime.statistics import AgentStatistics
 from ailf.scenario.model import FaultSpec, MessageSpec, Scenario
 from ailf.scenario.report import Progress, RunReport, check_expectations, combine
@@ -238,7 +239,7 @@ class ScenarioRun:
             if url is None:
                 server = await nursery.start(RedisServer().serve)
                 url = server.url
-                self.note(f"embedded Redis server started at {url}")
+                self._progress.note(f"embedded Redis server started at {url}")
             config = RedisConfig.from_url(url)
             self.child_env = {**os.environ, "AILF_REDIS_URL": url}
             try:
@@ -275,7 +276,10 @@ class ScenarioRun:
             ok=not problems,
             outcome=self._outcome,
             elapsed=trio.current_time() - started,
-            agents=tuple(totals.get(a.name, AgentStatistics(a.name)) for a in self.scenario.agents),
+            agents=tuple(
+                attrs.evolve(totals.get(a.name, AgentStatistics(a.name)), replicas=a.replicas)
+                for a in self.scenario.agents
+            ),
             processes=len(self.workers),
             restarts=sum(w.restarts for w in self.workers),
             problems=tuple(problems),
@@ -370,8 +374,9 @@ class ScenarioRun:
                 continue
             letters = await client.dead_letters(name, count=DEAD_LETTERS_SHOWN)
             found[name] = tuple(
-                f"{letter.id}: {letter.reason} after {letter.delivery_count} deliveries,"
-                f" body {json.dumps(letter.body, default=str)}"
+                f"{letter.id}: {letter.reason}"
+                + (f" ({letter.error_type}: {letter.error_message})" if letter.error_type else "")
+                + f"; body {json.dumps(letter.body, default=str)}"
                 for letter in letters
             )
         return found

@@ -27,7 +27,7 @@ from typing import IO, Any
 import trio
 
 from ailf.config import RedisConfig
-from ailf.runtime import Runtime
+from ailf.runtime.runtime import Runtime
 from ailf.scenario.load import import_agent_class, load_scenario
 from ailf.scenario.model import Scenario
 
@@ -90,11 +90,11 @@ async def _serve(scenario: Scenario, process: int, events: _Events) -> None:
                     concurrency=spec.concurrency,
                 )
         events.emit("ready")
+        # runtime.stop() — from the runner via stdin, or from an agent — cancels this
+        # body, and with it these two tasks; the runtime then shuts down gracefully.
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_stdin, runtime, stopped_by_runner)
             nursery.start_soon(_report, runtime, events)
-            await runtime.wait_stopped()
-            nursery.cancel_scope.cancel()
     events.stats(runtime)
     if not stopped_by_runner:
         events.emit("stop_requested")
