@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 
 from ailf import (
+    AuthenticationError,
     RedisClient,
     RedisConfig,
+    RedisConnectionError,
     RedisServer,
     RedisStream,
     ResponseError,
@@ -25,6 +27,7 @@ from ailf import (
 )
 from ailf.messaging.stream import (
     NO_GROUP_MESSAGE,
+    LoopBackoff,
     PendingEntry,
     PendingSummary,
     decode_fields,
@@ -92,6 +95,24 @@ def test_command_builders_and_reply_parsers() -> None:
     assert parse_pending_summary([0, None, None, None]) == PendingSummary(0, None, None, {})
     assert parse_pending_entries([["1-0", "w1", 5, 2]]) == [PendingEntry("1-0", "w1", 5, 2)]
     assert reply_map([b"name", b"g", "pending", 3]) == {"name": "g", "pending": 3}
+
+
+def test_loop_backoff_paces_and_logs(caplog: pytest.LogCaptureFixture) -> None:
+    backoff = LoopBackoff("s", RetryPolicy(backoff_initial=0.1, backoff_max=0.3, jitter=False))
+    assert backoff.handled(0) == 0.0
+    assert [backoff.handled(1), backoff.handled(2)] == [0.1, 0.2]
+    assert backoff.handled(0) == 0.0  # a clean round resets the delay
+    down = RedisConnectionError("gone")
+    with caplog.at_level(logging.DEBUG, logger="ailf.stream"):
+        delays = [backoff.redis_failed(down) for _ in range(4)]
+        assert backoff.handled(0) == 0.0
+    assert delays == [0.1, 0.2, 0.3, 0.3]
+    levels = [r.levelname for r in caplog.records if r.levelno >= logging.INFO]
+    assert levels == ["WARNING", "INFO"]  # once when the outage starts, once when it ends
+    assert backoff.redis_failed(ResponseError("NOGROUP no such group")) == 0.1
+    for fatal in (AuthenticationError("wrong password"), ResponseError("WRONGTYPE no")):
+        with pytest.raises(type(fatal)):
+            backoff.redis_failed(fatal)
 
 
 # -- writing and reading ----------------------------------------------------------------

@@ -25,6 +25,7 @@ import attrs
 
 from ailf.clients.sync import RedisClient
 from ailf.codec import dumps, loads
+from ailf.config import RetryPolicy
 from ailf.errors import (
     AuthenticationError,
     DecodeError,
@@ -35,6 +36,7 @@ from ailf.errors import (
 
 __all__ = [
     "NO_GROUP_MESSAGE",
+    "LoopBackoff",
     "PendingEntry",
     "PendingSummary",
     "RedisStream",
@@ -42,6 +44,8 @@ __all__ = [
     "decode_fields",
     "deleted_ids",
     "encode_fields",
+    "is_group_lost",
+    "log_handler_failure",
     "parse_autoclaim",
     "parse_entries",
     "parse_pending_entries",
@@ -414,72 +418,99 @@ class RedisStream:
         (NOGROUP) is re-created at ``"0"``, so entries written after the loss are
         read. It never spins: every failure is followed by a growing pause, capped at
         ``retry.backoff_max``; ``retry.attempts`` does not limit it (a worker exists
-        to keep working). Wrong credentials are not retried.
+        to keep working). Wrong credentials and other error replies are raised.
 
         It returns when ``stop_event`` is set (checked between reads, so within
         ``block`` milliseconds) or after ``max_messages`` entries were handled.
         """
         self._group()
         stop = stop_event if stop_event is not None else threading.Event()
-        policy = self.client.config.retry
-        handled = acked = failures = 0
-        redis_down = False
+        backoff = LoopBackoff(self.name, self.client.config.retry)
+        handled = acked = 0
         while not stop.is_set() and (max_messages is None or handled < max_messages):
             budget = count if max_messages is None else min(count, max_messages - handled)
-            trouble: str | None = None
             try:
                 batch = self.claim_idle(claim_idle_ms, budget) if claim_idle_ms is not None else []
                 batch = batch or self.read_group(count=budget, block=block)
-                done, errors = self._handle(handler, batch)
+                done: list[str] = []
+                for entry in batch:
+                    try:
+                        handler(entry)
+                    except Exception:
+                        log_handler_failure(self.name, entry)
+                    else:
+                        done.append(entry["id"])
                 handled += len(batch)
                 acked += self.acknowledge(*done)
-                if errors:
-                    trouble = f"{errors} handler failure(s)"
-            except AuthenticationError:
-                raise
-            except ResponseError as exc:
-                if exc.code != "NOGROUP":
-                    raise
-                log.warning("stream %r lost its group (%s); re-creating it", self.name, exc)
-                trouble, redis_down = "a lost group", True
-                self._try(self._recreate_group)
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                trouble = str(exc)
-                if not redis_down:
-                    redis_down = True
-                    log.warning("stream %r: %s; retrying with backoff", self.name, exc)
-            if trouble is None:
-                if redis_down:
-                    redis_down = False
-                    log.info("stream %r: reading again after %d failures", self.name, failures)
-                failures = 0
-                continue
-            delay = policy.delay(failures)
-            log.debug("stream %r: backing off %.2fs after %s", self.name, delay, trouble)
-            failures += 1
-            stop.wait(delay)
+                delay = backoff.handled(len(batch) - len(done))
+            except Exception as exc:
+                delay = backoff.redis_failed(exc)
+                if is_group_lost(exc):
+                    self._try(self._recreate_group)
+            if delay:
+                stop.wait(delay)
         return acked
-
-    def _handle(
-        self, handler: Callable[[Entry], object], batch: list[Entry]
-    ) -> tuple[list[str], int]:
-        done: list[str] = []
-        errors = 0
-        for entry in batch:
-            try:
-                handler(entry)
-            except Exception:
-                errors += 1
-                log.exception(
-                    "handler failed on entry %s of stream %r; it stays pending",
-                    entry["id"], self.name,
-                )  # fmt: skip
-            else:
-                done.append(entry["id"])
-        return done, errors
 
     def _try(self, step: Callable[[], object]) -> None:
         try:
             step()
         except (RedisConnectionError, RedisTimeoutError) as exc:
             log.warning("stream %r: %s; will retry", self.name, exc)
+
+
+# -- the processing loop's shared half: what to log, how long to pause -----------------
+
+
+def is_group_lost(exc: BaseException) -> bool:
+    """NOGROUP: the group (or the whole stream) is gone and must be created again."""
+    return isinstance(exc, ResponseError) and exc.code == "NOGROUP"
+
+
+def log_handler_failure(stream: str, entry: Entry) -> None:
+    """Log the exception being handled as a handler's failure on ``entry`` (in ``except``)."""
+    log.exception("handler failed on entry %s of stream %r; it stays pending", entry["id"], stream)
+
+
+@attrs.define
+class LoopBackoff:
+    """How a processing loop paces itself after failures, and what it logs about them.
+
+    The sync loop and its async twin both ask it after each round: :meth:`handled`
+    after a batch (with how many handlers failed), :meth:`redis_failed` when talking
+    to Redis raised. Both return the pause before the next round — 0 after a clean
+    round, else the policy's growing delay. An outage is logged once when it starts and
+    once when it ends; the rounds in between at debug level.
+    """
+
+    stream: str
+    policy: RetryPolicy
+    failures: int = 0
+    redis_down: bool = False
+
+    def handled(self, handler_failures: int) -> float:
+        if self.redis_down:
+            log.info("stream %r: reading again after %d failures", self.stream, self.failures)
+            self.redis_down = False
+        if not handler_failures:
+            self.failures = 0
+            return 0.0
+        return self._pause(f"{handler_failures} handler failure(s)")
+
+    def redis_failed(self, exc: Exception) -> float:
+        """The pause after ``exc``; raises it again when retrying cannot help."""
+        if is_group_lost(exc):
+            log.warning("stream %r lost its group (%s); re-creating it", self.stream, exc)
+        elif isinstance(exc, AuthenticationError) or not isinstance(
+            exc, (RedisConnectionError, RedisTimeoutError)
+        ):
+            raise exc
+        elif not self.redis_down:
+            log.warning("stream %r: %s; retrying with backoff", self.stream, exc)
+        self.redis_down = True
+        return self._pause(str(exc))
+
+    def _pause(self, why: str) -> float:
+        delay = self.policy.delay(self.failures)
+        self.failures += 1
+        log.debug("stream %r: pausing %.2fs after %s", self.stream, delay, why)
+        return delay
