@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -333,3 +334,11 @@ def test_tls_connection_verifies_the_server(tmp_path: Path) -> None:
         untrusted = RedisClient(RedisConfig(host="localhost", port=tls_port, ssl=True))
         with pytest.raises(RedisConnectionError, match=f"localhost:{tls_port}"):
             untrusted.get("secure")
+
+
+def test_missing_unix_socket_names_the_path(tmp_path: Path) -> None:
+    path = str(tmp_path / "nobody-home.sock")
+    client = RedisClient(RedisConfig(unix_socket_path=path, socket_connect_timeout=1))
+    with pytest.raises(RedisConnectionError, match=re.escape(path)):
+        client.get("k")
+    assert client.health_check() is False
