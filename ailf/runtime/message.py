@@ -172,8 +172,10 @@ def decode_envelope(
         raise DecodeError("envelope has no 'body'")
     tag = _optional_str(envelope, "type")
     body = decode_body(envelope["body"], tag)
-    headers = envelope.get("headers") or {}
-    if not isinstance(headers, dict):
+    headers = envelope.get("headers")
+    if headers is None:
+        headers = {}
+    elif not isinstance(headers, dict):
         raise DecodeError(f"envelope field 'headers': expected an object, got {headers!r}")
     sent_at = envelope.get("sent_at", 0.0)
     if isinstance(sent_at, bool) or not isinstance(sent_at, (int, float)):

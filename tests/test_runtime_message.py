@@ -1,0 +1,123 @@
+"""The envelope codec, key layout and agent options: no Redis needed."""
+
+from __future__ import annotations
+
+import json
+
+import attrs
+import pytest
+
+from ailf.errors import ConfigError, DecodeError, MessageTooLarge
+from ailf.runtime.agent import Agent, structure_options
+from ailf.runtime.keys import Keys
+from ailf.runtime.message import (
+    decode_envelope,
+    decode_reply,
+    encode_envelope,
+    encode_reply,
+)
+
+
+@attrs.frozen
+class Point:
+    x: int
+    y: int
+
+
+def test_plain_envelope_round_trip() -> None:
+    text = encode_envelope({"n": 1}, sender="a", headers={"trace": "t1"})
+    data = json.loads(text)
+    assert data["v"] == 1 and data["body"] == {"n": 1} and data["sender"] == "a"
+    assert "type" not in data and "reply_to" not in data
+    message = decode_envelope(text, message_id="1-0", delivery_count=2)
+    assert message.id == "1-0" and message.body == {"n": 1} and message.sender == "a"
+    assert message.headers == {"trace": "t1"} and message.delivery_count == 2
+    assert message.topic is None and not message.is_request and message.sent_at > 0
+
+
+def test_typed_envelope_round_trip() -> None:
+    text = encode_envelope(Point(1, 2), reply_to="chan", correlation="7")
+    assert json.loads(text)["type"] == "test_runtime_message:Point"
+    message = decode_envelope(text, message_id="1-0")
+    assert message.body == Point(1, 2) and message.is_request and message.correlation == "7"
+
+
+def test_minimal_envelope_from_another_language() -> None:
+    assert decode_envelope('{"v":1,"body":[1,2]}', message_id="5-1").body == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (None, "no 'envelope' field"),
+        ("not json", "not valid JSON"),
+        ("[1]", "not a JSON object"),
+        ('{"v":2,"body":1}', "unsupported envelope version 2"),
+        ('{"body":1}', "unsupported envelope version None"),
+        ('{"v":1}', "no 'body'"),
+        ('{"v":1,"body":1,"sender":5}', "'sender'"),
+        ('{"v":1,"body":1,"headers":[]}', "'headers'"),
+        ('{"v":1,"body":1,"sent_at":"x"}', "'sent_at'"),
+        ('{"v":1,"body":{"x":"a"},"type":"test_runtime_message:Point"}', "does not fit"),
+    ],
+)
+def test_undecodable_envelopes_say_why(text: str | None, reason: str) -> None:
+    with pytest.raises(DecodeError, match=reason):
+        decode_envelope(text, message_id="1-0")
+
+
+def test_unknown_type_tag_keeps_the_data() -> None:
+    text = '{"v":1,"body":{"x":1},"type":"nowhere.module:Thing"}'
+    assert decode_envelope(text).body == {"x": 1}
+
+
+def test_max_size() -> None:
+    with pytest.raises(MessageTooLarge, match="exceeds max_message_size=50"):
+        encode_envelope("x" * 100, max_size=50)
+    encode_envelope("x" * 10, max_size=200)
+
+
+def test_replies() -> None:
+    ok = decode_reply(encode_reply("3", Point(1, 2)))
+    assert ok.ok and ok.body == Point(1, 2) and ok.correlation == "3"
+    failed = decode_reply(encode_reply("4", error=KeyError("gone")))
+    assert not failed.ok and failed.error_type == "KeyError" and "gone" in failed.error_message
+    with pytest.raises(DecodeError):
+        decode_reply('{"v":1,"ok":true}')
+
+
+def test_key_layout() -> None:
+    keys = Keys("demo")
+    assert keys.mailbox("greeter") == "ailf:demo:mailbox:greeter"
+    assert keys.dead("greeter") == "ailf:demo:dead:greeter"
+    assert keys.topic("news") == "ailf:demo:topic:news"
+    assert keys.reply("h:1:ab") == "ailf:demo:reply:h:1:ab"
+    assert keys.process("h:1:ab") == "ailf:demo:process:h:1:ab"
+    assert keys.processes == "ailf:demo:processes"
+    with pytest.raises(ConfigError, match="namespace name"):
+        Keys("has space")
+
+
+@attrs.frozen
+class GreeterOptions:
+    greeting: str
+    times: int = 1
+
+
+class Greeter(Agent):
+    Options = GreeterOptions
+
+
+def test_structure_options() -> None:
+    assert structure_options(Greeter, {"greeting": "hi"}) == GreeterOptions("hi", 1)
+    given = GreeterOptions("yo", 2)
+    assert structure_options(Greeter, given) is given
+    with pytest.raises(ConfigError, match=r"Greeter options: .*times"):
+        structure_options(Greeter, {"greeting": "hi", "times": "many"})
+    with pytest.raises(ConfigError, match=r"required field missing @ \$.greeting"):
+        structure_options(Greeter, {})
+    with pytest.raises(ConfigError, match=r"unknown option.*colour.*known: greeting, times"):
+        structure_options(Greeter, {"greeting": "hi", "colour": "red"})
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        structure_options(Greeter, [1])
+    assert structure_options(Agent, None) == Agent.Options()
