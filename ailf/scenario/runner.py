@@ -33,7 +33,7 @@ import attrs
 import trio
 
 from ailf.config import RedisConfig
-from ailf.errors import AilfError
+from ailf.errors import AilfError, ResponseError
 from ailf.runtime.runtime import Runtime
 from ailf.runtime.statistics import AgentStatistics
 from ailf.scenario.model import FaultSpec, MessageSpec, Scenario
@@ -182,7 +182,9 @@ class ScenarioRun:
     def __init__(
         self, scenario: Scenario, url: str | None, json_output: bool, only: tuple[str, ...]
     ) -> None:
-        self.scenario = scenario
+        #: The whole file; ``scenario`` is the part this run hosts (all of it without --only).
+        self.whole = scenario
+        self.scenario = scenario.only(only)
         self._url = url
         self._only = only
         self.workdir = str(Path(scenario.path).resolve().parent)
@@ -190,7 +192,7 @@ class ScenarioRun:
         self.child_env: dict[str, str] = {}
         self._progress = Progress(scenario.name)
         self._json = json_output
-        self.workers = [WorkerProcess(i, self) for i in range(scenario.process_count)]
+        self.workers = [WorkerProcess(i, self) for i in range(self.scenario.process_count)]
         self._finished = trio.Event()
         self._outcome = ""
         self._problems: list[str] = []
@@ -316,8 +318,18 @@ class ScenarioRun:
             await self._send(client, message)
         self._sent.set()
         if self.scenario.scenario.until == "idle":
-            await client.wait_idle(names=[a.name for a in self.scenario.agents])
+            await self._wait_for_messages_from_elsewhere(client)
+            await client.wait_idle(names=[a.name for a in self.whole.agents])
             self.finish("every mailbox drained")
+
+    async def _wait_for_messages_from_elsewhere(self, client: Runtime) -> None:
+        """With ``--only``, the file's messages may be sent by a run on another host:
+        "idle" counts only once something was added to their mailboxes, or an empty
+        start would end the run before anything arrived."""
+        for target in sorted({m.to for m in self.whole.messages if m.to is not None}):
+            # Polling Redis, not local state: there is no event to wait for.
+            while not await _has_had_entries(client, target):  # noqa: ASYNC110
+                await trio.sleep(0.1)
 
     async def _send(self, client: Runtime, message: MessageSpec) -> None:
         for _ in range(message.count):
@@ -382,6 +394,14 @@ class ScenarioRun:
         return found
 
 
+async def _has_had_entries(client: Runtime, agent: str) -> bool:
+    try:
+        info = await client.client.xinfo_stream(client.keys.mailbox(agent))
+    except ResponseError:  # no such stream yet
+        return False
+    return info.get("last-generated-id", "0-0") != "0-0"
+
+
 def run_scenario(
     scenario: Scenario,
     *,
@@ -399,7 +419,7 @@ def run_scenario(
     url = redis_url or scenario.redis.url
     if url:
         RedisConfig.from_url(url)  # a bad --redis URL fails here, before anything starts
-    run = ScenarioRun(scenario.only(only), url, json_output, only)
+    run = ScenarioRun(scenario, url, json_output, only)
     report = trio.run(run.main)
     if not json_output:
         print(report.format(), flush=True)
