@@ -135,6 +135,21 @@ def test_subscribe_and_unsubscribe_while_listening(
     assert client.publish("late", "nobody") == 0
 
 
+def test_subscribing_from_another_thread_is_not_starved_by_the_listener(
+    pubsub: RedisPubSub, client: RedisClient
+) -> None:
+    received: queue.Queue[Any] = queue.Queue()
+    pubsub.subscribe("busy", received.put)
+    pubsub.run_in_thread()
+    started = time.monotonic()
+    for n in range(20):
+        pubsub.subscribe(f"extra.{n}", received.put)
+    assert time.monotonic() - started < 5  # each waits at most one poll, not several
+    wait_for(lambda: subscribers(client, "extra.19") == 1)
+    client.publish("extra.19", "last")
+    assert received.get(timeout=5) == "last"
+
+
 def test_handler_exception_is_logged_and_listening_goes_on(
     pubsub: RedisPubSub, client: RedisClient, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Self
 
 import attrs
@@ -24,6 +25,7 @@ import redis.client
 
 from ailf.clients.sync import RedisClient
 from ailf.codec import loads
+from ailf.config import RetryPolicy
 from ailf.errors import (
     AuthenticationError,
     DecodeError,
@@ -31,7 +33,14 @@ from ailf.errors import (
     RedisTimeoutError,
 )
 
-__all__ = ["Delivery", "Handler", "RedisPubSub", "Subscriptions", "decode_payload"]
+__all__ = [
+    "Delivery",
+    "Handler",
+    "ListenerBackoff",
+    "RedisPubSub",
+    "Subscriptions",
+    "decode_payload",
+]
 
 log = logging.getLogger("ailf.pubsub")
 
@@ -106,6 +115,37 @@ class Subscriptions:
         return Delivery(handler, channel, decode_payload(data), pattern)
 
 
+@attrs.define
+class ListenerBackoff:
+    """How a listener paces its reconnects, and what it logs: shared by both listeners.
+
+    :meth:`lost` after a failed round returns the pause before the next attempt (the
+    policy's growing delays, without end: a listener exists to listen); :meth:`listening`
+    after a good one. A loss is logged once as a warning, the retries at debug level,
+    and the recovery once.
+    """
+
+    listener: str
+    policy: RetryPolicy
+    failures: int = 0
+
+    def lost(self, exc: Exception) -> float:
+        delay = self.policy.delay(self.failures)
+        if not self.failures:
+            log.warning("%s lost its connection (%s); reconnecting", self.listener, exc)
+        else:
+            log.debug("reconnect attempt %d failed (%s); next in %.2fs", self.failures, exc, delay)
+        self.failures += 1
+        return delay
+
+    def listening(self) -> None:
+        if self.failures:
+            log.info(
+                "%s reconnected and re-subscribed after %d attempts", self.listener, self.failures
+            )
+            self.failures = 0
+
+
 class RedisPubSub:
     """Publish, and call handlers for messages on channels and patterns.
 
@@ -118,7 +158,13 @@ class RedisPubSub:
     def __init__(self, client: RedisClient | None = None) -> None:
         self.client = client if client is not None else RedisClient()
         self.subscriptions = Subscriptions()
+        # The lock guards the redis-py PubSub object. The listener holds it while it
+        # waits for a message (up to _POLL_SECONDS); other threads announce themselves
+        # in _waiters first, and the listener lets them go before it waits again, so
+        # that a subscribe() from another thread is never starved.
         self._lock = threading.RLock()
+        self._waiters = 0
+        self._waiters_changed = threading.Condition()
         self._pubsub: redis.client.PubSub | None = None
         self._stopping = threading.Event()
         self._listening = False
@@ -132,23 +178,35 @@ class RedisPubSub:
 
     def subscribe(self, channel: str, handler: Handler) -> None:
         """Call ``handler(payload)`` for each message on ``channel`` (replacing any before)."""
-        with self._lock:
+        with self._exclusive():
             self.subscriptions.channels[channel] = handler
             self._send("subscribe", channel)
 
     def psubscribe(self, pattern: str, handler: Handler) -> None:
         """Call ``handler(payload)`` for messages on channels matching ``pattern`` (glob)."""
-        with self._lock:
+        with self._exclusive():
             self.subscriptions.patterns[pattern] = handler
             self._send("psubscribe", pattern)
 
     def unsubscribe(self, channel: str) -> None:
         """Stop handling ``channel`` (or a pattern given to :meth:`psubscribe`)."""
-        with self._lock:
+        with self._exclusive():
             if self.subscriptions.patterns.pop(channel, None) is not None:
                 self._send("punsubscribe", channel)
             if self.subscriptions.channels.pop(channel, None) is not None:
                 self._send("unsubscribe", channel)
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        with self._waiters_changed:
+            self._waiters += 1
+        try:
+            with self._lock:
+                yield
+        finally:
+            with self._waiters_changed:
+                self._waiters -= 1
+                self._waiters_changed.notify_all()
 
     def _connection(self) -> redis.client.PubSub:
         if self._pubsub is None:
@@ -240,7 +298,7 @@ class RedisPubSub:
             raise RuntimeError(f"{self!r} is already listening; call stop() first")
 
     def _listen(self) -> None:
-        failures = 0
+        reconnects = ListenerBackoff(repr(self), self.client.config.retry)
         try:
             while not self._stopping.is_set():
                 try:
@@ -249,19 +307,9 @@ class RedisPubSub:
                     raise
                 except (RedisConnectionError, RedisTimeoutError) as exc:
                     self._discard()
-                    delay = self.client.config.retry.delay(failures)
-                    if not failures:
-                        log.warning("%r lost its connection (%s); reconnecting", self, exc)
-                    else:
-                        log.debug(
-                            "reconnect attempt %d failed (%s); next in %.2fs", failures, exc, delay
-                        )
-                    failures += 1
-                    self._stopping.wait(delay)
+                    self._stopping.wait(reconnects.lost(exc))
                     continue
-                if failures:
-                    log.info("%r reconnected and re-subscribed after %d attempts", self, failures)
-                    failures = 0
+                reconnects.listening()
                 if delivery is not None:
                     try:
                         delivery.handler(delivery.payload)
@@ -272,6 +320,8 @@ class RedisPubSub:
             self._discard()
 
     def _next_delivery(self) -> Delivery | None:
+        with self._waiters_changed:
+            self._waiters_changed.wait_for(lambda: not self._waiters, timeout=_POLL_SECONDS)
         with self._lock:
             pubsub = self._connection()
             subscribed = pubsub.subscribed
