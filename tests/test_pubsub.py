@@ -33,7 +33,8 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0) -> None:
 
 
 def subscribers(client: RedisClient, channel: str) -> int:
-    return dict(client.client.pubsub_numsub(channel))[channel]
+    [(_, count)] = client.client.pubsub_numsub(channel)
+    return count
 
 
 @pytest.fixture
@@ -273,3 +274,17 @@ def test_listener_survives_a_server_restart(
     assert any("lost" in m for m in messages)
     assert any("reconnected" in m for m in messages)
     client.close()
+
+
+def test_bytes_replies_reach_handlers_decoded(redis_config: RedisConfig) -> None:
+    client = RedisClient(redis_config.replace(decode_responses=False))
+    pubsub = RedisPubSub(client)
+    received: queue.Queue[Any] = queue.Queue()
+    pubsub.subscribe("raw", received.put)
+    pubsub.run_in_thread()
+    wait_for(lambda: subscribers(client, "raw") == 1)
+    client.publish("raw", {"a": 1})
+    client.publish("raw", "text")
+    assert received.get(timeout=5) == {"a": 1}
+    assert received.get(timeout=5) == "text"
+    pubsub.close()

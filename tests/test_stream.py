@@ -468,3 +468,14 @@ def test_process_recreates_a_group_lost_in_a_server_restart(
     assert not thread.is_alive()
     assert [g["name"] for g in stream.groups()] == ["workers"]
     client.close()
+
+
+def test_bytes_replies_decode_the_same(redis_config: RedisConfig) -> None:
+    with RedisClient(redis_config.replace(decode_responses=False)) as client:
+        stream = RedisStream("raw", client)
+        entry_id = stream.add({"n": 1, "s": "x"})
+        stream.create_consumer_group("workers", "w1")
+        assert stream.read_group() == [{"id": entry_id, "data": {"n": 1, "s": "x"}}]
+        assert stream.pending().consumers == {"w1": 1}
+        assert stream.claim_idle(0)[0]["id"] == entry_id
+        assert stream.groups()[0]["name"] == "workers"
