@@ -175,15 +175,19 @@ class RedisClient(_KeyValueCommands):
     def __init__(self, config: RedisConfig | None = None) -> None:
         self.config = config if config is not None else RedisConfig.from_env()
         self._lock = threading.Lock()
-        self._redis: redis.Redis | None = None
-        self._raw: redis.Redis | None = None
+        # (converting client, raw client) sharing one pool; one attribute, so that a
+        # reader without the lock sees both or neither.
+        self._clients: tuple[redis.Redis, redis.Redis] | None = None
         self._resolved: RedisConfig | None = None
 
     # -- the pool and the error boundary ----------------------------------------------
 
     def _connect(self) -> tuple[redis.Redis, redis.Redis]:
+        clients = self._clients
+        if clients is not None:
+            return clients
         with self._lock:
-            if self._redis is None or self._raw is None:
+            if self._clients is None:
                 resolved = self.config.resolve()
                 kwargs = resolved.redis_py_kwargs()
                 if resolved.unix_socket_path:
@@ -197,8 +201,8 @@ class RedisClient(_KeyValueCommands):
                 raw = redis.Redis(connection_pool=pool)
                 raw.response_callbacks.clear()
                 self._resolved = resolved
-                self._redis, self._raw = redis.Redis(connection_pool=pool), raw
-            return self._redis, self._raw
+                self._clients = (redis.Redis(connection_pool=pool), raw)
+            return self._clients
 
     @property
     def client(self) -> redis.Redis:
@@ -286,8 +290,8 @@ class RedisClient(_KeyValueCommands):
     def close(self) -> None:
         """Close every pooled connection. Idempotent; a later command opens a new pool."""
         with self._lock:
-            pool = self._redis.connection_pool if self._redis is not None else None
-            self._redis = self._raw = None
+            pool = self._clients[0].connection_pool if self._clients is not None else None
+            self._clients = None
         if pool is not None:
             pool.disconnect()
 
