@@ -23,6 +23,7 @@ from ailf.runtime.keys import GROUP, Keys
 from ailf.runtime.message import ENVELOPE_FIELD, DeadLetter
 from ailf.runtime.registry import read_registry
 from ailf.runtime.runtime import Runtime
+from ailf.scenario.runner import lone_exception
 
 __all__ = [
     "ask",
@@ -41,7 +42,10 @@ HEARTBEAT_TTL = 15.0
 
 
 def _run(async_fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-    return trio.run(async_fn, *args)
+    try:
+        return trio.run(async_fn, *args)
+    except BaseExceptionGroup as group:
+        raise lone_exception(group) from None
 
 
 # -- messages -------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -378,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command != "_worker":
+        # Reconnect warnings and the like would bury the one line that matters.
+        logging.basicConfig(
+            level=os.environ.get("AILF_LOG_LEVEL", "ERROR").upper(),
+            format="ailf: %(levelname)s %(name)s: %(message)s",
+        )
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_USAGE

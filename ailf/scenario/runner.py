@@ -40,7 +40,7 @@ from ailf.scenario.model import FaultSpec, MessageSpec, Scenario
 from ailf.scenario.report import Progress, RunReport, check_expectations, combine
 from ailf.server import RedisServer
 
-__all__ = ["MAX_RESTARTS", "RESTART_PERIOD", "run_scenario"]
+__all__ = ["MAX_RESTARTS", "RESTART_PERIOD", "lone_exception", "run_scenario"]
 
 #: A worker process that dies more often than this within RESTART_PERIOD fails the run.
 MAX_RESTARTS = 5
@@ -82,10 +82,10 @@ class WorkerProcess:
         """Run the worker until the run stops it; restart it when it dies on its own."""
         while True:
             code, fatal = await self._run_once()
-            if self._stopping:
-                return
-            if fatal is not None:
+            if fatal is not None:  # a failure even while stopping: it may explain the stop
                 self._run.fail(f"process {self.index}: {fatal}")
+                return
+            if self._stopping:
                 return
             now = trio.current_time()
             self._crashes.append(now)
@@ -217,8 +217,9 @@ class ScenarioRun:
 
     def fail(self, problem: str) -> None:
         self._problems.append(problem)
-        self.note(f"failure: {problem}")
-        self.finish("failed")
+        self._progress.note(f"failure: {problem}")
+        self._outcome = "failed"
+        self._finished.set()
 
     def note(self, text: str) -> None:
         self._events.append(text)
@@ -394,6 +395,16 @@ class ScenarioRun:
         return found
 
 
+def lone_exception(group: BaseExceptionGroup) -> BaseException:
+    """The one exception inside nested single-member groups (trio's nurseries wrap
+    errors), so that callers can catch ``RedisConnectionError`` itself; a group with
+    several members is returned as it is."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
 async def _has_had_entries(client: Runtime, agent: str) -> bool:
     try:
         info = await client.client.xinfo_stream(client.keys.mailbox(agent))
@@ -420,7 +431,10 @@ def run_scenario(
     if url:
         RedisConfig.from_url(url)  # a bad --redis URL fails here, before anything starts
     run = ScenarioRun(scenario, url, json_output, only)
-    report = trio.run(run.main)
+    try:
+        report = trio.run(run.main)
+    except BaseExceptionGroup as group:
+        raise lone_exception(group) from None
     if not json_output:
         print(report.format(), flush=True)
     return report

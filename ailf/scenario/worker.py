@@ -27,6 +27,7 @@ from typing import IO, Any
 import trio
 
 from ailf.config import RedisConfig
+from ailf.errors import AilfError
 from ailf.runtime.runtime import Runtime
 from ailf.scenario.load import import_agent_class, load_scenario
 from ailf.scenario.model import Scenario
@@ -113,7 +114,8 @@ def run_worker(file: str, *, process: int, events_fd: int, only: tuple[str, ...]
             scenario = load_scenario(file).only(only)
             trio.run(_serve, scenario, process, events)
         except Exception as exc:
-            logging.getLogger("ailf.scenario").exception("worker process %d failed", process)
+            if not isinstance(exc, AilfError):  # ailf's own errors were logged where raised
+                logging.getLogger("ailf.scenario").exception("worker process %d failed", process)
             events.emit("fatal", error=f"{type(exc).__name__}: {exc}")
             return 1
     return 0

@@ -1,0 +1,197 @@
+"""Every shipped scenario, run for real: ``ailf run FILE`` in a subprocess, with its worker
+processes, against a throwaway Redis; checked by exit code and by the JSON summary."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ailf.agents.text import words
+
+from ailf import RedisConfig, RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ROOT / "scenarios"
+
+
+def ailf(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ailf", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def run_json(name: str, redis: RedisServer, *extra: str) -> tuple[int, dict[str, Any], str]:
+    result = ailf("run", str(SCENARIOS / f"{name}.toml"), "--redis", redis.url, "--json", *extra)
+    assert result.stdout, result.stderr
+    return result.returncode, json.loads(result.stdout), result.stderr
+
+
+@pytest.fixture
+def redis(redis_server: RedisServer, redis_config: RedisConfig) -> RedisServer:
+    return redis_server  # redis_config flushed it
+
+
+def counters(summary: dict[str, Any], agent: str) -> dict[str, Any]:
+    return summary["agents"][agent]
+
+
+def test_quickstart_with_an_embedded_server() -> None:
+    """The README's first command: no Redis given, none needed."""
+    result = ailf("run", "scenarios/quickstart.toml")
+    assert result.returncode == 0, result.stderr
+    assert "scenario quickstart: ok" in result.stdout
+    assert 'echo: {"lang": "fr", "text": "bonjour"}' in result.stdout
+    assert "embedded Redis server started" in result.stderr
+    table = result.stdout.split("\n\n")[1].splitlines()
+    assert table[0].split()[:4] == ["agent", "replicas", "received", "processed"]
+    assert table[1].split()[:4] == ["echo", "2", "3", "3"]
+
+
+def test_ping_pong(redis: RedisServer) -> None:
+    code, summary, _ = run_json("ping-pong", redis)
+    assert code == 0, summary["problems"]
+    assert summary["outcome"] == "stopped by an agent"
+    assert counters(summary, "ping")["processed"] == 11
+    assert counters(summary, "pong")["processed"] == 10
+
+
+def test_work_queue_spreads_over_processes(redis: RedisServer) -> None:
+    code, summary, _ = run_json("work-queue", redis)
+    assert code == 0, summary["problems"]
+    assert summary["processes"] == 3
+    assert counters(summary, "worker")["processed"] == 300
+    assert counters(summary, "worker")["replicas"] == 6
+    assert counters(summary, "collector")["processed"] == 300
+
+
+def test_word_count_matches_a_direct_count(redis: RedisServer) -> None:
+    result = ailf("run", str(SCENARIOS / "word-count.toml"), "--redis", redis.url)
+    assert result.returncode == 0, result.stderr
+    text = (SCENARIOS / "data" / "lighthouse.txt").read_text()
+    all_words = words(text)
+    assert f"reducer: {len(all_words)} words, {len(set(all_words))} distinct" in result.stdout
+    assert f"reducer: {all_words.count('keeper'):6d} keeper" in result.stdout
+
+
+def test_word_count_split_over_two_runs_with_only(redis: RedisServer) -> None:
+    """--only: one run hosts the reducer, another the rest, as two hosts would."""
+    file = str(SCENARIOS / "word-count.toml")
+    argv = [sys.executable, "-m", "ailf", "run", file, "--redis", redis.url, "--json"]
+    reducer = subprocess.Popen(
+        [*argv, "--only", "reducer"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        rest = ailf("run", file, "--redis", redis.url, "--json", "--only", "splitter", "counter")
+        out, err = reducer.communicate(timeout=60)
+    finally:
+        reducer.kill()
+    assert rest.returncode == 0, rest.stderr
+    assert reducer.returncode == 0, err
+    assert set(json.loads(rest.stdout)["agents"]) == {"splitter", "counter"}
+    assert json.loads(out)["agents"]["reducer"]["processed"] == 9
+
+
+def test_broadcast_chat_reaches_every_member(redis: RedisServer) -> None:
+    code, summary, stderr = run_json("broadcast-chat", redis)
+    assert code == 0, summary["problems"]
+    for member in ("alice", "bob", "carol", "moderator"):
+        assert counters(summary, member)["processed"] == 4, member
+    # agents' own output goes to stderr when --json owns stdout
+    assert "carol [room] good morning both" in stderr
+
+
+def test_crash_recovery_loses_nothing(redis: RedisServer) -> None:
+    code, summary, stderr = run_json("crash-recovery", redis)
+    assert code == 0, summary["problems"]
+    assert summary["restarts"] >= 1
+    assert any("SIGKILL to process 1" in event for event in summary["events"])
+    assert "collector: all 120 results collected" in stderr
+    assert counters(summary, "collector")["processed"] >= 120
+
+
+def test_poison_message_ends_in_the_dead_letter_stream(redis: RedisServer) -> None:
+    code, summary, _ = run_json("poison-message", redis)
+    assert code == 0, summary["problems"]
+    payments = counters(summary, "payments")
+    assert payments["processed"] == 20
+    assert payments["dead_lettered"] == 1
+    assert payments["failed"] == 20 + 5
+    [letter] = summary["dead_letters"]["payments"]
+    assert '"poison": true' in letter
+    assert "InjectedFailure" in letter
+
+
+def test_request_reply_prints_answers_and_remote_errors(redis: RedisServer) -> None:
+    code, summary, _ = run_json("request-reply", redis)
+    assert code == 0, summary["problems"]
+    replies = summary["replies"]
+    assert [r.get("reply") for r in replies[:2]] == [{"result": 6}, {"result": 42}]
+    assert "ZeroDivisionError" in replies[2]["error"]
+
+
+def test_router_and_ticker(redis: RedisServer) -> None:
+    code, summary, stderr = run_json("router", redis)
+    assert code == 0, summary["problems"]
+    assert counters(summary, "alerts")["processed"] == 1
+    assert counters(summary, "archive")["processed"] == 10
+    assert "alerts router:" in stderr
+
+
+def test_a_run_that_never_ends_times_out_with_exit_1(tmp_path: Path, redis: RedisServer) -> None:
+    file = tmp_path / "stuck.toml"
+    file.write_text(
+        '[scenario]\nname = "stuck"\nuntil = "stop"\ntimeout = 1.5\n'
+        '[[agents]]\nname = "echo"\nclass = "ailf.agents.echo:Echo"\n'
+    )
+    result = ailf("run", str(file), "--redis", redis.url)
+    assert result.returncode == 1
+    assert "timed out after 1.5 s waiting for an agent to call runtime.stop()" in result.stdout
+
+
+def test_an_unmet_expectation_fails_the_run(tmp_path: Path, redis: RedisServer) -> None:
+    file = tmp_path / "expect.toml"
+    file.write_text(
+        '[scenario]\nname = "expect"\n'
+        '[[agents]]\nname = "echo"\nclass = "ailf.agents.echo:Echo"\n'
+        '[[messages]]\nto = "echo"\ncount = 2\n'
+        "[expect.echo]\nprocessed = 3\n"
+    )
+    result = ailf("run", str(file), "--redis", redis.url)
+    assert result.returncode == 1
+    assert "problem: expected echo.processed = 3, found 2" in result.stdout
+
+
+def test_a_worker_that_cannot_start_fails_the_run(tmp_path: Path, redis: RedisServer) -> None:
+    """An agent whose on_start always raises escalates; the run fails, it does not hang."""
+    (tmp_path / "broken_agents.py").write_text(
+        "from ailf import Agent\n\n"
+        "class Broken(Agent):\n"
+        "    max_restarts = 0\n"
+        "    async def on_start(self):\n"
+        "        raise RuntimeError('no database')\n"
+    )
+    file = tmp_path / "broken.toml"
+    file.write_text(
+        '[scenario]\nname = "broken"\ntimeout = 20\n'
+        '[[agents]]\nname = "b"\nclass = "broken_agents:Broken"\n'
+    )
+    result = ailf("run", str(file), "--redis", redis.url)
+    assert result.returncode == 1
+    assert "problem: process 0:" in result.stdout
+    assert "no database" in result.stdout
+
+
+def test_an_unreachable_redis_is_one_line_and_exit_1() -> None:
+    result = ailf("run", str(SCENARIOS / "quickstart.toml"), "--redis", "redis://127.0.0.1:1/0")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("ailf: error:")
+    assert "127.0.0.1:1" in result.stderr
+    assert "Traceback" not in result.stderr
