@@ -4,9 +4,10 @@ Pub/sub is fan-out and best-effort: every subscriber connected when a message is
 published gets it; a subscriber that is disconnected at that moment never will. For
 work that must not be lost, use a stream (:mod:`ailf.messaging.stream`).
 
-The pure half — :func:`decode_payload` and :class:`Subscriptions`, which turns an
-incoming message into a :class:`Delivery` for the right handler — does no I/O and is
-shared with the async twin. The sync half, :class:`RedisPubSub`, listens on one
+The pure half — :func:`decode_payload`; :class:`Subscriptions`, which turns an
+incoming message into a :class:`Delivery` for the right handler; and
+:class:`ListenerBackoff`, which paces reconnects — does no I/O and is shared with the
+async twin. The sync half, :class:`RedisPubSub`, listens on one
 connection in the calling thread or a thread of its own, and keeps listening across a
 server restart: it reconnects with backoff, subscribes to everything again, and logs
 both (logger ``ailf.pubsub``).

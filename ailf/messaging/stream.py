@@ -5,8 +5,9 @@ so that each entry is handled by one of them, and stays *pending* until acknowle
 
 The module is written in two halves. The pure half builds command arguments and
 parses replies (``*_command`` and ``parse_*`` functions, :func:`encode_fields`,
-:func:`decode_fields`); it does no I/O, so the sync class here and an async twin
-send the same commands and read replies the same way. The sync half,
+:func:`decode_fields`) and paces a processing loop through failures
+(:class:`LoopBackoff`); it does no I/O, so the sync class here and an async twin send
+the same commands, read replies the same way and recover alike. The sync half,
 :class:`RedisStream`, runs them through a :class:`~ailf.clients.sync.RedisClient`.
 
 Field values are stored as JSON, one field at a time, so that ``{"priority": 1}``
