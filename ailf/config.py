@@ -291,13 +291,15 @@ class RedisConfig:
 
 _BOOL_WORDS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 _FIELD_TYPES = {field.name: field.type for field in attrs.fields(RedisConfig)}
+# Credentials go in the URL's user-info part, not in its query string.
+_NOT_URL_OPTIONS = frozenset({"retry", "embedded", "password", "username"})
 
 
 def _coerce_option(key: str, raw: str) -> Any:
     """Turn one ``?key=value`` URL option into the field's type, or say what is wrong."""
     kind = _FIELD_TYPES.get(key)
-    if kind is None or key in ("retry", "embedded", "password", "username"):
-        known = ", ".join(sorted(k for k in _FIELD_TYPES if k not in ("retry", "embedded")))
+    if kind is None or key in _NOT_URL_OPTIONS:
+        known = ", ".join(sorted(k for k in _FIELD_TYPES if k not in _NOT_URL_OPTIONS))
         raise ConfigError(f"RedisConfig.from_url: unknown option {key!r}; known options: {known}")
     text = str(kind)
     try:

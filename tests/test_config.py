@@ -82,6 +82,7 @@ def test_from_url(url: str, expected: dict[str, object]) -> None:
         ("redis://h:99999", "bad port"),
         ("redis://h/abc", "is not a number"),
         ("redis://h?colour=blue", "unknown option 'colour'"),
+        ("redis://h?password=x", "unknown option 'password'"),
         ("redis://h?socket_timeout=soon", "RedisConfig.socket_timeout"),
         ("unix://", "no socket path"),
         ("", "expected a Redis URL"),
