@@ -65,6 +65,7 @@ class AsyncRedisClient(Commands):
         self.retry_idempotent = retry_idempotent
         self._backend: Any = None
         self._stack: contextlib.AsyncExitStack | None = None
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"<AsyncRedisClient {self.config.url}>"
@@ -72,8 +73,8 @@ class AsyncRedisClient(Commands):
     # -- lifetime -------------------------------------------------------------------
 
     async def __aenter__(self) -> AsyncRedisClient:
-        if self._stack is not None:
-            raise RuntimeError("this AsyncRedisClient is already open; enter it only once")
+        if self._stack is not None or self._closed:
+            raise RuntimeError("an AsyncRedisClient can be entered once; create a new one")
         stack = contextlib.AsyncExitStack()
         nursery = None
         if sniffio.current_async_library() == "trio":
@@ -101,6 +102,7 @@ class AsyncRedisClient(Commands):
         Under trio, when the client was entered with ``async with``, only the task that
         entered it may close it (leaving the block does).
         """
+        self._closed = True
         stack, self._stack = self._stack, None
         backend, self._backend = self._backend, None
         if stack is not None:
@@ -109,6 +111,11 @@ class AsyncRedisClient(Commands):
             await backend.aclose()
 
     def _lazy_backend(self) -> Any:
+        if self._closed:
+            raise RedisConnectionError(
+                f"this AsyncRedisClient for Redis at {self.config.address} is closed;"
+                " create a new one"
+            )
         self._backend = _backend_for(self.config, None)
         return self._backend
 

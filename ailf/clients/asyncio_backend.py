@@ -76,9 +76,20 @@ def _translated(address: str) -> Iterator[None]:
 
 
 def _client(config: RedisConfig) -> redis.asyncio.Redis:
-    kwargs = config.redis_py_kwargs()
-    client = redis.asyncio.Redis(**kwargs, protocol=2, retry=Retry(NoBackoff(), 0))
-    client.connection_pool.connection_kwargs["parser_class"] = _parser_class()
+    # Build the pool redis-py would (it knows which connection class TLS or a unix
+    # socket needs), then a blocking one like it: past max_connections, callers wait,
+    # as on trio, instead of failing with "Too many connections".
+    template = redis.asyncio.Redis(
+        **config.redis_py_kwargs(), protocol=2, retry=Retry(NoBackoff(), 0)
+    ).connection_pool
+    kwargs = dict(template.connection_kwargs, parser_class=_parser_class())
+    pool = redis.asyncio.BlockingConnectionPool(
+        connection_class=template.connection_class,
+        max_connections=config.max_connections,
+        timeout=None,
+        **kwargs,
+    )
+    client = redis.asyncio.Redis.from_pool(pool)
     client.response_callbacks.clear()
     return client
 
@@ -193,6 +204,10 @@ class AsyncioPubSub:
                 with _translated(self._config.address):
                     message = await self._pubsub.get_message(timeout=remaining)
             except RedisConnectionError as exc:
+                # Drop the dead socket: redis-py reconnects on the next read and its
+                # on-connect hook subscribes again to every channel and pattern.
+                if self._pubsub.connection is not None:
+                    await self._pubsub.connection.disconnect()
                 delay = self._config.retry.delay(min(attempt, 30))
                 log.warning("pub/sub %s; reconnecting in %.2f s", exc, delay)
                 attempt += 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable, Iterable, Mapping
+from itertools import chain
 from typing import Any
 
 from ailf import codec
@@ -38,6 +39,7 @@ IDEMPOTENT_COMMANDS = frozenset(
 )  # fmt: skip
 
 _OK = ("OK", b"OK")
+_chain = chain.from_iterable
 
 
 def _text(value: Any) -> Any:
@@ -395,6 +397,8 @@ class Commands:
         """XADD; returns the new entry's id. ``maxlen``/``minid`` trim in the same call."""
         if not fields:
             raise ValueError(f"xadd {name!r}: fields must be a non-empty dict")
+        if maxlen is None and minid is None and not nomkstream:
+            return self._command(("XADD", name, id, *_chain(fields.items())))
         args: list[Any] = ["XADD", name]
         if nomkstream:
             args.append("NOMKSTREAM")
@@ -568,8 +572,4 @@ def _is_ok_or_pong(reply: Any) -> bool:
 
 
 def _flatten(mapping: Mapping[Any, Any]) -> list[Any]:
-    flat: list[Any] = []
-    for key, value in mapping.items():
-        flat.append(key)
-        flat.append(value)
-    return flat
+    return list(_chain(mapping.items()))

@@ -13,6 +13,8 @@ naming the server's address, so callers never see a bare ``OSError`` or
 
 from __future__ import annotations
 
+import os
+import select
 import socket
 import ssl
 from collections.abc import Sequence
@@ -64,6 +66,17 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
+def _raw_fd(stream: trio.abc.Stream) -> int | None:
+    """The socket's file descriptor when bytes may be read and written on it directly.
+
+    Plain TCP and unix sockets on POSIX; None for TLS (bytes go through the SSL object)
+    and on Windows (sockets are not file descriptors there).
+    """
+    if os.name != "posix" or not isinstance(stream, trio.SocketStream):
+        return None
+    return stream.socket.fileno()
+
+
 class Connection:
     """A connected, authenticated socket to one Redis server, with its RESP parser.
 
@@ -74,7 +87,7 @@ class Connection:
     because its position in the reply stream is no longer known.
     """
 
-    __slots__ = ("_parser", "_stream", "address", "closed", "socket_timeout")
+    __slots__ = ("_fd", "_parser", "_stream", "address", "closed", "socket_timeout")
 
     def __init__(
         self, stream: trio.abc.Stream, parser: Parser, address: str, socket_timeout: float | None
@@ -84,6 +97,7 @@ class Connection:
         self.address = address
         self.socket_timeout = socket_timeout
         self.closed = False
+        self._fd = _raw_fd(stream)
 
     @property
     def stream(self) -> trio.abc.Stream:
@@ -95,16 +109,77 @@ class Connection:
 
     async def send(self, data: bytes) -> None:
         """Write bytes; may have sent some, all or none of them if it raises."""
+        fd = self._fd
         try:
-            await self._stream.send_all(data)
+            if fd is None:
+                await self._stream.send_all(data)
+                return
+            view = memoryview(data)
+            while view:
+                try:
+                    view = view[os.write(fd, view) :]
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(fd)
         except _IO_ERRORS as exc:
             self.closed = True
             raise connection_lost(self.address, exc) from exc
 
-    async def receive_into_parser(self) -> None:
-        """Read one chunk from the socket into the parser; EOF is a lost connection."""
+    def has_pending_input(self) -> bool:
+        """True when bytes (or EOF) are waiting on a connection that expects no reply.
+
+        An idle connection receives nothing in RESP2, so this means the server closed
+        it (or sent garbage): it must not be used, and a command not yet written on it
+        can safely go to a fresh connection instead. One non-blocking ``select`` call.
+        """
+        stream: Any = self._stream
+        sock = getattr(stream, "socket", None) or getattr(
+            getattr(stream, "transport_stream", None), "socket", None
+        )
+        if sock is None:
+            return False
         try:
-            data = await self._stream.receive_some(RECEIVE_SIZE)
+            readable, _, _ = select.select([sock.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
+    def send_now(self, data: bytes) -> int:
+        """Write what the socket takes without waiting; how many bytes that was.
+
+        Synchronous, so it cannot be interrupted half-way. Returns 0 for TLS streams and
+        on any error: the caller then hands the bytes to :meth:`send`, which reports it.
+        """
+        if self._fd is None:
+            return 0
+        try:
+            return os.write(self._fd, data)
+        except OSError:
+            return 0
+
+    async def receive_into_parser(self, idle: bool = False) -> None:
+        """Read one chunk from the socket into the parser; EOF is a lost connection.
+
+        On plain sockets this reads the file descriptor directly and parks only when
+        nothing is there: one wake-up per chunk instead of trio's two (the stream's
+        ``receive_some`` always adds a schedule point). It still yields once per chunk.
+        ``idle`` says no reply is expected yet, so it parks before trying to read.
+        """
+        fd = self._fd
+        try:
+            if fd is None:
+                data = await self._stream.receive_some(RECEIVE_SIZE)
+                waited = True
+            else:
+                waited = idle
+                if idle:
+                    await trio.lowlevel.wait_readable(fd)
+                while True:
+                    try:
+                        data = os.read(fd, RECEIVE_SIZE)
+                        break
+                    except BlockingIOError:
+                        waited = True
+                        await trio.lowlevel.wait_readable(fd)
         except _IO_ERRORS as exc:
             self.closed = True
             raise connection_lost(self.address, exc) from exc
@@ -112,6 +187,8 @@ class Connection:
             self.closed = True
             raise connection_lost(self.address)
         self._parser.feed(data)
+        if not waited:
+            await trio.lowlevel.checkpoint()
 
     def next_reply(self) -> Any:
         """The next complete reply already received, or ``NOT_ENOUGH``.

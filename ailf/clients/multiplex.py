@@ -68,6 +68,20 @@ class SharedConnection:
     def address(self) -> str:
         return self._connection.address
 
+    def usable(self) -> bool:
+        """Whether new requests may go here; notices a server that closed an idle socket.
+
+        A request written on a socket the server already closed would fail although it
+        never reached the server; checking while nothing is in flight (one ``select``)
+        lets the client open a fresh connection for it instead.
+        """
+        if self.error is not None:
+            return False
+        if not self._waiting and self._connection.has_pending_input():
+            self._fail(RedisConnectionError(f"Redis at {self.address} closed the connection"))
+            return False
+        return True
+
     @property
     def in_flight(self) -> int:
         """Requests whose replies have not arrived yet (abandoned ones included)."""
@@ -85,12 +99,21 @@ class SharedConnection:
         if self.error is not None:
             raise RedisConnectionError(str(self.error))
         slot = _Slot(current_task(), count)
-        self._outbox.append(data)
-        self._waiting.append(slot)
         writer = self._parked_writer
-        if writer is not None:
-            self._parked_writer = None
-            reschedule(writer)
+        if writer is not None and not self._waiting:
+            # Nothing in flight and the writer idle: write from this task, synchronously
+            # (it cannot be interrupted), and wake the writer only for what is left.
+            sent = self._connection.send_now(data)
+            if sent < len(data):
+                self._outbox.append(data[sent:])
+                self._parked_writer = None
+                reschedule(writer)
+        else:
+            self._outbox.append(data)
+            if writer is not None:
+                self._parked_writer = None
+                reschedule(writer)
+        self._waiting.append(slot)
         if self._timeout is None:
             return await wait_task_rescheduled(slot.abandon)
         with trio.move_on_after(self._timeout):
@@ -160,22 +183,21 @@ class SharedConnection:
     async def _dispatch_replies(self) -> None:
         connection = self._connection
         waiting = self._waiting
+        next_reply = connection.next_reply
         while True:
-            await connection.receive_into_parser()
-            while True:
-                reply = connection.next_reply()
-                if reply is NOT_ENOUGH:
-                    break
+            await connection.receive_into_parser(idle=not waiting)
+            while (reply := next_reply()) is not NOT_ENOUGH:
                 if not waiting:
                     raise RedisConnectionError(
                         f"Redis at {self.address} sent a reply nobody asked for: {reply!r}"
                     )
                 slot = waiting[0]
                 if slot.count != 1:
-                    slot.replies.append(reply)
-                    if len(slot.replies) < slot.count:
+                    replies = slot.replies
+                    replies.append(reply)
+                    if len(replies) < slot.count:
                         continue
-                    reply = slot.replies
+                    reply = replies
                 waiting.popleft()
                 if not slot.abandoned:
                     reschedule(slot.task, outcome.Value(reply))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import select
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,21 +50,6 @@ async def connect_with_retry(config: RedisConfig, *, forever: bool = False) -> C
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _is_stale(connection: Connection) -> bool:
-    """True when an idle connection has something to read: EOF or junk, never a reply."""
-    stream: Any = connection.stream
-    sock = getattr(stream, "socket", None) or getattr(
-        getattr(stream, "transport_stream", None), "socket", None
-    )
-    if sock is None:
-        return False
-    try:
-        readable, _, _ = select.select([sock.fileno()], [], [], 0)
-    except (OSError, ValueError):
-        return True
-    return bool(readable)
-
-
 class ConnectionPool:
     """At most ``max_connections`` dedicated connections, reused while they are healthy."""
 
@@ -93,7 +77,10 @@ class ConnectionPool:
             except BaseException:
                 await connection.aclose()
                 raise
-            self._idle.append(connection)
+            if self._closed:
+                await connection.aclose()
+            else:
+                self._idle.append(connection)
             return replies
 
     async def _checkout(self) -> Connection:
@@ -101,7 +88,7 @@ class ConnectionPool:
             raise RedisConnectionError(f"client for Redis at {self._config.address} is closed")
         while self._idle:
             connection = self._idle.pop()
-            if not _is_stale(connection):
+            if not connection.has_pending_input():
                 return connection
             await connection.aclose()
         return await connect_with_retry(self._config)

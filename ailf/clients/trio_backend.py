@@ -51,7 +51,7 @@ class TrioBackend:
         if blocking or self._nursery is None:
             replies = await self._pool.request([args], _FOREVER if blocking else None)
             return replies[0]
-        if shared is None or shared.error is not None:
+        if shared is None or not shared.usable():
             shared = await self._reconnect(shared)
         return await shared.request(pack_command(args))
 
@@ -65,7 +65,7 @@ class TrioBackend:
             replies = await self._pool.request(commands, _FOREVER if blocking else None)
         else:
             shared = self._shared
-            if shared is None or shared.error is not None:
+            if shared is None or not shared.usable():
                 shared = await self._reconnect(shared)
             data = b"".join([pack_command(args) for args in commands])
             replies = await shared.request(data, len(commands))

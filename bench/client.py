@@ -1,0 +1,208 @@
+"""Benchmark AsyncRedisClient against redis-py, on a throwaway local redis-server.
+
+Three workloads, each with its baseline measured in the same run:
+
+* 50 tasks sharing one AsyncRedisClient (trio), GET/SET mixed, against redis-py
+  asyncio with a pool and 50 tasks;
+* one task, one command at a time, against redis-py sync;
+* XADD in pipelines of 100 (no MULTI/EXEC), against redis-py sync pipelines.
+
+Run ``python bench/client.py`` (``--runs 5`` to repeat; the table reports the best and
+the median of the runs). The machine is assumed to be shared: compare ratios within a
+run rather than absolute figures across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+
+import redis
+import redis.asyncio
+import trio
+
+from ailf import AsyncRedisClient, RedisConfig, RedisServer
+from ailf.clients.resp import parser_name
+
+TASKS = 50
+BATCH = 100
+
+
+def _ops_per_second(operations: int, started: float) -> float:
+    return operations / (time.perf_counter() - started)
+
+
+# -- 50 tasks --------------------------------------------------------------------------
+
+
+async def ailf_tasks(config: RedisConfig, operations: int) -> float:
+    async with AsyncRedisClient(config) as client:
+        await client.set("bench:key", "x" * 64)
+        per_task = operations // TASKS
+
+        async def worker(n: int) -> None:
+            key = f"bench:{n}"
+            for _ in range(per_task // 2):
+                await client.set(key, "value")
+                await client.get(key)
+
+        started = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for n in range(TASKS):
+                nursery.start_soon(worker, n)
+        return _ops_per_second(per_task // 2 * 2 * TASKS, started)
+
+
+async def redis_py_asyncio_tasks(config: RedisConfig, operations: int) -> float:
+    client = redis.asyncio.Redis(**config.redis_py_kwargs())
+    try:
+        per_task = operations // TASKS
+
+        async def worker(n: int) -> None:
+            key = f"bench:{n}"
+            for _ in range(per_task // 2):
+                await client.set(key, "value")
+                await client.get(key)
+
+        await asyncio.gather(*(worker(n) for n in range(TASKS)))  # warm the pool
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(n) for n in range(TASKS)))
+        return _ops_per_second(per_task // 2 * 2 * TASKS, started)
+    finally:
+        await client.aclose()
+
+
+# -- one task, one command at a time ---------------------------------------------------
+
+
+async def ailf_sequential(config: RedisConfig, operations: int) -> float:
+    async with AsyncRedisClient(config) as client:
+        started = time.perf_counter()
+        for _ in range(operations // 2):
+            await client.set("bench:seq", "value")
+            await client.get("bench:seq")
+        return _ops_per_second(operations // 2 * 2, started)
+
+
+def redis_py_sequential(config: RedisConfig, operations: int) -> float:
+    client = redis.Redis(**config.redis_py_kwargs())
+    try:
+        client.ping()
+        started = time.perf_counter()
+        for _ in range(operations // 2):
+            client.set("bench:seq", "value")
+            client.get("bench:seq")
+        return _ops_per_second(operations // 2 * 2, started)
+    finally:
+        client.close()
+
+
+# -- XADD in pipelines of 100 ----------------------------------------------------------
+
+FIELDS = {"type": "bench", "body": '{"n": 1, "text": "a hundred-byte JSON message body"}'}
+
+
+async def ailf_xadd_pipelines(config: RedisConfig, operations: int) -> float:
+    async with AsyncRedisClient(config) as client:
+        await client.delete("bench:stream")
+        started = time.perf_counter()
+        for _ in range(operations // BATCH):
+            pipe = client.pipeline(transaction=False)
+            for _ in range(BATCH):
+                pipe.xadd("bench:stream", FIELDS, maxlen=100_000)
+            await pipe.execute()
+        return _ops_per_second(operations // BATCH * BATCH, started)
+
+
+def redis_py_xadd_pipelines(config: RedisConfig, operations: int) -> float:
+    client = redis.Redis(**config.redis_py_kwargs())
+    try:
+        client.delete("bench:stream")
+        started = time.perf_counter()
+        for _ in range(operations // BATCH):
+            pipe = client.pipeline(transaction=False)
+            for _ in range(BATCH):
+                pipe.xadd("bench:stream", FIELDS, maxlen=100_000)
+            pipe.execute()
+        return _ops_per_second(operations // BATCH * BATCH, started)
+    finally:
+        client.close()
+
+
+# -- running ---------------------------------------------------------------------------
+
+
+def _measure(kind: str, function: Callable, config: RedisConfig, operations: int) -> float:
+    if kind == "trio":
+        return trio.run(function, config, operations)
+    if kind == "asyncio":
+        return asyncio.run(function(config, operations))
+    return function(config, operations)
+
+
+WORKLOADS = [
+    # (name, ailf function, baseline name, baseline function, baseline kind, operations, target)
+    ("50 tasks, shared client", ailf_tasks, "redis-py asyncio, pool, 50 tasks",
+     redis_py_asyncio_tasks, "asyncio", 200_000, 5.0),
+    ("1 task, 1 command at a time", ailf_sequential, "redis-py sync",
+     redis_py_sequential, "sync", 40_000, 1.1),
+    ("XADD, pipelines of 100", ailf_xadd_pipelines, "redis-py sync pipelines",
+     redis_py_xadd_pipelines, "sync", 200_000, 2.0),
+]  # fmt: skip
+
+
+def _machine() -> str:
+    server = subprocess.run(
+        ["redis-server", "--version"], capture_output=True, text=True, check=False
+    ).stdout.split(" sha=")[0]
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores,"
+        f" Python {platform.python_version()}, {server or 'redis-server ?'},"
+        f" trio {trio.__version__}, redis-py {redis.__version__}, parser {parser_name()}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3, help="repetitions (default 3)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply operation counts")
+    parser.add_argument("--unix", action="store_true", help="use a unix socket, not TCP")
+    arguments = parser.parse_args()
+
+    print(_machine())
+    with RedisServer(unix_socket=arguments.unix) as server:
+        config = server.config
+        rows = []
+        for name, ours, base_name, base, base_kind, operations, target in WORKLOADS:
+            count = int(operations * arguments.scale)
+            ratios, ours_rates, base_rates = [], [], []
+            for _ in range(arguments.runs):
+                base_rate = _measure(base_kind, base, config, count)
+                our_rate = _measure("trio", ours, config, count)
+                base_rates.append(base_rate)
+                ours_rates.append(our_rate)
+                ratios.append(our_rate / base_rate)
+            rows.append((name, ours_rates, base_name, base_rates, ratios, target))
+
+    print()
+    print(
+        "| workload | ailf ops/s (best / median) | baseline | baseline ops/s (best / median)"
+        " | ratio (best / median) | target |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, ours_rates, base_name, base_rates, ratios, target in rows:
+        print(
+            f"| {name} | {max(ours_rates):,.0f} / {statistics.median(ours_rates):,.0f}"
+            f" | {base_name} | {max(base_rates):,.0f} / {statistics.median(base_rates):,.0f}"
+            f" | {max(ratios):.2f}x / {statistics.median(ratios):.2f}x | >= {target}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""Connection loss: in-flight commands fail clearly, new ones reconnect, pub/sub resubscribes.
+
+Each test kills (SIGKILL) and restarts a throwaway redis-server of its own, under trio
+and under asyncio. ``CLIENT PAUSE`` from a side connection holds commands in flight on
+the server, so that the kill lands while they wait for their replies.
+"""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from async_helpers import run_fixture, sleep  # noqa: F401 - fixtures
+
+from ailf import AsyncRedisClient, RedisConnectionError, RedisServer, RetryPolicy
+
+FAST_RETRY = RetryPolicy(attempts=3, backoff_initial=0.02, backoff_max=0.1, jitter=False)
+PATIENT_RETRY = RetryPolicy(attempts=20, backoff_initial=0.05, backoff_max=0.2, jitter=False)
+
+
+def _pause_server(server: RedisServer, milliseconds: int = 10_000) -> None:
+    side = redis.Redis(host="127.0.0.1", port=server.port)
+    side.execute_command("CLIENT", "PAUSE", milliseconds, "ALL")
+    side.close()
+
+
+async def _gather(*functions) -> list:
+    import sniffio
+
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        results: list = [None] * len(functions)
+
+        async def keep(index: int, function) -> None:
+            results[index] = await function()
+
+        async with trio.open_nursery() as nursery:
+            for index, function in enumerate(functions):
+                nursery.start_soon(keep, index, function)
+        return results
+    import asyncio
+
+    return list(await asyncio.gather(*(function() for function in functions)))
+
+
+async def _in_thread(function) -> None:
+    import sniffio
+
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        await trio.to_thread.run_sync(function)
+    else:
+        import asyncio
+
+        await asyncio.get_running_loop().run_in_executor(None, function)
+
+
+def test_in_flight_commands_fail_and_later_ones_reconnect(run, fresh_server: RedisServer) -> None:
+    config = fresh_server.config.replace(retry=FAST_RETRY)
+
+    async def body() -> None:
+        async with AsyncRedisClient(config) as client:
+            await client.set("before", "1")
+            outcomes: list = []
+
+            async def in_flight(n: int) -> None:
+                try:
+                    await client.get(f"key{n}")
+                except RedisConnectionError as exc:
+                    outcomes.append(exc)
+
+            async def kill() -> None:
+                await sleep(0.2)
+                fresh_server.kill()
+
+            _pause_server(fresh_server)
+            await _gather(*(lambda n=n: in_flight(n) for n in range(20)), kill)
+            assert len(outcomes) == 20
+            assert all(str(config.port) in str(exc) for exc in outcomes)
+
+            with pytest.raises(RedisConnectionError, match=f"127.0.0.1:{config.port}"):
+                await client.get("down")
+
+            fresh_server.start()
+            assert await client.set("after", "2") is True
+            assert await client.get("after") == "2"
+            assert await client.get("before") is None  # a new, empty server
+
+    run(body)
+
+
+def test_blocking_read_fails_when_server_dies(run, fresh_server: RedisServer) -> None:
+    config = fresh_server.config.replace(retry=FAST_RETRY)
+
+    async def body() -> None:
+        async with AsyncRedisClient(config) as client:
+            await client.xgroup_create("s", "g", mkstream=True)
+
+            async def read() -> Exception | None:
+                try:
+                    await client.xreadgroup("g", "c", {"s": ">"}, block=0)
+                except RedisConnectionError as exc:
+                    return exc
+                return None
+
+            async def kill() -> None:
+                await sleep(0.2)
+                fresh_server.kill()
+
+            error, _ = await _gather(read, kill)
+            assert isinstance(error, RedisConnectionError)
+            fresh_server.start()
+            assert await client.ping() is True
+
+    run(body)
+
+
+def test_retry_idempotent_retries_only_safe_commands(run, fresh_server: RedisServer) -> None:
+    config = fresh_server.config.replace(retry=PATIENT_RETRY)
+
+    async def body() -> None:
+        async with AsyncRedisClient(config, retry_idempotent=True) as client:
+            await client.set("k", "v")
+
+            async def restart_after_kill() -> None:
+                await sleep(0.2)
+                fresh_server.kill()
+                await sleep(0.3)
+                await _in_thread(fresh_server.start)
+
+            async def get_in_flight() -> object:
+                return await client.get("k")
+
+            _pause_server(fresh_server)
+            value, _ = await _gather(get_in_flight, restart_after_kill)
+            assert value is None  # retried on the restarted (empty) server
+
+            async def incr_in_flight() -> object:
+                try:
+                    return await client.incr("n")
+                except RedisConnectionError as exc:
+                    return exc
+
+            _pause_server(fresh_server)
+            error, _ = await _gather(incr_in_flight, restart_after_kill)
+            assert isinstance(error, RedisConnectionError)  # INCR is never retried
+
+    run(body)
+
+
+def test_without_retry_idempotent_nothing_is_retried(run, fresh_server: RedisServer) -> None:
+    config = fresh_server.config.replace(retry=PATIENT_RETRY)
+
+    async def body() -> None:
+        async with AsyncRedisClient(config) as client:
+            await client.set("k", "v")
+
+            async def get_in_flight() -> object:
+                try:
+                    return await client.get("k")
+                except RedisConnectionError as exc:
+                    return exc
+
+            async def kill() -> None:
+                await sleep(0.2)
+                fresh_server.kill()
+
+            _pause_server(fresh_server)
+            error, _ = await _gather(get_in_flight, kill)
+            assert isinstance(error, RedisConnectionError)
+
+    run(body)
+
+
+def test_pubsub_resubscribes_after_restart(run, fresh_server: RedisServer) -> None:
+    config = fresh_server.config.replace(retry=FAST_RETRY)
+
+    async def body() -> None:
+        async with AsyncRedisClient(config) as client, client.pubsub() as ps:
+            await ps.subscribe("news")
+            await ps.psubscribe("events.*")
+            await client.publish("news", "before")
+            assert (await ps.get_message(timeout=5))["data"] == "before"
+
+            await _in_thread(lambda: fresh_server.restart(kill=True))
+
+            received: dict[str, object] = {}
+            for _ in range(200):
+                if "news" not in received:
+                    await client.publish("news", "after")
+                if "events.x" not in received:
+                    await client.publish("events.x", "after")
+                message = await ps.get_message(timeout=0.05)
+                if message is not None:
+                    received[message["channel"]] = message
+                if len(received) == 2:
+                    break
+            assert received["news"]["data"] == "after"
+            assert received["events.x"]["pattern"] == "events.*"
+            assert ps.reconnects >= 1
+
+    run(body)
