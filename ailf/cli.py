@@ -126,7 +126,8 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     from ailf import admin
 
     body = _json_argument(args.body)
-    admin.publish(_redis_config(args), args.namespace, args.topic, body)
+    received = admin.publish(_redis_config(args), args.namespace, args.topic, body)
+    print(received)
     return EXIT_OK
 
 
