@@ -24,9 +24,11 @@ from redis._parsers import _AsyncHiredisParser, _AsyncRESP2Parser
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ailf.clients.connection import raise_reply_error
 from ailf.config import RedisConfig
 from ailf.errors import (
     AuthenticationError,
+    DecodeError,
     RedisConnectionError,
     RedisError,
     RedisTimeoutError,
@@ -71,22 +73,31 @@ def _translated(address: str) -> Iterator[None]:
         raise RedisConnectionError(f"connection to Redis at {address} failed: {exc}") from exc
     except redis.exceptions.ResponseError as exc:
         raise ResponseError(str(exc)) from exc
+    except UnicodeDecodeError as exc:
+        raise DecodeError(
+            f"a reply from Redis at {address} is not valid UTF-8 ({exc});"
+            " use decode_responses=False for binary values"
+        ) from exc
     except (OSError, asyncio.IncompleteReadError) as exc:
         raise RedisConnectionError(f"connection to Redis at {address} failed: {exc}") from exc
 
 
 def _client(config: RedisConfig) -> redis.asyncio.Redis:
-    # Build the pool redis-py would (it knows which connection class TLS or a unix
-    # socket needs), then a blocking one like it: past max_connections, callers wait,
-    # as on trio, instead of failing with "Too many connections".
-    template = redis.asyncio.Redis(
-        **config.redis_py_kwargs(), protocol=2, retry=Retry(NoBackoff(), 0)
-    ).connection_pool
-    kwargs = dict(template.connection_kwargs, parser_class=_parser_class())
+    # A blocking pool: past max_connections callers wait, as on trio, instead of failing
+    # with "Too many connections".
+    kwargs = config.redis_py_kwargs()
+    connection_class: type = redis.asyncio.Connection
+    if config.unix_socket_path:
+        connection_class = redis.asyncio.UnixDomainSocketConnection
+        kwargs.pop("socket_keepalive")
+    elif config.ssl:
+        connection_class = redis.asyncio.SSLConnection
     pool = redis.asyncio.BlockingConnectionPool(
-        connection_class=template.connection_class,
-        max_connections=config.max_connections,
+        connection_class=connection_class,
         timeout=None,
+        protocol=2,
+        retry=Retry(NoBackoff(), 0),
+        parser_class=_parser_class(),
         **kwargs,
     )
     client = redis.asyncio.Redis.from_pool(pool)
@@ -102,8 +113,10 @@ class AsyncioBackend:
         self._redis = _client(config)
 
     async def open(self) -> None:
-        with _translated(self._config.address):
-            await self._redis.execute_command("PING")
+        """Connect (and PING) now, so a wrong address or password fails at ``async with``."""
+        reply = await self.execute(("PING",), False)
+        if isinstance(reply, Exception):
+            raise_reply_error(reply, self._config.address)
 
     async def execute(self, args: tuple[Any, ...], blocking: bool) -> Any:
         with _translated(self._config.address):

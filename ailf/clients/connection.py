@@ -18,7 +18,7 @@ import select
 import socket
 import ssl
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -42,14 +42,26 @@ _AUTH_CODES = ("NOAUTH", "WRONGPASS", "NOPERM")
 _IO_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
-def raise_reply_error(reply: ResponseError, address: str) -> None:
-    """Raise an error reply, as :class:`AuthenticationError` when it is about credentials."""
-    if reply.code in ("NOAUTH", "WRONGPASS"):
+def raise_reply_error(reply: Exception, address: str) -> NoReturn:
+    """Raise a reply that is an error (a ResponseError, or a DecodeError for bad UTF-8).
+
+    NOAUTH and WRONGPASS become :class:`AuthenticationError`, which says what to set.
+    """
+    if isinstance(reply, ResponseError) and reply.code == "NOAUTH":
+        raise _password_required(address)
+    if isinstance(reply, ResponseError) and reply.code == "WRONGPASS":
         raise AuthenticationError(
-            f"Redis at {address} refused the command: {reply}; set RedisConfig.username"
-            " and RedisConfig.password (or the URL's user:password@) to ones the server accepts"
+            f"Redis at {address} refused the credentials: {reply}; check"
+            " RedisConfig.username and RedisConfig.password (or the URL's user:password@)"
         )
     raise reply
+
+
+def _password_required(address: str) -> AuthenticationError:
+    return AuthenticationError(
+        f"Redis at {address} requires a password: set RedisConfig.password"
+        " (and RedisConfig.username for an ACL user), or put user:password@ in the URL"
+    )
 
 
 def connection_lost(address: str, exc: BaseException | None = None) -> RedisConnectionError:
@@ -317,12 +329,16 @@ async def _handshake(connection: Connection, config: RedisConfig) -> None:
         commands.append(("SELECT", config.db))
     if config.client_name:
         commands.append(("CLIENT", "SETNAME", config.client_name))
-    if not commands:
-        return
+    if config.password is None:
+        # Without credentials, find out now (not at the first command) whether the
+        # server wants some: PING answers NOAUTH then.
+        commands.append(("PING",))
     replies = await connection.request(commands, config.socket_connect_timeout)
     for command, reply in zip(commands, replies, strict=True):
         if not isinstance(reply, ResponseError):
             continue
+        if reply.code == "NOAUTH":
+            raise _password_required(connection.address)
         if command[0] == "AUTH" or reply.code in _AUTH_CODES:
             user = config.username or "default"
             raise AuthenticationError(

@@ -1,0 +1,210 @@
+"""How AsyncRedisClient connects: auth, ACL users, unix sockets, SELECT, CLIENT SETNAME,
+timeouts, bad addresses, and the structured lifetime of its connections and tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+import trio
+from async_helpers import resp_parser_fixture, run_fixture  # noqa: F401 - fixtures
+
+from ailf import (
+    AsyncRedisClient,
+    AuthenticationError,
+    DecodeError,
+    RedisConfig,
+    RedisConnectionError,
+    RedisServer,
+    RedisTimeoutError,
+    ResponseError,
+    RetryPolicy,
+)
+
+NO_RETRY = RetryPolicy(attempts=0)
+
+
+@pytest.fixture(scope="module")
+def password_server() -> Iterator[RedisServer]:
+    with RedisServer(args=["--requirepass", "s3cret"]) as server:
+        admin = redis.Redis(host="127.0.0.1", port=server.port, password="s3cret")
+        admin.execute_command("ACL", "SETUSER", "alice", "on", ">wonderland", "~app:*", "+@all")
+        admin.close()
+        yield server
+
+
+def test_password(run, password_server: RedisServer) -> None:
+    config = password_server.config.replace(password="s3cret")
+
+    async def body() -> None:
+        async with AsyncRedisClient(config) as client:
+            assert await client.set("app:k", "v") is True
+            assert await client.get("app:k") == "v"
+
+    run(body)
+
+
+def test_missing_password_is_an_authentication_error(run, password_server: RedisServer) -> None:
+    async def body() -> None:
+        with pytest.raises(AuthenticationError, match="requires a password"):
+            async with AsyncRedisClient(password_server.config) as client:
+                await client.ping()
+
+    run(body)
+
+
+def test_wrong_password_is_an_authentication_error(run, password_server: RedisServer) -> None:
+    config = password_server.config.replace(password="nope", retry=NO_RETRY)
+
+    async def body() -> None:
+        with pytest.raises(AuthenticationError) as caught:
+            async with AsyncRedisClient(config) as client:
+                await client.ping()
+        assert str(password_server.port) in str(caught.value)
+        assert "nope" not in str(caught.value)
+
+    run(body)
+
+
+def test_acl_user(run, password_server: RedisServer) -> None:
+    config = password_server.config.replace(username="alice", password="wonderland")
+
+    async def body() -> None:
+        async with AsyncRedisClient(config) as client:
+            assert await client.set("app:mine", "1") is True
+            with pytest.raises(ResponseError) as caught:
+                await client.set("other:key", "1")
+            assert caught.value.code == "NOPERM"
+            assert await client.execute_command("ACL", "WHOAMI") == "alice"
+        with pytest.raises(AuthenticationError):
+            async with AsyncRedisClient(config.replace(password="wrong")) as client:
+                await client.ping()
+
+    run(body)
+
+
+@pytest.mark.usefixtures("resp_parser")
+def test_unix_socket_select_and_client_name(run) -> None:
+    with RedisServer(unix_socket=True) as server:
+        config = server.config.replace(db=2, client_name="ailf-test")
+
+        async def body() -> None:
+            async with AsyncRedisClient(config) as client:
+                await client.set("where", "db2")
+                assert await client.execute_command("CLIENT", "GETNAME") == "ailf-test"
+                async with client.pubsub() as ps:
+                    await ps.subscribe("c")
+                names = await client.execute_command("CLIENT", "LIST")
+                assert "name=ailf-test" in names
+
+        run(body)
+        raw = redis.Redis(unix_socket_path=server.socket_path, db=2, decode_responses=True)
+        assert raw.get("where") == "db2"
+        raw.close()
+
+
+def test_unreachable_server_names_the_address(run) -> None:
+    with RedisServer() as server:
+        config = server.config.replace(retry=RetryPolicy(attempts=1, backoff_initial=0.01))
+    # stopped: nothing listens on that port any more
+
+    async def body() -> None:
+        with pytest.raises(RedisConnectionError, match=f"127.0.0.1:{config.port}"):
+            async with AsyncRedisClient(config):
+                pass
+
+    run(body)
+
+
+def test_socket_timeout_then_the_client_recovers(run, fresh_server: RedisServer) -> None:
+    config = fresh_server.config.replace(socket_timeout=0.2)
+
+    async def body() -> None:
+        async with AsyncRedisClient(config) as client:
+            await client.set("k", "v")
+            side = redis.Redis(host="127.0.0.1", port=fresh_server.port)
+            side.execute_command("CLIENT", "PAUSE", 600, "ALL")
+            side.close()
+            with pytest.raises(RedisTimeoutError):
+                await client.get("k")
+            for _ in range(50):  # the pause ends; the late reply must not confuse anyone
+                try:
+                    assert await client.set("k2", "v2") is True
+                    break
+                except (RedisTimeoutError, RedisConnectionError):
+                    continue
+            assert await client.get("k") == "v"
+            assert await client.get("k2") == "v2"
+
+    run(body)
+
+
+def test_decode_error_is_raised_and_connection_stays_in_step(run, redis_config) -> None:
+    raw = redis.Redis(host="127.0.0.1", port=redis_config.port)
+    raw.set("binary", b"\xff\xfe")
+    raw.set("text", "fine")
+    raw.close()
+
+    async def body() -> None:
+        async with AsyncRedisClient(redis_config) as client:
+            with pytest.raises(DecodeError, match="decode_responses=False"):
+                await client.get("binary")
+            assert await client.get("text") == "fine"
+
+    run(body)
+
+
+# -- structured lifetime (trio) --------------------------------------------------------
+
+
+def _connections_named(port: int, name: str) -> int:
+    raw = redis.Redis(host="127.0.0.1", port=port, decode_responses=True)
+    try:
+        return sum(1 for c in raw.client_list() if c.get("name") == name)
+    finally:
+        raw.close()
+
+
+async def test_leaving_the_block_closes_everything(redis_config: RedisConfig) -> None:
+    config = redis_config.replace(client_name="lifetime")
+    task = trio.lowlevel.current_task()
+    before = list(task.child_nurseries)
+    async with AsyncRedisClient(config) as client:
+        await client.xgroup_create("s", "g", mkstream=True)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.xreadgroup, "g", "c", {"s": ">"}, None, 0)
+            nursery.start_soon(client.blpop, "list", 0)
+            await trio.testing.wait_all_tasks_blocked()
+            assert await client.set("k", "v") is True  # not held up by the blocked reads
+            connections = await trio.to_thread.run_sync(
+                _connections_named, redis_config.port, "lifetime"
+            )
+            assert connections == 3
+            nursery.cancel_scope.cancel()
+        assert len(task.child_nurseries) == len(before) + 1  # the client's own
+    assert task.child_nurseries == before
+    remaining = await trio.to_thread.run_sync(_connections_named, redis_config.port, "lifetime")
+    assert remaining == 0
+
+
+async def test_commands_after_close_fail_clearly(redis_config: RedisConfig) -> None:
+    client = AsyncRedisClient(redis_config)
+    async with client:
+        await client.ping()
+    with pytest.raises(RedisConnectionError, match="closed"):
+        await client.ping()
+    with pytest.raises(RuntimeError, match="entered once"):
+        async with client:
+            pass
+
+
+async def test_exit_is_prompt_with_commands_in_flight(redis_config: RedisConfig) -> None:
+    with trio.fail_after(2):
+        async with AsyncRedisClient(redis_config) as client:
+            await client.rpush("x", "1")
+            await client.execute_command("CLIENT", "PAUSE", 5000, "WRITE")
+            with trio.move_on_after(0.1):
+                await client.rpush("x", "2")  # held by the pause, abandoned
+    async with AsyncRedisClient(redis_config) as client:
+        await client.execute_command("CLIENT", "UNPAUSE")
