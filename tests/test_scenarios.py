@@ -4,6 +4,7 @@ processes, against a throwaway Redis; checked by exit code and by the JSON summa
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -195,3 +196,23 @@ def test_an_unreachable_redis_is_one_line_and_exit_1() -> None:
     assert result.stderr.strip().splitlines()[-1].startswith("ailf: error:")
     assert "127.0.0.1:1" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _doc_scenarios() -> list[tuple[str, str]]:
+    found = []
+    for doc in sorted((ROOT / "docs").glob("*.md")):
+        blocks = re.findall(r"```toml\n(.*?)```", doc.read_text(), re.S)
+        for number, block in enumerate(blocks):
+            if block.lstrip().startswith("[scenario]"):
+                found.append((f"{doc.stem}-{number}", block))
+    return found
+
+
+@pytest.mark.parametrize(("where", "text"), _doc_scenarios(), ids=[w for w, _ in _doc_scenarios()])
+def test_scenarios_in_the_docs_run(
+    where: str, text: str, tmp_path: Path, redis: RedisServer
+) -> None:
+    file = tmp_path / f"{where}.toml"
+    file.write_text(text)
+    result = ailf("run", str(file), "--redis", redis.url)
+    assert result.returncode == 0, result.stdout + result.stderr
