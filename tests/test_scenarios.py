@@ -208,10 +208,24 @@ def _doc_scenarios() -> list[tuple[str, str]]:
     return found
 
 
+def _doc_modules(doc: str) -> dict[str, str]:
+    """The doc's ``python`` blocks that start with ``# <module>.py``: files its
+    scenarios import."""
+    modules = {}
+    text = (ROOT / "docs" / f"{doc}.md").read_text()
+    for block in re.findall(r"```python\n(.*?)```", text, re.S):
+        name = re.fullmatch(r"# (\w+\.py)", block.splitlines()[0])
+        if name:
+            modules[name[1]] = block
+    return modules
+
+
 @pytest.mark.parametrize(("where", "text"), _doc_scenarios(), ids=[w for w, _ in _doc_scenarios()])
 def test_scenarios_in_the_docs_run(
     where: str, text: str, tmp_path: Path, redis: RedisServer
 ) -> None:
+    for name, module in _doc_modules(where.rsplit("-", 1)[0]).items():
+        (tmp_path / name).write_text(module)
     file = tmp_path / f"{where}.toml"
     file.write_text(text)
     result = ailf("run", str(file), "--redis", redis.url)
