@@ -77,7 +77,7 @@ class Cell:
         self._queue: deque[Delivery | Message] = deque()
         self._lot = trio.lowlevel.ParkingLot()
         self._high_water = 2 * runtime.settings.batch_size
-        self._starved = False
+        self._full = False
         self._closing = False
         self._normal = False
         self._stop = trio.Event()
@@ -98,14 +98,12 @@ class Cell:
     # -- fed by the reader and the hub (synchronous) -----------------------------------
 
     def deliver(self, item: Delivery | Message) -> None:
-        self._queue.append(item)
+        queue = self._queue
+        queue.append(item)
         self._lot.unpark()
-
-    def has_room(self) -> bool:
-        if len(self._queue) < self._high_water:
-            return True
-        self._starved = True
-        return False
+        if not self._full and len(queue) >= self._high_water:
+            self._full = True
+            self.reader.set_full(self.binding, True)
 
     def busy(self) -> bool:
         return bool(self._queue) or self.in_flight > 0
@@ -193,9 +191,9 @@ class Cell:
                 await self._lot.park()
                 continue
             item = queue.popleft()
-            if self._starved and len(queue) <= self._high_water // 2:
-                self._starved = False
-                self.reader.poke()
+            if self._full and len(queue) <= self._high_water // 2:
+                self._full = False
+                self.reader.set_full(self.binding, False)
             self.in_flight += 1
             try:
                 if type(item) is Delivery:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import random
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -67,7 +68,6 @@ class Binding:
     backlog: bool = True
     backlog_from: str = "0"
     claim_cursor: str = "0-0"
-    next_claim: float = 0.0
     next_maintenance: float = 0.0
     #: Entry ids held here (queued, being handled, waiting for a retry) -> since when.
     held: dict[str, float] = attrs.field(factory=dict)
@@ -84,6 +84,11 @@ class Delivery:
     id: str
     fields: dict[str, Any]
     delivery_count: int
+
+
+def _upkeep_interval(binding: Binding) -> float:
+    """Seconds between trims and consumer clean-ups of one mailbox."""
+    return max(1.0, 4 * binding.claim_idle)
 
 
 def compare_ids(a: str, b: str) -> int:
@@ -178,17 +183,50 @@ class MailboxReader:
         self._sequence = itertools.count()
         self._nursery: trio.Nursery | None = None
         self._failures = 0
+        self._seen: set[str] = set()
+        self._quiet_wake = False
+        self._full: set[str] = set()
+        self._claims: list[tuple[float, int, Binding]] = []
+        #: The ``streams`` argument of the next XREADGROUP; None when it must be rebuilt.
+        self._streams: dict[str, str] | None = None
+        self._backlog = False
 
     # -- called by instances (synchronous, never blocking) --------------------------
 
     def bind(self, binding: Binding) -> None:
+        """Start reading ``binding``'s mailbox.
+
+        The first time a stream is bound, this consumer (unique to the runtime) has
+        nothing pending there, so reading starts at ``>``; a re-bound stream (a
+        restarted instance) first re-reads its pending entries. First claims and upkeep
+        are spread over a claim period, so that spawning many agents at once does not
+        send a burst of XAUTOCLAIMs.
+        """
+        now = trio.current_time()
+        if binding.stream not in self._seen:
+            self._seen.add(binding.stream)
+            binding.backlog = False
+        binding.next_maintenance = now + random.uniform(1, 2) * _upkeep_interval(binding)
+        self._schedule_claim(binding, now + random.uniform(0, binding.claim_idle / 2))
         self.bindings[binding.stream] = binding
+        self._streams = None
         self.poke()
 
     def unbind(self, binding: Binding) -> None:
         binding.active = False
         if self.bindings.get(binding.stream) is binding:
             del self.bindings[binding.stream]
+            self._full.discard(binding.stream)
+            self._streams = None
+
+    def set_full(self, binding: Binding, full: bool) -> None:
+        """An instance's queue is full (stop reading its mailbox) or has room again."""
+        if full:
+            self._full.add(binding.stream)
+        else:
+            self._full.discard(binding.stream)
+            self.poke()
+        self._streams = None
 
     def hosts(self, stream: str) -> bool:
         return stream in self.bindings
@@ -247,6 +285,7 @@ class MailboxReader:
                     await self._backoff(f"Redis unreachable ({exc})")
                     for binding in self.bindings.values():
                         binding.backlog, binding.backlog_from = True, "0"
+                    self._streams = None
 
     async def _backoff(self, why: str) -> None:
         delay = min(self.settings.max_block, 0.05 * 2**self._failures)
@@ -269,26 +308,27 @@ class MailboxReader:
         for binding in self.bindings.values():
             binding.backlog, binding.backlog_from = True, "0"
             binding.claim_cursor = "0-0"
+        self._streams = None
 
     async def _step(self) -> None:
+        if self._quiet_wake:
+            # Woken for a change of mailboxes, not for messages: let a burst of changes
+            # (spawning many agents) settle rather than re-issue a read naming every
+            # mailbox for each one.
+            self._quiet_wake = False
+            await trio.sleep(min(0.05, len(self.bindings) * 2e-6))
         now = trio.current_time()
         await self._due_work(now)
         self._changed = trio.Event()
-        ready = [b for b in self.bindings.values() if b.cell.has_room()]
-        if not ready:
+        streams = self._streams
+        if streams is None:
+            streams = self._streams = self._build_streams()
+        if len(streams) == 1:  # nothing to read (or no room anywhere): wait here, not in Redis
             with trio.move_on_at(self._next_due(now)):
                 await self._changed.wait()
             return
-        streams: dict[str, str] = {self.wake_key: ">"}
-        backlog = False
-        for binding in ready:
-            if binding.backlog:
-                backlog = True
-                streams[binding.stream] = binding.backlog_from
-            else:
-                streams[binding.stream] = ">"
         block = None
-        if not backlog:
+        if not self._backlog:
             block = max(1, int((self._next_due(now) - now) * 1000))
         self._in_redis = block is not None
         try:
@@ -299,16 +339,31 @@ class MailboxReader:
             self._in_redis = self._rung = False
         await self._dispatch(reply)
 
+    def _build_streams(self) -> dict[str, str]:
+        streams = {self.wake_key: ">"}
+        self._backlog = False
+        full = self._full
+        for stream, binding in self.bindings.items():
+            if stream in full:
+                continue
+            if binding.backlog:
+                self._backlog = True
+                streams[stream] = binding.backlog_from
+            else:
+                streams[stream] = ">"
+        return streams
+
     def _next_due(self, now: float) -> float:
         due = now + self.settings.max_block
         if self._retries:
             due = min(due, self._retries[0][0])
-        for binding in self.bindings.values():
-            due = min(due, binding.next_claim)
+        if self._claims:
+            due = min(due, self._claims[0][0])
         return max(due, now + 0.001)
 
     async def _dispatch(self, reply: list[Any]) -> None:
         now = trio.current_time()
+        self._quiet_wake = bool(reply) and all(stream == self.wake_key for stream, _ in reply)
         for stream, entries in reply:
             if stream == self.wake_key:
                 for entry_id, _ in entries:
@@ -318,6 +373,7 @@ class MailboxReader:
             if binding is None:
                 continue  # unbound meanwhile: the entries stay pending for a claim
             if binding.backlog:
+                self._streams = None
                 if len(entries) < self.settings.batch_size:
                     binding.backlog = False
                 else:
@@ -361,15 +417,22 @@ class MailboxReader:
         retries = []
         while self._retries and self._retries[0][0] <= now:
             retries.append(heapq.heappop(self._retries))
-        claims = [b for b in self.bindings.values() if b.next_claim <= now]
+        claims = []
+        while self._claims and self._claims[0][0] <= now:
+            _, _, binding = heapq.heappop(self._claims)
+            if binding.active and self.bindings.get(binding.stream) is binding:
+                claims.append(binding)
+                self._schedule_claim(binding, now + max(binding.claim_idle / 2, 0.05))
         if not retries and not claims:
             return
         async with trio.open_nursery() as nursery:
             for _, _, binding, delivery, delay in retries:
                 nursery.start_soon(self._retry, binding, delivery, delay)
             for binding in claims:
-                binding.next_claim = now + max(binding.claim_idle / 2, 0.05)
                 nursery.start_soon(self._claim, binding, now)
+
+    def _schedule_claim(self, binding: Binding, when: float) -> None:
+        heapq.heappush(self._claims, (when, next(self._sequence), binding))
 
     async def _retry(self, binding: Binding, delivery: Delivery, delay: float) -> None:
         binding.retrying.discard(delivery.id)
@@ -418,7 +481,7 @@ class MailboxReader:
             )
             await self._deliver(binding, fresh, now, await self._counts(binding, fresh))
         if binding.next_maintenance <= now:
-            binding.next_maintenance = now + max(1.0, 4 * binding.claim_idle)
+            binding.next_maintenance = now + _upkeep_interval(binding)
             await self._upkeep(binding)
 
     async def _upkeep(self, binding: Binding) -> None:
