@@ -26,7 +26,9 @@ from ailf.errors import RemoteError as RemoteError
 from ailf.errors import ResponseError as ResponseError
 from ailf.errors import ScenarioError as ScenarioError
 from ailf.errors import SupervisionError as SupervisionError
+from ailf.messaging.pubsub import AsyncRedisPubSub as AsyncRedisPubSub
 from ailf.messaging.pubsub import RedisPubSub as RedisPubSub
+from ailf.messaging.stream import AsyncRedisStream as AsyncRedisStream
 from ailf.messaging.stream import RedisStream as RedisStream
 from ailf.runtime import Agent as Agent
 from ailf.runtime import AgentStatistics as AgentStatistics
@@ -47,6 +49,8 @@ __all__ = [
     "AilfError",
     "AskTimeout",
     "AsyncRedisClient",
+    "AsyncRedisPubSub",
+    "AsyncRedisStream",
     "AuthenticationError",
     "ConfigError",
     "DeadLetter",

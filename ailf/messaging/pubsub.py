@@ -15,6 +15,7 @@ both (logger ``ailf.pubsub``).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -23,7 +24,9 @@ from typing import Any, Self
 
 import attrs
 import redis.client
+import trio
 
+from ailf.clients.async_client import AsyncRedisClient
 from ailf.clients.sync import RedisClient
 from ailf.codec import loads
 from ailf.config import RetryPolicy
@@ -33,8 +36,11 @@ from ailf.errors import (
     RedisConnectionError,
     RedisTimeoutError,
 )
+from ailf.messaging import asynclib
+from ailf.messaging.asynclib import OwnedClient
 
 __all__ = [
+    "AsyncRedisPubSub",
     "Delivery",
     "Handler",
     "ListenerBackoff",
@@ -343,3 +349,161 @@ class RedisPubSub:
             f"<RedisPubSub {self.client.config.url}:"
             f" {len(subs.channels)} channels, {len(subs.patterns)} patterns>"
         )
+
+
+class AsyncRedisPubSub(OwnedClient):
+    """:class:`RedisPubSub` on an :class:`~ailf.clients.async_client.AsyncRedisClient`.
+
+    The same methods, awaited where they talk to Redis, under trio or asyncio. Handlers
+    may be plain functions or ``async def``; they run one at a time in the task that
+    runs :meth:`run`, in arrival order, and one that raises is logged (logger
+    ``ailf.pubsub``) while listening goes on.
+
+    ``subscribe``, ``psubscribe`` and ``unsubscribe`` may be called before :meth:`run`
+    (they are recorded and take effect when it subscribes), while it runs (from any
+    task, handlers included: they return once the server confirmed), and after.
+
+    Without a client, the object makes its own from ``AILF_REDIS_URL`` and owns it:
+    ``async with AsyncRedisPubSub() as pubsub:`` opens it and closes it at the end. A
+    client passed in is the caller's to close.
+
+    Surviving a Redis restart is the client's pub/sub session's job, and it does it:
+    it reconnects with ``config.retry`` backoff for as long as it takes, subscribes
+    again to every channel and pattern, and logs both (logger ``ailf.clients``).
+    :meth:`run` itself retries only when it cannot connect at all, with the same
+    backoff, logging as :class:`RedisPubSub` does.
+    """
+
+    def __init__(self, client: AsyncRedisClient | None = None) -> None:
+        super().__init__(client)
+        self.subscriptions = Subscriptions()
+        self._session: Any = None
+        self._scope = asynclib.StopScope()
+        self._listening = False
+        self._stopping = False
+        self._handling = False
+        self._task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+
+    def __repr__(self) -> str:
+        subs = self.subscriptions
+        return (
+            f"<AsyncRedisPubSub {self.client.config.url}:"
+            f" {len(subs.channels)} channels, {len(subs.patterns)} patterns>"
+        )
+
+    @property
+    def listening(self) -> bool:
+        """True while :meth:`run` is connected and subscribed to every subscription."""
+        return self._session is not None
+
+    # -- publishing and subscribing --------------------------------------------------
+
+    async def publish(self, channel: str, message: Any) -> int:
+        """Publish (dicts and lists as JSON, strings as they are); how many received it."""
+        return await self.client.publish(channel, message)
+
+    async def subscribe(self, channel: str, handler: Handler) -> None:
+        """Call ``handler(payload)`` for each message on ``channel`` (replacing any before)."""
+        self.subscriptions.channels[channel] = handler
+        if self._session is not None:
+            await self._session.subscribe(channel)
+
+    async def psubscribe(self, pattern: str, handler: Handler) -> None:
+        """Call ``handler(payload)`` for messages on channels matching ``pattern`` (glob)."""
+        self.subscriptions.patterns[pattern] = handler
+        if self._session is not None:
+            await self._session.psubscribe(pattern)
+
+    async def unsubscribe(self, channel: str) -> None:
+        """Stop handling ``channel`` (or a pattern given to :meth:`psubscribe`)."""
+        session = self._session
+        if self.subscriptions.patterns.pop(channel, None) is not None and session is not None:
+            await session.punsubscribe(channel)
+        if self.subscriptions.channels.pop(channel, None) is not None and session is not None:
+            await session.unsubscribe(channel)
+
+    # -- listening -------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen until :meth:`stop` is called, or until the calling task is cancelled.
+
+        Under trio, ``await nursery.start(pubsub.run)`` returns once every subscription
+        is in place on the server, so a message published after it is received;
+        :attr:`listening` tells the same under asyncio. Stopping: :meth:`stop` makes
+        this return normally; cancelling it (a cancel scope, the nursery, an asyncio
+        ``task.cancel()``) ends it with the usual ``Cancelled``/``CancelledError``. Either
+        way the session's connection is closed before it returns.
+
+        Lost connections are retried for as long as it takes; only wrong credentials
+        (:class:`~ailf.errors.AuthenticationError`) end the listener with an error.
+        """
+        if self._listening:
+            raise RuntimeError(f"{self!r} is already listening; call stop() first")
+        self._listening, self._stopping = True, False
+        self._task_status = task_status
+        backoff = ListenerBackoff(repr(self), self.client.config.retry)
+        try:
+            async with self._scope.open():
+                while not self._stopping:
+                    try:
+                        await self._listen(backoff)
+                    except AuthenticationError:
+                        raise
+                    except (RedisConnectionError, RedisTimeoutError) as exc:
+                        await asynclib.pause(backoff.lost(exc))
+        finally:
+            self._listening = False
+            self._session = None
+            self._task_status = trio.TASK_STATUS_IGNORED
+
+    def stop(self) -> None:
+        """Make :meth:`run` return: at once while it waits for a message, and after the
+        handler when one is running (as when a handler calls it). Does nothing when
+        nothing listens; :meth:`run` may be called again afterwards."""
+        self._stopping = True
+        if not self._handling:
+            self._scope.stop()
+
+    async def aclose(self) -> None:
+        """Stop listening, and close the client if this object made it."""
+        self.stop()
+        await super().aclose()
+
+    async def _listen(self, backoff: ListenerBackoff) -> None:
+        async with self.client.pubsub() as session:
+            # Published before subscribing, so that a subscribe() racing with this one
+            # reaches the server either way; subscribing twice is harmless.
+            self._session = session
+            try:
+                subs = self.subscriptions
+                if subs.channels:
+                    await session.subscribe(*subs.channels)
+                if subs.patterns:
+                    await session.psubscribe(*subs.patterns)
+                backoff.listening()
+                self._task_status.started()
+                self._task_status = trio.TASK_STATUS_IGNORED
+                async for message in session:
+                    delivery = self.subscriptions.route(
+                        message["type"], message["channel"], message["data"], message["pattern"]
+                    )
+                    if delivery is not None:
+                        await self._deliver(delivery)
+                    if self._stopping:
+                        return
+            finally:
+                self._session = None
+        raise RedisConnectionError(
+            f"the pub/sub session with Redis at {self.client.config.address} ended"
+        )
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        self._handling = True
+        try:
+            result = delivery.handler(delivery.payload)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            delivery.log_failure()
+        finally:
+            self._handling = False

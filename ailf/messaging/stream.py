@@ -17,13 +17,16 @@ is not valid JSON reads back as the string it is.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Protocol, TypeVar
 
 import attrs
 
+from ailf.clients.async_client import AsyncRedisClient
 from ailf.clients.sync import RedisClient
 from ailf.codec import dumps, loads
 from ailf.config import RetryPolicy
@@ -34,13 +37,21 @@ from ailf.errors import (
     RedisTimeoutError,
     ResponseError,
 )
+from ailf.messaging import asynclib
+from ailf.messaging.asynclib import OwnedClient
 
 __all__ = [
     "NO_GROUP_MESSAGE",
+    "AsyncRedisStream",
+    "Handle",
     "LoopBackoff",
+    "Pause",
     "PendingEntry",
     "PendingSummary",
+    "Read",
     "RedisStream",
+    "StepRunner",
+    "StreamOperations",
     "autoclaim_command",
     "decode_fields",
     "deleted_ids",
@@ -214,10 +225,256 @@ def parse_pending_entries(reply: Sequence[Any]) -> list[PendingEntry]:
     ]
 
 
+# -- the shared half: each operation once, as steps that a driver runs -----------------
+#
+# Every operation is a generator that yields the steps it needs — a command (a list of
+# arguments), a Read, a Handle or a Pause — and receives each step's result, or has its
+# exception thrown in, at the yield. RedisStream runs the steps with blocking calls and
+# AsyncRedisStream awaits them; what to send, how to parse, when to acknowledge, back
+# off or re-create a group is decided here, once, for both.
+
+
+@attrs.frozen
+class Read:
+    """XREAD, or XREADGROUP when ``group`` is set: the step that may block on the server."""
+
+    name: str
+    last_id: str
+    count: int | None
+    block: int | None
+    group: str | None = None
+    consumer: str | None = None
+
+    def command(self) -> list[Any]:
+        if self.group is None or self.consumer is None:
+            return read_command(self.name, self.last_id, self.count, self.block)
+        return readgroup_command(
+            self.name, self.group, self.consumer, self.last_id, self.count, self.block
+        )
+
+
+@attrs.frozen
+class Handle:
+    """Call the processing loop's handler on ``entry``."""
+
+    entry: Entry
+
+
+@attrs.frozen
+class Pause:
+    """Wait ``seconds`` before going on, or less if the loop is told to stop."""
+
+    seconds: float
+
+
+T = TypeVar("T")
+Step = list[Any] | Read | Handle | Pause
+#: An operation as steps: yields each step, receives its result, returns the outcome.
+Steps = Generator[Step, Any, T]
+
+
+class StopFlag(Protocol):
+    """What the processing loop asks of its stop event: threading, trio or asyncio's."""
+
+    def is_set(self) -> bool: ...
+
+
+class StepRunner:
+    """Feeds a step generator each step's outcome: the one loop both drivers share.
+
+    ``while (step := runner.next_step()) is not None: with runner.outcome(): runner.reply
+    = perform(step)`` — the result of a step is sent in, its exception thrown in, and
+    :attr:`result` is the generator's return value once it is done.
+    """
+
+    def __init__(self, steps: Steps[Any]) -> None:
+        self.steps = steps
+        self.reply: Any = None
+        self.error: Exception | None = None
+        self.result: Any = None
+
+    def next_step(self) -> Step | None:
+        reply, error = self.reply, self.error
+        self.reply = self.error = None
+        try:
+            return self.steps.throw(error) if error is not None else self.steps.send(reply)
+        except StopIteration as done:
+            self.result = done.value
+            return None
+
+    @contextmanager
+    def outcome(self) -> Iterator[None]:
+        try:
+            yield
+        except Exception as exc:
+            self.error = exc
+
+
+class StreamOperations:
+    """The state of one stream reader and its operations as steps, for both faces."""
+
+    def __init__(self, name: str, maxlen: int | None) -> None:
+        if maxlen is not None and (isinstance(maxlen, bool) or maxlen < 1):
+            raise ValueError(f"maxlen: expected an integer >= 1 or None, got {maxlen!r}")
+        self.name = name
+        self.maxlen = maxlen
+        self.group: str | None = None
+        self.consumer: str | None = None
+        self._history_from: str | None = None
+
+    def __repr__(self) -> str:
+        group = f" group={self.group!r} consumer={self.consumer!r}" if self.group else ""
+        return f"<{type(self).__name__} {self.name!r}{group}>"
+
+    def _group(self) -> tuple[str, str]:
+        if self.group is None or self.consumer is None:
+            raise ValueError(NO_GROUP_MESSAGE)
+        return self.group, self.consumer
+
+    def _add_steps(self, data: Mapping[str, Any]) -> Steps[str]:
+        return _text((yield xadd_command(self.name, data, self.maxlen)))
+
+    def _read_steps(self, count: int | None, block: int | None, last_id: str) -> Steps[list[Entry]]:
+        return parse_entries(parse_read((yield Read(self.name, last_id, count, block))))
+
+    def _length_steps(self) -> Steps[int]:
+        return int((yield ["XLEN", self.name]))
+
+    def _trim_steps(self, maxlen: int | None, minid: str | None, approximate: bool) -> Steps[int]:
+        if (maxlen is None) == (minid is None):
+            raise ValueError("trim: pass exactly one of maxlen= or minid=")
+        strategy = ["MAXLEN", maxlen] if maxlen is not None else ["MINID", minid]
+        op = ["~"] if approximate else []
+        return int((yield ["XTRIM", self.name, strategy[0], *op, strategy[1]]))
+
+    def _info_steps(self) -> Steps[dict[str, Any]]:
+        info = reply_map((yield ["XINFO", "STREAM", self.name]))
+        for key in ("first-entry", "last-entry"):
+            if info.get(key):
+                found = parse_entries([info[key]])
+                info[key] = found[0] if found else None
+        return info
+
+    def _groups_steps(self) -> Steps[list[dict[str, Any]]]:
+        return [reply_map(g) for g in (yield ["XINFO", "GROUPS", self.name])]
+
+    def _create_group_steps(self, group: str, consumer: str, start_id: str) -> Steps[None]:
+        try:
+            yield ["XGROUP", "CREATE", self.name, group, start_id, "MKSTREAM"]
+        except ResponseError as exc:
+            if exc.code != "BUSYGROUP":
+                raise
+        self.group, self.consumer = group, consumer
+        self._history_from = "0"
+
+    def _read_group_steps(self, count: int, block: int | None) -> Steps[list[Entry]]:
+        group, consumer = self._group()
+        while self._history_from is not None:
+            history = Read(self.name, self._history_from, count, None, group, consumer)
+            raw = parse_read((yield history))
+            if not raw:
+                self._history_from = None
+                break
+            self._history_from = _text(raw[-1][0])
+            yield from self._acknowledge_steps(*deleted_ids(raw))
+            entries = parse_entries(raw)
+            if entries:
+                return entries
+        return parse_entries(
+            parse_read((yield Read(self.name, ">", count, block, group, consumer)))
+        )
+
+    def _acknowledge_steps(self, *ids: str) -> Steps[int]:
+        group, _ = self._group()
+        if not ids:
+            return 0
+        return int((yield ["XACK", self.name, group, *ids]))
+
+    def _pending_steps(self) -> Steps[PendingSummary]:
+        group, _ = self._group()
+        return parse_pending_summary((yield ["XPENDING", self.name, group]))
+
+    def _pending_entries_steps(
+        self, count: int, consumer: str | None, idle: int | None
+    ) -> Steps[list[PendingEntry]]:
+        group, _ = self._group()
+        args: list[Any] = ["XPENDING", self.name, group]
+        if idle is not None:
+            args += ["IDLE", idle]
+        args += ["-", "+", count]
+        if consumer is not None:
+            args.append(consumer)
+        return parse_pending_entries((yield args))
+
+    def _claim_idle_steps(self, min_idle_ms: int, count: int) -> Steps[list[Entry]]:
+        group, consumer = self._group()
+        claimed: list[Entry] = []
+        start = "0-0"
+        while len(claimed) < count:
+            command = autoclaim_command(
+                self.name, group, consumer, min_idle_ms, start, count - len(claimed)
+            )
+            reply = yield command
+            # Redis 6.2 returns entries trimmed while pending as nil: acknowledge them.
+            yield from self._acknowledge_steps(*deleted_ids(reply[1]))
+            start, entries = parse_autoclaim(reply)
+            claimed += entries
+            if start == "0-0":
+                break
+        return claimed
+
+    def _process_steps(
+        self,
+        retry: RetryPolicy,
+        count: int,
+        block: int,
+        stop: StopFlag | None,
+        max_messages: int | None,
+        claim_idle_ms: int | None,
+    ) -> Steps[int]:
+        self._group()
+        backoff = LoopBackoff(self.name, retry)
+        handled = acked = 0
+        while not (stop is not None and stop.is_set()) and (
+            max_messages is None or handled < max_messages
+        ):
+            budget = count if max_messages is None else min(count, max_messages - handled)
+            try:
+                batch: list[Entry] = []
+                if claim_idle_ms is not None:
+                    batch = yield from self._claim_idle_steps(claim_idle_ms, budget)
+                batch = batch or (yield from self._read_group_steps(budget, block))
+                done: list[str] = []
+                for entry in batch:
+                    try:
+                        yield Handle(entry)
+                    except Exception:
+                        log_handler_failure(self.name, entry)
+                    else:
+                        done.append(entry["id"])
+                handled += len(batch)
+                acked += yield from self._acknowledge_steps(*done)
+                delay = backoff.handled(len(batch) - len(done))
+            except Exception as exc:
+                delay = backoff.redis_failed(exc)
+                if is_group_lost(exc):
+                    yield from self._recreate_group_steps()
+            if delay:
+                yield Pause(delay)
+        return acked
+
+    def _recreate_group_steps(self) -> Steps[None]:
+        group, consumer = self._group()
+        try:
+            yield from self._create_group_steps(group, consumer, "0")
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.warning("stream %r: %s; will retry", self.name, exc)
+
+
 # -- the sync half -------------------------------------------------------------------
 
 
-class RedisStream:
+class RedisStream(StreamOperations):
     """One Redis stream, optionally read through a consumer group.
 
     ``maxlen`` caps the stream on every :meth:`add` (``MAXLEN ~``: Redis trims whole
@@ -228,29 +485,38 @@ class RedisStream:
     def __init__(
         self, name: str, client: RedisClient | None = None, maxlen: int | None = None
     ) -> None:
-        if maxlen is not None and (isinstance(maxlen, bool) or maxlen < 1):
-            raise ValueError(f"maxlen: expected an integer >= 1 or None, got {maxlen!r}")
-        self.name = name
+        super().__init__(name, maxlen)
         self.client = client if client is not None else RedisClient()
-        self.maxlen = maxlen
-        self.group: str | None = None
-        self.consumer: str | None = None
-        self._history_from: str | None = None
 
-    def __repr__(self) -> str:
-        group = f" group={self.group!r} consumer={self.consumer!r}" if self.group else ""
-        return f"<RedisStream {self.name!r}{group}>"
+    def _run(
+        self,
+        steps: Steps[T],
+        handler: Callable[[Entry], object] | None = None,
+        stop: threading.Event | None = None,
+    ) -> T:
+        runner = StepRunner(steps)
+        while (step := runner.next_step()) is not None:
+            with runner.outcome():
+                runner.reply = self._perform(step, handler, stop)
+        return runner.result
 
-    def _group(self) -> tuple[str, str]:
-        if self.group is None or self.consumer is None:
-            raise ValueError(NO_GROUP_MESSAGE)
-        return self.group, self.consumer
+    def _perform(
+        self, step: Step, handler: Callable[[Entry], object] | None, stop: threading.Event | None
+    ) -> Any:
+        if isinstance(step, Handle):
+            assert handler is not None
+            return handler(step.entry)
+        if isinstance(step, Pause):
+            assert stop is not None
+            return stop.wait(step.seconds)
+        args = step.command() if isinstance(step, Read) else step
+        return self.client.execute_command(*args)
 
     # -- writing and plain reading ---------------------------------------------------
 
     def add(self, data: Mapping[str, Any]) -> str:
         """Append an entry; its id (``"<ms>-<seq>"``)."""
-        return _text(self.client.execute_command(*xadd_command(self.name, data, self.maxlen)))
+        return self._run(self._add_steps(data))
 
     def read(
         self, count: int | None = None, block: int | None = None, last_id: str = "0"
@@ -260,12 +526,11 @@ class RedisStream:
         ``block`` waits up to that many milliseconds for an entry when there is none.
         Plain reading ignores consumer groups and acknowledges nothing.
         """
-        reply = self.client.execute_command(*read_command(self.name, last_id, count, block))
-        return parse_entries(parse_read(reply))
+        return self._run(self._read_steps(count, block, last_id))
 
     def length(self) -> int:
         """How many entries the stream holds (0 when it does not exist)."""
-        return int(self.client.execute_command("XLEN", self.name))
+        return self._run(self._length_steps())
 
     def trim(
         self, maxlen: int | None = None, *, minid: str | None = None, approximate: bool = True
@@ -275,24 +540,15 @@ class RedisStream:
         ``approximate=True`` (``~``) lets Redis trim whole nodes only, which is much
         cheaper and may leave a few more entries than asked.
         """
-        if (maxlen is None) == (minid is None):
-            raise ValueError("trim: pass exactly one of maxlen= or minid=")
-        strategy = ["MAXLEN", maxlen] if maxlen is not None else ["MINID", minid]
-        op = ["~"] if approximate else []
-        return int(self.client.execute_command("XTRIM", self.name, strategy[0], *op, strategy[1]))
+        return self._run(self._trim_steps(maxlen, minid, approximate))
 
     def info(self) -> dict[str, Any]:
         """XINFO STREAM as a dict; ``first-entry``/``last-entry`` as entry dicts."""
-        info = reply_map(self.client.execute_command("XINFO", "STREAM", self.name))
-        for key in ("first-entry", "last-entry"):
-            if info.get(key):
-                found = parse_entries([info[key]])
-                info[key] = found[0] if found else None
-        return info
+        return self._run(self._info_steps())
 
     def groups(self) -> list[dict[str, Any]]:
         """XINFO GROUPS: one dict per group (name, consumers, pending, last-delivered-id...)."""
-        return [reply_map(g) for g in self.client.execute_command("XINFO", "GROUPS", self.name)]
+        return self._run(self._groups_steps())
 
     # -- consumer groups -------------------------------------------------------------
 
@@ -305,13 +561,7 @@ class RedisStream:
         was created. Creating a group that exists is not an error (BUSYGROUP is
         success) and leaves its position alone. No dummy entry is ever written.
         """
-        try:
-            self.client.execute_command("XGROUP", "CREATE", self.name, group, start_id, "MKSTREAM")
-        except ResponseError as exc:
-            if exc.code != "BUSYGROUP":
-                raise
-        self.group, self.consumer = group, consumer
-        self._history_from = "0"
+        return self._run(self._create_group_steps(group, consumer, start_id))
 
     def read_group(self, count: int = 10, block: int | None = None) -> list[Entry]:
         """Entries for this consumer: first its own unacknowledged history, then new ones.
@@ -322,48 +572,22 @@ class RedisStream:
         delivered to anyone, waiting up to ``block`` milliseconds for one. History
         entries trimmed away while pending are acknowledged and skipped.
         """
-        group, consumer = self._group()
-        while self._history_from is not None:
-            command = readgroup_command(self.name, group, consumer, self._history_from, count, None)
-            raw = parse_read(self.client.execute_command(*command))
-            if not raw:
-                self._history_from = None
-                break
-            self._history_from = _text(raw[-1][0])
-            gone = deleted_ids(raw)
-            if gone:
-                self.acknowledge(*gone)
-            entries = parse_entries(raw)
-            if entries:
-                return entries
-        command = readgroup_command(self.name, group, consumer, ">", count, block)
-        return parse_entries(parse_read(self.client.execute_command(*command)))
+        return self._run(self._read_group_steps(count, block))
 
     def acknowledge(self, *ids: str) -> int:
         """Mark entries as done for this group; how many were pending."""
-        group, _ = self._group()
-        if not ids:
-            return 0
-        return int(self.client.execute_command("XACK", self.name, group, *ids))
+        return self._run(self._acknowledge_steps(*ids))
 
     def pending(self) -> PendingSummary:
         """How many entries the group has delivered and not yet had acknowledged."""
-        group, _ = self._group()
-        return parse_pending_summary(self.client.execute_command("XPENDING", self.name, group))
+        return self._run(self._pending_steps())
 
     def pending_entries(
         self, count: int = 100, consumer: str | None = None, idle: int | None = None
     ) -> list[PendingEntry]:
         """Up to ``count`` pending entries, oldest first, of one consumer or all,
         idle at least ``idle`` milliseconds when given."""
-        group, _ = self._group()
-        args: list[Any] = ["XPENDING", self.name, group]
-        if idle is not None:
-            args += ["IDLE", idle]
-        args += ["-", "+", count]
-        if consumer is not None:
-            args.append(consumer)
-        return parse_pending_entries(self.client.execute_command(*args))
+        return self._run(self._pending_entries_steps(count, consumer, idle))
 
     def claim_idle(self, min_idle_ms: int, count: int = 10) -> list[Entry]:
         """Take over up to ``count`` entries pending longer than ``min_idle_ms`` (XAUTOCLAIM).
@@ -372,26 +596,7 @@ class RedisStream:
         pending under its name until another consumer claims them. Claimed entries
         count as delivered again and must be acknowledged as usual.
         """
-        group, consumer = self._group()
-        claimed: list[Entry] = []
-        start = "0-0"
-        while len(claimed) < count:
-            command = autoclaim_command(
-                self.name, group, consumer, min_idle_ms, start, count - len(claimed)
-            )
-            reply = self.client.execute_command(*command)
-            gone = deleted_ids(reply[1])  # Redis 6.2 returns trimmed entries as nil
-            if gone:
-                self.acknowledge(*gone)
-            start, entries = parse_autoclaim(reply)
-            claimed += entries
-            if start == "0-0":
-                break
-        return claimed
-
-    def _recreate_group(self) -> None:
-        group, consumer = self._group()
-        self.create_consumer_group(group, consumer, start_id="0")
+        return self._run(self._claim_idle_steps(min_idle_ms, count))
 
     # -- the processing loop ---------------------------------------------------------
 
@@ -424,39 +629,11 @@ class RedisStream:
         It returns when ``stop_event`` is set (checked between reads, so within
         ``block`` milliseconds) or after ``max_messages`` entries were handled.
         """
-        self._group()
         stop = stop_event if stop_event is not None else threading.Event()
-        backoff = LoopBackoff(self.name, self.client.config.retry)
-        handled = acked = 0
-        while not stop.is_set() and (max_messages is None or handled < max_messages):
-            budget = count if max_messages is None else min(count, max_messages - handled)
-            try:
-                batch = self.claim_idle(claim_idle_ms, budget) if claim_idle_ms is not None else []
-                batch = batch or self.read_group(count=budget, block=block)
-                done: list[str] = []
-                for entry in batch:
-                    try:
-                        handler(entry)
-                    except Exception:
-                        log_handler_failure(self.name, entry)
-                    else:
-                        done.append(entry["id"])
-                handled += len(batch)
-                acked += self.acknowledge(*done)
-                delay = backoff.handled(len(batch) - len(done))
-            except Exception as exc:
-                delay = backoff.redis_failed(exc)
-                if is_group_lost(exc):
-                    self._try(self._recreate_group)
-            if delay:
-                stop.wait(delay)
-        return acked
-
-    def _try(self, step: Callable[[], object]) -> None:
-        try:
-            step()
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            log.warning("stream %r: %s; will retry", self.name, exc)
+        steps = self._process_steps(
+            self.client.config.retry, count, block, stop, max_messages, claim_idle_ms
+        )
+        return self._run(steps, handler, stop)
 
 
 # -- the processing loop's shared half: what to log, how long to pause -----------------
@@ -515,3 +692,165 @@ class LoopBackoff:
         self.failures += 1
         log.debug("stream %r: pausing %.2fs after %s", self.stream, delay, why)
         return delay
+
+
+# -- the async half ------------------------------------------------------------------
+
+
+class AsyncRedisStream(StreamOperations, OwnedClient):
+    """:class:`RedisStream` on an :class:`~ailf.clients.async_client.AsyncRedisClient`.
+
+    The same methods, arguments and return values, awaited; under trio or asyncio,
+    whichever the client runs on. Every method sends exactly the commands its sync
+    twin sends and reads the replies the same way, because both run one set of steps.
+
+    Without a client, the stream makes its own from ``AILF_REDIS_URL`` and owns it:
+    ``async with AsyncRedisStream("tasks") as stream:`` opens it (under trio, with the
+    shared pipelined connection) and closes it at the end. A client passed in is the
+    caller's to close. Blocking reads (``block=``) wait on a dedicated connection of
+    the client's pool, so they never hold up other tasks' commands.
+
+    Cancellation: a cancelled call may still have run on the server (see the client's
+    contract). A cancelled :meth:`read_group` may have delivered entries to this
+    consumer that it never returned; they stay pending and come back as this
+    consumer's history after the next :meth:`create_consumer_group`, or to whoever
+    claims them.
+    """
+
+    def __init__(
+        self, name: str, client: AsyncRedisClient | None = None, maxlen: int | None = None
+    ) -> None:
+        StreamOperations.__init__(self, name, maxlen)
+        OwnedClient.__init__(self, client)
+
+    async def _run(
+        self,
+        steps: Steps[T],
+        handler: Callable[[Entry], object] | None = None,
+        stop: asynclib.Event | None = None,
+    ) -> T:
+        runner = StepRunner(steps)
+        while (step := runner.next_step()) is not None:
+            with runner.outcome():
+                runner.reply = await self._perform(step, handler, stop)
+        return runner.result
+
+    async def _perform(
+        self, step: Step, handler: Callable[[Entry], object] | None, stop: asynclib.Event | None
+    ) -> Any:
+        if isinstance(step, Handle):
+            assert handler is not None
+            result = handler(step.entry)
+            return await result if inspect.isawaitable(result) else result
+        if isinstance(step, Pause):
+            return await asynclib.pause(step.seconds, stop)
+        if isinstance(step, Read) and step.block is not None:
+            return await self._blocking_read(step)
+        args = step.command() if isinstance(step, Read) else step
+        return await self.client.execute_command(*args)
+
+    async def _blocking_read(self, read: Read) -> Any:
+        # execute_command would send XREAD(GROUP) BLOCK down the shared connection,
+        # where it would hold up every other task's commands: the typed methods mark
+        # it as blocking, which gives it a connection of its own.
+        streams = {self.name: read.last_id}
+        if read.group is None or read.consumer is None:
+            return await self.client.xread(streams, count=read.count, block=read.block)
+        return await self.client.xreadgroup(
+            read.group, read.consumer, streams, count=read.count, block=read.block
+        )
+
+    # -- writing and plain reading ---------------------------------------------------
+
+    async def add(self, data: Mapping[str, Any]) -> str:
+        """Append an entry; its id. See :meth:`RedisStream.add`."""
+        return await self._run(self._add_steps(data))
+
+    async def read(
+        self, count: int | None = None, block: int | None = None, last_id: str = "0"
+    ) -> list[Entry]:
+        """Entries after ``last_id``, without a group. See :meth:`RedisStream.read`."""
+        return await self._run(self._read_steps(count, block, last_id))
+
+    async def length(self) -> int:
+        """How many entries the stream holds (0 when it does not exist)."""
+        return await self._run(self._length_steps())
+
+    async def trim(
+        self, maxlen: int | None = None, *, minid: str | None = None, approximate: bool = True
+    ) -> int:
+        """Drop old entries; how many went. See :meth:`RedisStream.trim`."""
+        return await self._run(self._trim_steps(maxlen, minid, approximate))
+
+    async def info(self) -> dict[str, Any]:
+        """XINFO STREAM as a dict; ``first-entry``/``last-entry`` as entry dicts."""
+        return await self._run(self._info_steps())
+
+    async def groups(self) -> list[dict[str, Any]]:
+        """XINFO GROUPS: one dict per group."""
+        return await self._run(self._groups_steps())
+
+    # -- consumer groups -------------------------------------------------------------
+
+    async def create_consumer_group(self, group: str, consumer: str, start_id: str = "0") -> None:
+        """Create the group (MKSTREAM, BUSYGROUP is success) and read as ``consumer``.
+
+        See :meth:`RedisStream.create_consumer_group`.
+        """
+        return await self._run(self._create_group_steps(group, consumer, start_id))
+
+    async def read_group(self, count: int = 10, block: int | None = None) -> list[Entry]:
+        """This consumer's unacknowledged history first, then new entries.
+
+        See :meth:`RedisStream.read_group`.
+        """
+        return await self._run(self._read_group_steps(count, block))
+
+    async def acknowledge(self, *ids: str) -> int:
+        """Mark entries as done for this group; how many were pending."""
+        return await self._run(self._acknowledge_steps(*ids))
+
+    async def pending(self) -> PendingSummary:
+        """The group's pending entries in brief."""
+        return await self._run(self._pending_steps())
+
+    async def pending_entries(
+        self, count: int = 100, consumer: str | None = None, idle: int | None = None
+    ) -> list[PendingEntry]:
+        """Pending entries one by one. See :meth:`RedisStream.pending_entries`."""
+        return await self._run(self._pending_entries_steps(count, consumer, idle))
+
+    async def claim_idle(self, min_idle_ms: int, count: int = 10) -> list[Entry]:
+        """Take over idle entries of others. See :meth:`RedisStream.claim_idle`."""
+        return await self._run(self._claim_idle_steps(min_idle_ms, count))
+
+    # -- the processing loop ---------------------------------------------------------
+
+    async def process(
+        self,
+        handler: Callable[[Entry], object],
+        *,
+        count: int = 10,
+        block: int = 2000,
+        stop_event: asynclib.Event | None = None,
+        max_messages: int | None = None,
+        claim_idle_ms: int | None = None,
+    ) -> int:
+        """Read, handle and acknowledge entries until stopped; how many were acknowledged.
+
+        :meth:`RedisStream.process`, awaited: the same acknowledging, logging, backoff
+        and group re-creation. ``handler`` may be a plain function or an ``async def``
+        (awaited before the next entry). ``stop_event`` is a ``trio.Event`` or an
+        ``asyncio.Event``: it is checked between reads (so within ``block`` ms) and
+        cuts a backoff pause short.
+
+        Cancelling the call is the other way to stop, and the trio way: the loop ends
+        at once, with ``Cancelled``. Entries of the current batch whose handler
+        finished but whose acknowledgement was not sent yet stay pending, and are
+        delivered again (to this consumer on its next start, or to a claimer): the
+        loop is at-least-once.
+        """
+        steps = self._process_steps(
+            self.client.config.retry, count, block, stop_event, max_messages, claim_idle_ms
+        )
+        return await self._run(steps, handler, stop_event)
