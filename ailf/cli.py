@@ -23,6 +23,7 @@ from ailf.errors import AilfError, ScenarioError
 from ailf.server import RedisServer
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
 
 
 class UsageError(Exception):
@@ -90,6 +91,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     if args.json:
         _print_json(report.to_json())
+    if report.interrupted:
+        return EXIT_INTERRUPTED
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
@@ -400,4 +403,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("ailf: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED

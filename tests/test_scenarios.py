@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -230,3 +231,26 @@ def test_scenarios_in_the_docs_run(
     file.write_text(text)
     result = ailf("run", str(file), "--redis", redis.url)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ctrl_c_stops_gracefully_with_a_summary_and_exit_130(redis: RedisServer) -> None:
+    run = subprocess.Popen(
+        [sys.executable, "-m", "ailf", "run", str(SCENARIOS / "crash-recovery.toml")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        # a shell's background job would ignore SIGINT; a terminal's would not
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        for line in run.stderr:
+            if "worker processes ready" in line:
+                break
+        run.send_signal(signal.SIGINT)
+        out, _ = run.communicate(timeout=30)
+    finally:
+        run.kill()
+    assert run.returncode == 130
+    assert "scenario crash-recovery: FAILED — interrupted" in out
+    assert "problem: interrupted by SIGINT" in out

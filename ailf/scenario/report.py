@@ -69,6 +69,7 @@ class RunReport:
     events: tuple[str, ...] = ()
     replies: tuple[dict[str, Any], ...] = ()
     dead_letters: dict[str, tuple[str, ...]] = attrs.Factory(dict)
+    interrupted: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data = attrs.asdict(self, recurse=False)

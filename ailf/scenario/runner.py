@@ -200,6 +200,8 @@ class ScenarioRun:
         self._replies: list[dict[str, Any]] = []
         self._sent = trio.Event()
         self._stats_changed = trio.Event()
+        #: The signal that interrupted the run, if one did.
+        self.interrupted: str | None = None
 
     # -- what workers and tasks report ---------------------------------------------------
 
@@ -238,6 +240,7 @@ class ScenarioRun:
     async def main(self) -> RunReport:
         started = trio.current_time()
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_signals)
             url = self._url
             if url is None:
                 server = await nursery.start(RedisServer().serve)
@@ -270,7 +273,9 @@ class ScenarioRun:
             self._progress.done()
             totals = self.totals()
             dead = await self._dead_letters(client, totals)
-        problems = [*self._problems, *check_expectations(self.scenario, totals)]
+        problems = list(self._problems)
+        if not self.interrupted:  # an interrupted run is not expected to be complete
+            problems += check_expectations(self.scenario, totals)
         return RunReport(
             scenario=self.scenario.name,
             namespace=self.scenario.namespace,
@@ -289,6 +294,7 @@ class ScenarioRun:
             events=tuple(self._events),
             replies=tuple(self._replies),
             dead_letters=dead,
+            interrupted=self.interrupted is not None,
         )
 
     def _timeout_problem(self, timeout: float) -> str:
@@ -300,6 +306,17 @@ class ScenarioRun:
         if not all(w.ready.is_set() for w in self.workers):
             waiting = "every worker process to start"
         return f"timed out after {timeout:g} s waiting for {waiting} (until = {until!r})"
+
+    async def _watch_signals(self) -> None:
+        """Ctrl-C or SIGTERM ends the run gracefully, with a summary; a second one forces."""
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if self.interrupted:
+                    raise KeyboardInterrupt
+                self.interrupted = signal.Signals(signum).name
+                self.fail(f"interrupted by {self.interrupted}")
+                self._outcome = "interrupted"
+                self._progress.note("stopping the workers gracefully; press Ctrl-C again to force")
 
     async def _drive(self, client: Runtime) -> None:
         async with trio.open_nursery() as tasks:
