@@ -130,6 +130,13 @@ def test_streams_and_consumer_groups(run, redis_config: RedisConfig) -> None:
             await client.xadd("jobs", {"n": "3"})
             assert await client.xtrim("jobs", maxlen=1, approximate=False) == 1
             assert await client.xgroup_destroy("jobs", "workers") is True
+            assert await client.xadd("nostream", {"a": 1}, nomkstream=True) is None
+            for n in range(10):
+                await client.xadd("capped", {"n": n}, maxlen=3, approximate=False)
+            assert await client.xlen("capped") == 3
+            last = (await client.xrange("capped"))[-1][0]
+            await client.xadd("capped", {"n": 10}, minid=last, approximate=False)
+            assert await client.xlen("capped") == 2
 
     run(body)
 

@@ -142,17 +142,18 @@ def _stream_args(streams: Mapping[Any, Any]) -> list[Any]:
     return ["STREAMS", *streams.keys(), *streams.values()]
 
 
-def _trim_args(maxlen: int | None, minid: Any, approximate: bool, limit: int | None) -> list[Any]:
+def _trim_args(
+    maxlen: int | None, minid: Any, approximate: bool, limit: int | None
+) -> tuple[Any, ...]:
     if maxlen is not None and minid is not None:
         raise ValueError("give maxlen or minid, not both")
-    args: list[Any] = []
     if maxlen is not None:
-        args += ["MAXLEN", "~" if approximate else "=", maxlen]
+        args: tuple[Any, ...] = ("MAXLEN", "~" if approximate else "=", maxlen)
     elif minid is not None:
-        args += ["MINID", "~" if approximate else "=", minid]
-    if limit is not None and args:
-        args += ["LIMIT", limit]
-    return args
+        args = ("MINID", "~" if approximate else "=", minid)
+    else:
+        return ()
+    return args if limit is None else (*args, "LIMIT", limit)
 
 
 class Commands:
@@ -399,13 +400,16 @@ class Commands:
             raise ValueError(f"xadd {name!r}: fields must be a non-empty dict")
         if maxlen is None and minid is None and not nomkstream:
             return self._command(("XADD", name, id, *_chain(fields.items())))
-        args: list[Any] = ["XADD", name]
-        if nomkstream:
-            args.append("NOMKSTREAM")
-        args += _trim_args(maxlen, minid, approximate, limit)
-        args.append(id)
-        args += _flatten(fields)
-        return self._command(tuple(args))
+        return self._command(
+            (
+                "XADD",
+                name,
+                *(("NOMKSTREAM",) if nomkstream else ()),
+                *_trim_args(maxlen, minid, approximate, limit),
+                id,
+                *_chain(fields.items()),
+            )
+        )
 
     def xread(
         self, streams: Mapping[Any, Any], count: int | None = None, block: int | None = None

@@ -212,16 +212,24 @@ class Connection:
         try:
             return self._parser.gets()
         except UnicodeDecodeError as exc:
-            return DecodeError(
-                f"a reply from Redis at {self.address} is not valid UTF-8 ({exc});"
-                " use decode_responses=False for binary values"
-            )
+            return self.decode_error(exc)
         except ProtocolError as exc:
-            self.closed = True
-            raise RedisConnectionError(
-                f"Redis at {self.address} sent bytes that are not RESP ({exc});"
-                " the connection was closed"
-            ) from exc
+            raise self.protocol_error(exc) from exc
+
+    def decode_error(self, exc: UnicodeDecodeError) -> DecodeError:
+        """What a reply that is not UTF-8 becomes (the parser has consumed it)."""
+        return DecodeError(
+            f"a reply from Redis at {self.address} is not valid UTF-8 ({exc});"
+            " use decode_responses=False for binary values"
+        )
+
+    def protocol_error(self, exc: ProtocolError) -> RedisConnectionError:
+        """What garbage on the wire becomes; the connection is done for."""
+        self.closed = True
+        return RedisConnectionError(
+            f"Redis at {self.address} sent bytes that are not RESP ({exc});"
+            " the connection was closed"
+        )
 
     async def read_reply(self, reply_timeout: float | None = None) -> Any:
         """Wait for the next reply (an error reply is returned, not raised).

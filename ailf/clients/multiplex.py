@@ -25,7 +25,7 @@ import trio
 from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_rescheduled
 
 from ailf.clients.connection import Connection
-from ailf.clients.resp import NOT_ENOUGH
+from ailf.clients.resp import NOT_ENOUGH, ProtocolError
 from ailf.errors import RedisConnectionError, RedisTimeoutError
 
 __all__ = ["SharedConnection"]
@@ -183,10 +183,18 @@ class SharedConnection:
     async def _dispatch_replies(self) -> None:
         connection = self._connection
         waiting = self._waiting
-        next_reply = connection.next_reply
+        gets = connection.parser.gets
         while True:
             await connection.receive_into_parser(idle=not waiting)
-            while (reply := next_reply()) is not NOT_ENOUGH:
+            while True:
+                try:
+                    reply = gets()
+                except UnicodeDecodeError as exc:
+                    reply = connection.decode_error(exc)
+                except ProtocolError as exc:
+                    raise connection.protocol_error(exc) from exc
+                if reply is NOT_ENOUGH:
+                    break
                 if not waiting:
                     raise RedisConnectionError(
                         f"Redis at {self.address} sent a reply nobody asked for: {reply!r}"

@@ -13,6 +13,7 @@ no automatic pipelining across tasks. ``aclose()`` closes the idle ones.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 import trio
@@ -45,14 +46,23 @@ class TrioBackend:
         if self._nursery is not None:
             await self._reconnect(None)
 
-    async def execute(self, args: tuple[Any, ...], blocking: bool) -> Any:
-        """One command's raw reply (an error reply is returned, not raised)."""
+    def execute(self, args: tuple[Any, ...], blocking: bool) -> Awaitable[Any]:
+        """An awaitable of one command's raw reply (an error reply is returned, not raised).
+
+        The common case hands back the shared connection's request coroutine itself,
+        saving a coroutine frame per command; the rest goes through
+        :meth:`_execute_elsewhere`.
+        """
         shared = self._shared
+        if not blocking and shared is not None and shared.usable():
+            return shared.request(pack_command(args))
+        return self._execute_elsewhere(args, blocking)
+
+    async def _execute_elsewhere(self, args: tuple[Any, ...], blocking: bool) -> Any:
         if blocking or self._nursery is None:
             replies = await self._pool.request([args], _FOREVER if blocking else None)
             return replies[0]
-        if shared is None or not shared.usable():
-            shared = await self._reconnect(shared)
+        shared = await self._reconnect(self._shared)
         return await shared.request(pack_command(args))
 
     async def execute_many(
@@ -67,7 +77,7 @@ class TrioBackend:
             shared = self._shared
             if shared is None or not shared.usable():
                 shared = await self._reconnect(shared)
-            data = b"".join([pack_command(args) for args in commands])
+            data = b"".join(map(pack_command, commands))
             replies = await shared.request(data, len(commands))
             if len(commands) == 1:
                 replies = [replies]
