@@ -224,3 +224,14 @@ async def test_grace_period_cancels_overlong_handlers(
     client = redis.Redis(port=redis_config.port, decode_responses=True)
     assert client.xpending("ailf:s:mailbox:stuck", GROUP)["pending"] == 1
     assert "on_stop raised OSError: could not close" in caplog.text
+
+
+async def test_an_error_in_the_block_propagates_unchanged_after_a_graceful_stop(
+    redis_config: RedisConfig,
+) -> None:
+    log = Log()
+    with trio.fail_after(20), pytest.raises(KeyError, match="from the body"):
+        async with Runtime(redis_config, namespace="s") as runtime:
+            await runtime.spawn(StartFails, name="calm", options=log)
+            raise KeyError("from the body")
+    assert log.events == ["start", "stop"]

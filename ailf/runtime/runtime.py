@@ -185,8 +185,11 @@ class Runtime:
                     await self._leave()
                     services.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            if body_error is not None and unwrap(group) is body_error:
-                raise body_error from None
+            # The nurseries wrap whatever escapes in groups; give back the one exception
+            # that caused it (the body's own, or e.g. a refused connection) unwrapped.
+            error = unwrap(group)
+            if error is body_error or (body_error is None and isinstance(error, Exception)):
+                raise error from None
             raise
         if self._escalation is not None:
             raise self._escalation

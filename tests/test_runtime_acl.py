@@ -1,0 +1,62 @@
+"""The ACL line documented in docs/wire-format.md is enough to run agents, and no more."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import pytest
+import redis
+import trio
+
+from ailf import RedisConfig, RedisError
+from ailf.runtime import Agent, Message, Runtime
+
+ACL = (
+    "on >acl-test-password resetkeys ~ailf:shop:* resetchannels &ailf:shop:* -@all +@stream"
+    " +@pubsub +multi +exec +hset +hgetall +pexpire +del +exists +scan +zadd +zrangebyscore"
+    " +zremrangebyscore +zrem +ping +select +client|setname +hello"
+)
+
+
+class Clerk(Agent):
+    topics = ("news",)
+    heard: list[Any] = []
+
+    async def on_message(self, message: Message) -> Any:
+        if message.topic:
+            Clerk.heard.append(message.body)
+            return None
+        if message.body == "bad":
+            raise ValueError("no")
+        return message.body
+
+
+async def test_restricted_user_runs_its_namespace_only(redis_config: RedisConfig) -> None:
+    admin = redis.Redis(port=redis_config.port, decode_responses=True)
+    admin.execute_command("ACL", "SETUSER", "shop-user", *ACL.split())
+    config = attrs.evolve(redis_config, username="shop-user", password="acl-test-password")
+    Clerk.heard = []
+
+    class Fragile(Clerk):
+        max_deliveries = 1
+
+    try:
+        with trio.fail_after(30):
+            async with Runtime(config, namespace="shop", retry_backoff=0.01) as runtime:
+                await runtime.spawn(Clerk, name="clerk", replicas=2, claim_idle=0.2)
+                await runtime.spawn(Fragile, name="fragile", claim_idle=0.2)
+                assert await runtime.ask("clerk", "hi", timeout=5) == "hi"
+                await runtime.send("fragile", "bad")
+                while not Clerk.heard:
+                    await runtime.publish("news", "extra")
+                    await trio.sleep(0.05)
+                await runtime.wait_idle(timeout=10)
+                assert len(await runtime.dead_letters("fragile")) == 1
+                assert (await runtime.registry()).agents["clerk"].replicas == 2
+                await trio.sleep(1.5)  # one round of upkeep (trim, consumer clean-up)
+            with pytest.raises(RedisError, match="NOPERM"):
+                async with Runtime(config, namespace="other") as other:
+                    await other.send("clerk", 1)
+    finally:
+        admin.execute_command("ACL", "DELUSER", "shop-user")
