@@ -302,3 +302,36 @@ def test_client_without_async_with(run, redis_config: RedisConfig) -> None:
 def test_config_defaults_from_environment(monkeypatch, redis_config: RedisConfig) -> None:
     monkeypatch.setenv("AILF_REDIS_URL", f"redis://127.0.0.1:{redis_config.port}/3")
     assert AsyncRedisClient().config.db == 3
+
+
+def test_raw_commands_that_would_break_a_shared_connection_are_refused(
+    run, redis_config: RedisConfig
+) -> None:
+    async def body() -> None:
+        async with AsyncRedisClient(redis_config) as client:
+            for command in (("MULTI",), ("SUBSCRIBE", "c"), ("SELECT", 1), ("WATCH", "k")):
+                with pytest.raises(ValueError, match="not allowed on a shared client"):
+                    await client.execute_command(*command)
+            assert await client.ping() is True
+
+    run(body)
+
+
+def test_raw_blocking_read_runs_on_its_own_connection(run, redis_config: RedisConfig) -> None:
+    async def body() -> None:
+        async with AsyncRedisClient(redis_config) as client:
+            results = []
+
+            async def reader() -> None:
+                raw = await client.execute_command("XREAD", "BLOCK", 5000, "STREAMS", "s", "$")
+                results.append(raw)
+
+            async def writer() -> None:
+                for n in range(20):
+                    await client.set(f"k{n}", n)
+                await client.xadd("s", {"a": "b"})
+
+            await _gather(reader, writer)
+            assert results[0][0][0] == "s"
+
+    run(body)

@@ -18,7 +18,13 @@ from typing import Any
 
 from ailf import codec
 
-__all__ = ["BLOCKING_COMMANDS", "IDEMPOTENT_COMMANDS", "Commands", "Convert"]
+__all__ = [
+    "BLOCKING_COMMANDS",
+    "CONNECTION_STATE_COMMANDS",
+    "IDEMPOTENT_COMMANDS",
+    "Commands",
+    "Convert",
+]
 
 Convert = Callable[[Any], Any] | None
 
@@ -26,6 +32,25 @@ Convert = Callable[[Any], Any] | None
 BLOCKING_COMMANDS = frozenset(
     {"BLPOP", "BRPOP", "BLMOVE", "BRPOPLPUSH", "BZPOPMIN", "BZPOPMAX", "BLMPOP", "WAIT"}
 )
+
+#: Commands that change a connection's state (for every task sharing it), and what to
+#: use instead.
+CONNECTION_STATE_COMMANDS = {
+    **dict.fromkeys(
+        ("SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE"),
+        "use `async with client.pubsub() as ps:`",
+    ),
+    **dict.fromkeys(
+        ("MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH"),
+        "use client.pipeline(transaction=True), which sends MULTI/EXEC in one write",
+    ),
+    "SELECT": "set RedisConfig.db (or /db in the URL) and open another client",
+    "AUTH": "set RedisConfig.username and RedisConfig.password",
+    "HELLO": "the client speaks RESP2 and negotiates the connection itself",
+    "RESET": "open another client",
+    "QUIT": "leave the `async with` block (or call aclose())",
+    "MONITOR": "use redis-cli MONITOR",
+}
 
 #: Commands that are safe to send twice: the only ones ``retry_idempotent`` retries.
 IDEMPOTENT_COMMANDS = frozenset(
@@ -165,9 +190,24 @@ class Commands:
     # -- raw ------------------------------------------------------------------------
 
     def execute_command(self, *args: Any) -> Any:
-        """Any command, reply unconverted (RESP2 values; error replies raise)."""
-        name = str(args[0]).upper() if args else ""
-        return self._command(args, None, name in BLOCKING_COMMANDS)
+        """Any command, reply unconverted (RESP2 values; error replies raise).
+
+        Blocking commands (BLPOP…, XREAD/XREADGROUP with BLOCK) are recognised and run
+        on a dedicated connection. Commands that would change the connection's state
+        for every task sharing it are refused with a :class:`ValueError` saying what
+        to use instead.
+        """
+        if not args:
+            raise ValueError("execute_command needs a command name")
+        name = _text(args[0]).upper() if isinstance(args[0], (str, bytes)) else str(args[0])
+        advice = CONNECTION_STATE_COMMANDS.get(name)
+        if advice is not None:
+            raise ValueError(f"{name} is not allowed on a shared client: {advice}")
+        blocking = name in BLOCKING_COMMANDS or (
+            name in ("XREAD", "XREADGROUP")
+            and any(isinstance(a, (str, bytes)) and _text(a).upper() == "BLOCK" for a in args)
+        )
+        return self._command(args, None, blocking)
 
     # -- connection and keys --------------------------------------------------------
 

@@ -29,7 +29,7 @@ from ailf.clients.connection import Connection, raise_reply_error
 from ailf.clients.pool import connect_with_retry
 from ailf.clients.resp import pack_command
 from ailf.config import RedisConfig
-from ailf.errors import RedisConnectionError, ResponseError
+from ailf.errors import RedisConnectionError, RedisTimeoutError, ResponseError
 
 __all__ = ["PubSub"]
 
@@ -125,11 +125,27 @@ class PubSub:
             connection = self._connection
             self._pending.append(waiter)
             assert connection is not None
-            with contextlib.suppress(RedisConnectionError):
+            try:
+                await connection.send(pack_command((command, *names)))
+            except RedisConnectionError:
                 # A broken connection is the reader's to mend: it re-subscribes to every
                 # channel in self.channels/self.patterns, then releases this waiter.
-                await connection.send(pack_command((command, *names)))
-        await waiter[1].wait()
+                pass
+            except BaseException:
+                # Cancelled half-way through the write: the stream is out of step, so
+                # drop the connection; the reader reconnects and restores everything.
+                with trio.CancelScope(shield=True):
+                    await connection.aclose()
+                raise
+        with trio.move_on_after(self._config.socket_timeout or math.inf) as scope:
+            await waiter[1].wait()
+        if scope.cancelled_caught:
+            raise RedisTimeoutError(
+                f"Redis at {self._config.address} did not confirm {command} within"
+                f" {self._config.socket_timeout} s (socket_timeout)"
+            )
+        if self._failure is not None:
+            raise self._failure
 
     def _release_pending(self) -> None:
         while self._pending:
