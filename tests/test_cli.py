@@ -229,3 +229,15 @@ def test_server_prints_its_url_and_stops_on_sigterm() -> None:
     finally:
         process.kill()
         process.stdout.close()
+
+
+def test_check_as_a_real_command() -> None:
+    bad = ROOT / "tests" / "scenarios_bad" / "07-replicas-zero.toml"
+    result = subprocess.run(
+        [sys.executable, "-m", "ailf", "check", str(bad)], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"ailf: error: {bad}: agents[0].replicas: expected an integer >= 1, found 0\n"
+    )

@@ -1,1 +1,14 @@
-"""Scenario files: schema, loading and running."""
+"""Scenario files: schema, loading and running.
+
+``load_scenario(path)`` reads and checks a file (raising :class:`~ailf.errors.ScenarioError`
+with every problem), ``run_scenario(scenario)`` runs it as ``ailf run`` does and returns
+the :class:`~ailf.scenario.report.RunReport`. See ``docs/scenarios.md``.
+"""
+
+from ailf.scenario.load import load_scenario as load_scenario
+from ailf.scenario.load import parse_scenario as parse_scenario
+from ailf.scenario.model import Scenario as Scenario
+from ailf.scenario.report import RunReport as RunReport
+from ailf.scenario.runner import run_scenario as run_scenario
+
+__all__ = ["RunReport", "Scenario", "load_scenario", "parse_scenario", "run_scenario"]
