@@ -54,12 +54,9 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('s') else 's'}"
-
-
 def _cmd_check(args: argparse.Namespace) -> int:
     from ailf.scenario.load import load_scenario
+    from ailf.scenario.report import count_of
 
     scenario = load_scenario(args.file)
     if args.json:
@@ -67,9 +64,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
         return EXIT_OK
     replicas = sum(agent.replicas for agent in scenario.agents)
     print(
-        f"{args.file}: ok — scenario {scenario.name!r}: {_count(len(scenario.agents), 'agent')}"
-        f" ({_count(replicas, 'replica')} in {_count(scenario.process_count, 'process')}),"
-        f" {_count(sum(m.count for m in scenario.messages), 'message')},"
+        f"{args.file}: ok — scenario {scenario.name!r}: {count_of(len(scenario.agents), 'agent')}"
+        f" ({count_of(replicas, 'replica')} in {count_of(scenario.process_count, 'process')}),"
+        f" {count_of(sum(m.count for m in scenario.messages), 'message')},"
         f" until {scenario.scenario.until!r}"
     )
     return EXIT_OK

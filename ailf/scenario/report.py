@@ -17,7 +17,7 @@ import attrs
 from ailf.runtime.statistics import AgentStatistics
 from ailf.scenario.model import Scenario
 
-__all__ = ["Progress", "RunReport", "check_expectations", "combine"]
+__all__ = ["Progress", "RunReport", "check_expectations", "combine", "count_of"]
 
 
 def combine(snapshots: Iterable[dict[str, AgentStatistics]]) -> dict[str, AgentStatistics]:
@@ -85,8 +85,8 @@ class RunReport:
         verdict = "ok" if self.ok else "FAILED"
         lines = [
             f"scenario {self.scenario}: {verdict} — {self.outcome} after {self.elapsed:.1f} s"
-            f" (namespace {self.namespace}, {_count(self.processes, 'process')},"
-            f" {_count(self.restarts, 'restart')}, redis {self.redis})",
+            f" (namespace {self.namespace}, {count_of(self.processes, 'process')},"
+            f" {count_of(self.restarts, 'restart')}, redis {self.redis})",
             "",
             _table(self.agents),
         ]
@@ -101,7 +101,8 @@ class RunReport:
         return "\n".join(lines)
 
 
-def _count(n: int, noun: str) -> str:
+def count_of(n: int, noun: str) -> str:
+    """``1 process``, ``2 processes``, ``0 messages``."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('s') else 's'}"
 
 

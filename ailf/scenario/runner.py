@@ -37,7 +37,7 @@ from ailf.errors import AilfError, ResponseError
 from ailf.runtime.runtime import Runtime
 from ailf.runtime.statistics import AgentStatistics
 from ailf.scenario.model import FaultSpec, MessageSpec, Scenario
-from ailf.scenario.report import Progress, RunReport, check_expectations, combine
+from ailf.scenario.report import Progress, RunReport, check_expectations, combine, count_of
 from ailf.server import RedisServer
 
 __all__ = ["MAX_RESTARTS", "RESTART_PERIOD", "lone_exception", "run_scenario"]
@@ -45,8 +45,9 @@ __all__ = ["MAX_RESTARTS", "RESTART_PERIOD", "lone_exception", "run_scenario"]
 #: A worker process that dies more often than this within RESTART_PERIOD fails the run.
 MAX_RESTARTS = 5
 RESTART_PERIOD = 30.0
-#: Seconds a worker is given to finish in-flight messages when the run ends.
-STOP_GRACE = 10.0
+#: Seconds a worker is given to stop when the run ends: the runtime's own grace period
+#: for in-flight handlers (10 s) plus time for on_stop and goodbyes.
+STOP_GRACE = 15.0
 #: How many dead letters per agent the summary shows.
 DEAD_LETTERS_SHOWN = 5
 
@@ -80,7 +81,7 @@ class WorkerProcess:
 
     async def supervise(self) -> None:
         """Run the worker until the run stops it; restart it when it dies on its own."""
-        while True:
+        while not self._stopping:
             code, fatal = await self._run_once()
             if fatal is not None:  # a failure even while stopping: it may explain the stop
                 self._run.fail(f"process {self.index}: {fatal}")
@@ -120,6 +121,8 @@ class WorkerProcess:
         finally:
             os.close(write_fd)
         self.pid = self._process.pid
+        if self._stopping:  # stop() came while this incarnation was starting
+            await self._ask_to_stop(self._process)
         self.snapshots.append({})
         fatal: str | None = None
         async with trio.lowlevel.FdStream(read_fd) as events:
@@ -149,6 +152,15 @@ class WorkerProcess:
             return str(event["error"])
         return None
 
+    @staticmethod
+    async def _ask_to_stop(process: trio.Process) -> None:
+        try:
+            assert process.stdin is not None
+            await process.stdin.send_all(b"stop\n")
+            await process.stdin.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # it is gone already, or was told
+
     def kill(self) -> int | None:
         """SIGKILL the current incarnation (a fault); the supervisor restarts it."""
         process = self._process
@@ -163,12 +175,7 @@ class WorkerProcess:
         process = self._process
         if process is None or process.returncode is not None:
             return
-        try:
-            assert process.stdin is not None
-            await process.stdin.send_all(b"stop\n")
-            await process.stdin.aclose()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        await self._ask_to_stop(process)
         with trio.move_on_after(STOP_GRACE):
             await process.wait()
             return
@@ -329,7 +336,8 @@ class ScenarioRun:
         for worker in self.workers:
             await worker.ready.wait()
         total = sum(m.count for m in self.scenario.messages)
-        self._progress.note(f"{len(self.workers)} worker processes ready; sending {total} messages")
+        processes = count_of(len(self.workers), "worker process")
+        self._progress.note(f"{processes} ready; sending {count_of(total, 'message')}")
         for fault in self.scenario.faults:
             tasks.start_soon(self._inject, fault)
         for message in self.scenario.messages:
