@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         "agent's reply and print it as JSON (exit 1 on timeout or a remote error).\n"
         "JSON is any JSON value; '-' reads it from stdin.",
         "  ailf send echo '{\"hi\": 1}'\n"
-        '  ailf send calculator \'{"op": "add", "args": [1, 2]}\' --ask -n service\n'
+        '  ailf send calculator \'{"op": "add", "args": [1, 2]}\' --ask -n request-reply\n'
         "  ailf send worker '{\"job\": 1}' --count 100 -n work-queue\n"
         "  echo '[1, 2]' | ailf send echo - --ask",
     )
