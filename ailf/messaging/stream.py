@@ -380,9 +380,13 @@ class StreamOperations:
             entries = parse_entries(raw)
             if entries:
                 return entries
-        return parse_entries(
-            parse_read((yield Read(self.name, ">", count, block, group, consumer)))
-        )
+        # Until the read returns, count on history: a read that fails or is cancelled
+        # after it was sent may have delivered entries to this consumer that it never
+        # returned, and the next call must pick them up.
+        self._history_from = "0"
+        reply = yield Read(self.name, ">", count, block, group, consumer)
+        self._history_from = None
+        return parse_entries(parse_read(reply))
 
     def _acknowledge_steps(self, *ids: str) -> Steps[int]:
         group, _ = self._group()
@@ -570,7 +574,9 @@ class RedisStream(StreamOperations):
         consumer name was given before and never acknowledged (a restarted worker
         resumes its work); once that history is read, calls return entries never
         delivered to anyone, waiting up to ``block`` milliseconds for one. History
-        entries trimmed away while pending are acknowledged and skipped.
+        entries trimmed away while pending are acknowledged and skipped. A read that
+        failed (the connection broke) may have delivered entries it could not return,
+        so the next call reads this consumer's history again first.
         """
         return self._run(self._read_group_steps(count, block))
 
@@ -712,9 +718,8 @@ class AsyncRedisStream(StreamOperations, OwnedClient):
 
     Cancellation: a cancelled call may still have run on the server (see the client's
     contract). A cancelled :meth:`read_group` may have delivered entries to this
-    consumer that it never returned; they stay pending and come back as this
-    consumer's history after the next :meth:`create_consumer_group`, or to whoever
-    claims them.
+    consumer that it never returned; they stay pending, and the next
+    :meth:`read_group` reads this consumer's history first to return them.
     """
 
     def __init__(
