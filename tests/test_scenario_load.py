@@ -109,3 +109,22 @@ to = "b"
     only_b = scenario.only(("b",))
     assert [a.name for a in only_b.agents] == ["b"]
     assert [m.to for m in only_b.messages] == ["b"]
+
+
+def test_option_types_only_the_runtime_knows_are_checked_by_the_runtime(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "stamp_agents.py").write_text(
+        "import datetime\n\nimport attrs\n\nfrom ailf import Agent\n\n\n"
+        "class Stamp(Agent):\n"
+        "    @attrs.frozen\n"
+        "    class Options:\n"
+        "        when: datetime.datetime\n"
+    )
+    file = tmp_path / "stamp.toml"
+    head = '[scenario]\nname = "s"\n[[agents]]\nname = "s"\nclass = "stamp_agents:Stamp"\n'
+    file.write_text(head + '[agents.options]\nwhen = "2024-01-01T00:00:00"\n')
+    assert main(["check", str(file)]) == 0
+    file.write_text(head + '[agents.options]\nwhen = "yesterday"\n')
+    assert main(["check", str(file)]) == 2
+    assert "agents[0].options: Stamp options:" in capsys.readouterr().err

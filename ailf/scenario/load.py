@@ -36,7 +36,12 @@ from cattrs.cols import (
     list_structure_factory,
     mapping_structure_factory,
 )
-from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.errors import (
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+    StructureHandlerNotFoundError,
+)
 from cattrs.gen import make_dict_structure_fn, override
 
 from ailf.config import RedisConfig
@@ -216,6 +221,8 @@ def _explain(exc: BaseException, path: str, raw: Any, cls: type | None = None) -
         unknown = ", ".join(sorted(exc.extra_fields))
         plural = "s" if len(exc.extra_fields) > 1 else ""
         return [f"{where}: unknown key{plural} {unknown}; expected keys: {_known_keys(exc.cl)}"]
+    if isinstance(exc, StructureHandlerNotFoundError):
+        return []  # a type only the runtime's converter knows: it has the last word
     if isinstance(exc, _Mismatch):
         return [f"{where}: expected {exc.expected}, found {_show(raw)}"]
     if get_origin(cls) is Literal:
@@ -227,7 +234,9 @@ def structure_strict(data: Any, cls: type, path: str = "") -> tuple[Any, list[st
     """Structure ``data`` into ``cls`` strictly: ``(instance, [])`` or ``(None, problems)``.
 
     Used for the file itself and for agent options; attrs validators that raise
-    (``ValueError``, ``TypeError``) become problems with their own message.
+    (``ValueError``, ``TypeError``) become problems with their own message. Fields of
+    types this strict converter has no hook for are left to the runtime's converter
+    (``(None, [])`` when they were the only trouble).
     """
     try:
         return _converter.structure(data, cls), []
@@ -313,10 +322,21 @@ def _check_agents(scenario: Scenario, raw: dict[str, Any]) -> tuple[list[str], s
         if options_cls is not None and attrs.has(options_cls):
             raw_options = _child(_child(raw_agents, index), "options") or {}
             _, option_problems = structure_strict(raw_options, options_cls, f"{path}.options")
-            problems += option_problems
+            problems += option_problems or _runtime_option_problems(cls, raw_options, path)
         elif spec.options:
             problems.append(f"{path}.options: {spec.class_} takes no options (no Options class)")
     return problems, topics
+
+
+def _runtime_option_problems(cls: type, options: dict[str, Any], path: str) -> list[str]:
+    """What the runtime itself says about the options: it structures them at spawn."""
+    from ailf.runtime.agent import structure_options
+
+    try:
+        structure_options(cls, options)
+    except ConfigError as exc:
+        return [f"{path}.options: {exc}"]
+    return []
 
 
 def _check_messages(scenario: Scenario, topics: set[str]) -> list[str]:
