@@ -280,18 +280,19 @@ def redrive(config: RedisConfig, namespace: str, agent: str, ids: list[str]) -> 
     """Send dead letters back to the agent's mailbox as new entries and remove them.
 
     The original envelope is re-added as it was, so the body, its type and its sender
-    are kept; the delivery count starts again at 1. Returns the new entry ids.
+    are kept; the delivery count starts again at 1. Each move is one MULTI/EXEC, so a
+    dead letter is never both redriven and kept, nor dropped. Returns the new entry ids.
     """
 
     async def go() -> list[str]:
         keys = Keys(namespace)
-        async with Runtime(config, namespace=namespace) as runtime:
-            letters = await _read_letters(runtime, agent, 1_000_000, ids or None)
         moved = []
-        async with AsyncRedisClient(config) as client:
-            for letter in letters:
-                new_id = await client.xadd(keys.mailbox(agent), {ENVELOPE_FIELD: letter.envelope})
-                await client.xdel(keys.dead(agent), letter.dead_letter_id)
+        async with Runtime(config, namespace=namespace) as runtime:
+            for letter in await _read_letters(runtime, agent, 1_000_000, ids or None):
+                pipe = runtime.client.pipeline(transaction=True)
+                pipe.xadd(keys.mailbox(agent), {ENVELOPE_FIELD: letter.envelope})
+                pipe.xdel(keys.dead(agent), letter.dead_letter_id)
+                new_id, _ = await pipe.execute()
                 moved.append(new_id)
         return moved
 
@@ -302,17 +303,18 @@ def purge(config: RedisConfig, namespace: str, agent: str, ids: list[str]) -> in
     """Delete some dead letters (by id), or all of them; how many were deleted."""
 
     async def go() -> int:
-        keys = Keys(namespace)
-        if ids:
-            async with Runtime(config, namespace=namespace) as runtime:
-                letters = await _read_letters(runtime, agent, 1_000_000, ids)
+        dead = Keys(namespace).dead(agent)
+        if not ids:
             async with AsyncRedisClient(config) as client:
-                if not letters:
-                    return 0
-                return await client.xdel(keys.dead(agent), *(x.dead_letter_id for x in letters))
-        async with AsyncRedisClient(config) as client:
-            count = await client.xlen(keys.dead(agent))
-            await client.delete(keys.dead(agent))
-            return count
+                pipe = client.pipeline(transaction=True)
+                pipe.xlen(dead)
+                pipe.delete(dead)
+                count, _ = await pipe.execute()
+                return count
+        async with Runtime(config, namespace=namespace) as runtime:
+            letters = await _read_letters(runtime, agent, 1_000_000, ids)
+            if not letters:
+                return 0
+            return await runtime.client.xdel(dead, *(x.dead_letter_id for x in letters))
 
     return _run(go)

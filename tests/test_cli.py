@@ -209,6 +209,8 @@ async def test_dlq_list_show_redrive_purge(
         assert json.loads(newest["envelope"])["body"] == {"poison": True, "n": 1}
 
         await _poison(redis_config, send=False)  # the redriven message fails again
+        untouched = await ailf("dlq", "purge", "flaky", "1-1", *common)
+        assert untouched.stdout.startswith(b"0 dead letters of 'flaky' deleted")
         purged = await ailf("dlq", "purge", "flaky", *common)
         assert purged.stdout.startswith(b"1 dead letters of 'flaky' deleted")
         empty = await ailf("dlq", "list", "flaky", *common)
