@@ -1,0 +1,352 @@
+"""AsyncRedisPubSub against real servers: delivery, handlers, stopping, restarts.
+
+Trio tests (pytest-trio) first; the last ones run one body under ``trio.run`` and under
+``asyncio.run``, since the async client — and so the twin — runs on both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+from typing import Any
+
+import pytest
+import redis
+import sniffio
+import trio
+import trio.lowlevel
+from async_helpers import run_fixture, sleep  # noqa: F401 - fixtures
+
+from ailf import (
+    AsyncRedisClient,
+    AsyncRedisPubSub,
+    RedisConfig,
+    RedisConnectionError,
+    RedisServer,
+    RetryPolicy,
+)
+
+FAST_RETRY = RetryPolicy(backoff_initial=0.02, backoff_max=0.2)
+DEADLINE = 20
+
+
+async def wait_until(condition: Callable[[], object]) -> None:
+    """Poll ``condition`` under whichever library runs; the caller bounds the wait."""
+    while not condition():
+        await sleep(0.01)
+
+
+def subscribers(server: RedisServer, channel: str) -> int:
+    raw = redis.Redis(host="127.0.0.1", port=server.port)
+    try:
+        [(_, count)] = raw.pubsub_numsub(channel)
+        return count
+    finally:
+        raw.close()
+
+
+@pytest.fixture
+async def client(redis_config: RedisConfig) -> AsyncIterator[AsyncRedisClient]:
+    async with AsyncRedisClient(redis_config.replace(retry=FAST_RETRY)) as client:
+        yield client
+
+
+@pytest.fixture
+def pubsub(client: AsyncRedisClient) -> AsyncRedisPubSub:
+    return AsyncRedisPubSub(client)
+
+
+# -- delivery -----------------------------------------------------------------------------
+
+
+async def test_sync_and_async_handlers_get_decoded_payloads(pubsub: AsyncRedisPubSub) -> None:
+    received: list[tuple[str, Any]] = []
+
+    async def on_agent(payload: Any) -> None:
+        await trio.lowlevel.checkpoint()
+        received.append(("agent", payload))
+
+    await pubsub.subscribe("notifications", lambda payload: received.append(("note", payload)))
+    await pubsub.psubscribe("agent.*", on_agent)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pubsub.run)  # returns once subscribed
+            assert pubsub.listening
+            assert await pubsub.publish("notifications", {"level": "info"}) == 1
+            assert await pubsub.publish("agent.7", "ready") == 1
+            assert await pubsub.publish("notifications", "42") == 1
+            assert await pubsub.publish("elsewhere", "nobody") == 0
+            await wait_until(lambda: len(received) == 3)
+            pubsub.stop()
+    assert received == [("note", {"level": "info"}), ("agent", "ready"), ("note", "42")]
+    assert not pubsub.listening
+
+
+async def test_handler_exceptions_are_logged_and_listening_goes_on(
+    pubsub: AsyncRedisPubSub, caplog: pytest.LogCaptureFixture
+) -> None:
+    received: list[Any] = []
+
+    async def handler(payload: Any) -> None:
+        if payload == "bad":
+            raise RuntimeError("handler broke")
+        received.append(payload)
+
+    await pubsub.subscribe("c", handler)
+    with caplog.at_level(logging.ERROR, logger="ailf.pubsub"), trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pubsub.run)
+            for payload in ("one", "bad", "two"):
+                await pubsub.publish("c", payload)
+            await wait_until(lambda: received == ["one", "two"])
+            pubsub.stop()
+    [record] = caplog.records
+    assert "'c'" in record.getMessage() and "still listening" in record.getMessage()
+    assert record.exc_info is not None and "handler broke" in str(record.exc_info[1])
+
+
+async def test_subscribing_and_unsubscribing_while_running(
+    pubsub: AsyncRedisPubSub, redis_server: RedisServer
+) -> None:
+    received: list[tuple[str, Any]] = []
+
+    async def first(payload: Any) -> None:  # subscribes from inside a handler
+        received.append(("first", payload))
+        await pubsub.subscribe("second", lambda p: received.append(("second", p)))
+
+    await pubsub.subscribe("first", first)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pubsub.run)
+            await pubsub.publish("first", "go")
+            await wait_until(lambda: subscribers(redis_server, "second") == 1)
+            await pubsub.publish("second", "hello")
+            await pubsub.psubscribe("p.*", lambda p: received.append(("pattern", p)))
+            await pubsub.publish("p.x", "matched")
+            await wait_until(lambda: len(received) == 3)
+
+            await pubsub.unsubscribe("first")
+            await pubsub.unsubscribe("p.*")
+            assert await pubsub.publish("first", "ignored") == 0
+            assert await pubsub.publish("p.x", "ignored") == 0
+            await pubsub.publish("second", "still")
+            await wait_until(lambda: len(received) == 4)
+            pubsub.stop()
+    assert received == [
+        ("first", "go"),
+        ("second", "hello"),
+        ("pattern", "matched"),
+        ("second", "still"),
+    ]
+    assert list(pubsub.subscriptions.channels) == ["second"]
+
+
+# -- stopping -----------------------------------------------------------------------------
+
+
+async def test_stop_from_a_handler_ends_after_it(
+    pubsub: AsyncRedisPubSub, redis_server: RedisServer
+) -> None:
+    calls: list[str] = []
+
+    async def handler(payload: Any) -> None:
+        pubsub.stop()
+        await trio.sleep(0.01)  # the rest of the handler still runs
+        calls.append(payload)
+
+    await pubsub.subscribe("c", handler)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pubsub.run)
+            await pubsub.publish("c", "last")
+        assert calls == ["last"]
+        assert subscribers(redis_server, "c") == 0  # the session's connection is closed
+        async with trio.open_nursery() as nursery:  # and listening can start again
+            await nursery.start(pubsub.run)
+            await pubsub.publish("c", "again")
+        assert calls == ["last", "again"]
+
+
+async def test_cancellation_stops_it_too(
+    pubsub: AsyncRedisPubSub, redis_server: RedisServer
+) -> None:
+    await pubsub.subscribe("c", print)
+    with trio.fail_after(DEADLINE):
+        with trio.move_on_after(0.2) as scope:
+            await pubsub.run()
+        assert scope.cancelled_caught
+        assert not pubsub.listening
+        assert subscribers(redis_server, "c") == 0
+
+
+async def test_listening_twice_at_once_is_an_error(pubsub: AsyncRedisPubSub) -> None:
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pubsub.run)
+            with pytest.raises(RuntimeError, match="already listening"):
+                await pubsub.run()
+            pubsub.stop()
+
+
+# -- outages ------------------------------------------------------------------------------
+
+
+async def test_survives_a_redis_kill_and_restart(
+    fresh_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    received: list[Any] = []
+    config = fresh_server.config.replace(retry=FAST_RETRY)
+    with caplog.at_level(logging.INFO), trio.fail_after(DEADLINE):
+        async with AsyncRedisClient(config) as client, trio.open_nursery() as nursery:
+            pubsub = AsyncRedisPubSub(client)
+            await pubsub.subscribe("news", received.append)
+            await pubsub.psubscribe("events.*", received.append)
+            await nursery.start(pubsub.run)
+            await pubsub.publish("news", "before")
+            await wait_until(lambda: received == ["before"])
+
+            await trio.to_thread.run_sync(partial(fresh_server.restart, kill=True))
+
+            while "after" not in received or "pattern after" not in received:
+                # Until the listener is back: messages sent while it is away are lost.
+                with trio.move_on_after(1), contextlib.suppress(RedisConnectionError):
+                    await pubsub.publish("news", "after")
+                    await pubsub.publish("events.x", "pattern after")
+                await trio.sleep(0.05)
+            pubsub.stop()
+    messages = [r.getMessage() for r in caplog.records]
+    restored = "subscribed again to 1 channel(s) and 1 pattern(s)"
+    assert any(restored in m for m in messages), messages
+
+
+async def test_waits_for_a_server_that_is_down_at_start(
+    fresh_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    received: list[Any] = []
+    config = fresh_server.config.replace(retry=FAST_RETRY, socket_connect_timeout=0.5)
+    fresh_server.stop()
+    pubsub = AsyncRedisPubSub(AsyncRedisClient(config))
+    await pubsub.subscribe("news", received.append)
+    with caplog.at_level(logging.INFO, logger="ailf.pubsub"), trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pubsub.run)
+            await wait_until(lambda: ours(caplog))  # the outage is logged, once
+            await trio.to_thread.run_sync(fresh_server.start)
+            await wait_until(lambda: pubsub.listening)
+            await pubsub.publish("news", "up")
+            await wait_until(lambda: received == ["up"])
+            pubsub.stop()
+        await pubsub.client.aclose()
+    [lost, back] = ours(caplog)
+    assert lost.levelname == "WARNING" and "lost its connection" in lost.getMessage()
+    assert back.levelname == "INFO" and "re-subscribed" in back.getMessage()
+
+
+def ours(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "ailf.pubsub"]
+
+
+# -- its own client -------------------------------------------------------------------------
+
+
+async def test_without_a_client_it_owns_one_from_the_environment(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AILF_REDIS_URL", redis_server.url)
+    received: list[Any] = []
+    with trio.fail_after(DEADLINE):
+        async with AsyncRedisPubSub() as pubsub, trio.open_nursery() as nursery:
+            await pubsub.subscribe("c", received.append)
+            await nursery.start(pubsub.run)
+            await pubsub.publish("c", {"n": 1})
+            await wait_until(lambda: received)
+            pubsub.stop()
+    assert received == [{"n": 1}]
+    assert "AsyncRedisPubSub" in repr(pubsub) and "1 channels" in repr(pubsub)
+
+
+# -- under trio and under asyncio -------------------------------------------------------------
+
+
+def test_delivery_errors_and_stop_under_both_libraries(
+    run, redis_config: RedisConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body() -> list[Any]:
+        received: list[Any] = []
+
+        async def handler(payload: Any) -> None:
+            await sleep(0)
+            if payload == "bad":
+                raise RuntimeError("handler broke")
+            received.append(payload)
+
+        async with AsyncRedisClient(redis_config) as client:
+            pubsub = AsyncRedisPubSub(client)
+            await pubsub.subscribe("c", handler)
+            await pubsub.psubscribe("p.*", received.append)
+
+            async def publish_and_stop() -> None:
+                await wait_until(lambda: pubsub.listening)
+                for channel, payload in (("c", {"a": 1}), ("c", "bad"), ("p.1", [1, 2])):
+                    await pubsub.publish(channel, payload)
+                await wait_until(lambda: len(received) == 2)
+                pubsub.stop()
+
+            if sniffio.current_async_library() == "trio":
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(pubsub.run)
+                    await publish_and_stop()
+            else:
+                await asyncio.gather(pubsub.run(), publish_and_stop())
+            assert not pubsub.listening
+        return received
+
+    with caplog.at_level(logging.ERROR, logger="ailf.pubsub"):
+        assert run(body) == [{"a": 1}, [1, 2]]
+    assert len(caplog.records) == 1
+
+
+def test_cancellation_under_asyncio(redis_config: RedisConfig) -> None:
+    async def body() -> None:
+        async with AsyncRedisClient(redis_config) as client:
+            pubsub = AsyncRedisPubSub(client)
+            await pubsub.subscribe("c", print)
+            task = asyncio.create_task(pubsub.run())
+            await wait_until(lambda: pubsub.listening)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert not pubsub.listening
+
+    asyncio.run(asyncio.wait_for(body(), DEADLINE))
+
+
+def test_survives_a_restart_under_both_libraries(run, fresh_server: RedisServer) -> None:
+    config = fresh_server.config.replace(retry=FAST_RETRY)
+
+    async def body() -> None:
+        received: list[Any] = []
+        async with AsyncRedisClient(config) as client:
+            pubsub = AsyncRedisPubSub(client)
+            await pubsub.subscribe("news", received.append)
+
+            async def restart_and_publish() -> None:
+                await wait_until(lambda: pubsub.listening)
+                fresh_server.restart(kill=True)  # blocks the loop briefly
+                while "after" not in received:
+                    with contextlib.suppress(RedisConnectionError):
+                        await pubsub.publish("news", "after")
+                    await sleep(0.05)
+                pubsub.stop()
+
+            if sniffio.current_async_library() == "trio":
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(pubsub.run)
+                    await restart_and_publish()
+            else:
+                await asyncio.gather(pubsub.run(), restart_and_publish())
+
+    run(body)
