@@ -152,29 +152,37 @@ def _rss_mb() -> float:
 
 
 async def role_many(config: RedisConfig, count: int) -> None:
+    """Spawn ``count`` echo agents from 50 concurrent spawners, asking each one as soon
+    as it is spawned; the figure that matters is the slowest spawn-to-answer time."""
     probe = redis.Redis(**config.redis_py_kwargs())
     async with Runtime(config, namespace=NAMESPACE) as runtime:
         started = time.perf_counter()
-        for n in range(count):
-            await runtime.spawn(Echo, name=f"many-{n}")
-        spawned = time.perf_counter() - started
-        limit = trio.CapacityLimiter(1000)
-        slowest = 0.0
+        names = iter(range(count))
+        slowest = last_answer = 0.0
 
-        async def ask(name: str) -> None:
-            nonlocal slowest
-            async with limit:
-                assert await runtime.ask(name, name, timeout=60) == name
-                slowest = max(slowest, time.perf_counter() - started)
+        async def ask(name: str, spawned: float) -> None:
+            nonlocal slowest, last_answer
+            assert await runtime.ask(name, name, timeout=60) == name
+            last_answer = time.perf_counter()
+            slowest = max(slowest, last_answer - spawned)
 
-        async with trio.open_nursery() as nursery:
-            for n in range(count):
-                nursery.start_soon(ask, f"many-{n}")
+        async with trio.open_nursery() as asks:
+
+            async def spawner() -> None:
+                for n in names:
+                    await runtime.spawn(Echo, name=f"many-{n}")
+                    asks.start_soon(ask, f"many-{n}", time.perf_counter())
+
+            async with trio.open_nursery() as spawners:
+                for _ in range(SENDERS):
+                    spawners.start_soon(spawner)
+            spawned = time.perf_counter() - started
         connections = len(probe.client_list()) - 1
         _emit(
             agents=count,
             spawn_seconds=spawned,
-            all_answered_seconds=slowest,
+            all_answered_seconds=last_answer - started,
+            slowest_answer_seconds=slowest,
             connections=connections,
             rss_mb=_rss_mb(),
         )
@@ -400,9 +408,10 @@ def report(arguments: argparse.Namespace, config: RedisConfig) -> str:
             f"| ask round trip, p50 / p99, ms | {ask50:.2f} / {ask99:.2f}"
             f" | hand-written redis-py asyncio ask: {base50:.2f} / {base99:.2f}"
             f" | {ask50 / base50:.2f}x / {ask99 / base99:.2f}x | <= 0.6 / 1.5 ms |",
-            f"| {crowd['agents']:,} agents in one process | spawned in"
-            f" {crowd['spawn_seconds']:.1f} s; all answered an ask"
-            f" {crowd['all_answered_seconds']:.1f} s after the first spawn;"
+            f"| {crowd['agents']:,} agents in one process (50 concurrent spawners, each"
+            f" agent asked once spawned) | all spawned in {crowd['spawn_seconds']:.1f} s;"
+            f" slowest spawn-to-answer {crowd['slowest_answer_seconds']:.1f} s; all"
+            f" answered {crowd['all_answered_seconds']:.1f} s after the first spawn;"
             f" {crowd['connections']} Redis connections; RSS {crowd['rss_mb']:.0f} MB"
             " | — | — | <= 8 connections, <= 500 MB, answers within 10 s |",
         ]

@@ -80,7 +80,8 @@ class Cell:
         self._full = False
         self._closing = False
         self._normal = False
-        self._stop = trio.Event()
+        #: Wraps the handler loops; its deadline is set when the instance is asked to stop.
+        self._workers = trio.CancelScope()
         self._topics: set[str] = set()
         self._nursery: trio.Nursery | None = None
         self._sync = is_sync_handler(spec.agent_cls)
@@ -111,8 +112,11 @@ class Cell:
     # -- lifetime -------------------------------------------------------------------
 
     def request_stop(self, *, normal: bool) -> None:
+        """Stop taking messages now; handlers in flight get the grace period to finish."""
         self._normal = self._normal or normal
-        self._stop.set()
+        if not self._closing:
+            self._detach()
+            self._workers.deadline = trio.current_time() + self.runtime.grace_period
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> bool:
         """Start, serve until asked to stop, stop gracefully; True if the agent stopped
@@ -124,14 +128,16 @@ class Cell:
                 self.started = True
                 for topic in self.spec.topics:
                     await self.subscribe(topic)
-                self.reader.bind(self.binding)
+                if not self._closing:
+                    self.reader.bind(self.binding)
                 task_status.started()
-                async with trio.open_nursery() as workers:
-                    for _ in range(self.spec.concurrency):
-                        workers.start_soon(self._worker)
-                    await self._stop.wait()
-                    self._detach()
-                    workers.cancel_scope.deadline = trio.current_time() + self.runtime.grace_period
+                with self._workers:
+                    if self.spec.concurrency == 1:
+                        await self._worker()
+                    else:
+                        async with trio.open_nursery() as workers:
+                            for _ in range(self.spec.concurrency):
+                                workers.start_soon(self._worker)
                 nursery.cancel_scope.cancel()
         finally:
             self._detach()

@@ -9,6 +9,8 @@ arguments) but may contain ``:`` and ``.``.
 
 from __future__ import annotations
 
+import re
+
 import attrs
 
 from ailf.errors import ConfigError
@@ -20,9 +22,12 @@ __all__ = ["GROUP", "Keys", "check_name"]
 GROUP = "ailf"
 
 
+_SPACE = re.compile(r"\s")
+
+
 def check_name(kind: str, name: object) -> str:
     """Validate an agent, topic or namespace name; a :class:`ConfigError` says what is wrong."""
-    if not isinstance(name, str) or not name or any(ch.isspace() for ch in name):
+    if not isinstance(name, str) or not name or _SPACE.search(name):
         raise ConfigError(f"{kind} name: expected a non-empty string without spaces, got {name!r}")
     return name
 

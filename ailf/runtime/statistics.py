@@ -41,7 +41,7 @@ class AgentStatistics:
     latency_mean: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        return {field: getattr(self, field) for field in _FIELDS}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AgentStatistics:
@@ -67,6 +67,9 @@ class AgentStatistics:
         )
 
 
+_FIELDS = tuple(field.name for field in attrs.fields(AgentStatistics))
+
+
 def _percentile(ordered: list[float], fraction: float) -> float:
     if not ordered:
         return 0.0
@@ -87,6 +90,8 @@ class Counters:
     total_latency: float = 0.0
     handled: int = 0
     samples: deque[float] = attrs.field(factory=lambda: deque(maxlen=SAMPLES))
+    _snapshot: AgentStatistics | None = None
+    _snapshot_of: tuple[int, ...] = ()
 
     def handler_finished(self, seconds: float) -> None:
         self.handled += 1
@@ -94,8 +99,20 @@ class Counters:
         self.samples.append(seconds)
 
     def snapshot(self) -> AgentStatistics:
+        """The counters as a frozen record (cached until a counter changes)."""
+        state = (
+            self.replicas,
+            self.received,
+            self.handled,
+            self.failed,
+            self.retried,
+            self.dead_lettered,
+        )
+        if self._snapshot is not None and state == self._snapshot_of:
+            return self._snapshot
         ordered = sorted(self.samples)
-        return AgentStatistics(
+        self._snapshot_of = state
+        self._snapshot = AgentStatistics(
             name=self.name,
             replicas=self.replicas,
             received=self.received,
@@ -107,3 +124,4 @@ class Counters:
             latency_p99=_percentile(ordered, 0.99),
             latency_mean=self.total_latency / self.handled if self.handled else 0.0,
         )
+        return self._snapshot
