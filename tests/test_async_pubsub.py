@@ -9,16 +9,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Any
 
 import pytest
 import redis
-import sniffio
 import trio
 import trio.lowlevel
 from async_helpers import run_fixture, sleep  # noqa: F401 - fixtures
+from messaging_helpers import (  # noqa: F401 - fixtures
+    DEADLINE,
+    FAST_RETRY,
+    client_fixture,
+    side_by_side,
+    wait_until,
+)
 
 from ailf import (
     AsyncRedisClient,
@@ -26,17 +31,7 @@ from ailf import (
     RedisConfig,
     RedisConnectionError,
     RedisServer,
-    RetryPolicy,
 )
-
-FAST_RETRY = RetryPolicy(backoff_initial=0.02, backoff_max=0.2)
-DEADLINE = 20
-
-
-async def wait_until(condition: Callable[[], object]) -> None:
-    """Poll ``condition`` under whichever library runs; the caller bounds the wait."""
-    while not condition():
-        await sleep(0.01)
 
 
 def subscribers(server: RedisServer, channel: str) -> int:
@@ -46,12 +41,6 @@ def subscribers(server: RedisServer, channel: str) -> int:
         return count
     finally:
         raw.close()
-
-
-@pytest.fixture
-async def client(redis_config: RedisConfig) -> AsyncIterator[AsyncRedisClient]:
-    async with AsyncRedisClient(redis_config.replace(retry=FAST_RETRY)) as client:
-        yield client
 
 
 @pytest.fixture
@@ -295,12 +284,7 @@ def test_delivery_errors_and_stop_under_both_libraries(
                 await wait_until(lambda: len(received) == 2)
                 pubsub.stop()
 
-            if sniffio.current_async_library() == "trio":
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(pubsub.run)
-                    await publish_and_stop()
-            else:
-                await asyncio.gather(pubsub.run(), publish_and_stop())
+            await side_by_side(pubsub.run, publish_and_stop)
             assert not pubsub.listening
         return received
 
@@ -342,11 +326,6 @@ def test_survives_a_restart_under_both_libraries(run, fresh_server: RedisServer)
                     await sleep(0.05)
                 pubsub.stop()
 
-            if sniffio.current_async_library() == "trio":
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(pubsub.run)
-                    await restart_and_publish()
-            else:
-                await asyncio.gather(pubsub.run(), restart_and_publish())
+            await side_by_side(pubsub.run, restart_and_publish)
 
     run(body)

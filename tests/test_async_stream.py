@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -22,6 +21,13 @@ import trio
 import trio.lowlevel
 import trio.testing
 from async_helpers import run_fixture, sleep  # noqa: F401 - fixtures
+from messaging_helpers import (  # noqa: F401 - fixtures
+    DEADLINE,
+    FAST_RETRY,
+    client_fixture,
+    eventually,
+    wait_until,
+)
 
 from ailf import (
     AsyncRedisClient,
@@ -30,30 +36,8 @@ from ailf import (
     RedisConnectionError,
     RedisServer,
     ResponseError,
-    RetryPolicy,
 )
 from ailf.messaging.stream import NO_GROUP_MESSAGE, Entry
-
-FAST_RETRY = RetryPolicy(backoff_initial=0.02, backoff_max=0.2)
-DEADLINE = 20
-
-
-async def wait_until(condition: Callable[[], object]) -> None:
-    """Poll ``condition`` under whichever library runs; the caller bounds the wait."""
-    while not condition():
-        await sleep(0.01)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
-    """Poll an async ``check`` until it is true; the caller bounds the wait."""
-    while not await check():
-        await sleep(0.01)
-
-
-@pytest.fixture
-async def client(redis_config: RedisConfig) -> AsyncIterator[AsyncRedisClient]:
-    async with AsyncRedisClient(redis_config.replace(retry=FAST_RETRY)) as client:
-        yield client
 
 
 @pytest.fixture
