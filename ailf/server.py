@@ -23,6 +23,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -79,8 +80,10 @@ class RedisServer:
     ``port=None`` picks a free port; ``unix_socket=True`` listens on a socket file in a
     private temporary directory instead (no TCP at all). ``persistent=True`` turns on
     AOF with ``appendfsync always`` in ``data_dir`` (a temporary directory by default),
-    so that a restart keeps every acknowledged write. ``args`` are appended to the
-    command line as they are (``["--requirepass", "secret"]``...).
+    so that a restart keeps every acknowledged write. ``tls=(cert_file, key_file,
+    ca_file)`` serves TLS only on the port (clients are not asked for certificates).
+    ``args`` are appended to the command line as they are (``["--requirepass",
+    "secret"]``...).
     """
 
     def __init__(
@@ -93,8 +96,10 @@ class RedisServer:
         args: Sequence[str] = (),
         binary: str | None = None,
         startup_timeout: float = 10.0,
+        tls: tuple[str, str, str] | None = None,
     ) -> None:
         self._binary = binary
+        self._tls = tls
         self._unix_socket = unix_socket
         self._persistent = persistent
         self._args = list(args)
@@ -115,6 +120,10 @@ class RedisServer:
         if self.socket_path:
             return RedisConfig(unix_socket_path=self.socket_path)
         assert self.port is not None
+        if self._tls:
+            return RedisConfig(
+                host="127.0.0.1", port=self.port, ssl=True, ssl_ca_certs=self._tls[2]
+            )
         return RedisConfig(host="127.0.0.1", port=self.port)
 
     @property
@@ -122,7 +131,8 @@ class RedisServer:
         """``redis://127.0.0.1:PORT/0`` or ``unix:///…/redis.sock``."""
         if self.socket_path:
             return f"unix://{self.socket_path}"
-        return f"redis://127.0.0.1:{self.port}/0"
+        scheme = "rediss" if self._tls else "redis"
+        return f"{scheme}://127.0.0.1:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -139,6 +149,10 @@ class RedisServer:
         argv = [binary, "--bind", "127.0.0.1", "--dir", str(self.data_dir), "--save", ""]
         if self.socket_path:
             argv += ["--port", "0", "--unixsocket", self.socket_path, "--unixsocketperm", "700"]
+        elif self._tls:
+            cert, key, ca = self._tls
+            argv += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", cert]
+            argv += ["--tls-key-file", key, "--tls-ca-cert-file", ca, "--tls-auth-clients", "no"]
         else:
             argv += ["--port", str(self.port)]
         if self._persistent:
@@ -195,8 +209,13 @@ class RedisServer:
             with sock:
                 sock.settimeout(0.5)
                 sock.connect(address)
-                sock.sendall(b"PING\r\n")
-                reply = sock.recv(64)
+                channel = sock
+                if self._tls:
+                    context = ssl.create_default_context(cafile=self._tls[2])
+                    channel = context.wrap_socket(sock, server_hostname="127.0.0.1")
+                with channel:
+                    channel.sendall(b"PING\r\n")
+                    reply = channel.recv(64)
                 # "-NOAUTH" or "-LOADING" means the server is up but not ready for us:
                 # NOAUTH is ready (the client authenticates); LOADING is not.
                 return reply.startswith((b"+PONG", b"-NOAUTH"))

@@ -1,13 +1,9 @@
-"""TLS: AsyncRedisClient against ``redis-server --tls-port``, with a CA made by openssl here.
-
-The server also keeps a plain port, which only its readiness check (``RedisServer``
-pings it) uses; every client in these tests talks TLS to the TLS port.
-"""
+"""TLS: AsyncRedisClient against ``redis-server --port 0 --tls-port N``, with a CA made
+by openssl in the test, and a second CA that must be refused."""
 
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,12 +42,6 @@ def _make_server_cert(directory: Path, ca: str) -> None:
     )  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("tls")
@@ -63,18 +53,10 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tls_config(certificates: Path) -> Iterator[RedisConfig]:
-    tls_port = _free_port()
-    args = [
-        "--tls-port", str(tls_port),
-        "--tls-cert-file", str(certificates / "server.crt"),
-        "--tls-key-file", str(certificates / "server.key"),
-        "--tls-ca-cert-file", str(certificates / "ca.crt"),
-        "--tls-auth-clients", "no",
-    ]  # fmt: skip
-    with RedisServer(args=args):
-        yield RedisConfig(
-            host="127.0.0.1", port=tls_port, ssl=True, ssl_ca_certs=str(certificates / "ca.crt")
-        )
+    files = (certificates / "server.crt", certificates / "server.key", certificates / "ca.crt")
+    with RedisServer(tls=tuple(str(f) for f in files)) as server:  # TLS only: --port 0
+        assert server.config.ssl and server.url.startswith("rediss://")
+        yield server.config
 
 
 def test_commands_pipelines_and_pubsub_over_tls(run, tls_config: RedisConfig) -> None:
