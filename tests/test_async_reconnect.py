@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import pytest
 import redis
-from async_helpers import run_fixture, sleep  # noqa: F401 - fixtures
+from async_helpers import resp_parser_fixture, run_fixture, sleep  # noqa: F401 - fixtures
 
 from ailf import AsyncRedisClient, RedisConnectionError, RedisServer, RetryPolicy
+
+pytestmark = pytest.mark.usefixtures("resp_parser")
 
 FAST_RETRY = RetryPolicy(attempts=3, backoff_initial=0.02, backoff_max=0.1, jitter=False)
 PATIENT_RETRY = RetryPolicy(attempts=20, backoff_initial=0.05, backoff_max=0.2, jitter=False)

@@ -103,3 +103,37 @@ def test_plain_client_on_tls_port_fails_cleanly(run, tls_config: RedisConfig) ->
                 await client.ping()
 
     run(body)
+
+
+def test_tls_client_reconnects_after_restart(run, certificates: Path) -> None:
+    files = (certificates / "server.crt", certificates / "server.key", certificates / "ca.crt")
+    with RedisServer(tls=tuple(str(f) for f in files)) as server:
+        config = server.config
+
+        async def body() -> None:
+            async with AsyncRedisClient(config) as client, client.pubsub() as ps:
+                await ps.subscribe("c")
+                await client.set("k", "v")
+                await _in_thread(lambda: server.restart(kill=True))
+                assert await client.get("k") is None  # a fresh server, reached again
+                for _ in range(100):
+                    await client.publish("c", "again")
+                    message = await ps.get_message(timeout=0.05)
+                    if message is not None:
+                        break
+                assert message["data"] == "again"
+
+        run(body)
+
+
+async def _in_thread(function) -> None:
+    import sniffio
+
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        await trio.to_thread.run_sync(function)
+    else:
+        import asyncio
+
+        await asyncio.get_running_loop().run_in_executor(None, function)

@@ -78,6 +78,13 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
+def _socket_of(stream: trio.abc.Stream) -> Any:
+    """The trio socket under a plain or TLS stream."""
+    if isinstance(stream, trio.SSLStream):
+        return stream.transport_stream.socket
+    return stream.socket
+
+
 def _raw_fd(stream: trio.abc.Stream) -> int | None:
     """The socket's file descriptor when bytes may be read and written on it directly.
 
@@ -99,7 +106,15 @@ class Connection:
     because its position in the reply stream is no longer known.
     """
 
-    __slots__ = ("_fd", "_parser", "_stream", "address", "closed", "socket_timeout")
+    __slots__ = (
+        "_fd",
+        "_parser",
+        "_socket_fd",
+        "_stream",
+        "address",
+        "closed",
+        "socket_timeout",
+    )
 
     def __init__(
         self, stream: trio.abc.Stream, parser: Parser, address: str, socket_timeout: float | None
@@ -110,6 +125,7 @@ class Connection:
         self.socket_timeout = socket_timeout
         self.closed = False
         self._fd = _raw_fd(stream)
+        self._socket_fd = _socket_of(stream).fileno()
 
     @property
     def stream(self) -> trio.abc.Stream:
@@ -137,23 +153,28 @@ class Connection:
             raise connection_lost(self.address, exc) from exc
 
     def has_pending_input(self) -> bool:
-        """True when bytes (or EOF) are waiting on a connection that expects no reply.
+        """True when the server closed (or wrote garbage on) a connection that is idle.
 
-        An idle connection receives nothing in RESP2, so this means the server closed
-        it (or sent garbage): it must not be used, and a command not yet written on it
-        can safely go to a fresh connection instead. One non-blocking ``select`` call.
+        An idle connection receives nothing in RESP2, so readable bytes mean the server
+        closed it or misbehaved: it must not be used, and a command not yet written on
+        it can safely go to a fresh connection instead. One non-blocking ``select``; on
+        TLS, where the server may legitimately send records (session tickets) at any
+        time, only an end-of-file counts.
         """
-        stream: Any = self._stream
-        sock = getattr(stream, "socket", None) or getattr(
-            getattr(stream, "transport_stream", None), "socket", None
-        )
-        if sock is None:
-            return False
+        fd = self._socket_fd
         try:
-            readable, _, _ = select.select([sock.fileno()], [], [], 0)
+            readable, _, _ = select.select([fd], [], [], 0)
+            if not readable:
+                return False
+            if self._fd is not None:
+                return True
+            peek = socket.socket(fileno=fd)
+            try:
+                return peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            finally:
+                peek.detach()
         except (OSError, ValueError):
             return True
-        return bool(readable)
 
     def send_now(self, data: bytes) -> int:
         """Write what the socket takes without waiting; how many bytes that was.
