@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from typing import Any
 
@@ -347,3 +348,69 @@ async def test_acknowledged_entries_are_trimmed(redis_config: RedisConfig) -> No
                 await runtime.send("trimmed", n)
             await runtime.wait_idle(timeout=10)
             await wait_for(lambda: raw(redis_config).xlen("ailf:t:mailbox:trimmed") < 1000)
+
+
+async def test_log_records_carry_agent_and_message_id(
+    redis_config: RedisConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Chatty(Agent):
+        async def on_message(self, message: Message) -> None:
+            self.log.info("handling %s", message.body)
+
+    caplog.set_level(logging.INFO, logger="ailf.agent")
+    with trio.fail_after(20):
+        async with Runtime(redis_config, namespace="t") as runtime:
+            await runtime.spawn(Chatty, name="chatty")
+            entry_id = await runtime.send("chatty", "hello")
+            await runtime.wait_idle(timeout=10)
+    (record,) = [r for r in caplog.records if "handling" in r.getMessage()]
+    assert record.agent == "chatty" and record.replica == 0  # type: ignore[attr-defined]
+    assert record.message_id == entry_id  # type: ignore[attr-defined]
+    assert record.getMessage() == f"chatty[0] {entry_id}: handling hello"
+
+
+async def test_wait_idle_times_out_naming_busy_agents(redis_config: RedisConfig) -> None:
+    with trio.fail_after(20):
+        async with Runtime(redis_config, namespace="t") as runtime:
+            await runtime.send("absent", 1)
+            with pytest.raises(TimeoutError, match=r"absent \(1 entries, no consumer group"):
+                await runtime.wait_idle(["absent"], timeout=0.2)
+            await runtime.wait_idle(["never-used"], timeout=5)
+
+
+async def test_entries_trimmed_unread_are_reported(
+    redis_config: RedisConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    with trio.fail_after(20):
+        async with Runtime(redis_config, namespace="t", mailbox_maxlen=10) as runtime:
+            for n in range(1000):
+                await runtime.send("swamped", n)
+            lost = 1000 - raw(redis_config).xlen("ailf:t:mailbox:swamped")
+            assert lost > 0
+            await runtime.spawn(Recorder, name="swamped", options=Sink())
+    assert f"mailbox ailf:t:mailbox:swamped: about {lost} entries were trimmed" in caplog.text
+    assert "before any replica read them" in caplog.text
+
+
+async def test_a_slow_handler_keeps_its_message_from_other_replicas(
+    redis_config: RedisConfig,
+) -> None:
+    seen: list[tuple[int, Any]] = []
+
+    class Slow(Agent):
+        async def on_message(self, message: Message) -> None:
+            seen.append((id(self.runtime), message.body))
+            await trio.sleep(1.0)
+
+    with trio.fail_after(20):
+        async with (
+            Runtime(redis_config, namespace="t") as one,
+            Runtime(redis_config, namespace="t") as two,
+        ):
+            await one.spawn(Slow, name="slow", claim_idle=0.3)
+            await one.send("slow", "long job")
+            while not seen:  # noqa: ASYNC110 - filled by the agent
+                await trio.sleep(0.01)
+            await two.spawn(Slow, name="slow", claim_idle=0.3)
+            await one.wait_idle(timeout=10)
+    assert seen == [(id(one), "long job")]

@@ -72,7 +72,6 @@ class Binding:
     #: Entry ids held here (queued, being handled, waiting for a retry) -> since when.
     held: dict[str, float] = attrs.field(factory=dict)
     retrying: set[str] = attrs.field(factory=set)
-    warned_deleted: str = ""
     active: bool = True
 
 
@@ -84,6 +83,44 @@ class Delivery:
     id: str
     fields: dict[str, Any]
     delivery_count: int
+
+
+_warned: dict[str, int] = {}
+
+
+async def check_unread_trimmed(client: AsyncRedisClient, stream: str) -> dict[str, Any] | None:
+    """Warn if entries of ``stream`` were removed before the group read them; returns the
+    group's XINFO GROUPS record (None if there is no group).
+
+    Senders cap mailboxes with MAXLEN, which drops the oldest entries, read or not. The
+    stream counts every entry ever added and the group counts what it has read, so
+    ``added - length > read`` means unread entries went. Redis can count only while the
+    gap lasts (reading past it re-estimates the group's counter): the runtime checks when
+    an agent is spawned (a mailbox flooded while no agent ran) and at each upkeep (replicas
+    lagging behind), and warns once per growth of the loss.
+    """
+    groups = await client.xinfo_groups(stream)
+    group = next((g for g in groups if g.get("name") == GROUP), None)
+    if group is None:
+        return None
+    info = await client.xinfo_stream(stream)
+    removed = int(info.get("entries-added") or 0) - int(info.get("length") or 0)
+    read = group.get("entries-read")
+    if group["last-delivered-id"] == "0-0":
+        lost = removed
+    elif read is not None:
+        lost = removed - int(read)
+    else:
+        lost = 0
+    if lost > _warned.get(stream, 0):
+        _warned[stream] = lost
+        log.warning(
+            "mailbox %s: about %d entries were trimmed or deleted before any replica read"
+            " them; raise mailbox_maxlen or add replicas",
+            stream,
+            lost,
+        )
+    return group
 
 
 def _upkeep_interval(binding: Binding) -> float:
@@ -493,28 +530,15 @@ class MailboxReader:
         """Trim what every replica has acknowledged, warn about entries trimmed unread,
         and delete consumers that are long idle and hold nothing."""
         stream = binding.stream
-        groups = await self.client.xinfo_groups(stream)
-        group = next((g for g in groups if g.get("name") == GROUP), None)
+        group = await check_unread_trimmed(self.client, stream)
         if group is None:
             return
-        delivered = group["last-delivered-id"]
-        safe = delivered
+        safe = group["last-delivered-id"]
         if group.get("pending"):
             summary = await self.client.xpending(stream, GROUP)
             if summary.get("min"):
                 safe = summary["min"]
         await self.client.xtrim(stream, minid=safe, approximate=True)
-        info = await self.client.xinfo_stream(stream)
-        deleted = info.get("max-deleted-entry-id") or "0-0"
-        if compare_ids(deleted, delivered) > 0 and deleted != binding.warned_deleted:
-            binding.warned_deleted = deleted
-            log.warning(
-                "mailbox %s: entries up to %s were trimmed or deleted before any replica read"
-                " them (last read: %s); raise mailbox_maxlen or add replicas",
-                stream,
-                deleted,
-                delivered,
-            )
         stale_ms = self.settings.stale_consumer_after * 1000
         for consumer in await self.client.xinfo_consumers(stream, GROUP):
             name = consumer.get("name")

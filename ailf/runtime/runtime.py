@@ -39,7 +39,13 @@ from ailf.runtime.agent import Agent, check_agent_class, structure_options
 from ailf.runtime.broadcast import BroadcastHub, ReplyInbox
 from ailf.runtime.cell import AgentSpec, Cell
 from ailf.runtime.keys import GROUP, Keys, check_name
-from ailf.runtime.mailbox import Acker, MailboxReader, MailboxSettings, compare_ids
+from ailf.runtime.mailbox import (
+    Acker,
+    MailboxReader,
+    MailboxSettings,
+    check_unread_trimmed,
+    compare_ids,
+)
 from ailf.runtime.message import ENVELOPE_FIELD, DeadLetter, decode_envelope, encode_envelope
 from ailf.runtime.registry import (
     RegistrySnapshot,
@@ -362,6 +368,8 @@ class Runtime:
         except ResponseError as exc:
             if exc.code != "BUSYGROUP":
                 raise
+        if known is None:
+            await check_unread_trimmed(self.client, self.keys.mailbox(name))
         counters = self.counters_for(name)
         numbers = self._replica_numbers.setdefault(name, itertools.count())
         used = self._slots.setdefault(name, set())
