@@ -37,12 +37,33 @@ from ailf import (
     RedisServer,
     ResponseError,
 )
-from ailf.messaging.stream import NO_GROUP_MESSAGE, Entry
+from ailf.messaging.stream import NO_GROUP_MESSAGE, Entry, Read, StreamOperations
 
 
 @pytest.fixture
 def stream(client: AsyncRedisClient) -> AsyncRedisStream:
     return AsyncRedisStream("tasks", client)
+
+
+# -- the shared steps -------------------------------------------------------------------
+
+
+def test_a_group_read_that_never_returned_is_followed_by_a_history_read() -> None:
+    """A read cancelled or broken after it was sent may have delivered entries."""
+    operations = StreamOperations("s", None)
+    operations.group, operations.consumer = "g", "c"
+    steps = operations._read_group_steps(10, 100)
+    assert next(steps) == Read("s", ">", 10, 100, "g", "c")
+    with pytest.raises(RedisConnectionError):
+        steps.throw(RedisConnectionError("connection lost"))
+    assert next(operations._read_group_steps(10, 100)) == Read("s", "0", 10, None, "g", "c")
+
+    steps = operations._read_group_steps(10, 100)  # history empty: then ">"
+    next(steps)
+    assert steps.send([]) == Read("s", ">", 10, 100, "g", "c")
+    with pytest.raises(StopIteration):
+        steps.send([["s", [["1-0", ["n", "1"]]]]])
+    assert next(operations._read_group_steps(10, 100)).last_id == ">"  # it returned
 
 
 # -- writing and reading ----------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Redis pub/sub with handlers: :class:`RedisPubSub`.
+"""Redis pub/sub with handlers: :class:`RedisPubSub` and :class:`AsyncRedisPubSub`.
 
 Pub/sub is fan-out and best-effort: every subscriber connected when a message is
 published gets it; a subscriber that is disconnected at that moment never will. For
@@ -10,7 +10,9 @@ incoming message into a :class:`Delivery` for the right handler; and
 async twin. The sync half, :class:`RedisPubSub`, listens on one
 connection in the calling thread or a thread of its own, and keeps listening across a
 server restart: it reconnects with backoff, subscribes to everything again, and logs
-both (logger ``ailf.pubsub``).
+both (logger ``ailf.pubsub``). The async half, :class:`AsyncRedisPubSub`, routes and
+logs through the same pure half, and leaves reconnecting to the async client's
+pub/sub session, which restores every subscription itself.
 """
 
 from __future__ import annotations
@@ -378,6 +380,7 @@ class AsyncRedisPubSub(OwnedClient):
         super().__init__(client)
         self.subscriptions = Subscriptions()
         self._session: Any = None
+        self._subscribed = False
         self._scope = asynclib.StopScope()
         self._listening = False
         self._stopping = False
@@ -394,7 +397,7 @@ class AsyncRedisPubSub(OwnedClient):
     @property
     def listening(self) -> bool:
         """True while :meth:`run` is connected and subscribed to every subscription."""
-        return self._session is not None
+        return self._subscribed
 
     # -- publishing and subscribing --------------------------------------------------
 
@@ -453,7 +456,6 @@ class AsyncRedisPubSub(OwnedClient):
                         await asynclib.pause(backoff.lost(exc))
         finally:
             self._listening = False
-            self._session = None
             self._task_status = trio.TASK_STATUS_IGNORED
 
     def stop(self) -> None:
@@ -480,6 +482,7 @@ class AsyncRedisPubSub(OwnedClient):
                     await session.subscribe(*subs.channels)
                 if subs.patterns:
                     await session.psubscribe(*subs.patterns)
+                self._subscribed = True
                 backoff.listening()
                 self._task_status.started()
                 self._task_status = trio.TASK_STATUS_IGNORED
@@ -492,7 +495,7 @@ class AsyncRedisPubSub(OwnedClient):
                     if self._stopping:
                         return
             finally:
-                self._session = None
+                self._session, self._subscribed = None, False
         raise RedisConnectionError(
             f"the pub/sub session with Redis at {self.client.config.address} ended"
         )

@@ -1,14 +1,19 @@
-"""Redis streams with consumer groups: :class:`RedisStream`.
+"""Redis streams with consumer groups: :class:`RedisStream` and :class:`AsyncRedisStream`.
 
 A stream is durable and ordered; a consumer group shares its entries among consumers
 so that each entry is handled by one of them, and stays *pending* until acknowledged.
 
-The module is written in two halves. The pure half builds command arguments and
-parses replies (``*_command`` and ``parse_*`` functions, :func:`encode_fields`,
-:func:`decode_fields`) and paces a processing loop through failures
-(:class:`LoopBackoff`); it does no I/O, so the sync class here and an async twin send
-the same commands, read replies the same way and recover alike. The sync half,
-:class:`RedisStream`, runs them through a :class:`~ailf.clients.sync.RedisClient`.
+The module is written in layers that do no I/O, and two thin faces that do. The pure
+layer builds command arguments and parses replies (``*_command`` and ``parse_*``
+functions, :func:`encode_fields`, :func:`decode_fields`) and paces a processing loop
+through failures (:class:`LoopBackoff`). Above it, :class:`StreamOperations` writes
+each operation once — ``read_group``'s history-then-new logic, ``claim_idle``'s
+XAUTOCLAIM walk, the whole processing loop — as a generator of steps (commands to
+send, a handler to call, a pause), in the way httpx drives its sync and async
+clients from one body. :class:`RedisStream` performs the steps with blocking calls on
+a :class:`~ailf.clients.sync.RedisClient`; :class:`AsyncRedisStream` awaits them on an
+:class:`~ailf.clients.async_client.AsyncRedisClient`. So both send the same commands,
+read replies the same way and recover alike, by construction.
 
 Field values are stored as JSON, one field at a time, so that ``{"priority": 1}``
 reads back as the int 1. Entries written by other programs keep working: a value that
