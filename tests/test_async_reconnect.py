@@ -203,3 +203,43 @@ def test_pubsub_resubscribes_after_restart(run, fresh_server: RedisServer) -> No
             assert ps.reconnects >= 1
 
     run(body)
+
+
+def test_many_tasks_fail_together_while_the_server_is_down(run, fresh_server: RedisServer) -> None:
+    # Each connection attempt sequence takes ~0.6 s here; forty tasks must not run forty
+    # of them one after the other.
+    slow_retry = RetryPolicy(attempts=3, backoff_initial=0.2, backoff_max=0.2, jitter=False)
+    config = fresh_server.config.replace(retry=slow_retry)
+
+    async def body() -> None:
+        async with AsyncRedisClient(config) as client:
+            await client.set("k", "v")
+            await _in_thread(fresh_server.kill)
+            failures: list[Exception] = []
+
+            async def command(n: int) -> None:
+                try:
+                    await client.get(f"k{n}")
+                except RedisConnectionError as exc:
+                    failures.append(exc)
+
+            await _within(5.0, _gather(*(lambda n=n: command(n) for n in range(40))))
+            assert len(failures) == 40
+            fresh_server.start()
+            assert await client.get("k") is None
+
+    run(body)
+
+
+async def _within(seconds: float, awaitable) -> None:
+    import sniffio
+
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        with trio.fail_after(seconds):
+            await awaitable
+    else:
+        import asyncio
+
+        await asyncio.wait_for(awaitable, seconds)

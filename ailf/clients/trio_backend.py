@@ -39,6 +39,8 @@ class TrioBackend:
         self._pool = ConnectionPool(config, config.max_connections)
         self._shared: SharedConnection | None = None
         self._connect_lock = trio.Lock()
+        self._connect_attempts = 0
+        self._connect_failure: RedisConnectionError | None = None
         self._closed = False
 
     async def open(self) -> None:
@@ -96,6 +98,12 @@ class TrioBackend:
         await trio.sleep(seconds)
 
     async def _reconnect(self, broken: SharedConnection | None) -> SharedConnection:
+        """A working shared connection: the current one, or a new one (with backoff).
+
+        Tasks that waited while another task's attempt failed get that failure at once,
+        rather than each running the whole backoff sequence again in turn.
+        """
+        attempts_seen = self._connect_attempts
         async with self._connect_lock:
             current = self._shared
             if current is not None and current is not broken and current.error is None:
@@ -105,7 +113,16 @@ class TrioBackend:
                     f"client for Redis at {self._config.address} is closed;"
                     " use it inside `async with AsyncRedisClient(...) as client:`"
                 )
-            connection = await connect_with_retry(self._config)
+            failure = self._connect_failure
+            if failure is not None and self._connect_attempts != attempts_seen:
+                raise type(failure)(str(failure))
+            self._connect_attempts += 1
+            try:
+                connection = await connect_with_retry(self._config)
+            except RedisConnectionError as exc:
+                self._connect_failure = exc
+                raise
+            self._connect_failure = None
             shared = SharedConnection(connection)
             self._nursery.start_soon(shared.run)
             self._shared = shared
