@@ -55,3 +55,15 @@ async def sleep(seconds: float) -> None:
         await trio.sleep(seconds)
     else:
         await asyncio.sleep(seconds)
+
+
+async def side_by_side(*functions: Callable[[], Awaitable[Any]]) -> None:
+    """Run the functions concurrently until all return: a nursery, or asyncio.gather."""
+    import sniffio
+
+    if sniffio.current_async_library() == "trio":
+        async with trio.open_nursery() as nursery:
+            for function in functions:
+                nursery.start_soon(function)
+    else:
+        await asyncio.gather(*(function() for function in functions))

@@ -16,12 +16,11 @@ import pytest
 import redis
 import trio
 import trio.lowlevel
-from async_helpers import run_fixture, sleep  # noqa: F401 - fixtures
+from async_helpers import run_fixture, side_by_side, sleep  # noqa: F401 - fixtures
 from messaging_helpers import (  # noqa: F401 - fixtures
     DEADLINE,
     FAST_RETRY,
     client_fixture,
-    side_by_side,
     wait_until,
 )
 
