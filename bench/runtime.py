@@ -396,18 +396,19 @@ def report(arguments: argparse.Namespace, config: RedisConfig) -> str:
             f" {BATCH}. The machine was shared with other engineers' test runs, so"
             " absolute figures are noisy; ratios within a run are the fairer comparison.",
             "",
-            "| workload | ailf | baseline (same run) | ratio | target |",
+            "| workload | ailf | baseline (same run) | ailf / baseline (medians) | target |",
             "| --- | --- | --- | --- | --- |",
             f"| tell, consumed by a no-op agent (own process), msg/s | {rate(ours)}"
             f" | hand-written redis-py XREADGROUP/json.loads/XACK loop: {rate(base)}"
-            f" | {ratio:.2f}x | >= 20,000 msg/s |",
+            f" | {ratio:.2f}x (higher is faster) | >= 20,000 msg/s |",
             f"| tell, end to end: producer process (50 senders) -> agent process, msg/s"
             f" | {rate([e[0] for e in ends])} | — | — | >= 20,000 msg/s |",
             f"| sending, 50 concurrent `runtime.send` in one process, msg/s | {rate(sends)}"
             f" | — | — | >= 20,000 msg/s |",
             f"| ask round trip, p50 / p99, ms | {ask50:.2f} / {ask99:.2f}"
             f" | hand-written redis-py asyncio ask: {base50:.2f} / {base99:.2f}"
-            f" | {ask50 / base50:.2f}x / {ask99 / base99:.2f}x | <= 0.6 / 1.5 ms |",
+            f" | {ask50 / base50:.2f}x / {ask99 / base99:.2f}x (lower is faster)"
+            " | <= 0.6 / 1.5 ms |",
             f"| {crowd['agents']:,} agents in one process (50 concurrent spawners, each"
             f" agent asked once spawned) | all spawned in {crowd['spawn_seconds']:.1f} s;"
             f" slowest spawn-to-answer {crowd['slowest_answer_seconds']:.1f} s; all"
