@@ -754,21 +754,10 @@ class AsyncRedisStream(StreamOperations, OwnedClient):
             return await result if inspect.isawaitable(result) else result
         if isinstance(step, Pause):
             return await asynclib.pause(step.seconds, stop)
-        if isinstance(step, Read) and step.block is not None:
-            return await self._blocking_read(step)
+        # The client recognises XREAD(GROUP) with BLOCK and gives it a connection of
+        # its own, so a blocking read never holds up other tasks' commands.
         args = step.command() if isinstance(step, Read) else step
         return await self.client.execute_command(*args)
-
-    async def _blocking_read(self, read: Read) -> Any:
-        # execute_command would send XREAD(GROUP) BLOCK down the shared connection,
-        # where it would hold up every other task's commands: the typed methods mark
-        # it as blocking, which gives it a connection of its own.
-        streams = {self.name: read.last_id}
-        if read.group is None or read.consumer is None:
-            return await self.client.xread(streams, count=read.count, block=read.block)
-        return await self.client.xreadgroup(
-            read.group, read.consumer, streams, count=read.count, block=read.block
-        )
 
     # -- writing and plain reading ---------------------------------------------------
 
