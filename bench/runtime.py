@@ -253,6 +253,11 @@ def prefill(config: RedisConfig, count: int) -> None:
     client.close()
 
 
+def _clear(config: RedisConfig) -> None:
+    with redis.Redis(**config.redis_py_kwargs()) as client:
+        client.delete(MAILBOX)
+
+
 def consume(role: str, config: RedisConfig, count: int) -> float:
     prefill(config, count)
     consumer = Child(role, config, count)
@@ -265,7 +270,7 @@ def consume(role: str, config: RedisConfig, count: int) -> float:
 
 
 def end_to_end(config: RedisConfig, count: int) -> tuple[float, float]:
-    redis.Redis(**config.redis_py_kwargs()).delete(MAILBOX)
+    _clear(config)
     consumer = Child("consumer", config, count)
     try:
         consumer.read()
@@ -280,7 +285,7 @@ def end_to_end(config: RedisConfig, count: int) -> tuple[float, float]:
 
 
 def sending(config: RedisConfig, count: int) -> float:
-    redis.Redis(**config.redis_py_kwargs()).delete(MAILBOX)
+    _clear(config)
     sender = Child("sender", config, count)
     try:
         figures = sender.read()
