@@ -243,3 +243,37 @@ def test_check_as_a_real_command() -> None:
     assert result.stderr == (
         f"ailf: error: {bad}: agents[0].replicas: expected an integer >= 1, found 0\n"
     )
+
+
+async def test_the_acl_rule_in_operating_md_is_enough_and_confines(
+    fresh_server: RedisServer,
+) -> None:
+    """docs/operating.md's one-namespace ACL: agents run, status and dlq work, and
+    another namespace is refused."""
+    doc = (ROOT / "docs" / "operating.md").read_text()
+    rule = next(line.strip() for line in doc.splitlines() if "ACL SETUSER shop" in line)
+    words = rule.split()[2:]  # after "ACL SETUSER"
+    admin = redis.Redis(port=fresh_server.port, decode_responses=True)
+    admin.execute_command(
+        "ACL", "SETUSER", *[w.replace("a-long-random-password", "pw") for w in words]
+    )
+    admin.close()
+    url = f"redis://shop:pw@127.0.0.1:{fresh_server.port}/0"
+    config = RedisConfig.from_url(url)
+    with trio.fail_after(30):
+        async with Runtime(config, namespace="shop", retry_backoff=0.01) as rt:
+            await rt.spawn(Echo, name="echo")
+            await rt.spawn(Flaky, name="flaky")
+            assert await rt.ask("echo", {"n": 1}) == {"n": 1}
+            await rt.send("flaky", {"poison": True})
+            await wait_for_dead_letters(rt, "flaky")
+            await rt.registry()  # a fresh heartbeat with the agents in it
+            status = await ailf("status", "-n", "shop", "--json", "--redis", url)
+            listed = await ailf("dlq", "list", "flaky", "-n", "shop", "--json", "--redis", url)
+        refused = await ailf("send", "echo", "{}", "-n", "other", "--redis", url)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["namespaces"][0]["agents"]["echo"]["replicas"] == 1
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) == 1
+    assert refused.returncode == 1
+    assert b"NOPERM" in refused.stderr
