@@ -24,9 +24,13 @@ COMMANDS = ["run", "check", "send", "publish", "status", "dlq", "server"]
 UNREACHABLE = "redis://127.0.0.1:1/0"
 
 
-async def ailf(*args: str) -> subprocess.CompletedProcess[bytes]:
+async def ailf(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
     return await trio.run_process(
-        [sys.executable, "-m", "ailf", *args], capture_stdout=True, capture_stderr=True, check=False
+        [sys.executable, "-m", "ailf", *args],
+        stdin=stdin,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
     )
 
 
@@ -119,6 +123,9 @@ async def test_send_ask_and_publish(redis_server: RedisServer, redis_config: Red
             assert asked.returncode == 0, asked.stderr
             assert json.loads(asked.stdout) == {"a": [1, 2]}
 
+            piped = await ailf("send", "echo", "-", "--ask", *target, stdin=b"[1, 2]\n")
+            assert json.loads(piped.stdout) == [1, 2]
+
             sent = await ailf("send", "echo", "7", "--count", "3", "--json", *target)
             assert sent.returncode == 0, sent.stderr
             assert len(json.loads(sent.stdout)["ids"]) == 3
@@ -128,7 +135,7 @@ async def test_send_ask_and_publish(redis_server: RedisServer, redis_config: Red
             assert published.stdout.strip() == b"1"  # one process subscribed
 
             await rt.wait_idle(timeout=10)  # also waits for the broadcast's handler here
-            assert rt.statistics()["echo"].processed == 4
+            assert rt.statistics()["echo"].processed == 5
             assert rt.statistics()["count"].processed == 1
 
 
