@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import redis
 import trio
@@ -212,3 +213,22 @@ async def test_a_thousand_agents_in_one_process(redis_config: RedisConfig) -> No
             connections = len(raw(redis_config).client_list()) - 1
     assert answers == {f"agent-{n}": f"agent-{n}" for n in range(count)}
     assert connections <= 8
+
+
+async def test_unreachable_redis_fails_cleanly_at_start() -> None:
+    config = RedisConfig(port=1, retry=attrs.evolve(RedisConfig().retry, attempts=0))
+    runtime = Runtime(config, namespace="p")
+    with pytest.raises(RuntimeError, match="async with Runtime"):
+        await runtime.send("x", 1)
+    with trio.fail_after(20), pytest.raises(RedisConnectionError):
+        async with runtime:
+            pass
+
+
+async def test_shutdown_is_bounded_when_redis_is_gone(fresh_server: RedisServer) -> None:
+    with trio.fail_after(30):
+        async with Runtime(fresh_server.config, namespace="p", grace_period=1) as runtime:
+            await runtime.spawn(Echo, name="echo", replicas=2)
+            assert await runtime.ask("echo", 1, timeout=5) == 1
+            fresh_server.kill()
+            await trio.sleep(0.2)

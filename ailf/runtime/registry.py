@@ -87,21 +87,26 @@ def heartbeat_fields(
         "pid": str(pid),
         "started": repr(started),
         "agents": dumps(agents),
-        "statistics": dumps([s.to_json() for s in stats]),
+        # Agents that have received nothing are left out (readers fill in zeros), so that
+        # a process hosting thousands of idle agents publishes a small heartbeat.
+        "statistics": dumps([s.to_json() for s in stats if s.received]),
     }
 
 
 def _process_info(process: str, data: dict[str, str]) -> ProcessInfo | None:
     try:
         stats = [AgentStatistics.from_json(s) for s in json.loads(data.get("statistics", "[]"))]
+        agents = {str(k): int(v) for k, v in json.loads(data.get("agents", "{}")).items()}
+        by_name = {name: AgentStatistics(name, replicas) for name, replicas in agents.items()}
+        by_name.update((s.name, s) for s in stats)
         return ProcessInfo(
             id=process,
             host=data.get("host", ""),
             pid=int(data.get("pid", 0)),
             started=float(data.get("started", 0.0)),
             last_heartbeat=float(data.get("heartbeat", 0.0)),
-            agents={str(k): int(v) for k, v in json.loads(data.get("agents", "{}")).items()},
-            statistics={s.name: s for s in stats},
+            agents=agents,
+            statistics=by_name,
         )
     except (ValueError, TypeError, AttributeError):
         return None

@@ -34,7 +34,7 @@ import trio
 
 from ailf.clients.async_client import AsyncRedisClient
 from ailf.config import RedisConfig
-from ailf.errors import ConfigError, DecodeError, EscalationError, ResponseError
+from ailf.errors import ConfigError, DecodeError, EscalationError, RedisError, ResponseError
 from ailf.runtime.agent import Agent, check_agent_class, structure_options
 from ailf.runtime.broadcast import BroadcastHub, ReplyInbox
 from ailf.runtime.cell import AgentSpec, Cell
@@ -123,7 +123,7 @@ class Runtime:
         self.stopping = False
         self.stop_requested = trio.Event()
         self.cells: set[Cell] = set()
-        self.client: AsyncRedisClient
+        self._client: AsyncRedisClient | None = None
         self.acker: Acker
         self.hub: BroadcastHub
         self._inbox: ReplyInbox
@@ -146,6 +146,15 @@ class Runtime:
     def __repr__(self) -> str:
         return f"<Runtime {self.namespace!r} on {self.config.url} as {self.process_id}>"
 
+    @property
+    def client(self) -> AsyncRedisClient:
+        """The runtime's Redis client (for agents that need plain Redis commands too)."""
+        if self._client is None:
+            raise RuntimeError(
+                "this Runtime is not running: use it inside `async with Runtime(...) as runtime:`"
+            )
+        return self._client
+
     # -- lifetime -------------------------------------------------------------------
 
     async def __aenter__(self) -> Runtime:
@@ -163,7 +172,7 @@ class Runtime:
         try:
             with trio.CancelScope() as self._root:
                 async with AsyncRedisClient(self.config) as client, trio.open_nursery() as services:
-                    self.client = client
+                    self._client = client
                     self._services = services
                     self._supervisors_done.set()
                     self.started_at = time.time()
@@ -213,22 +222,35 @@ class Runtime:
         """After the agents stopped: send the last acks, drop idle consumers, unregister."""
         with trio.move_on_after(self.grace_period) as scope:
             scope.shield = True
-            await self.acker.flush()
-            pipe = self.client.pipeline(transaction=False)
-            owned = [
-                (self.keys.mailbox(name), reader.consumer)
-                for name in self._specs
-                for reader in self._readers
-            ]
-            for stream, consumer in owned:
-                pipe.xpending_range(stream, GROUP, count=1, consumername=consumer)
-            replies = await pipe.execute(raise_on_error=False)
-            for (stream, consumer), pending in zip(owned, replies, strict=True):
-                if pending == []:
-                    pipe.xgroup_delconsumer(stream, GROUP, consumer)
-            pipe.delete(self.keys.process(self.process_id), *(r.wake_key for r in self._readers))
-            pipe.execute_command("ZREM", self.keys.processes, self.process_id)
-            await pipe.execute(raise_on_error=False)
+            try:
+                await self._unregister()
+            except RedisError as exc:
+                log.warning(
+                    "could not unregister from Redis at %s (%s); the registry entry expires"
+                    " by itself, and unacknowledged messages stay pending",
+                    self.config.address,
+                    exc,
+                )
+
+    async def _unregister(self) -> None:
+        """Send the last acks, delete this process's consumers that hold nothing, and
+        leave the registry."""
+        await self.acker.flush()
+        pipe = self.client.pipeline(transaction=False)
+        owned = [
+            (self.keys.mailbox(name), reader.consumer)
+            for name in self._specs
+            for reader in self._readers
+        ]
+        for stream, consumer in owned:
+            pipe.xpending_range(stream, GROUP, count=1, consumername=consumer)
+        replies = await pipe.execute(raise_on_error=False)
+        for (stream, consumer), pending in zip(owned, replies, strict=True):
+            if pending == []:
+                pipe.xgroup_delconsumer(stream, GROUP, consumer)
+        pipe.delete(self.keys.process(self.process_id), *(r.wake_key for r in self._readers))
+        pipe.execute_command("ZREM", self.keys.processes, self.process_id)
+        await pipe.execute(raise_on_error=False)
 
     def stop(self) -> None:
         """Request a graceful stop: the ``async with`` body is cancelled (like a nursery's
