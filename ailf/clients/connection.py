@@ -144,6 +144,8 @@ class Connection:
                 return
             view = memoryview(data)
             while view:
+                if self.closed:
+                    raise trio.ClosedResourceError("the connection was closed")
                 try:
                     view = view[os.write(fd, view) :]
                 except BlockingIOError:
@@ -161,6 +163,8 @@ class Connection:
         TLS, where the server may legitimately send records (session tickets) at any
         time, only an end-of-file counts.
         """
+        if self.closed:
+            return True
         fd = self._socket_fd
         try:
             readable, _, _ = select.select([fd], [], [], 0)
@@ -182,7 +186,7 @@ class Connection:
         Synchronous, so it cannot be interrupted half-way. Returns 0 for TLS streams and
         on any error: the caller then hands the bytes to :meth:`send`, which reports it.
         """
-        if self._fd is None:
+        if self._fd is None or self.closed:
             return 0
         try:
             return os.write(self._fd, data)
@@ -203,16 +207,19 @@ class Connection:
                 data = await self._stream.receive_some(RECEIVE_SIZE)
                 waited = True
             else:
-                waited = idle
-                if idle:
-                    await trio.lowlevel.wait_readable(fd)
+                waited = False
+                read_first = not idle
                 while True:
-                    try:
-                        data = os.read(fd, RECEIVE_SIZE)
-                        break
-                    except BlockingIOError:
-                        waited = True
-                        await trio.lowlevel.wait_readable(fd)
+                    if self.closed:
+                        raise trio.ClosedResourceError("the connection was closed")
+                    if read_first:
+                        try:
+                            data = os.read(fd, RECEIVE_SIZE)
+                            break
+                        except BlockingIOError:
+                            pass
+                    read_first = waited = True
+                    await trio.lowlevel.wait_readable(fd)
         except _IO_ERRORS as exc:
             self.closed = True
             raise connection_lost(self.address, exc) from exc
@@ -279,7 +286,12 @@ class Connection:
         return [await self.read_reply(reply_timeout) for _ in commands]
 
     async def aclose(self) -> None:
-        """Close the socket at once (no goodbye to the server); safe to call twice."""
+        """Close the socket at once (no goodbye to the server); safe to call twice.
+
+        ``closed`` is set first, and the direct I/O paths check it before every system
+        call, so a task woken after the close never touches a descriptor number that
+        the OS may already have given to another file.
+        """
         self.closed = True
         await trio.aclose_forcefully(self._stream)
 
