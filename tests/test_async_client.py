@@ -335,3 +335,15 @@ def test_raw_blocking_read_runs_on_its_own_connection(run, redis_config: RedisCo
             assert results[0][0][0] == "s"
 
     run(body)
+
+
+def test_which_commands_retry_idempotent_may_repeat() -> None:
+    from ailf.clients.commands import is_idempotent
+
+    assert is_idempotent(("GET", "k"))
+    assert is_idempotent(("SET", "k", "v", "EX", 10))
+    assert is_idempotent((b"xack", "s", "g", "1-0"))
+    assert not is_idempotent(("SET", "k", "v", "NX"))
+    assert not is_idempotent(("SET", "k", "v", "get"))
+    assert not is_idempotent(("INCR", "k"))
+    assert not is_idempotent(("XADD", "s", "*", "a", "b"))

@@ -18,7 +18,7 @@ from typing import Any
 
 import sniffio
 
-from ailf.clients.commands import IDEMPOTENT_COMMANDS, Commands, Convert
+from ailf.clients.commands import Commands, Convert, is_idempotent
 from ailf.clients.connection import raise_reply_error
 from ailf.clients.pipeline import Pipeline
 from ailf.config import RedisConfig
@@ -49,11 +49,15 @@ class AsyncRedisClient(Commands):
     ``blpop``) run on dedicated connections from a pool of at most
     ``config.max_connections``.
 
-    ``retry_idempotent=True`` retries commands that are safe to repeat (reads, SET,
-    DEL, HSET, XACK…, see :data:`~ailf.clients.commands.IDEMPOTENT_COMMANDS`) when the
-    connection fails under them, with ``config.retry``'s backoff. Other commands, and
-    all commands by default, fail with :class:`~ailf.errors.RedisConnectionError`: they
-    may or may not have run.
+    ``retry_idempotent=True`` retries commands that are safe to repeat (reads, SET
+    without NX/XX/GET, DEL, HSET, XACK…, see
+    :func:`~ailf.clients.commands.is_idempotent`) when the connection fails under them,
+    with ``config.retry``'s backoff. Other commands, and all commands by default, fail
+    with :class:`~ailf.errors.RedisConnectionError`: they may or may not have run.
+
+    Cancellation: a command cancelled before it was queued did not run; one cancelled
+    after may still run on the server, and its reply is discarded, never handed to
+    another caller. See ``docs/clients.md`` for the whole contract.
 
     Used without ``async with`` (under trio), the client has no nursery to run
     background tasks in, so each command borrows a dedicated connection from the pool;
@@ -130,7 +134,7 @@ class AsyncRedisClient(Commands):
         except AuthenticationError:
             raise
         except RedisConnectionError:
-            if not self.retry_idempotent or str(args[0]).upper() not in IDEMPOTENT_COMMANDS:
+            if not self.retry_idempotent or not is_idempotent(args):
                 raise
             reply = await self._retry(backend, args, blocking)
         if isinstance(reply, Exception):

@@ -24,6 +24,7 @@ __all__ = [
     "IDEMPOTENT_COMMANDS",
     "Commands",
     "Convert",
+    "is_idempotent",
 ]
 
 Convert = Callable[[Any], Any] | None
@@ -52,7 +53,9 @@ CONNECTION_STATE_COMMANDS = {
     "MONITOR": "use redis-cli MONITOR",
 }
 
-#: Commands that are safe to send twice: the only ones ``retry_idempotent`` retries.
+#: Commands whose effect is the same if sent twice: the only ones ``retry_idempotent``
+#: retries (see :func:`is_idempotent`). A retried DEL, XACK, SREM… may report a smaller
+#: count than the first attempt would have, since that attempt may have done the work.
 IDEMPOTENT_COMMANDS = frozenset(
     {
         "PING", "ECHO", "GET", "MGET", "EXISTS", "TTL", "PTTL", "TYPE", "STRLEN", "KEYS",
@@ -62,6 +65,8 @@ IDEMPOTENT_COMMANDS = frozenset(
         "PEXPIRE", "SADD", "SREM", "XACK", "XDEL",
     }
 )  # fmt: skip
+
+_CONDITIONAL_SET = frozenset({"NX", "XX", "GET"})
 
 _OK = ("OK", b"OK")
 _chain = chain.from_iterable
@@ -179,6 +184,21 @@ def _trim_args(
     else:
         return ()
     return args if limit is None else (*args, "LIMIT", limit)
+
+
+def is_idempotent(args: tuple[Any, ...]) -> bool:
+    """Whether a command may be sent again after a connection broke under it.
+
+    SET qualifies only without NX, XX or GET, whose replies depend on what the first
+    attempt did.
+    """
+    name = _text(args[0]).upper() if isinstance(args[0], (str, bytes)) else ""
+    if name not in IDEMPOTENT_COMMANDS:
+        return False
+    if name == "SET":
+        options = {_text(a).upper() for a in args[3:] if isinstance(a, (str, bytes))}
+        return not options & _CONDITIONAL_SET
+    return True
 
 
 class Commands:
