@@ -18,6 +18,7 @@ from ailf.errors import ConfigError as ConfigError
 from ailf.errors import DecodeError as DecodeError
 from ailf.errors import EmbeddedServerError as EmbeddedServerError
 from ailf.errors import EscalationError as EscalationError
+from ailf.errors import MailboxFull as MailboxFull
 from ailf.errors import MessageTooLarge as MessageTooLarge
 from ailf.errors import RedisConnectionError as RedisConnectionError
 from ailf.errors import RedisError as RedisError
@@ -57,6 +58,7 @@ __all__ = [
     "DecodeError",
     "EmbeddedServerError",
     "EscalationError",
+    "MailboxFull",
     "Message",
     "MessageTooLarge",
     "RedisClient",

@@ -17,6 +17,7 @@
      ├── DecodeError                 an undecodable payload or envelope (also a ValueError)
      ├── MessageTooLarge             an envelope over the runtime's max_message_size
      │                               (also a ValueError)
+     ├── MailboxFull                 a mailbox stayed at its mailbox_limit for send_timeout
      ├── AskTimeout                  no reply to ``ask()`` in time (also a TimeoutError)
      ├── RemoteError                 the asked agent's handler raised; ``.type_name`` and
      │                               ``.message`` keep the original exception's
@@ -46,6 +47,7 @@ __all__ = [
     "DecodeError",
     "EmbeddedServerError",
     "EscalationError",
+    "MailboxFull",
     "MessageTooLarge",
     "RedisConnectionError",
     "RedisError",
@@ -123,6 +125,22 @@ class DecodeError(AilfError, ValueError):
 class MessageTooLarge(AilfError, ValueError):
     """An envelope is larger than the runtime's ``max_message_size``; send a reference
     (a key, a URL) instead of the data, or raise the limit on every runtime involved."""
+
+
+class MailboxFull(AilfError):
+    """A mailbox's backlog stayed at the runtime's ``mailbox_limit`` for ``send_timeout``
+    seconds, so the message was not sent.
+
+    ``mailbox`` is the stream, ``backlog`` the entries still to handle there (unread plus
+    pending) when the sender gave up, ``limit`` the limit. Nothing was added: send it again
+    later, add replicas to the agent, or raise the limit.
+    """
+
+    def __init__(self, message: str, *, mailbox: str = "", backlog: int = 0, limit: int = 0):
+        super().__init__(message)
+        self.mailbox = mailbox
+        self.backlog = backlog
+        self.limit = limit
 
 
 class AskTimeout(AilfError, TimeoutError):

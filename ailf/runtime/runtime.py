@@ -35,6 +35,7 @@ import trio
 from ailf.clients.async_client import AsyncRedisClient
 from ailf.config import RedisConfig
 from ailf.errors import ConfigError, DecodeError, EscalationError, RedisError, ResponseError
+from ailf.runtime.admission import MailboxGate
 from ailf.runtime.agent import Agent, check_agent_class, structure_options
 from ailf.runtime.broadcast import BroadcastHub, ReplyInbox
 from ailf.runtime.cell import AgentSpec, Cell
@@ -77,6 +78,9 @@ class Runtime:
     - ``dead_letter_maxlen``: approximate cap on each dead-letter stream.
     - ``max_message_size``: bytes; bigger envelopes are refused when sent
       (MessageTooLarge) and dead-lettered when received.
+    - ``mailbox_limit``: backlog (unread plus pending entries) at which ``send`` and
+      ``ask`` wait for room, up to ``send_timeout`` seconds, then raise MailboxFull
+      (None, the default: no limit; see ailf/runtime/admission.py).
     - ``heartbeat_interval``: seconds between registry heartbeats (TTL: three of them).
     - ``retry_backoff``/``retry_backoff_max``: seconds before redelivering a failed
       message, doubling per delivery.
@@ -95,6 +99,8 @@ class Runtime:
         mailbox_maxlen: int | None = 100_000,
         dead_letter_maxlen: int = 10_000,
         max_message_size: int = 1 << 20,
+        mailbox_limit: int | None = None,
+        send_timeout: float = 10.0,
         heartbeat_interval: float = 2.0,
         retry_backoff: float = 0.1,
         retry_backoff_max: float = 5.0,
@@ -115,6 +121,7 @@ class Runtime:
             retry_backoff_max=retry_backoff_max,
             stale_consumer_after=stale_consumer_after,
         )
+        self.gate = MailboxGate(mailbox_limit, send_timeout)
         self.host = socket.gethostname()
         self.pid = os.getpid()
         #: This runtime's id in the registry, and the prefix of its consumer names.
@@ -415,13 +422,16 @@ class Runtime:
         """Add a message to agent ``to``'s mailbox; returns its stream entry id.
 
         The agent need not run yet: its mailbox keeps the message until it does (up to
-        ``mailbox_maxlen``). Raises MessageTooLarge past ``max_message_size``.
+        ``mailbox_maxlen``). Raises MessageTooLarge past ``max_message_size``, and
+        MailboxFull when the mailbox stayed at ``mailbox_limit`` for ``send_timeout``.
         """
         text = encode_envelope(
             body, sender=sender, headers=headers, max_size=self.settings.max_message_size
         )
+        stream = self.keys.mailbox(check_name("agent", to))
+        await self.gate.admit(self.client, stream)
         return await self.client.xadd(
-            self.keys.mailbox(check_name("agent", to)),
+            stream,
             {ENVELOPE_FIELD: text},
             maxlen=self.settings.mailbox_maxlen,
             approximate=True,
@@ -459,6 +469,7 @@ class Runtime:
                 stream, {ENVELOPE_FIELD: text}, maxlen=self.settings.mailbox_maxlen
             )
 
+        await self.gate.admit(self.client, stream)  # waiting for room is not the ask's time
         return await self._inbox.ask(to, timeout, request)
 
     async def publish(self, topic: str, body: Any, *, sender: str | None = None) -> int:

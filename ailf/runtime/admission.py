@@ -1,0 +1,106 @@
+"""Overload protection for senders: a mailbox at its ``mailbox_limit`` makes ``send``
+and ``ask`` wait for room, and raise :class:`~ailf.errors.MailboxFull` after
+``send_timeout`` seconds.
+
+Waiting, rather than dropping or failing at once, is backpressure: a producer faster
+than its consumers slows down to their pace, and a producer that is itself an agent
+holds its own message meanwhile, so the pressure travels upstream to where messages
+enter the system. The timeout keeps that from becoming a hang (two agents filling each
+other's mailboxes): the sender gets an exception it can handle, and nothing was added.
+
+The **backlog** is what the agent still has to do: its consumer group's lag (entries
+not read yet) plus its pending entries (read, not acknowledged). Acknowledged entries
+waiting to be trimmed do not count. Where Redis cannot tell the lag (before 7.0, or
+after entries were deleted from the middle of the stream) or no group exists yet (the
+agent never ran), the stream's length stands in — an overestimate, on the safe side.
+
+Measuring is one round trip (XINFO GROUPS and XLEN in one pipeline), so a sender does
+not measure before each message: a measurement that finds room for R more lets this
+process's next R sends to that mailbox through without asking again. Senders in several
+processes can therefore overshoot the limit together by what each was last told was
+free: the limit is approximate, like ``MAXLEN ~``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import trio
+
+from ailf.errors import ConfigError, MailboxFull
+from ailf.runtime.keys import GROUP
+
+if TYPE_CHECKING:
+    from ailf.clients.async_client import AsyncRedisClient
+
+__all__ = ["MailboxGate", "mailbox_backlog"]
+
+
+async def mailbox_backlog(client: AsyncRedisClient, stream: str) -> int:
+    """Entries of ``stream`` its agent has still to handle (see the module docstring)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.xinfo_groups(stream)
+    pipe.xlen(stream)
+    groups, length = await pipe.execute(raise_on_error=False)
+    if isinstance(length, Exception):
+        raise length
+    if isinstance(groups, Exception):  # no such key: nothing was ever sent
+        return int(length)
+    group = next((g for g in groups if g.get("name") == GROUP), None)
+    if group is None or group.get("lag") is None:
+        return int(length)
+    return int(group["lag"]) + int(group.get("pending") or 0)
+
+
+class MailboxGate:
+    """Admits sends to mailboxes below ``limit`` (None: every send, unmeasured).
+
+    Cancellation: :meth:`admit` may be cancelled while it waits; nothing was sent then.
+    """
+
+    def __init__(self, limit: int | None, timeout: float) -> None:
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+            raise ConfigError(f"mailbox_limit must be an integer >= 1 or None, not {limit!r}")
+        if limit is not None and limit < 1:
+            raise ConfigError(f"mailbox_limit must be an integer >= 1 or None, not {limit!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ConfigError(f"send_timeout must be seconds > 0, not {timeout!r}")
+        self.limit = limit
+        self.timeout = float(timeout)
+        #: Sends each mailbox may still take before it is measured again.
+        self._room: dict[str, int] = {}
+        self._measuring: dict[str, trio.Lock] = {}
+
+    def _take(self, stream: str) -> bool:
+        room = self._room.get(stream, 0)
+        if room <= 0:
+            return False
+        self._room[stream] = room - 1
+        return True
+
+    async def admit(self, client: AsyncRedisClient, stream: str) -> None:
+        """Return once ``stream`` has room for one more entry; :class:`MailboxFull` if it
+        has none for ``timeout`` seconds."""
+        if self.limit is None or self._take(stream):
+            return
+        lock = self._measuring.setdefault(stream, trio.Lock())
+        backlog = self.limit
+        delay = 0.005
+        with trio.move_on_after(self.timeout):
+            async with lock:  # one measurement at a time; the others use its result
+                while not self._take(stream):
+                    backlog = await mailbox_backlog(client, stream)
+                    self._room[stream] = self.limit - backlog
+                    if self._take(stream):
+                        return
+                    await trio.sleep(delay)
+                    delay = min(2 * delay, 0.25)
+                return
+        raise MailboxFull(
+            f"mailbox {stream} still holds {backlog} unhandled entries (mailbox_limit="
+            f"{self.limit}) after waiting {self.timeout} s; its agent is not keeping up:"
+            " add replicas, slow the producer down, or raise mailbox_limit",
+            mailbox=stream,
+            backlog=backlog,
+            limit=self.limit,
+        )
