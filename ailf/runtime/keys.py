@@ -71,6 +71,3 @@ class Keys:
     def processes(self) -> str:
         """The sorted set of process ids scored by their last heartbeat."""
         return f"{self.prefix}processes"
-
-    def agent_of_mailbox(self, stream: str) -> str:
-        return stream[len(self.prefix) + len("mailbox:") :]

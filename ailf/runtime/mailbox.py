@@ -265,9 +265,6 @@ class MailboxReader:
             self.poke()
         self._streams = None
 
-    def hosts(self, stream: str) -> bool:
-        return stream in self.bindings
-
     def schedule_retry(self, delivery: Delivery) -> float:
         """Deliver ``delivery`` again after a backoff; returns the backoff in seconds."""
         binding = delivery.binding

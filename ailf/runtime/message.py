@@ -42,7 +42,7 @@ VERSION = 1
 #: The stream entry field holding the envelope.
 ENVELOPE_FIELD = "envelope"
 
-_loads = json.JSONDecoder().decode
+_raw_decode = json.JSONDecoder().raw_decode
 
 
 @attrs.frozen
@@ -90,7 +90,8 @@ class DeadLetter:
     ``id`` is the original mailbox entry id, ``body`` the decoded body (the raw text
     when it could not be decoded), ``envelope`` the original entry as JSON text,
     ``reason`` why it was given up, ``error_type``/``error_message`` the last handler
-    exception (empty when there was none), ``failed_at`` seconds since the epoch.
+    exception (empty when there was none), ``failed_at`` seconds since the epoch, and
+    ``dead_letter_id`` the entry's id in the dead-letter stream (to XDEL it).
     """
 
     id: str
@@ -145,13 +146,21 @@ def _optional_str(envelope: dict, key: str) -> str | None:
     return value
 
 
+_STRING_FIELDS = ("type", "sender", "topic", "reply_to", "correlation", "id")
+
+
 def _parse(text: Any) -> dict[str, Any]:
     if not isinstance(text, str):
         raise DecodeError(f"no {ENVELOPE_FIELD!r} field holding JSON text")
     try:
-        envelope = _loads(text)
-    except ValueError as exc:
-        raise DecodeError(f"envelope is not valid JSON ({exc}): {text[:80]!r}") from None
+        envelope, end = _raw_decode(text)
+        if end != len(text) and text[end:].strip():
+            raise ValueError(f"extra data at character {end}")
+    except ValueError:
+        try:  # the slower full parse also allows leading whitespace
+            envelope = json.loads(text)
+        except ValueError as exc:
+            raise DecodeError(f"envelope is not valid JSON ({exc}): {text[:80]!r}") from None
     if not isinstance(envelope, dict):
         raise DecodeError(f"envelope is not a JSON object: {text[:80]!r}")
     version = envelope.get("v")
@@ -166,33 +175,55 @@ def decode_envelope(
     """Decode envelope JSON text into a :class:`Message`; :class:`DecodeError` says why not.
 
     ``message_id`` is the stream entry id (mailboxes); broadcasts carry their own.
+    This runs once per message, so the common case (every field well-typed) takes the
+    shortest path; the checks that name a bad field run only when something is off.
     """
     envelope = _parse(text)
-    if "body" not in envelope:
-        raise DecodeError("envelope has no 'body'")
-    tag = _optional_str(envelope, "type")
-    body = decode_body(envelope["body"], tag)
-    headers = envelope.get("headers")
-    if headers is None:
-        headers = {}
-    elif not isinstance(headers, dict):
-        raise DecodeError(f"envelope field 'headers': expected an object, got {headers!r}")
-    sent_at = envelope.get("sent_at", 0.0)
-    if isinstance(sent_at, bool) or not isinstance(sent_at, (int, float)):
-        raise DecodeError(f"envelope field 'sent_at': expected a number, got {sent_at!r}")
-    if message_id is None:
-        message_id = _optional_str(envelope, "id") or ""
+    get = envelope.get
+    tag = get("type")
+    sender = get("sender")
+    topic = get("topic")
+    reply_to = get("reply_to")
+    correlation = get("correlation")
+    own_id = get("id")
+    headers = get("headers")
+    sent_at = get("sent_at", 0.0)
+    if (
+        "body" not in envelope
+        or (tag is not None and type(tag) is not str)
+        or (sender is not None and type(sender) is not str)
+        or (topic is not None and type(topic) is not str)
+        or (reply_to is not None and type(reply_to) is not str)
+        or (correlation is not None and type(correlation) is not str)
+        or (own_id is not None and type(own_id) is not str)
+        or (headers is not None and type(headers) is not dict)
+        or (type(sent_at) is not float and type(sent_at) is not int)
+    ):
+        _explain(envelope)
     return Message(
-        id=message_id,
-        body=body,
-        sender=_optional_str(envelope, "sender"),
-        topic=_optional_str(envelope, "topic"),
+        id=(own_id or "") if message_id is None else message_id,
+        body=decode_body(envelope["body"], tag),
+        sender=sender,
+        topic=topic,
         delivery_count=delivery_count,
         sent_at=float(sent_at),
-        headers=headers,
-        reply_to=_optional_str(envelope, "reply_to"),
-        correlation=_optional_str(envelope, "correlation"),
+        headers=headers if headers is not None else {},
+        reply_to=reply_to,
+        correlation=correlation,
     )
+
+
+def _explain(envelope: dict[str, Any]) -> None:
+    """Raise the :class:`DecodeError` that names what is wrong with an envelope."""
+    if "body" not in envelope:
+        raise DecodeError("envelope has no 'body'")
+    for key in _STRING_FIELDS:
+        _optional_str(envelope, key)
+    headers = envelope.get("headers")
+    if headers is not None and not isinstance(headers, dict):
+        raise DecodeError(f"envelope field 'headers': expected an object, got {headers!r}")
+    sent_at = envelope.get("sent_at", 0.0)
+    raise DecodeError(f"envelope field 'sent_at': expected a number, got {sent_at!r}")
 
 
 def encode_reply(correlation: str, value: Any = None, error: BaseException | None = None) -> str:
