@@ -414,3 +414,46 @@ async def test_a_slow_handler_keeps_its_message_from_other_replicas(
             await two.spawn(Slow, name="slow", claim_idle=0.3)
             await one.wait_idle(timeout=10)
     assert seen == [(id(one), "long job")]
+
+
+async def test_agents_ask_each_other_and_spawn_agents(redis_config: RedisConfig) -> None:
+    class Doubler(Agent):
+        async def on_message(self, message: Message) -> Any:
+            return message.body * 2
+
+    class Front(Agent):
+        async def on_message(self, message: Message) -> Any:
+            if message.body == "grow":
+                await self.runtime.spawn(Doubler, name="doubler")
+                return "grown"
+            return await self.ask("doubler", message.body, timeout=5) + 1
+
+    with trio.fail_after(20):
+        async with Runtime(redis_config, namespace="t") as runtime:
+            await runtime.spawn(Front, name="front")
+            assert await runtime.ask("front", "grow", timeout=5) == "grown"
+            assert await runtime.ask("front", 20, timeout=5) == 41
+
+
+async def test_a_message_that_keeps_killing_its_consumer_is_dead_lettered(
+    redis_config: RedisConfig,
+) -> None:
+    """Deliveries that never finished (crashes) count: past max_deliveries the message is
+    dead-lettered without running the handler again."""
+    sink = Sink()
+    client = raw(redis_config)
+    stream = "ailf:t:mailbox:careful"
+    client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    with trio.fail_after(20):
+        async with Runtime(redis_config, namespace="t") as sender:
+            await sender.send("careful", "killer")
+        [[_, [(entry_id, _)]]] = client.xreadgroup(GROUP, "crashed", {stream: ">"})
+        # four more deliveries that each took their process down
+        client.xclaim(stream, GROUP, "crashed", 0, [entry_id], retrycount=5)
+        async with Runtime(redis_config, namespace="t") as runtime:
+            await runtime.spawn(Recorder, name="careful", options=sink, claim_idle=0.1)
+            await runtime.wait_idle(timeout=10)
+            (letter,) = await runtime.dead_letters("careful")
+    assert sink.seen == []
+    assert letter.body == "killer" and letter.delivery_count == 6
+    assert "delivered 6 times (max_deliveries=5) without its handler finishing" in letter.reason
