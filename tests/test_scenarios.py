@@ -117,6 +117,9 @@ def test_crash_recovery_loses_nothing(redis: RedisServer) -> None:
     assert any("SIGKILL to process 1" in event for event in summary["events"])
     assert "collector: all 120 results collected" in stderr
     assert counters(summary, "collector")["processed"] >= 120
+    [check] = summary["checks"]
+    assert check["counter"] == "processed_at_least"
+    assert check["ok"]
 
 
 def test_poison_message_ends_in_the_dead_letter_stream(redis: RedisServer) -> None:
@@ -168,7 +171,8 @@ def test_an_unmet_expectation_fails_the_run(tmp_path: Path, redis: RedisServer) 
     )
     result = ailf("run", str(file), "--redis", redis.url)
     assert result.returncode == 1
-    assert "problem: expected echo.processed = 3, found 2" in result.stdout
+    assert "expect echo.processed = 3: FAILED, found 2" in result.stdout
+    assert "problem: expected echo.processed = 3: FAILED, found 2" in result.stdout
 
 
 def test_a_worker_that_cannot_start_fails_the_run(tmp_path: Path, redis: RedisServer) -> None:

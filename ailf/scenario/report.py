@@ -17,7 +17,7 @@ import attrs
 from ailf.runtime.statistics import AgentStatistics
 from ailf.scenario.model import Scenario
 
-__all__ = ["Progress", "RunReport", "check_expectations", "combine", "count_of"]
+__all__ = ["Check", "Progress", "RunReport", "check_expectations", "combine", "count_of"]
 
 
 def combine(snapshots: Iterable[dict[str, AgentStatistics]]) -> dict[str, AgentStatistics]:
@@ -29,9 +29,27 @@ def combine(snapshots: Iterable[dict[str, AgentStatistics]]) -> dict[str, AgentS
     return {name: AgentStatistics.combine(name, found) for name, found in parts.items()}
 
 
-def check_expectations(scenario: Scenario, totals: dict[str, AgentStatistics]) -> list[str]:
-    """Every ``[expect.AGENT]`` counter that does not hold, as a sentence."""
-    failures = []
+@attrs.frozen
+class Check:
+    """One ``[expect.AGENT]`` counter compared with what the run did."""
+
+    agent: str
+    counter: str
+    wanted: int
+    found: int
+    ok: bool
+
+    def describe(self) -> str:
+        if self.counter == "processed_at_least":
+            claim = f"{self.agent} processed at least {self.wanted}"
+            return f"{claim}: {'ok' if self.ok else 'FAILED'} ({self.found})"
+        claim = f"{self.agent}.{self.counter} = {self.wanted}"
+        return f"{claim}: ok" if self.ok else f"{claim}: FAILED, found {self.found}"
+
+
+def check_expectations(scenario: Scenario, totals: dict[str, AgentStatistics]) -> list[Check]:
+    """Every counter of every ``[expect.AGENT]`` table, compared with the totals."""
+    checks = []
     for name, expectation in scenario.expect.items():
         stats = totals.get(name, AgentStatistics(name=name))
         for field in attrs.fields(type(expectation)):
@@ -39,16 +57,13 @@ def check_expectations(scenario: Scenario, totals: dict[str, AgentStatistics]) -
             if wanted is None:
                 continue
             if field.name == "processed_at_least":
-                if stats.processed < wanted:
-                    failures.append(
-                        f"expected {name} to process at least {wanted}, it processed"
-                        f" {stats.processed}"
-                    )
-                continue
-            actual = getattr(stats, field.name)
-            if actual != wanted:
-                failures.append(f"expected {name}.{field.name} = {wanted}, found {actual}")
-    return failures
+                found = stats.processed
+                ok = found >= wanted
+            else:
+                found = getattr(stats, field.name)
+                ok = found == wanted
+            checks.append(Check(name, field.name, wanted, found, ok))
+    return checks
 
 
 @attrs.frozen
@@ -69,6 +84,7 @@ class RunReport:
     events: tuple[str, ...] = ()
     replies: tuple[dict[str, Any], ...] = ()
     dead_letters: dict[str, tuple[str, ...]] = attrs.Factory(dict)
+    checks: tuple[Check, ...] = ()
     interrupted: bool = False
 
     def to_json(self) -> dict[str, Any]:
@@ -78,6 +94,7 @@ class RunReport:
         data["events"] = list(self.events)
         data["replies"] = list(self.replies)
         data["dead_letters"] = {k: list(v) for k, v in self.dead_letters.items()}
+        data["checks"] = [attrs.asdict(check) for check in self.checks]
         return data
 
     def format(self) -> str:
@@ -90,8 +107,15 @@ class RunReport:
             "",
             _table(self.agents),
         ]
+        if self.restarts:
+            lines.append(
+                "(counters of a process that died are as of its last report, at most 0.1 s"
+                " before; what it held was handled again elsewhere)"
+            )
         if self.events:
             lines += ["", *(f"  {event}" for event in self.events)]
+        if self.checks:
+            lines += ["", *(f"expect {check.describe()}" for check in self.checks)]
         for name, reasons in self.dead_letters.items():
             lines.append("")
             lines.append(f"dead letters of {name} (ailf dlq list {name} -n {self.namespace}):")

@@ -281,8 +281,9 @@ class ScenarioRun:
             totals = self.totals()
             dead = await self._dead_letters(client, totals)
         problems = list(self._problems)
-        if not self.interrupted:  # an interrupted run is not expected to be complete
-            problems += check_expectations(self.scenario, totals)
+        # An interrupted run is not expected to be complete: its [expect] tables are moot.
+        checks = [] if self.interrupted else check_expectations(self.scenario, totals)
+        problems += [f"expected {c.describe()}" for c in checks if not c.ok]
         return RunReport(
             scenario=self.scenario.name,
             namespace=self.scenario.namespace,
@@ -301,6 +302,7 @@ class ScenarioRun:
             events=tuple(self._events),
             replies=tuple(self._replies),
             dead_letters=dead,
+            checks=tuple(checks),
             interrupted=self.interrupted is not None,
         )
 
