@@ -102,7 +102,11 @@ def _strict_scalar(kind: type, check: Callable[[Any], bool]) -> Callable[[Any, t
 
 
 def _toml_key(attribute: attrs.Attribute) -> str:
-    return attribute.name.rstrip("_")
+    """The key a field has in the file: its name, unless the model says otherwise
+    (``class_`` is ``class``). Agents' options always use their field names, as the
+    runtime's own structuring does."""
+    key = attribute.metadata.get("toml")
+    return key if isinstance(key, str) else attribute.name
 
 
 def _make_converter() -> cattrs.Converter:

@@ -3,7 +3,8 @@
 A scenario file is TOML; :mod:`ailf.scenario.load` turns it into a :class:`Scenario`
 and checks it, so every record here is known to be consistent by the time the runner
 sees it. The TOML keys are the field names, except ``class`` (``class_`` here, since
-``class`` is a Python keyword). ``docs/scenarios.md`` is the reference for users.
+``class`` is a Python keyword; ``metadata["toml"]`` names the key, and ``False`` there
+keeps a field out of the file). ``docs/scenarios.md`` is the reference for users.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class AgentSpec:
     """
 
     name: str
-    class_: str
+    class_: str = attrs.field(metadata={"toml": "class"})
     replicas: int = 1
     processes: int = 1
     topics: tuple[str, ...] = ()
