@@ -258,3 +258,34 @@ def test_ctrl_c_stops_gracefully_with_a_summary_and_exit_130(redis: RedisServer)
     assert run.returncode == 130
     assert "scenario crash-recovery: FAILED — interrupted" in out
     assert "problem: interrupted by SIGINT" in out
+
+
+def test_two_kills_of_the_same_process_lose_nothing(tmp_path: Path, redis: RedisServer) -> None:
+    text = (SCENARIOS / "crash-recovery.toml").read_text()
+    text = text.replace("after_processed = 30", "after_processed = 20")
+    text += '\n[[faults]]\nkill = "worker"\nafter_processed = 70\n'
+    file = tmp_path / "two-kills.toml"
+    file.write_text(text)
+    result = ailf("run", str(file), "--redis", redis.url, "--json")
+    summary = json.loads(result.stdout)
+    assert result.returncode == 0, summary["problems"]
+    assert summary["restarts"] == 2
+    assert "collector: all 120 results collected" in result.stderr
+
+
+def test_a_process_that_keeps_dying_fails_the_run(tmp_path: Path, redis: RedisServer) -> None:
+    (tmp_path / "dying_agents.py").write_text(
+        "import os\n\nfrom ailf import Agent\n\n\n"
+        "class Dying(Agent):\n"
+        "    async def on_start(self):\n"
+        "        os._exit(3)\n"
+    )
+    file = tmp_path / "dying.toml"
+    file.write_text(
+        '[scenario]\nname = "dying"\ntimeout = 50\n'
+        '[[agents]]\nname = "d"\nclass = "dying_agents:Dying"\n'
+    )
+    result = ailf("run", str(file), "--redis", redis.url)
+    assert result.returncode == 1
+    assert "process 0 (pid" in result.stdout
+    assert "exited with code 3; it died 6 times within 30 s, giving up" in result.stdout
