@@ -380,6 +380,10 @@ async def _handshake(connection: Connection, config: RedisConfig) -> None:
             continue
         if reply.code == "NOAUTH":
             raise _password_required(connection.address)
+        if reply.code == "LOADING":  # restarted, reading its AOF/RDB: not up yet, retry
+            raise RedisConnectionError(
+                f"Redis at {connection.address} is still loading its dataset: {reply}"
+            )
         if command[0] == "AUTH" or reply.code in _AUTH_CODES:
             user = config.username or "default"
             raise AuthenticationError(
@@ -387,5 +391,5 @@ async def _handshake(connection: Connection, config: RedisConfig) -> None:
                 " check RedisConfig.username and RedisConfig.password"
             )
         raise ResponseError(
-            f"{reply} (during {command[0]} {command[1]} on connect to {config.address})"
+            f"{reply} (during {' '.join(map(str, command[:2]))} on connect to {config.address})"
         )
