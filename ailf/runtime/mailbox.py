@@ -25,6 +25,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import random
 from typing import TYPE_CHECKING, Any
 
@@ -471,7 +472,13 @@ class MailboxReader:
                 nursery.start_soon(self._claim, binding, now)
 
     def _schedule_claim(self, binding: Binding, when: float) -> None:
-        heapq.heappush(self._claims, (when, next(self._sequence), binding))
+        # Rounded up to a tenth of claim_idle, so that the claims of many mailboxes fall
+        # due together and wake the loop (and re-issue its read) a few times per claim
+        # period, not once per mailbox.
+        tick = max(0.05, binding.claim_idle / 10)
+        heapq.heappush(
+            self._claims, (math.ceil(when / tick) * tick, next(self._sequence), binding)
+        )
 
     async def _retry(self, binding: Binding, delivery: Delivery, delay: float) -> None:
         binding.retrying.discard(delivery.id)
