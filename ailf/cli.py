@@ -359,8 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
         "server",
         "run an embedded Redis server in the foreground and print its URL",
         "Run a throwaway Redis server until Ctrl-C; prints its URL on stdout.",
-        "  ailf server\n  ailf server --port 6390 --persistent\n"
-        "  export AILF_REDIS_URL=$(ailf server &)  # in scripts, read the first line",
+        "  ailf server\n  ailf server --port 6390 --persistent\n  ailf server --unix-socket",
     )
     server.add_argument("--port", type=int, default=None, help="TCP port (default: a free one)")
     server.add_argument("--unix-socket", action="store_true", help="listen on a socket file")
