@@ -22,6 +22,7 @@ stream while the next handlers run.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
@@ -113,6 +114,12 @@ async def check_unread_trimmed(client: AsyncRedisClient, stream: str) -> dict[st
         lost = removed - int(read)
     else:
         lost = 0
+    report_unread_trimmed(stream, lost)
+    return group
+
+
+def report_unread_trimmed(stream: str, lost: int) -> None:
+    """Log ``lost`` entries of ``stream`` gone unread, once per growth of the loss."""
     if lost > _warned.get(stream, 0):
         _warned[stream] = lost
         log.warning(
@@ -121,7 +128,25 @@ async def check_unread_trimmed(client: AsyncRedisClient, stream: str) -> dict[st
             stream,
             lost,
         )
-    return group
+
+
+async def _side_by_side(calls: list[Any]) -> None:
+    """Run ``calls`` concurrently; the first RedisError any raised is raised once all
+    finished, as itself rather than in an ExceptionGroup, so that the reader loop's
+    backoff and NOGROUP recovery see it (a Redis outage must not end the reader)."""
+    errors: list[RedisError] = []
+
+    async def guarded(call: Any) -> None:
+        try:
+            await call()
+        except RedisError as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for call in calls:
+            nursery.start_soon(guarded, call)
+    if errors:
+        raise errors[0]
 
 
 def _upkeep_interval(binding: Binding) -> float:
@@ -337,9 +362,7 @@ class MailboxReader:
 
     async def _recreate_groups(self) -> None:
         streams = [self.wake_key, *self.bindings]
-        async with trio.open_nursery() as nursery:
-            for stream in streams:
-                nursery.start_soon(self._create_group, stream)
+        await _side_by_side([functools.partial(self._create_group, s) for s in streams])
         for binding in self.bindings.values():
             binding.backlog, binding.backlog_from = True, "0"
             binding.claim_cursor = "0-0"
@@ -465,29 +488,30 @@ class MailboxReader:
                 self._schedule_claim(binding, now + max(binding.claim_idle / 2, 0.05))
         if not retries and not claims:
             return
-        async with trio.open_nursery() as nursery:
-            for _, _, binding, delivery, delay in retries:
-                nursery.start_soon(self._retry, binding, delivery, delay)
-            for binding in claims:
-                nursery.start_soon(self._claim, binding, now)
+        await _side_by_side(
+            [functools.partial(self._retry, b, d, delay) for _, _, b, d, delay in retries]
+            + [functools.partial(self._claim, binding, now) for binding in claims]
+        )
 
     def _schedule_claim(self, binding: Binding, when: float) -> None:
         # Rounded up to a tenth of claim_idle, so that the claims of many mailboxes fall
         # due together and wake the loop (and re-issue its read) a few times per claim
         # period, not once per mailbox.
         tick = max(0.05, binding.claim_idle / 10)
-        heapq.heappush(
-            self._claims, (math.ceil(when / tick) * tick, next(self._sequence), binding)
-        )
+        heapq.heappush(self._claims, (math.ceil(when / tick) * tick, next(self._sequence), binding))
 
     async def _retry(self, binding: Binding, delivery: Delivery, delay: float) -> None:
         binding.retrying.discard(delivery.id)
         if not binding.active:
             return
         # min-idle: if another replica claimed the entry meanwhile, leave it to that one.
-        entries = await self.client.xclaim(
-            binding.stream, GROUP, self.consumer, int(delay * 900), [delivery.id]
-        )
+        try:
+            entries = await self.client.xclaim(
+                binding.stream, GROUP, self.consumer, int(delay * 900), [delivery.id]
+            )
+        except RedisError:
+            self.schedule_retry(delivery)  # still held here: try again once Redis is back
+            raise
         if not entries or entries[0][1] is None:
             binding.held.pop(delivery.id, None)
             return

@@ -46,6 +46,7 @@ from ailf.runtime.mailbox import (
     MailboxSettings,
     check_unread_trimmed,
     compare_ids,
+    report_unread_trimmed,
 )
 from ailf.runtime.message import ENVELOPE_FIELD, DeadLetter, decode_envelope, encode_envelope
 from ailf.runtime.registry import (
@@ -392,13 +393,7 @@ class Runtime:
                 f"{known.agent_cls.__qualname__}, not {agent_cls.__qualname__}"
             )
         self._specs[name] = spec
-        try:
-            await self.client.xgroup_create(self.keys.mailbox(name), GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if exc.code != "BUSYGROUP":
-                raise
-        if known is None:
-            await check_unread_trimmed(self.client, self.keys.mailbox(name))
+        await self._open_mailbox(self.keys.mailbox(name), check=known is None)
         counters = self.counters_for(name)
         numbers = self._replica_numbers.setdefault(name, itertools.count())
         used = self._slots.setdefault(name, set())
@@ -408,6 +403,22 @@ class Runtime:
             reader = await self._reader(slot)
             counters.replicas += 1
             await self._agents.start(supervise, self, spec, next(numbers), reader)
+
+    async def _open_mailbox(self, stream: str, *, check: bool) -> None:
+        """Create the mailbox's group (at ``0``, so a backlog is read) unless it exists,
+        and report entries trimmed before anyone read them — in one round trip when the
+        group is new."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        pipe.xinfo_stream(stream)
+        created, info = await pipe.execute(raise_on_error=False)
+        if isinstance(created, ResponseError) and created.code == "BUSYGROUP":
+            if check:
+                await check_unread_trimmed(self.client, stream)
+        elif isinstance(created, Exception):
+            raise created
+        elif not isinstance(info, Exception):
+            report_unread_trimmed(stream, info["entries-added"] - info["length"])
 
     # -- talking to agents ----------------------------------------------------------
 
