@@ -457,3 +457,16 @@ async def test_a_message_that_keeps_killing_its_consumer_is_dead_lettered(
     assert sink.seen == []
     assert letter.body == "killer" and letter.delivery_count == 6
     assert "delivered 6 times (max_deliveries=5) without its handler finishing" in letter.reason
+
+
+async def test_a_deleted_mailbox_is_recreated(
+    redis_config: RedisConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    with trio.fail_after(20):
+        async with Runtime(redis_config, namespace="t") as runtime:
+            await runtime.spawn(Recorder, name="gone", options=Sink(), claim_idle=0.1)
+            assert (await runtime.ask("gone", 1, timeout=5))["echo"] == 1
+            raw(redis_config).delete("ailf:t:mailbox:gone")
+            await trio.sleep(0.3)  # claims and reads meet NOGROUP meanwhile
+            assert (await runtime.ask("gone", 2, timeout=5))["echo"] == 2
+    assert "consumer group missing, re-creating it" in caplog.text
