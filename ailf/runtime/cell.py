@@ -214,7 +214,11 @@ class Cell:
 
     async def _call(self, message: Message) -> Any:
         if self._sync:
-            return await trio.to_thread.run_sync(self.agent.on_message, message)
+            # Abandoned on cancellation (shutdown past the grace period, a crash): the
+            # thread runs to its end on its own, its message stays pending.
+            return await trio.to_thread.run_sync(
+                self.agent.on_message, message, abandon_on_cancel=True
+            )
         return await self.agent.on_message(message)
 
     async def _handle_delivery(self, delivery: Delivery) -> None:
