@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any
 
 import attrs
@@ -235,3 +237,24 @@ async def test_an_error_in_the_block_propagates_unchanged_after_a_graceful_stop(
             await runtime.spawn(StartFails, name="calm", options=log)
             raise KeyError("from the body")
     assert log.events == ["start", "stop"]
+
+
+async def test_shutdown_does_not_wait_past_the_grace_period_for_a_sync_handler(
+    redis_config: RedisConfig,
+) -> None:
+    entered = threading.Event()
+
+    class Blocking(Agent):
+        def on_message(self, message: Message) -> None:
+            entered.set()
+            time.sleep(2)
+
+    with trio.fail_after(20):
+        async with Runtime(redis_config, namespace="s", grace_period=0.2) as runtime:
+            await runtime.spawn(Blocking, name="blocking")
+            await runtime.send("blocking", 1)
+            await trio.to_thread.run_sync(entered.wait)
+            stopping = trio.current_time()
+        assert trio.current_time() - stopping < 1.5
+    client = redis.Redis(port=redis_config.port, decode_responses=True)
+    assert client.xpending("ailf:s:mailbox:blocking", GROUP)["pending"] == 1
