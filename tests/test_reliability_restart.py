@@ -1,0 +1,156 @@
+"""Redis going away: an outage of seconds, and a restart that lost everything.
+
+The runtime must recover by itself in both cases — readers back off and re-create lost
+groups, pub/sub listeners re-subscribe, the registry fills again, agents keep running
+and new messages are handled — in this process and in another one. What Redis itself
+lost (a restart without persistence) stays lost; the test pins down exactly what, for
+docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import trio
+
+from ailf import Agent, AskTimeout, Message, RedisError, RedisServer, Runtime
+from ailf.runtime.keys import GROUP
+
+CHILD = Path(__file__).with_name("runtime_child.py")
+
+
+@contextmanager
+def child_runtime(server: RedisServer, **spec: Any) -> Iterator[subprocess.Popen[str]]:
+    spec = {"url": server.url, "namespace": "r", **spec}
+    process = subprocess.Popen(
+        [sys.executable, str(CHILD), json.dumps(spec)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+async def ready(process: subprocess.Popen[str]) -> None:
+    assert process.stdout is not None
+    line = await trio.to_thread.run_sync(process.stdout.readline)
+    assert line.strip() == "ready", f"child exited with {process.poll()}"
+
+
+async def ask_until_answered(runtime: Runtime, to: str, body: Any) -> Any:
+    """Ask again until the agent answers: right after a restart, groups are still being
+    re-created and the pub/sub session re-subscribed."""
+    while True:
+        try:
+            return await runtime.ask(to, body, timeout=1)
+        except (AskTimeout, RedisError):
+            await trio.sleep(0.1)
+
+
+class Flaky(Agent):
+    """Fails the first delivery of every message; counts what it finally handled."""
+
+    handled: list[Any] = []
+    failed = trio.Event()
+
+    async def on_message(self, message: Message) -> Any:
+        if message.topic is not None:
+            return None
+        if message.delivery_count == 1:
+            Flaky.failed.set()
+            raise RuntimeError("first delivery fails")
+        Flaky.handled.append(message.body)
+        return None
+
+
+class Echo(Agent):
+    topics = ("news",)
+    heard: list[Any] = []
+
+    async def on_message(self, message: Message) -> Any:
+        if message.topic is not None:
+            Echo.heard.append(message.body)
+        return message.body
+
+
+async def test_an_outage_of_seconds_with_retries_and_claims_due_meanwhile() -> None:
+    """Redis is down for 3 s while a retry and claims fall due: the runtime does not
+    crash, and the retried message is handled once Redis is back (AOF keeps it)."""
+    Flaky.handled, Flaky.failed = [], trio.Event()
+    with RedisServer(persistent=True) as server, trio.fail_after(60):
+        async with Runtime(server.config, namespace="r", retry_backoff=0.5) as runtime:
+            await runtime.spawn(Flaky, name="flaky", claim_idle=2.0)
+            await runtime.spawn(Echo, name="echo", claim_idle=0.2)  # claims every 0.1 s
+            await runtime.send("flaky", "survivor")
+            await Flaky.failed.wait()  # its retry is due in 0.5 s, while Redis is down
+            await trio.to_thread.run_sync(server.kill)
+            await trio.sleep(3)  # longer than the client's own reconnect attempts
+            with pytest.raises(RedisError):
+                await runtime.send("echo", "nobody home")
+            await trio.to_thread.run_sync(server.start)
+            assert await ask_until_answered(runtime, "echo", "back") == "back"
+            while not Flaky.handled:  # noqa: ASYNC110 - the retry comes when it comes
+                await trio.sleep(0.05)
+            await runtime.wait_idle(timeout=20)
+    assert Flaky.handled == ["survivor"]
+
+
+async def test_a_restart_without_persistence_is_recovered_from_by_itself(
+    fresh_server: RedisServer,
+) -> None:
+    key = "test:restart"
+    spec = {"agent": "recorder", "options": {"key": key}, "topics": ["news"]}
+    Echo.heard = []
+    plain = redis.Redis(host="127.0.0.1", port=fresh_server.port, decode_responses=True)
+    with trio.fail_after(90), child_runtime(fresh_server, **spec) as other:
+        await ready(other)
+        async with Runtime(fresh_server.config, namespace="r", heartbeat_interval=0.5) as runtime:
+            await runtime.spawn(Echo, name="echo", replicas=2, claim_idle=0.5)
+            assert await runtime.ask("recorder", "before", timeout=5)
+            for n in range(5):  # a mailbox nobody reads yet, and a dead letter
+                await runtime.send("parked", n)
+            await runtime.client.xadd("ailf:r:mailbox:echo", {"not": "an envelope"})
+            while not await runtime.dead_letters("echo"):  # noqa: ASYNC110
+                await trio.sleep(0.05)
+
+            await trio.to_thread.run_sync(lambda: fresh_server.restart(kill=True))
+
+            # What Redis lost is lost: queued messages, dead letters, the registry.
+            assert plain.xlen("ailf:r:mailbox:parked") == 0
+            assert plain.xlen("ailf:r:dead:echo") == 0
+            # ...and everything else comes back by itself, in both processes.
+            assert await ask_until_answered(runtime, "echo", "after") == "after"
+            answer = await ask_until_answered(runtime, "recorder", "after")
+            assert answer["body"] == "after" and answer["pid"] == other.pid
+            for name in ("echo", "recorder"):
+                groups = plain.xinfo_groups(f"ailf:r:mailbox:{name}")
+                assert [g["name"] for g in groups] == [GROUP]
+            while True:  # subscriptions came back in both processes
+                await runtime.publish("news", "hello again")
+                heard_there = [
+                    json.loads(line)["topic"] for line in plain.lrange(key, 0, -1)
+                ].count("news")
+                if len(Echo.heard) >= 2 and heard_there:
+                    break
+                await trio.sleep(0.1)
+            while len((await runtime.registry()).processes) < 2:  # noqa: ASYNC110
+                await trio.sleep(0.1)
+            for n in range(50):
+                await runtime.send("echo", n)
+                await runtime.send("recorder", n)
+            await runtime.wait_idle(["echo", "recorder"], timeout=30)
+            handled_there = [json.loads(line)["body"] for line in plain.lrange(key, 0, -1)]
+    assert set(range(50)) <= set(handled_there)
+    plain.close()
