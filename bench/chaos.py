@@ -275,6 +275,26 @@ async def chaos(args: argparse.Namespace) -> dict[str, Any]:
 # -- the overload run ---------------------------------------------------------------------
 
 
+async def unthrottled_send_rate(config: RedisConfig, producers: int) -> int:
+    """Messages per second the producers manage for one second with no limit and no
+    consumer (the mailbox is deleted afterwards): what "ten times faster" compares to."""
+    sent = 0
+    async with Runtime(config, namespace="probe") as runtime:
+        deadline = trio.current_time() + 1.0
+
+        async def produce() -> None:
+            nonlocal sent
+            while trio.current_time() < deadline:
+                await runtime.send("probe", sent)
+                sent += 1
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(producers):
+                nursery.start_soon(produce)
+        await runtime.client.delete(runtime.keys.mailbox("probe"))
+    return sent
+
+
 async def overload(args: argparse.Namespace) -> dict[str, Any]:
     log_dir = Path(tempfile.mkdtemp(prefix="ailf-overload-"))
     with RedisServer() as server:
@@ -284,6 +304,7 @@ async def overload(args: argparse.Namespace) -> dict[str, Any]:
         )
         sent = mailbox_full = 0
         samples: list[dict[str, int]] = []
+        free_rate = await unthrottled_send_rate(server.config, args.producers)
         memory_before = int(plain.info("memory")["used_memory"])
         try:
             async with Runtime(
@@ -348,6 +369,7 @@ async def overload(args: argparse.Namespace) -> dict[str, Any]:
         "mailbox_limit": args.limit,
         "sent": sent,
         "send_rate": round(sent / args.seconds),
+        "unthrottled_send_rate": free_rate,
         "consumer_rate": round(handled_at_end / args.seconds),
         "mailbox_full_errors": mailbox_full,
         "backlog_max": max(s["backlog"] for s in samples),
