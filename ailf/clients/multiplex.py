@@ -17,6 +17,7 @@ is done; the client opens a new one for later commands.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Any
 
@@ -29,6 +30,9 @@ from ailf.clients.resp import NOT_ENOUGH, ProtocolError
 from ailf.errors import RedisConnectionError, RedisTimeoutError
 
 __all__ = ["SharedConnection"]
+
+#: Seconds without a reply after which an idle connection is checked before use.
+_QUIET = 0.05
 
 
 class _Slot:
@@ -62,6 +66,7 @@ class SharedConnection:
         self._parked_writer: Task | None = None
         self._scope = trio.CancelScope()
         self._timeout = connection.socket_timeout
+        self._last_heard = -math.inf
         self.error: RedisConnectionError | None = None
 
     @property
@@ -72,12 +77,18 @@ class SharedConnection:
         """Whether new requests may go here; notices a server that closed an idle socket.
 
         A request written on a socket the server already closed would fail although it
-        never reached the server; checking while nothing is in flight (one ``select``)
-        lets the client open a fresh connection for it instead.
+        never reached the server. So when nothing is in flight and nothing was heard
+        for a while (a reply a moment ago proves the socket was alive; the reader would
+        have seen an end-of-file since), one ``select`` checks the socket, and the
+        client opens a fresh connection for the request if the server closed it.
         """
         if self.error is not None:
             return False
-        if not self._waiting and self._connection.has_pending_input():
+        if (
+            not self._waiting
+            and trio.current_time() - self._last_heard > _QUIET
+            and self._connection.has_pending_input()
+        ):
             self._fail(RedisConnectionError(f"Redis at {self.address} closed the connection"))
             return False
         return True
@@ -186,6 +197,7 @@ class SharedConnection:
         gets = connection.parser.gets
         while True:
             await connection.receive_into_parser(idle=not waiting)
+            self._last_heard = trio.current_time()
             while True:
                 try:
                     reply = gets()
