@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import attrs
 import pytest
 
 from ailf.errors import ConfigError, DecodeError, MessageTooLarge
+from ailf.runtime import Runtime
 from ailf.runtime.agent import Agent, structure_options
 from ailf.runtime.keys import Keys
 from ailf.runtime.message import (
@@ -121,3 +123,24 @@ def test_structure_options() -> None:
     with pytest.raises(ConfigError, match="expected a mapping"):
         structure_options(Greeter, [1])
     assert structure_options(Agent, None) == Agent.Options()
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "expected"),
+    [
+        ("batch_size", 0, "Runtime batch_size: expected an integer >= 1, got 0"),
+        ("batch_size", 2.5, "Runtime batch_size: expected an integer >= 1, got 2.5"),
+        ("mailbox_maxlen", -1, "Runtime mailbox_maxlen: expected an integer >= 1"),
+        ("grace_period", -1, "Runtime grace_period: expected a number > 0, got -1"),
+        ("retry_backoff", "x", "Runtime retry_backoff: expected a number > 0, got 'x'"),
+        ("heartbeat_interval", 0, "Runtime heartbeat_interval: expected a number > 0"),
+        ("namespace", "a b", "namespace name: expected a non-empty string without spaces"),
+    ],
+)
+def test_runtime_settings_are_validated(setting: str, value: object, expected: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        Runtime(**{setting: value})
+
+
+def test_runtime_accepts_no_cap() -> None:
+    assert Runtime(mailbox_maxlen=None).settings.mailbox_maxlen is None

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from ailf.errors import RedisConnectionError, RedisError, ResponseError
+from ailf.errors import ConfigError, RedisConnectionError, RedisError, ResponseError
 from ailf.runtime.keys import GROUP
 
 if TYPE_CHECKING:
@@ -47,16 +47,39 @@ log = logging.getLogger("ailf.runtime")
 
 @attrs.frozen
 class MailboxSettings:
-    """How mailboxes are read and bounded (``Runtime`` keyword arguments of the same names)."""
+    """How mailboxes are read and bounded (``Runtime`` keyword arguments of the same names).
 
-    batch_size: int = 128
-    mailbox_maxlen: int | None = 100_000
-    dead_letter_maxlen: int = 10_000
-    max_message_size: int = 1 << 20
-    retry_backoff: float = 0.1
-    retry_backoff_max: float = 5.0
-    max_block: float = 2.0
-    stale_consumer_after: float = 60.0
+    Validated on construction: a bad value raises :class:`ConfigError` naming it.
+    """
+
+    batch_size: int = attrs.field(default=128, validator=lambda i, a, v: _count(a, v))
+    mailbox_maxlen: int | None = attrs.field(
+        default=100_000, validator=lambda i, a, v: v is None or _count(a, v)
+    )
+    dead_letter_maxlen: int = attrs.field(default=10_000, validator=lambda i, a, v: _count(a, v))
+    max_message_size: int = attrs.field(default=1 << 20, validator=lambda i, a, v: _count(a, v))
+    retry_backoff: float = attrs.field(default=0.1, validator=lambda i, a, v: _seconds(a, v))
+    retry_backoff_max: float = attrs.field(default=5.0, validator=lambda i, a, v: _seconds(a, v))
+    max_block: float = attrs.field(default=2.0, validator=lambda i, a, v: _seconds(a, v))
+    stale_consumer_after: float = attrs.field(
+        default=60.0, validator=lambda i, a, v: _seconds(a, v)
+    )
+
+
+def check_setting(name: str, value: Any, *, integer: bool = False) -> None:
+    """Reject a Runtime setting that is not a positive number (integer if asked)."""
+    allowed = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, allowed) or value <= 0:
+        expected = "an integer >= 1" if integer else "a number > 0"
+        raise ConfigError(f"Runtime {name}: expected {expected}, got {value!r}")
+
+
+def _count(attribute: attrs.Attribute, value: Any) -> None:
+    check_setting(attribute.name, value, integer=True)
+
+
+def _seconds(attribute: attrs.Attribute, value: Any) -> None:
+    check_setting(attribute.name, value)
 
 
 @attrs.define(eq=False)

@@ -44,6 +44,7 @@ from ailf.runtime.mailbox import (
     Acker,
     MailboxReader,
     MailboxSettings,
+    check_setting,
     check_unread_trimmed,
     compare_ids,
     report_unread_trimmed,
@@ -107,6 +108,8 @@ class Runtime:
         retry_backoff_max: float = 5.0,
         stale_consumer_after: float = 60.0,
     ) -> None:
+        check_setting("heartbeat_interval", heartbeat_interval)
+        check_setting("grace_period", grace_period)
         self.config = config if config is not None else RedisConfig.from_env()
         self.keys = Keys(namespace)
         self.namespace = namespace
