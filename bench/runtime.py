@@ -130,7 +130,8 @@ async def role_responder(config: RedisConfig, count: int) -> None:
 async def role_baseline_responder(config: RedisConfig, count: int) -> None:
     client = redis.asyncio.Redis(**config.redis_py_kwargs())
     try:
-        await client.xgroup_create("bench:requests", "g", id="$", mkstream=True)
+        with contextlib.suppress(redis.ResponseError):  # BUSYGROUP: an earlier run's
+            await client.xgroup_create("bench:requests", "g", id="$", mkstream=True)
         _emit(ready=True)
         while True:
             reply = await client.xreadgroup("g", "r", {"bench:requests": ">"}, 100, 0)
