@@ -156,15 +156,15 @@ def _parse(text: Any) -> dict[str, Any]:
         envelope, end = _raw_decode(text)
         if end != len(text) and text[end:].strip():
             raise ValueError(f"extra data at character {end}")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep for json
         try:  # the slower full parse also allows leading whitespace
             envelope = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise DecodeError(f"envelope is not valid JSON ({exc}): {text[:80]!r}") from None
     if not isinstance(envelope, dict):
         raise DecodeError(f"envelope is not a JSON object: {text[:80]!r}")
     version = envelope.get("v")
-    if version != VERSION:
+    if version != VERSION or isinstance(version, bool):
         raise DecodeError(f"unsupported envelope version {version!r} (this runtime reads v=1)")
     return envelope
 
