@@ -227,18 +227,18 @@ class Cell:
         raw = delivery.fields.get(ENVELOPE_FIELD)
         limit = self.runtime.settings.max_message_size
         if isinstance(raw, str) and len(raw) > limit and len(raw.encode()) > limit:
-            await self._dead_letter(delivery, f"envelope larger than max_message_size={limit}")
+            await self.dead_letter(delivery, f"envelope larger than max_message_size={limit}")
             return
         try:
             message = decode_envelope(
                 raw, message_id=delivery.id, delivery_count=delivery.delivery_count
             )
         except DecodeError as exc:
-            await self._dead_letter(delivery, f"undecodable: {exc}")
+            await self.dead_letter(delivery, f"undecodable: {exc}")
             return
         max_deliveries = self.spec.agent_cls.max_deliveries
         if delivery.delivery_count > max_deliveries:
-            await self._dead_letter(
+            await self.dead_letter(
                 delivery,
                 f"delivered {delivery.delivery_count} times (max_deliveries={max_deliveries})"
                 " without its handler finishing: the process handling it died or was stopped",
@@ -276,7 +276,7 @@ class Cell:
                 self.runtime.acker.ack(delivery.binding.stream, delivery.id)
                 delivery.binding.held.pop(delivery.id, None)
             elif delivery.delivery_count >= max_deliveries:
-                await self._dead_letter(
+                await self.dead_letter(
                     delivery,
                     f"handler failed on delivery {delivery.delivery_count} of {max_deliveries}",
                     exc,
@@ -307,7 +307,7 @@ class Cell:
         except RedisError as exc:
             self.log.warning("could not send the reply to %s: %s", message.reply_to, exc)
 
-    async def _dead_letter(
+    async def dead_letter(
         self, delivery: Delivery, reason: str, error: Exception | None = None
     ) -> None:
         runtime = self.runtime

@@ -33,11 +33,17 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from ailf.errors import ConfigError, RedisConnectionError, RedisError, ResponseError
+from ailf.clients.async_client import AsyncRedisClient
+from ailf.errors import (
+    ConfigError,
+    DecodeError,
+    RedisConnectionError,
+    RedisError,
+    ResponseError,
+)
 from ailf.runtime.keys import GROUP
 
 if TYPE_CHECKING:
-    from ailf.clients.async_client import AsyncRedisClient
     from ailf.runtime.cell import Cell
 
 __all__ = ["Acker", "Binding", "Delivery", "MailboxReader", "MailboxSettings"]
@@ -154,15 +160,15 @@ def report_unread_trimmed(stream: str, lost: int) -> None:
 
 
 async def _side_by_side(calls: list[Any]) -> None:
-    """Run ``calls`` concurrently; the first RedisError any raised is raised once all
-    finished, as itself rather than in an ExceptionGroup, so that the reader loop's
-    backoff and NOGROUP recovery see it (a Redis outage must not end the reader)."""
-    errors: list[RedisError] = []
+    """Run ``calls`` concurrently; the first RedisError or DecodeError any raised is
+    raised once all finished, as itself rather than in an ExceptionGroup, so that the
+    reader loop's handlers see it (a Redis outage must not end the reader)."""
+    errors: list[RedisError | DecodeError] = []
 
     async def guarded(call: Any) -> None:
         try:
             await call()
-        except RedisError as exc:
+        except (RedisError, DecodeError) as exc:
             errors.append(exc)
 
     async with trio.open_nursery() as nursery:
@@ -170,6 +176,16 @@ async def _side_by_side(calls: list[Any]) -> None:
             nursery.start_soon(guarded, call)
     if errors:
         raise errors[0]
+
+
+def _is_text(fields: dict[bytes, bytes]) -> bool:
+    try:
+        for key, value in fields.items():
+            key.decode()
+            value.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _upkeep_interval(binding: Binding) -> float:
@@ -352,14 +368,20 @@ class MailboxReader:
             self._nursery = nursery
             await self._create_group(self.wake_key)
             task_status.started()
-            recreate = False
+            recreate = unreadable = False
             while True:
                 try:
                     if recreate:
                         await self._recreate_groups()
                         recreate = False
+                    if unreadable:
+                        await self._set_aside_unreadable()
+                        unreadable = False
                     await self._step()
                     self._failures = 0
+                except DecodeError as exc:  # an entry that is not UTF-8 text
+                    unreadable = True
+                    await self._backoff(f"{exc}; dead-lettering the entries that are not text")
                 except ResponseError as exc:
                     recreate = exc.code == "NOGROUP"
                     why = "consumer group missing, re-creating it" if recreate else "error reply"
@@ -375,6 +397,46 @@ class MailboxReader:
         self._failures += 1
         log.warning("mailbox reader %s: %s; retrying in %.2f s", self.consumer, why, delay)
         await trio.sleep(delay)
+
+    async def _set_aside_unreadable(self) -> None:
+        """Dead-letter this consumer's pending entries that are not UTF-8 text.
+
+        The shared client decodes every reply as UTF-8, so one entry holding other bytes
+        (a pickle, say) fails a whole read — after Redis delivered it, so it is pending
+        here, and re-reading would fail again. Read the pending entries once more
+        through a client that does not decode, dead-letter (and acknowledge) those that
+        are not text, and let the normal read re-read the rest. Rare, so the extra
+        connection lives only as long as this.
+        """
+        config = self.client.config.replace(decode_responses=False)
+        async with AsyncRedisClient(config) as raw:
+            for binding in list(self.bindings.values()):
+                cursor: Any = "0"
+                while True:
+                    reply = await raw.xreadgroup(
+                        GROUP,
+                        self.consumer,
+                        {binding.stream: cursor},
+                        count=self.settings.batch_size,
+                    )
+                    entries = reply[0][1] if reply else []
+                    for entry_id, fields in entries:
+                        if fields is None or _is_text(fields):
+                            continue
+                        text = {
+                            k.decode(errors="backslashreplace"): v.decode(errors="backslashreplace")
+                            for k, v in fields.items()
+                        }
+                        delivery = Delivery(binding, entry_id.decode(), text, 1)
+                        await binding.cell.dead_letter(
+                            delivery, "undecodable: the entry is not UTF-8 text"
+                        )
+                    if len(entries) < self.settings.batch_size:
+                        break
+                    cursor = entries[-1][0]
+        for binding in self.bindings.values():
+            binding.backlog, binding.backlog_from = True, "0"
+        self._streams = None
 
     async def _create_group(self, stream: str) -> None:
         try:
