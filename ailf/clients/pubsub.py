@@ -29,7 +29,7 @@ from ailf.clients.connection import Connection, raise_reply_error
 from ailf.clients.pool import connect_with_retry
 from ailf.clients.resp import pack_command
 from ailf.config import RedisConfig
-from ailf.errors import RedisConnectionError, RedisTimeoutError, ResponseError
+from ailf.errors import DecodeError, RedisConnectionError, RedisTimeoutError, ResponseError
 
 __all__ = ["PubSub"]
 
@@ -193,6 +193,9 @@ class PubSub:
     async def _dispatch(self, reply: Any) -> None:
         if isinstance(reply, ResponseError):
             raise_reply_error(reply, self._config.address)
+        if isinstance(reply, DecodeError):  # a message that is not UTF-8 text
+            log.warning("pub/sub: dropped a message: %s", reply)
+            return
         if not isinstance(reply, list) or not reply:
             return
         kind = _kind(reply[0])
