@@ -153,7 +153,10 @@ class RedisConfig:
         url = url.strip()
         if url in ("embedded", EMBEDDED_URL.rstrip("/"), EMBEDDED_URL):
             return cls(embedded=True, **overrides)
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:  # the URL itself stays out: it may hold a password
+            raise ConfigError(f"RedisConfig.from_url: not a valid URL ({exc})") from None
         scheme = parts.scheme.lower()
         kwargs: dict[str, Any] = {}
         if scheme not in ("redis", "rediss", "unix"):
@@ -247,7 +250,15 @@ class RedisConfig:
         """An :class:`ssl.SSLContext` built from the TLS fields, or None without TLS."""
         if not self.ssl:
             return None
-        context = _ssl.create_default_context(cafile=self.ssl_ca_certs)
+        try:
+            context = _ssl.create_default_context(cafile=self.ssl_ca_certs)
+            if self.ssl_certfile:
+                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+        except (OSError, _ssl.SSLError) as exc:
+            raise ConfigError(
+                f"RedisConfig: cannot load the TLS files (ssl_ca_certs={self.ssl_ca_certs!r},"
+                f" ssl_certfile={self.ssl_certfile!r}, ssl_keyfile={self.ssl_keyfile!r}): {exc}"
+            ) from None
         if self.ssl_cert_reqs == "none":
             context.check_hostname = False
             context.verify_mode = _ssl.CERT_NONE
@@ -256,8 +267,6 @@ class RedisConfig:
             context.verify_mode = (
                 _ssl.CERT_REQUIRED if self.ssl_cert_reqs == "required" else _ssl.CERT_OPTIONAL
             )
-        if self.ssl_certfile:
-            context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
         return context
 
     def redis_py_kwargs(self) -> dict[str, Any]:
