@@ -59,12 +59,14 @@ class MailboxGate:
     """
 
     def __init__(self, limit: int | None, timeout: float) -> None:
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
-            raise ConfigError(f"mailbox_limit must be an integer >= 1 or None, not {limit!r}")
-        if limit is not None and limit < 1:
-            raise ConfigError(f"mailbox_limit must be an integer >= 1 or None, not {limit!r}")
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+        ):
+            raise ConfigError(
+                f"Runtime mailbox_limit: expected an integer >= 1 or None, got {limit!r}"
+            )
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise ConfigError(f"send_timeout must be seconds > 0, not {timeout!r}")
+            raise ConfigError(f"Runtime send_timeout: expected a number > 0, got {timeout!r}")
         self.limit = limit
         self.timeout = float(timeout)
         #: Sends each mailbox may still take before it is measured again.
