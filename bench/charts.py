@@ -16,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display: files only
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter
 
 #: File name -> the chart's title (also its alt text in the docs).
 CHARTS = {
@@ -30,12 +31,17 @@ CEILING = "#c7c7c7"
 PEER = "#ff7f0e"
 
 
+def _thousands(value: float, _position: int) -> str:
+    return f"{value / 1000:,.0f}k" if value else "0"
+
+
 def _bars(axis: Any, labels: list[str], values: list[float], colors: list[str], unit: str) -> None:
     positions = range(len(labels))
     axis.barh(positions, values, color=colors)
     axis.set_yticks(list(positions), labels)
     axis.invert_yaxis()
     axis.set_xlim(0, max(values) * 1.3)
+    axis.xaxis.set_major_formatter(FuncFormatter(_thousands))
     for position, value in zip(positions, values, strict=True):
         axis.text(value, position, f"  {value:,.0f}{unit}", va="center", fontsize=9)
     axis.spines[["top", "right"]].set_visible(False)
@@ -139,8 +145,9 @@ def latency_chart(results: dict[str, Any], path: Path) -> None:
             [name for _, name in percentiles],
         )
         axis.set_ylabel("milliseconds")
+        axis.set_ylim(0, max(f[key] for _, f, _ in series for key, _ in percentiles) * 1.35)
         axis.set_title(title, fontsize=10)
-        axis.legend(fontsize=8, frameon=False)
+        axis.legend(fontsize=8, frameon=False, loc="upper left")
         axis.spines[["top", "right"]].set_visible(False)
     figure.suptitle(CHARTS[path.name], x=0.01, ha="left", fontweight="bold")
     figure.tight_layout()

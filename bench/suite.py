@@ -337,10 +337,26 @@ def _latency(figures: dict[str, float]) -> str:
     return f"{figures['p50']:.2f} / {figures['p99']:.2f} / {figures['p999']:.2f}"
 
 
+#: Short names of the peers' configurations, for the ratio column.
+SHORT = {
+    "faststream": "FastStream (defaults)",
+    "faststream_quiet": "FastStream (no message logs)",
+    "dramatiq": "Dramatiq",
+}
+
+
+def _latency_ratio(ours: dict[str, float], theirs: dict[str, float], name: str) -> str:
+    return (
+        f"{ours['p50'] / theirs['p50']:.2f}x / {ours['p99'] / theirs['p99']:.2f}x"
+        f" / {ours['p999'] / theirs['p999']:.2f}x {name}"
+    )
+
+
 def table(results: dict[str, Any]) -> str:
     """The figures as a Markdown table (medians over the runs), then the targets."""
     lines = [
-        "| workload | ailf | compared with, same run | ailf / that |",
+        "| workload | ailf | compared with, same run | ailf / that (throughput: higher is"
+        " faster; latency: lower is faster) |",
         "| --- | --- | --- | --- |",
     ]
     for row in results["client"]:
@@ -348,38 +364,38 @@ def table(results: dict[str, Any]) -> str:
         lines.append(
             f"| client: {row['workload']}, ops/s | {_rate(row['ailf'])}"
             f" | {row['baseline_name']}: {_rate(row['baseline'])}{limit}"
-            f" | {_median(row['ratios']):.2f}x |"
+            f" | {_median(row['ratios']):.2f}x redis-py |"
         )
     tell = results["tell"]
     for processes in (1, 2):
         ours = _median(tell[f"ailf_{processes}"]["rates"])
         others = [f"hand-written redis-py loop: {_rate(tell[f'redis_py_{processes}']['rates'])}"]
-        ratios = [f"{ours / _median(tell[f'redis_py_{processes}']['rates']):.2f}x"]
+        ratios = [f"{ours / _median(tell[f'redis_py_{processes}']['rates']):.2f}x redis-py"]
         if processes == 1:
             for key in ("faststream", "faststream_quiet", "dramatiq"):
                 if key in tell:
                     others.append(f"{tell[key]['label']}: {_rate(tell[key]['rates'])}")
-                    ratios.append(f"{ours / _median(tell[key]['rates']):.1f}x")
+                    ratios.append(f"{ours / _median(tell[key]['rates']):.1f}x {SHORT[key]}")
         lines.append(
             f"| tell: a no-op agent, {processes} consumer process{'es' if processes > 1 else ''},"
-            f" msg/s | {ours:,.0f} | {'; '.join(others)} | {' / '.join(ratios)} |"
+            f" msg/s | {ours:,.0f} | {'; '.join(others)} | {'; '.join(ratios)} |"
         )
     ask = results["ask"]
     others = [f"hand-written redis-py asyncio ask: {_latency(ask['redis_py'])}"]
-    ratios = [f"{ask['ailf']['p50'] / ask['redis_py']['p50']:.2f}x"]
+    ratios = [_latency_ratio(ask["ailf"], ask["redis_py"], "redis-py")]
     if "faststream" in ask:
         others.append(f"FastStream request/reply: {_latency(ask['faststream'])}")
-        ratios.append(f"{ask['ailf']['p50'] / ask['faststream']['p50']:.2f}x")
+        ratios.append(_latency_ratio(ask["ailf"], ask["faststream"], "FastStream"))
     lines.append(
         f"| ask round trip, p50 / p99 / p99.9 ms ({ask['ailf']['samples']:,} asks)"
-        f" | {_latency(ask['ailf'])} | {'; '.join(others)} | {' / '.join(ratios)} (p50) |"
+        f" | {_latency(ask['ailf'])} | {'; '.join(others)} | {'; '.join(ratios)} |"
     )
     fan = results["fanout"]
     lines.append(
         f"| broadcast to 10 agents, slowest handler, p50 / p99 / p99.9 ms"
         f" ({fan['ailf']['samples']:,} broadcasts) | {_latency(fan['ailf'])}"
         f" | hand-written redis-py, 10 subscriptions: {_latency(fan['redis_py'])}"
-        f" | {fan['ailf']['p50'] / fan['redis_py']['p50']:.2f}x (p50) |"
+        f" | {_latency_ratio(fan['ailf'], fan['redis_py'], 'redis-py')} |"
     )
     agents = results["agents"]
     lines.append(
@@ -393,7 +409,8 @@ def table(results: dict[str, Any]) -> str:
         sign = ">=" if target["higher_is_better"] else "<="
         unit = target["unit"] if target["unit"] in ("", "x") else f" {target['unit']}"
         limit = f"{sign} {target['limit']:,g}{unit}"
-        measured = f"{target['measured']:,.{2 if target['measured'] < 100 else 0}f}"
+        value = target["measured"]
+        measured = f"{value:,.{2 if value < 100 and not float(value).is_integer() else 0}f}"
         measured += f" {target['unit']}" if target["unit"] not in ("", "x") else target["unit"]
         lines.append(
             f"| {target['target']} {limit} | {measured} | {'yes' if target['holds'] else 'NO'} |"
