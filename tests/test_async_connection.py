@@ -208,3 +208,13 @@ async def test_exit_is_prompt_with_commands_in_flight(redis_config: RedisConfig)
                 await client.rpush("x", "2")  # held by the pause, abandoned
     async with AsyncRedisClient(redis_config) as client:
         await client.execute_command("CLIENT", "UNPAUSE")
+
+
+def test_an_exception_in_the_block_comes_out_as_itself(run, redis_config: RedisConfig) -> None:
+    async def body() -> None:
+        with pytest.raises(KeyError, match="mine"):
+            async with AsyncRedisClient(redis_config) as client:
+                await client.set("k", "v")
+                raise KeyError("mine")
+
+    run(body)
