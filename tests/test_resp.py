@@ -148,3 +148,15 @@ def test_env_switch_selects_the_pure_python_parser(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("AILF_RESP_PARSER", "python")
     assert resp.parser_name() == "python"
     assert isinstance(resp.make_parser(), PythonParser)
+
+
+def test_python_parser_keeps_partial_arrays_between_chunks() -> None:
+    entry = encode([b"1-0", [b"field", b"value"]])
+    wire = b"*1000\r\n" + entry * 1000
+    parser = PythonParser()
+    for start in range(0, len(wire), 97):
+        parser.feed(wire[start : start + 97])
+        if start + 97 < len(wire):
+            assert parser.gets() is NOT_ENOUGH
+    reply = parser.gets()
+    assert len(reply) == 1000 and reply[-1] == [b"1-0", [b"field", b"value"]]

@@ -119,13 +119,22 @@ _hiredis_pack = getattr(hiredis, "pack_command", None) if hiredis is not None el
 class PythonParser:
     """An incremental RESP2 parser in pure Python, a drop-in for :class:`hiredis.Reader`.
 
-    Bytes are kept in one buffer; ``gets()`` parses one reply from the current position
-    or, if the reply is incomplete, leaves the position where it was and returns
-    :data:`NOT_ENOUGH`. A bulk string's length is checked before it is sliced, so one
-    large value costs one copy however many chunks it arrived in.
+    Bytes are kept in one buffer and consumed element by element. Arrays under
+    construction are kept on a stack between calls, so a reply that arrives in many
+    chunks is parsed once, however large it is; a bulk string's length is checked
+    before it is sliced, so one large value costs one copy. ``gets()`` returns
+    :data:`NOT_ENOUGH` until a whole top-level reply is there.
     """
 
-    __slots__ = ("_broken", "_buffer", "_encoding", "_errors", "_position")
+    __slots__ = (
+        "_broken",
+        "_buffer",
+        "_decode_error",
+        "_encoding",
+        "_errors",
+        "_position",
+        "_stack",
+    )
 
     def __init__(self, encoding: str | None = None, errors: str = "strict") -> None:
         self._buffer = bytearray()
@@ -133,6 +142,8 @@ class PythonParser:
         self._encoding = encoding
         self._errors = errors
         self._broken: ProtocolError | None = None
+        self._stack: list[tuple[list[Any], int]] = []
+        self._decode_error: UnicodeDecodeError | None = None
 
     def feed(self, data: bytes) -> None:
         if self._position and self._position > len(self._buffer) // 2:
@@ -143,32 +154,77 @@ class PythonParser:
     def gets(self) -> Any:
         if self._broken is not None:
             raise self._broken
-        decode_error: list[UnicodeDecodeError] = []
-        try:
-            result = self._parse(self._position, decode_error)
-        except ProtocolError as exc:
-            self._broken = exc
-            raise
-        if result is None:
-            return NOT_ENOUGH
-        value, self._position = result
-        if decode_error:
-            raise decode_error[0]
-        return value
+        stack = self._stack
+        while True:
+            try:
+                element = self._element()
+            except ProtocolError as exc:
+                self._broken = exc
+                raise
+            if element is NOT_ENOUGH:
+                return NOT_ENOUGH
+            value, count = element
+            if count > 0:  # an array header: its items come next
+                stack.append(([], count))
+                continue
+            while stack:
+                items, expected = stack[-1]
+                items.append(value)
+                if len(items) < expected:
+                    break
+                stack.pop()
+                value = items
+            else:
+                decode_error, self._decode_error = self._decode_error, None
+                if decode_error is not None:
+                    raise decode_error
+                return value
 
-    def _line(self, start: int) -> tuple[bytes, int] | None:
-        end = self._buffer.find(b"\r\n", start)
+    def _element(self) -> Any:
+        """``(value, 0)`` for a complete scalar or empty array, ``(None, n)`` for the
+        header of an array of n > 0 items, or NOT_ENOUGH (nothing consumed)."""
+        buffer = self._buffer
+        start = self._position
+        end = buffer.find(b"\r\n", start)
         if end < 0:
-            return None
-        return bytes(self._buffer[start:end]), end + 2
+            return NOT_ENOUGH
+        kind = buffer[start]
+        body = bytes(buffer[start + 1 : end])
+        position = end + 2
+        if kind == 36:  # $ bulk string
+            length = self._int(body)
+            if length < 0:
+                value = None
+            else:
+                stop = position + length
+                if len(buffer) < stop + 2:
+                    return NOT_ENOUGH
+                value = self._text(bytes(buffer[position:stop]))
+                position = stop + 2
+        elif kind == 43:  # + simple string
+            value = self._text(body)
+        elif kind == 58:  # : integer
+            value = self._int(body)
+        elif kind == 45:  # - error
+            value = ResponseError(body.decode("utf-8", "replace"))
+        elif kind == 42:  # * array
+            count = self._int(body)
+            self._position = position
+            if count > 0:
+                return None, count
+            return ([] if count == 0 else None), 0
+        else:
+            raise ProtocolError(f"Protocol error, got {chr(kind)!r} as reply type byte")
+        self._position = position
+        return value, 0
 
-    def _text(self, data: bytes, decode_error: list[UnicodeDecodeError]) -> Any:
+    def _text(self, data: bytes) -> Any:
         if self._encoding is None:
             return data
         try:
             return data.decode(self._encoding, self._errors)
         except UnicodeDecodeError as exc:
-            decode_error.append(exc)
+            self._decode_error = self._decode_error or exc
             return None
 
     def _int(self, line: bytes) -> int:
@@ -176,43 +232,6 @@ class PythonParser:
             return int(line)
         except ValueError:
             raise ProtocolError(f"Protocol error, expected an integer, got {line[:40]!r}") from None
-
-    def _parse(self, start: int, decode_error: list[UnicodeDecodeError]) -> tuple[Any, int] | None:
-        buffer = self._buffer
-        if start >= len(buffer):
-            return None
-        line = self._line(start + 1)
-        if line is None:
-            return None
-        kind = buffer[start]
-        body, position = line
-        if kind == 36:  # $ bulk string
-            length = self._int(body)
-            if length < 0:
-                return None, position
-            end = position + length
-            if len(buffer) < end + 2:
-                return None
-            return self._text(bytes(buffer[position:end]), decode_error), end + 2
-        if kind == 43:  # + simple string
-            return self._text(body, decode_error), position
-        if kind == 58:  # : integer
-            return self._int(body), position
-        if kind == 42:  # * array
-            count = self._int(body)
-            if count < 0:
-                return None, position
-            items = []
-            for _ in range(count):
-                result = self._parse(position, decode_error)
-                if result is None:
-                    return None
-                item, position = result
-                items.append(item)
-            return items, position
-        if kind == 45:  # - error
-            return ResponseError(body.decode("utf-8", "replace")), position
-        raise ProtocolError(f"Protocol error, got {chr(kind)!r} as reply type byte")
 
 
 def parser_name() -> str:
