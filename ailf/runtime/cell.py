@@ -309,7 +309,9 @@ class Cell:
 
     async def dead_letter(
         self, delivery: Delivery, reason: str, error: Exception | None = None
-    ) -> None:
+    ) -> bool:
+        """Move ``delivery`` to the dead letters (added and acknowledged in one MULTI);
+        False if Redis could not be told (it stays pending, and comes back)."""
         runtime = self.runtime
         raw = delivery.fields.get(ENVELOPE_FIELD)
         fields = {
@@ -335,9 +337,11 @@ class Cell:
             await pipe.execute()
         except RedisError as exc:
             self.log.warning("could not dead-letter (%s); it stays pending: %s", exc, reason)
+            return False
         else:
             self.counters.dead_lettered += 1
             self.log.error("dead-lettered: %s", reason, exc_info=error)
+            return True
         finally:
             current_message_id.reset(token)
             delivery.binding.held.pop(delivery.id, None)

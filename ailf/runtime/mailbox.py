@@ -428,9 +428,10 @@ class MailboxReader:
                             for k, v in fields.items()
                         }
                         delivery = Delivery(binding, entry_id.decode(), text, 1)
-                        await binding.cell.dead_letter(
+                        if await binding.cell.dead_letter(
                             delivery, "undecodable: the entry is not UTF-8 text"
-                        )
+                        ):  # and out of the mailbox, where it would trip up other readers
+                            await raw.xdel(binding.stream, entry_id)
                     if len(entries) < self.settings.batch_size:
                         break
                     cursor = entries[-1][0]

@@ -609,6 +609,9 @@ class Runtime:
         replies = await pipe.execute(raise_on_error=False)
         for index, name in enumerate(remaining):
             groups, info = replies[2 * index], replies[2 * index + 1]
+            if isinstance(info, DecodeError):  # it shows an entry that is not text
+                busy[name] = "an entry that is not UTF-8 text, being dead-lettered"
+                continue
             if isinstance(info, Exception):  # no stream: nothing was ever sent
                 continue
             group = None
