@@ -347,3 +347,30 @@ def test_which_commands_retry_idempotent_may_repeat() -> None:
     assert not is_idempotent(("SET", "k", "v", "get"))
     assert not is_idempotent(("INCR", "k"))
     assert not is_idempotent(("XADD", "s", "*", "a", "b"))
+
+
+def test_subscribe_returns_once_confirmed_even_while_another_task_iterates(
+    run, redis_config: RedisConfig
+) -> None:
+    async def body() -> None:
+        async with AsyncRedisClient(redis_config) as client, client.pubsub() as ps:
+            await ps.subscribe("first")
+            received: list[str] = []
+
+            async def iterate() -> None:
+                async for message in ps:
+                    received.append(message["channel"])
+                    if len(received) == 21:
+                        return
+
+            async def subscribe_and_publish() -> None:
+                for n in range(20):
+                    await ps.subscribe(f"late{n}")
+                    assert await client.publish(f"late{n}", "x") == 1
+                await client.publish("first", "done")
+
+            await _gather(iterate, subscribe_and_publish)
+            assert received == [*(f"late{n}" for n in range(20)), "first"]
+            assert ps.channels >= {"first", "late0", "late19"}
+
+    run(body)

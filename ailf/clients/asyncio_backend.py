@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -147,14 +148,22 @@ class AsyncioBackend:
 class AsyncioPubSub:
     """:class:`~ailf.clients.pubsub.PubSub`'s asyncio twin, over ``redis.asyncio``'s.
 
-    Same names and message dicts; confirmations are not yielded. A lost connection is
-    re-established with ``config.retry``'s backoff for as long as the block lives, and
-    redis-py subscribes again to every channel and pattern on reconnect.
+    Same names, same message dicts, same promise that ``subscribe()`` returns once the
+    server confirmed the subscription. One task at a time reads the connection: the
+    task iterating, or, when none is, the task waiting for its confirmation (messages
+    it meets on the way are kept for the iterator). A lost connection is re-established
+    with ``config.retry``'s backoff for as long as the block lives; redis-py subscribes
+    again to every channel and pattern on reconnect.
     """
 
     def __init__(self, config: RedisConfig, client: redis.asyncio.Redis) -> None:
         self._config = config
-        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub = client.pubsub()
+        self._kept: deque[dict[str, Any]] = deque()
+        self._unconfirmed = 0
+        self._progress = asyncio.Event()
+        self._reading = False
+        self._failures = 0
         self.reconnects = 0
 
     @property
@@ -175,27 +184,45 @@ class AsyncioPubSub:
         await self._pubsub.aclose()
 
     async def subscribe(self, *channels: Any) -> None:
-        with _translated(self._config.address):
-            await self._pubsub.subscribe(*channels)
-            await self._confirm()
+        """Subscribe to channels; returns once the server confirmed them."""
+        await self._send_and_confirm(self._pubsub.subscribe, channels)
 
     async def psubscribe(self, *patterns: Any) -> None:
-        with _translated(self._config.address):
-            await self._pubsub.psubscribe(*patterns)
-            await self._confirm()
+        """Subscribe to glob patterns; returns once confirmed."""
+        await self._send_and_confirm(self._pubsub.psubscribe, patterns)
 
     async def unsubscribe(self, *channels: Any) -> None:
+        """Unsubscribe from channels (all of them when none are given)."""
         with _translated(self._config.address):
             await self._pubsub.unsubscribe(*channels)
 
     async def punsubscribe(self, *patterns: Any) -> None:
+        """Unsubscribe from patterns (all of them when none are given)."""
         with _translated(self._config.address):
             await self._pubsub.punsubscribe(*patterns)
 
-    async def _confirm(self) -> None:
-        # redis-py registers the channels when the confirmation is read; ping so that
-        # the subscription is in place on the server when subscribe() returns.
-        await self._pubsub.ping()
+    async def _send_and_confirm(self, send: Any, names: tuple[Any, ...]) -> None:
+        if not names:
+            return
+        with _translated(self._config.address):
+            await send(*names)
+        self._unconfirmed += len(names)
+        timeout = self._config.socket_timeout
+        try:
+            await asyncio.wait_for(self._confirmed(), timeout)
+        except TimeoutError:
+            raise RedisTimeoutError(
+                f"Redis at {self._config.address} did not confirm the subscription within"
+                f" {timeout} s (socket_timeout)"
+            ) from None
+
+    async def _confirmed(self) -> None:
+        while self._unconfirmed > 0:
+            if self._reading:  # the iterating task counts confirmations for us
+                self._progress.clear()
+                await self._progress.wait()
+            else:
+                await self._read_one(None)
 
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         return self
@@ -210,32 +237,45 @@ class AsyncioPubSub:
         """The next message, or None if none arrived within ``timeout`` seconds."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        attempt = 0
-        while True:
-            remaining = None if deadline is None else max(0.0, deadline - loop.time())
-            try:
-                with _translated(self._config.address):
-                    message = await self._pubsub.get_message(timeout=remaining)
-            except RedisConnectionError as exc:
-                # Drop the dead socket: redis-py reconnects on the next read and its
-                # on-connect hook subscribes again to every channel and pattern.
-                if self._pubsub.connection is not None:
-                    await self._pubsub.connection.disconnect()
-                delay = self._config.retry.delay(min(attempt, 30))
-                log.warning("pub/sub %s; reconnecting in %.2f s", exc, delay)
-                attempt += 1
-                self.reconnects += 1
-                await asyncio.sleep(delay)
-                continue
-            attempt = 0
-            if message is None:
-                if deadline is not None and loop.time() >= deadline:
-                    return None
-                continue
-            if message.get("type") in ("message", "pmessage"):
-                return _message(message)
-            if deadline is not None and loop.time() >= deadline:
+        while not self._kept:
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
                 return None
+            await self._read_one(remaining)
+        return self._kept.popleft()
+
+    async def _read_one(self, wait: float | None) -> None:
+        """Read what arrives within ``wait`` s: keep messages, count confirmations."""
+        self._reading = True
+        try:
+            with _translated(self._config.address):
+                reply = await self._pubsub.get_message(timeout=wait)
+        except RedisConnectionError as exc:
+            await self._reconnect(exc)
+            return
+        finally:
+            self._reading = False
+            self._progress.set()
+        self._failures = 0
+        if reply is None:
+            return
+        kind = reply.get("type")
+        if kind in ("message", "pmessage"):
+            self._kept.append(_message(reply))
+        elif kind in ("subscribe", "psubscribe") and self._unconfirmed > 0:
+            self._unconfirmed -= 1
+
+    async def _reconnect(self, exc: RedisConnectionError) -> None:
+        # Drop the dead socket: redis-py reconnects on the next read and its on-connect
+        # hook subscribes again to every channel and pattern, pending ones included.
+        if self._pubsub.connection is not None:
+            await self._pubsub.connection.disconnect()
+        self._unconfirmed = 0
+        delay = self._config.retry.delay(min(self._failures, 30))
+        self._failures += 1
+        self.reconnects += 1
+        log.warning("pub/sub %s; reconnecting in %.2f s", exc, delay)
+        await asyncio.sleep(delay)
 
 
 def _message(message: dict[str, Any]) -> dict[str, Any]:
