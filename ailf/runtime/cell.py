@@ -33,7 +33,13 @@ from ailf.errors import DecodeError, RedisError
 from ailf.runtime.agent import Agent, AgentLog, current_message_id, is_sync_handler
 from ailf.runtime.keys import GROUP, check_name
 from ailf.runtime.mailbox import Binding, Delivery, MailboxReader
-from ailf.runtime.message import ENVELOPE_FIELD, Message, decode_envelope, encode_reply
+from ailf.runtime.message import (
+    ENVELOPE_FIELD,
+    Message,
+    decode_envelope,
+    encode_reply,
+    too_large,
+)
 from ailf.runtime.statistics import Counters
 
 if TYPE_CHECKING:
@@ -226,7 +232,7 @@ class Cell:
         counters.received += 1
         raw = delivery.fields.get(ENVELOPE_FIELD)
         limit = self.runtime.settings.max_message_size
-        if isinstance(raw, str) and len(raw) > limit and len(raw.encode()) > limit:
+        if isinstance(raw, str) and too_large(raw, limit):
             await self.dead_letter(delivery, f"envelope larger than max_message_size={limit}")
             return
         try:

@@ -35,6 +35,7 @@ __all__ = [
     "decode_reply",
     "encode_envelope",
     "encode_reply",
+    "too_large",
 ]
 
 #: The envelope format version this runtime writes and reads.
@@ -132,11 +133,18 @@ def encode_envelope(
         envelope["topic"] = topic
         envelope["id"] = message_id
     text = dumps(envelope)
-    if max_size is not None and len(text) > max_size and len(text.encode()) > max_size:
+    if max_size is not None and too_large(text, max_size):
         raise MessageTooLarge(
             f"message of {len(text.encode())} bytes exceeds max_message_size={max_size}"
         )
     return text
+
+
+def too_large(text: str, max_size: int) -> bool:
+    """True if ``text`` is over ``max_size`` bytes in UTF-8 (encoding it only when the
+    character count cannot tell: a character takes one to four bytes)."""
+    n = len(text)
+    return n > max_size or (4 * n > max_size and len(text.encode()) > max_size)
 
 
 def _optional_str(envelope: dict, key: str) -> str | None:
