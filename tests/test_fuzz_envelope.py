@@ -13,7 +13,7 @@ import math
 from typing import Any
 
 import attrs
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ailf.codec import decode_body, loads
@@ -145,6 +145,8 @@ def test_bodies_with_any_tag(data: Any, tag: str) -> None:
 
 @settings(max_examples=30, deadline=None)
 @given(st.integers(min_value=1, max_value=200_000), st.sampled_from(["[", '{"a":']))
+@example(100_000, "[")
+@example(100_000, '{"a":')
 def test_deep_nesting_is_a_decode_error_not_a_recursion_error(depth: int, opener: str) -> None:
     closer = "]" if opener == "[" else "}"
     text = '{"v": 1, "body": ' + opener * depth + "1" + closer * depth + "}"
