@@ -1,12 +1,19 @@
-"""Running one async test body under trio and under asyncio, with either RESP parser."""
+"""Running one async test body under trio and under asyncio, with either RESP parser.
+
+Besides the fixtures, small library-neutral helpers for the bodies: ``side_by_side``,
+``in_thread``, ``move_on_after``, ``within`` and ``sleep`` do what their trio namesakes
+do, under whichever library is running.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+import sniffio
 import trio
 
 TEST_TIMEOUT = 30.0
@@ -47,23 +54,55 @@ def resp_parser_fixture(request: pytest.FixtureRequest, monkeypatch: pytest.Monk
     return request.param
 
 
-async def sleep(seconds: float) -> None:
-    """Sleep under whichever library is running."""
-    import sniffio
+def _trio() -> bool:
+    return sniffio.current_async_library() == "trio"
 
-    if sniffio.current_async_library() == "trio":
+
+async def sleep(seconds: float) -> None:
+    if _trio():
         await trio.sleep(seconds)
     else:
         await asyncio.sleep(seconds)
 
 
-async def side_by_side(*functions: Callable[[], Awaitable[Any]]) -> None:
-    """Run the functions concurrently until all return: a nursery, or asyncio.gather."""
-    import sniffio
+async def side_by_side(*functions: Callable[[], Awaitable[Any]]) -> list[Any]:
+    """Run the functions concurrently until all return (a nursery, or asyncio.gather);
+    their results, in order."""
+    if not _trio():
+        return list(await asyncio.gather(*(function() for function in functions)))
+    results: list[Any] = [None] * len(functions)
 
-    if sniffio.current_async_library() == "trio":
-        async with trio.open_nursery() as nursery:
-            for function in functions:
-                nursery.start_soon(function)
-    else:
-        await asyncio.gather(*(function() for function in functions))
+    async def keep(index: int, function: Callable[[], Awaitable[Any]]) -> None:
+        results[index] = await function()
+
+    async with trio.open_nursery() as nursery:
+        for index, function in enumerate(functions):
+            nursery.start_soon(keep, index, function)
+    return results
+
+
+async def in_thread(function: Callable[[], Any]) -> Any:
+    """Run a blocking function in a worker thread, the event loop running meanwhile."""
+    if _trio():
+        return await trio.to_thread.run_sync(function)
+    return await asyncio.get_running_loop().run_in_executor(None, function)
+
+
+async def move_on_after(
+    seconds: float, function: Callable[..., Awaitable[Any]], *args: Any
+) -> None:
+    """Run ``function(*args)``, abandoning it (cancelled) after ``seconds``."""
+    if _trio():
+        with trio.move_on_after(seconds):
+            await function(*args)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(function(*args), seconds)
+
+
+async def within(seconds: float, awaitable: Awaitable[Any]) -> Any:
+    """Await, failing the test (a timeout error) past ``seconds``."""
+    if _trio():
+        with trio.fail_after(seconds):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, seconds)

@@ -9,12 +9,11 @@ later reply on the same client is the one asked for.
 
 from __future__ import annotations
 
-import contextlib
 import random
 
 import pytest
 import trio
-from async_helpers import resp_parser_fixture, run_fixture  # noqa: F401 - fixtures
+from async_helpers import move_on_after, resp_parser_fixture, run_fixture, side_by_side  # noqa: F401
 
 from ailf import AsyncRedisClient, RedisConfig
 
@@ -25,20 +24,6 @@ BIG = 2 * 1024 * 1024
 
 def _big_value(n: int) -> str:
     return (f"value-{n}-" * (BIG // 10))[:BIG]
-
-
-async def _move_on_after(seconds: float, function, *args) -> None:
-    """Run ``function(*args)``, abandoning it after ``seconds``, under trio or asyncio."""
-    import sniffio
-
-    if sniffio.current_async_library() == "trio":
-        with trio.move_on_after(seconds):
-            await function(*args)
-    else:
-        import asyncio
-
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(function(*args), seconds)
 
 
 async def _check_every_reply(client: AsyncRedisClient, count: int) -> None:
@@ -74,8 +59,8 @@ def test_cancelled_gets_of_big_values_leave_no_reply_behind(run, redis_config) -
             # "queued, not sent" to "half the reply read" to "done" (100 x 2 MB takes a
             # few hundred ms to arrive).
             delays = [0.0 if n % 10 == 0 else rng.uniform(0, 0.4) for n in range(100)]
-            await _gather(
-                *(lambda n=n: _move_on_after(delays[n], get_big, n) for n in range(100)),
+            await side_by_side(
+                *(lambda n=n: move_on_after(delays[n], get_big, n) for n in range(100)),
                 *(lambda n=n: get_small(n) for n in range(200)),
             )
             await _check_every_reply(client, 200)
@@ -105,9 +90,9 @@ def test_cancelled_pipelines_and_blocking_reads_leave_nothing_behind(run, redis_
             async def blocking_read() -> None:
                 await client.xreadgroup("g", "c", {"s": ">"}, block=10_000)
 
-            await _gather(
-                *(lambda: _move_on_after(rng.uniform(0, 0.3), pipeline_of_bigs) for _ in range(20)),
-                *(lambda: _move_on_after(rng.uniform(0, 0.05), blocking_read) for _ in range(10)),
+            await side_by_side(
+                *(lambda: move_on_after(rng.uniform(0, 0.3), pipeline_of_bigs) for _ in range(20)),
+                *(lambda: move_on_after(rng.uniform(0, 0.05), blocking_read) for _ in range(10)),
             )
             await _check_every_reply(client, 200)
             assert await client.xreadgroup("g", "c", {"s": ">"}, block=10) == []
@@ -131,8 +116,8 @@ def test_cancelled_commands_on_a_client_without_async_with(run, redis_config) ->
             async def get_big(n: int) -> None:
                 assert await client.get(f"big:{n % 3}") == _big_value(n % 3)
 
-            await _gather(
-                *(lambda n=n: _move_on_after(rng.uniform(0, 0.03), get_big, n) for n in range(30))
+            await side_by_side(
+                *(lambda n=n: move_on_after(rng.uniform(0, 0.03), get_big, n) for n in range(30))
             )
             await _check_every_reply(client, 50)
         finally:
@@ -147,16 +132,3 @@ async def test_cancel_before_queueing_sends_nothing(redis_config: RedisConfig) -
             scope.cancel()
             await client.set("never", "sent")
         assert await client.get("never") is None
-
-
-async def _gather(*functions) -> None:
-    import sniffio
-
-    if sniffio.current_async_library() == "trio":
-        async with trio.open_nursery() as nursery:
-            for function in functions:
-                nursery.start_soon(function)
-    else:
-        import asyncio
-
-        await asyncio.gather(*(function() for function in functions))

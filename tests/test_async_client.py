@@ -8,7 +8,7 @@ and with the pure-Python RESP parser, against a real throwaway redis-server.
 from __future__ import annotations
 
 import pytest
-from async_helpers import resp_parser_fixture, run_fixture  # noqa: F401 - fixtures
+from async_helpers import resp_parser_fixture, run_fixture, side_by_side  # noqa: F401
 
 from ailf import AsyncRedisClient, RedisConfig, ResponseError
 
@@ -243,28 +243,13 @@ def test_blocking_read_does_not_hold_up_other_commands(run, redis_config: RedisC
                     await client.set(f"k{n}", n)
                 await client.xadd("s", {"hello": "world"})
 
-            await _gather(reader, writer)
+            await side_by_side(reader, writer)
             assert results[0][0][1][0][1] == {"hello": "world"}
             assert await client.blpop("nothing", timeout=0.05) is None
             await client.rpush("list", "x")
             assert await client.blpop(["list"], timeout=1) == ("list", "x")
 
     run(body)
-
-
-async def _gather(*functions) -> None:
-    import sniffio
-
-    if sniffio.current_async_library() == "trio":
-        import trio
-
-        async with trio.open_nursery() as nursery:
-            for function in functions:
-                nursery.start_soon(function)
-    else:
-        import asyncio
-
-        await asyncio.gather(*(function() for function in functions))
 
 
 def test_many_tasks_share_the_client(run, redis_config: RedisConfig) -> None:
@@ -277,7 +262,7 @@ def test_many_tasks_share_the_client(run, redis_config: RedisConfig) -> None:
                     assert await client.incr(key) == i + 1
                     assert await client.get(key) == str(i + 1)
 
-            await _gather(*(lambda n=n: task(n) for n in range(50)))
+            await side_by_side(*(lambda n=n: task(n) for n in range(50)))
 
     run(body)
 
@@ -291,7 +276,7 @@ def test_client_without_async_with(run, redis_config: RedisConfig) -> None:
             pipe = client.pipeline()
             pipe.incr("count").incr("count")
             assert await pipe.execute() == [1, 2]
-            await _gather(*(lambda: client.incr("c") for _ in range(10)))
+            await side_by_side(*(lambda: client.incr("c") for _ in range(10)))
             assert await client.get("c") == "10"
         finally:
             await client.aclose()
@@ -331,7 +316,7 @@ def test_raw_blocking_read_runs_on_its_own_connection(run, redis_config: RedisCo
                     await client.set(f"k{n}", n)
                 await client.xadd("s", {"a": "b"})
 
-            await _gather(reader, writer)
+            await side_by_side(reader, writer)
             assert results[0][0][0] == "s"
 
     run(body)
@@ -369,7 +354,7 @@ def test_subscribe_returns_once_confirmed_even_while_another_task_iterates(
                     assert await client.publish(f"late{n}", "x") == 1
                 await client.publish("first", "done")
 
-            await _gather(iterate, subscribe_and_publish)
+            await side_by_side(iterate, subscribe_and_publish)
             assert received == [*(f"late{n}" for n in range(20)), "first"]
             assert ps.channels >= {"first", "late0", "late19"}
 

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import pytest
 import redis
-from async_helpers import resp_parser_fixture, run_fixture, sleep  # noqa: F401 - fixtures
+from async_helpers import (  # noqa: F401 - fixtures
+    in_thread,
+    resp_parser_fixture,
+    run_fixture,
+    side_by_side,
+    sleep,
+    within,
+)
 
 from ailf import AsyncRedisClient, RedisConnectionError, RedisServer, RetryPolicy
 
@@ -23,39 +30,6 @@ def _pause_server(server: RedisServer, milliseconds: int = 10_000) -> None:
     side = redis.Redis(host="127.0.0.1", port=server.port)
     side.execute_command("CLIENT", "PAUSE", milliseconds, "ALL")
     side.close()
-
-
-async def _gather(*functions) -> list:
-    import sniffio
-
-    if sniffio.current_async_library() == "trio":
-        import trio
-
-        results: list = [None] * len(functions)
-
-        async def keep(index: int, function) -> None:
-            results[index] = await function()
-
-        async with trio.open_nursery() as nursery:
-            for index, function in enumerate(functions):
-                nursery.start_soon(keep, index, function)
-        return results
-    import asyncio
-
-    return list(await asyncio.gather(*(function() for function in functions)))
-
-
-async def _in_thread(function) -> None:
-    import sniffio
-
-    if sniffio.current_async_library() == "trio":
-        import trio
-
-        await trio.to_thread.run_sync(function)
-    else:
-        import asyncio
-
-        await asyncio.get_running_loop().run_in_executor(None, function)
 
 
 def test_in_flight_commands_fail_and_later_ones_reconnect(run, fresh_server: RedisServer) -> None:
@@ -77,7 +51,7 @@ def test_in_flight_commands_fail_and_later_ones_reconnect(run, fresh_server: Red
                 fresh_server.kill()
 
             _pause_server(fresh_server)
-            await _gather(*(lambda n=n: in_flight(n) for n in range(20)), kill)
+            await side_by_side(*(lambda n=n: in_flight(n) for n in range(20)), kill)
             assert len(outcomes) == 20
             assert all(str(config.port) in str(exc) for exc in outcomes)
 
@@ -110,7 +84,7 @@ def test_blocking_read_fails_when_server_dies(run, fresh_server: RedisServer) ->
                 await sleep(0.2)
                 fresh_server.kill()
 
-            error, _ = await _gather(read, kill)
+            error, _ = await side_by_side(read, kill)
             assert isinstance(error, RedisConnectionError)
             fresh_server.start()
             assert await client.ping() is True
@@ -129,13 +103,13 @@ def test_retry_idempotent_retries_only_safe_commands(run, fresh_server: RedisSer
                 await sleep(0.2)
                 fresh_server.kill()
                 await sleep(0.3)
-                await _in_thread(fresh_server.start)
+                await in_thread(fresh_server.start)
 
             async def get_in_flight() -> object:
                 return await client.get("k")
 
             _pause_server(fresh_server)
-            value, _ = await _gather(get_in_flight, restart_after_kill)
+            value, _ = await side_by_side(get_in_flight, restart_after_kill)
             assert value is None  # retried on the restarted (empty) server
 
             async def incr_in_flight() -> object:
@@ -145,7 +119,7 @@ def test_retry_idempotent_retries_only_safe_commands(run, fresh_server: RedisSer
                     return exc
 
             _pause_server(fresh_server)
-            error, _ = await _gather(incr_in_flight, restart_after_kill)
+            error, _ = await side_by_side(incr_in_flight, restart_after_kill)
             assert isinstance(error, RedisConnectionError)  # INCR is never retried
 
     run(body)
@@ -169,7 +143,7 @@ def test_without_retry_idempotent_nothing_is_retried(run, fresh_server: RedisSer
                 fresh_server.kill()
 
             _pause_server(fresh_server)
-            error, _ = await _gather(get_in_flight, kill)
+            error, _ = await side_by_side(get_in_flight, kill)
             assert isinstance(error, RedisConnectionError)
 
     run(body)
@@ -185,7 +159,7 @@ def test_pubsub_resubscribes_after_restart(run, fresh_server: RedisServer) -> No
             await client.publish("news", "before")
             assert (await ps.get_message(timeout=5))["data"] == "before"
 
-            await _in_thread(lambda: fresh_server.restart(kill=True))
+            await in_thread(lambda: fresh_server.restart(kill=True))
 
             received: dict[str, object] = {}
             for _ in range(200):
@@ -214,7 +188,7 @@ def test_many_tasks_fail_together_while_the_server_is_down(run, fresh_server: Re
     async def body() -> None:
         async with AsyncRedisClient(config) as client:
             await client.set("k", "v")
-            await _in_thread(fresh_server.kill)
+            await in_thread(fresh_server.kill)
             failures: list[Exception] = []
 
             async def command(n: int) -> None:
@@ -223,23 +197,9 @@ def test_many_tasks_fail_together_while_the_server_is_down(run, fresh_server: Re
                 except RedisConnectionError as exc:
                     failures.append(exc)
 
-            await _within(5.0, _gather(*(lambda n=n: command(n) for n in range(40))))
+            await within(5.0, side_by_side(*(lambda n=n: command(n) for n in range(40))))
             assert len(failures) == 40
             fresh_server.start()
             assert await client.get("k") is None
 
     run(body)
-
-
-async def _within(seconds: float, awaitable) -> None:
-    import sniffio
-
-    if sniffio.current_async_library() == "trio":
-        import trio
-
-        with trio.fail_after(seconds):
-            await awaitable
-    else:
-        import asyncio
-
-        await asyncio.wait_for(awaitable, seconds)

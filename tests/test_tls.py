@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from async_helpers import run_fixture  # noqa: F401 - fixtures
+from async_helpers import in_thread, run_fixture  # noqa: F401
 
 from ailf import AsyncRedisClient, RedisConfig, RedisConnectionError, RedisServer
 
@@ -114,7 +114,7 @@ def test_tls_client_reconnects_after_restart(run, certificates: Path) -> None:
             async with AsyncRedisClient(config) as client, client.pubsub() as ps:
                 await ps.subscribe("c")
                 await client.set("k", "v")
-                await _in_thread(lambda: server.restart(kill=True))
+                await in_thread(lambda: server.restart(kill=True))
                 assert await client.get("k") is None  # a fresh server, reached again
                 for _ in range(100):
                     await client.publish("c", "again")
@@ -124,16 +124,3 @@ def test_tls_client_reconnects_after_restart(run, certificates: Path) -> None:
                 assert message["data"] == "again"
 
         run(body)
-
-
-async def _in_thread(function) -> None:
-    import sniffio
-
-    if sniffio.current_async_library() == "trio":
-        import trio
-
-        await trio.to_thread.run_sync(function)
-    else:
-        import asyncio
-
-        await asyncio.get_running_loop().run_in_executor(None, function)
