@@ -133,15 +133,18 @@ class AsyncRedisClient(Commands):
             reply = await backend.execute(args, blocking)
         except AuthenticationError:
             raise
-        except RedisConnectionError:
+        except RedisConnectionError as exc:
             if not self.retry_idempotent or not is_idempotent(args):
                 raise
-            reply = await self._retry(backend, args, blocking)
+            reply = await self._retry(backend, args, blocking, exc)
         if isinstance(reply, Exception):
             raise_reply_error(reply, self.config.address)
         return reply if convert is None else convert(reply)
 
-    async def _retry(self, backend: Any, args: tuple[Any, ...], blocking: bool) -> Any:
+    async def _retry(
+        self, backend: Any, args: tuple[Any, ...], blocking: bool, error: RedisConnectionError
+    ) -> Any:
+        """Send an idempotent command again, with backoff; the last error if all fail."""
         policy = self.config.retry
         for attempt in range(policy.attempts):
             await backend.sleep(policy.delay(attempt))
@@ -149,12 +152,9 @@ class AsyncRedisClient(Commands):
                 return await backend.execute(args, blocking)
             except AuthenticationError:
                 raise
-            except RedisConnectionError:
-                if attempt + 1 >= policy.attempts:
-                    raise
-        raise RedisConnectionError(
-            f"connection to Redis at {self.config.address} failed and retries are disabled"
-        )
+            except RedisConnectionError as exc:
+                error = exc
+        raise error
 
     async def _execute_many(
         self, commands: list[tuple[Any, ...]], blocking: bool, transaction: bool
