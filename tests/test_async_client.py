@@ -308,7 +308,7 @@ def test_raw_blocking_read_runs_on_its_own_connection(run, redis_config: RedisCo
             results = []
 
             async def reader() -> None:
-                raw = await client.execute_command("XREAD", "BLOCK", 5000, "STREAMS", "s", "$")
+                raw = await client.execute_command("XREAD", "BLOCK", 5000, "STREAMS", "s", "0")
                 results.append(raw)
 
             async def writer() -> None:
