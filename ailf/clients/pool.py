@@ -11,7 +11,6 @@ because its place in the reply stream is unknown.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -36,7 +35,8 @@ async def connect_with_retry(config: RedisConfig, *, forever: bool = False) -> C
     outlive a Redis restart; cancel them to stop). Wrong credentials are never retried.
     """
     policy = config.retry
-    for attempt in itertools.count():
+    attempt = 0
+    while True:
         try:
             return await open_connection(config)
         except AuthenticationError:
@@ -47,7 +47,7 @@ async def connect_with_retry(config: RedisConfig, *, forever: bool = False) -> C
             delay = policy.delay(min(attempt, 30))
             log.warning("%s; retrying in %.2f s", exc, delay)
             await trio.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
+            attempt += 1
 
 
 class ConnectionPool:
