@@ -195,6 +195,7 @@ async def test_the_password_never_shows_in_errors_or_logs(
         ["status"],
         ["status", "--json"],
         ["dlq", "list", "echo"],
+        ["run", str(ROOT / "scenarios" / "work-queue.toml")],
     ],
 )
 def test_the_cli_never_prints_the_password(locked_server: RedisServer, argv: list[str]) -> None:
