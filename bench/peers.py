@@ -80,9 +80,12 @@ def dramatiq_consumer(url: str, count: int, prefill: bool) -> None:
     broker = RedisBroker(url=url)
     dramatiq.set_broker(broker)
 
+    counting = threading.Lock()  # the worker runs handlers on 8 threads
+
     @dramatiq.actor(broker=broker, queue_name="bench")
     def sink(body: dict[str, Any]) -> None:
-        TALLY.hit()
+        with counting:
+            TALLY.hit()
 
     if prefill:
         broker.flush_all()

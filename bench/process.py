@@ -50,8 +50,8 @@ def keep_stdout_for_protocol() -> None:
 class Tally:
     """Counts handled messages and when the first and the last were handled.
 
-    ``hit()`` takes a lock because Dramatiq handles messages on several threads; the
-    lock is uncontended elsewhere and costs every consumer the same.
+    ``hit()`` is meant for one thread (the event loop's); a consumer whose handlers run
+    on several threads (Dramatiq) calls it under a lock of its own.
     """
 
     def __init__(self) -> None:
@@ -59,15 +59,13 @@ class Tally:
         self.first = 0.0
         self.last = 0.0
         self.go = threading.Event()
-        self._lock = threading.Lock()
 
     def hit(self) -> None:
         now = time.monotonic()
-        with self._lock:
-            if not self.count:
-                self.first = now
-            self.count += 1
-            self.last = now
+        if not self.count:
+            self.first = now
+        self.count += 1
+        self.last = now
 
     def serve(self) -> None:
         """Answer the driver's commands on a daemon thread (the main thread runs the
