@@ -370,10 +370,9 @@ async def _handshake(connection: Connection, config: RedisConfig) -> None:
         commands.append(("SELECT", config.db))
     if config.client_name:
         commands.append(("CLIENT", "SETNAME", config.client_name))
-    if config.password is None:
-        # Without credentials, find out now (not at the first command) whether the
-        # server wants some: PING answers NOAUTH then.
-        commands.append(("PING",))
+    # PING, in the same write: find out now, not at the first command, whether the
+    # server wants credentials (NOAUTH) or is still loading its data (LOADING).
+    commands.append(("PING",))
     replies = await connection.request(commands, config.socket_connect_timeout)
     for command, reply in zip(commands, replies, strict=True):
         if not isinstance(reply, ResponseError):
