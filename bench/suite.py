@@ -91,22 +91,29 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
 
 
 def client_workloads(config: RedisConfig, counts: dict[str, Any]) -> list[dict[str, Any]]:
-    """Workload 1: each of bench.client's workloads, alternating with its baseline."""
+    """Workload 1: each of bench.client's workloads, taking turns with its baseline."""
     scale = counts["client_scale"]
     limits = ceiling.ceilings(config.port, int(200_000 * scale)) if ceiling.available() else {}
     rows = []
     for key, workload in zip(("tasks", "sequential", "xadd"), client_bench.WORKLOADS, strict=True):
         name, ours, base_name, base, base_kind, operations, target = workload
-        count = max(int(operations * scale), client_bench.TASKS * client_bench.BATCH)
+        segments = client_bench.SEGMENTS
+        count = max(int(operations * scale) // segments, client_bench.TASKS * client_bench.BATCH)
         ailf, baseline = [], []
         for _ in range(counts["runs"]):
-            baseline.append(client_bench._measure(base_kind, base, config, count))
-            ailf.append(client_bench._measure("trio", ours, config, count))
+            # Short segments taking turns, as bench/client.py does, so that a burst of
+            # load from elsewhere falls on both sides of the ratio.
+            base_time = our_time = 0.0
+            for _ in range(segments):
+                base_time += count / client_bench._measure(base_kind, base, config, count)
+                our_time += count / client_bench._measure("trio", ours, config, count)
+            baseline.append(count * segments / base_time)
+            ailf.append(count * segments / our_time)
         rows.append(
             {
                 "key": key,
                 "workload": name,
-                "operations": count,
+                "operations": count * segments,
                 "ailf": ailf,
                 "baseline_name": base_name,
                 "baseline": baseline,
