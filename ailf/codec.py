@@ -24,6 +24,7 @@ __all__ = [
     "decode_body",
     "dumps",
     "encode_body",
+    "encode_payload",
     "loads",
     "type_tag",
 ]
@@ -56,6 +57,17 @@ def loads(text: str | bytes) -> Any:
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         preview = text[:80] if isinstance(text, str) else text[:80].decode(errors="replace")
         raise DecodeError(f"not valid JSON ({exc}): {preview!r}") from None
+
+
+def encode_payload(message: Any) -> str | bytes | int | float:
+    """A pub/sub or raw payload: strings, bytes and numbers as they are, the rest as JSON.
+
+    The sync and async clients' ``publish`` both go through this, so a dict published
+    by either arrives as the same JSON text.
+    """
+    if isinstance(message, (str, bytes, int, float)) and not isinstance(message, bool):
+        return message
+    return dumps(message)
 
 
 def type_tag(cls: type) -> str:

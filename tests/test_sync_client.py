@@ -26,7 +26,7 @@ from ailf import (
     RedisTimeoutError,
     ResponseError,
 )
-from ailf.clients.sync import encode_message
+from ailf.codec import encode_payload
 
 
 @pytest.fixture
@@ -100,8 +100,8 @@ def test_publish_encodes_dicts_and_lists_and_passes_strings(client: RedisClient)
             received.append(message["data"])
     listener.close()
     assert received == ['{"a":[1,2]}', '[1,"two"]', "plain text"]
-    assert encode_message(7) == 7
-    assert encode_message(True) == "true"
+    assert encode_payload(7) == 7
+    assert encode_payload(True) == "true"
 
 
 def test_pipeline_runs_on_exit_and_decodes(client: RedisClient) -> None:

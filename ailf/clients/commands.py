@@ -438,9 +438,7 @@ class Commands:
 
     def publish(self, channel: Any, message: Any) -> Any:
         """PUBLISH; dicts and lists are sent as JSON text. Returns the receivers' count."""
-        if not isinstance(message, (str, bytes, int, float)) or isinstance(message, bool):
-            message = codec.dumps(message)
-        return self._command(("PUBLISH", channel, message))
+        return self._command(("PUBLISH", channel, codec.encode_payload(message)))
 
     # -- streams --------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ import redis.exceptions
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ailf.codec import dumps, loads
+from ailf.codec import dumps, encode_payload, loads
 from ailf.config import RedisConfig
 from ailf.errors import (
     AilfError,
@@ -37,7 +37,7 @@ from ailf.errors import (
     ResponseError,
 )
 
-__all__ = ["Pipeline", "RedisClient", "encode_message", "translate_error"]
+__all__ = ["Pipeline", "RedisClient", "translate_error"]
 
 T = TypeVar("T")
 Expiry = float | timedelta
@@ -81,13 +81,6 @@ def translate_error(exc: redis.RedisError, config: RedisConfig) -> AilfError:
             return ResponseError(f"{reply} (in pipeline: {where_in_pipeline})")
         return ResponseError(str(exc))
     return RedisError(f"{where}: {exc}")
-
-
-def encode_message(message: Any) -> str | bytes | int | float:
-    """A pub/sub payload for ``message``: dicts and lists as JSON, strings as they are."""
-    if isinstance(message, (str, bytes, int, float)) and not isinstance(message, bool):
-        return message
-    return dumps(message)
 
 
 def _json_or_none(value: str | bytes | None) -> Any:
@@ -160,7 +153,7 @@ class _KeyValueCommands:
 
     def publish(self, channel: str, message: Any) -> Any:
         """Publish to ``channel`` (dicts and lists as JSON); how many subscribers got it."""
-        return self._command("publish", channel, encode_message(message))
+        return self._command("publish", channel, encode_payload(message))
 
 
 class RedisClient(_KeyValueCommands):
