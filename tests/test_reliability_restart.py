@@ -9,6 +9,7 @@ docs/reliability.md.
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -21,7 +22,17 @@ import pytest
 import redis
 import trio
 
-from ailf import Agent, AskTimeout, Message, RedisError, RedisServer, Runtime
+from ailf import (
+    Agent,
+    AskTimeout,
+    Message,
+    RedisConfig,
+    RedisConnectionError,
+    RedisError,
+    RedisServer,
+    Runtime,
+)
+from ailf.clients.connection import open_connection
 from ailf.runtime.keys import GROUP
 
 CHILD = Path(__file__).with_name("runtime_child.py")
@@ -154,3 +165,23 @@ async def test_a_restart_without_persistence_is_recovered_from_by_itself(
             handled_there = [json.loads(line)["body"] for line in plain.lrange(key, 0, -1)]
     assert set(range(50)) <= set(handled_there)
     plain.close()
+
+
+async def test_a_server_still_loading_its_dataset_is_waited_for_not_fatal(
+    nursery: trio.Nursery,
+) -> None:
+    """A restarted persistent Redis answers LOADING while it reads its AOF: connecting
+    then is a RedisConnectionError (retried with backoff), whatever the handshake sent."""
+
+    async def loading(stream: trio.SocketStream) -> None:
+        async with stream:
+            while data := await stream.receive_some():  # one error per command received
+                await stream.send_all(data.count(b"*") * b"-LOADING loading the dataset\r\n")
+
+    serve = functools.partial(trio.serve_tcp, loading, 0, host="127.0.0.1")
+    (listener,) = await nursery.start(serve)
+    port = listener.socket.getsockname()[1]
+    with trio.fail_after(10):
+        for config in (RedisConfig(port=port), RedisConfig(port=port, password="pw", db=2)):
+            with pytest.raises(RedisConnectionError, match="still loading its dataset"):
+                await open_connection(config)
