@@ -107,7 +107,8 @@ class Cell:
     def deliver(self, item: Delivery | Message) -> None:
         queue = self._queue
         queue.append(item)
-        self._lot.unpark()
+        if self._lot:  # a worker is parked waiting for work
+            self._lot.unpark()
         if not self._full and len(queue) >= self._high_water:
             self._full = True
             self.reader.set_full(self.binding, True)
