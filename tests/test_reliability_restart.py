@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -185,3 +187,32 @@ async def test_a_server_still_loading_its_dataset_is_waited_for_not_fatal(
         for config in (RedisConfig(port=port), RedisConfig(port=port, password="pw", db=2)):
             with pytest.raises(RedisConnectionError, match="still loading its dataset"):
                 await open_connection(config)
+
+
+async def test_a_frozen_redis_times_asks_out_and_is_resumed_from(fresh_server: RedisServer) -> None:
+    """SIGSTOP (a VM pause, a stalled fork): asks time out on time, nothing breaks, and
+    everything carries on after SIGCONT — including what was asked during the freeze."""
+    assert fresh_server.pid is not None
+    answers: list[Any] = []
+
+    class Recorder(Echo):
+        async def on_message(self, message: Message) -> Any:
+            answers.append(message.body)
+            return message.body
+
+    with trio.fail_after(30):
+        async with Runtime(fresh_server.config, namespace="r") as runtime:
+            await runtime.spawn(Recorder, name="echo", claim_idle=0.5)
+            assert await runtime.ask("echo", "before", timeout=5) == "before"
+            os.kill(fresh_server.pid, signal.SIGSTOP)
+            try:
+                started = trio.current_time()
+                with pytest.raises(AskTimeout):
+                    await runtime.ask("echo", "frozen", timeout=1)
+                assert trio.current_time() - started < 2
+                await trio.sleep(2)
+            finally:
+                os.kill(fresh_server.pid, signal.SIGCONT)
+            assert await ask_until_answered(runtime, "echo", "after") == "after"
+            await runtime.wait_idle(timeout=10)
+    assert answers == ["before", "frozen", "after"]
