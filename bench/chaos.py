@@ -107,12 +107,12 @@ async def worker(spec: dict[str, Any]) -> None:
 
 
 def start_worker(url: str, log_dir: Path, number: int, **spec: Any) -> subprocess.Popen[bytes]:
-    log = (log_dir / f"worker-{number}.log").open("wb")
-    return subprocess.Popen(
-        [sys.executable, __file__, "worker", json.dumps({"url": url, **spec})],
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
+    with (log_dir / f"worker-{number}.log").open("wb") as log:  # the child keeps its copy
+        return subprocess.Popen(
+            [sys.executable, __file__, "worker", json.dumps({"url": url, **spec})],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
 
 
 def rss(pid: int) -> int:
