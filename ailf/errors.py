@@ -132,8 +132,9 @@ class MailboxFull(AilfError):
     seconds, so the message was not sent.
 
     ``mailbox`` is the stream, ``backlog`` the entries still to handle there (unread plus
-    pending) when the sender gave up, ``limit`` the limit. Nothing was added: send it again
-    later, add replicas to the agent, or raise the limit.
+    pending) as last measured by this sender (-1 if it got no measurement in time),
+    ``limit`` the limit. Nothing was added: send it again later, add replicas to the
+    agent, or raise the limit.
     """
 
     def __init__(self, message: str, *, mailbox: str = "", backlog: int = 0, limit: int = 0):

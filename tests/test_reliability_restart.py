@@ -27,6 +27,7 @@ import trio
 from ailf import (
     Agent,
     AskTimeout,
+    MailboxFull,
     Message,
     RedisConfig,
     RedisConnectionError,
@@ -201,7 +202,12 @@ async def test_a_frozen_redis_times_asks_out_and_is_resumed_from(fresh_server: R
             return message.body
 
     with trio.fail_after(30):
-        async with Runtime(fresh_server.config, namespace="r") as runtime:
+        async with (
+            Runtime(fresh_server.config, namespace="r") as runtime,
+            Runtime(
+                fresh_server.config, namespace="r", mailbox_limit=10, send_timeout=0.5
+            ) as bounded,
+        ):
             await runtime.spawn(Recorder, name="echo", claim_idle=0.5)
             assert await runtime.ask("echo", "before", timeout=5) == "before"
             os.kill(fresh_server.pid, signal.SIGSTOP)
@@ -210,6 +216,9 @@ async def test_a_frozen_redis_times_asks_out_and_is_resumed_from(fresh_server: R
                 with pytest.raises(AskTimeout):
                     await runtime.ask("echo", "frozen", timeout=1)
                 assert trio.current_time() - started < 2
+                with pytest.raises(MailboxFull, match="no measurement yet") as caught:
+                    await bounded.send("echo", "never sent")  # the gate cannot measure
+                assert caught.value.backlog == -1
                 await trio.sleep(2)
             finally:
                 os.kill(fresh_server.pid, signal.SIGCONT)

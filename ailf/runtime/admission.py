@@ -86,7 +86,7 @@ class MailboxGate:
         if self.limit is None or self._take(stream):
             return
         lock = self._measuring.setdefault(stream, trio.Lock())
-        backlog = self.limit
+        backlog = -1  # not measured here (Redis did not answer, or others measured)
         delay = 0.005
         with trio.move_on_after(self.timeout):
             async with lock:  # one measurement at a time; the others use its result
@@ -98,10 +98,11 @@ class MailboxGate:
                     await trio.sleep(delay)
                     delay = min(2 * delay, 0.25)
                 return
+        measured = f"{backlog} unhandled entries" if backlog >= 0 else "no measurement yet"
         raise MailboxFull(
-            f"mailbox {stream} still holds {backlog} unhandled entries (mailbox_limit="
-            f"{self.limit}) after waiting {self.timeout} s; its agent is not keeping up:"
-            " add replicas, slow the producer down, or raise mailbox_limit",
+            f"mailbox {stream} had no room within {self.timeout} s (mailbox_limit="
+            f"{self.limit}; {measured}); its agent is not keeping up — add replicas, slow"
+            " the producer down or raise mailbox_limit — or Redis is not answering",
             mailbox=stream,
             backlog=backlog,
             limit=self.limit,
