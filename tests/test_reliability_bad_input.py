@@ -230,3 +230,25 @@ def test_unloadable_tls_files_are_a_config_error(tmp_path: Any) -> None:
     (tmp_path / "junk.crt").write_text("not a certificate")
     with pytest.raises(ConfigError, match="TLS files"):
         config.replace(ssl_ca_certs=str(tmp_path / "junk.crt")).ssl_context()
+
+
+async def test_a_flood_of_bad_entries_does_not_block_the_good_one(
+    redis_config: RedisConfig,
+) -> None:
+    """4,000 poison entries, half of them not even text, ahead of one good message."""
+    Keeper.seen = []
+    plain = redis.Redis(host="127.0.0.1", port=redis_config.port)
+    pipe = plain.pipeline(transaction=False)
+    for n in range(2000):
+        pipe.xadd("ailf:bad:mailbox:keeper", {"envelope": pickle.dumps(n)})
+        pipe.xadd("ailf:bad:mailbox:keeper", {"envelope": f"garbage {n}"})
+    pipe.execute()
+    with trio.fail_after(60):
+        async with Runtime(redis_config, namespace="bad") as runtime:
+            await runtime.spawn(Keeper, name="keeper")
+            await runtime.send("keeper", "good")
+            await runtime.wait_idle(timeout=50)
+            dead = runtime.statistics()["keeper"].dead_lettered
+    assert Keeper.seen == ["good"]
+    assert dead == 4000 and plain.xlen("ailf:bad:dead:keeper") == 4000
+    plain.close()
