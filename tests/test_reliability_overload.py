@@ -190,3 +190,34 @@ async def test_without_a_limit_maxlen_caps_the_stream_and_says_so(
     assert memory_peak - memory_before < 10 * 2**20
     assert len(Slow.handled) == length and max(Slow.handled) == 19_999
     assert "trimmed or deleted before any replica read them" in caplog.text
+
+
+async def test_a_full_redis_refuses_sends_and_a_fresh_process_can_still_drain_it() -> None:
+    """maxmemory with noeviction (what docs/operating.md recommends): once Redis is full,
+    ``send`` fails with Redis's OOM error, and a runtime started then can still spawn
+    the agent — the mailbox's group exists, reading and acknowledging need no memory —
+    so the backlog drains and sends work again."""
+    from ailf import RedisError, RedisServer
+
+    Slow.handled, Slow.delay = set(), 0.0
+    args = ("--maxmemory", "3mb", "--maxmemory-policy", "noeviction")
+    try:
+        with RedisServer(args=args) as server, trio.fail_after(60):
+            async with Runtime(server.config, namespace="oom") as runtime:
+                await runtime.spawn(Slow, name="drain")  # the group exists from now on
+            sent = 0
+            async with Runtime(server.config, namespace="oom") as runtime:
+                with pytest.raises(RedisError, match="OOM"):
+                    while True:
+                        await runtime.send("drain", sent)
+                        sent += 1
+            async with Runtime(server.config, namespace="oom") as runtime:  # a fresh process
+                await runtime.spawn(Slow, name="drain")
+                while len(Slow.handled) < sent:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+                await runtime.client.xtrim("ailf:oom:mailbox:drain", maxlen=0)
+                await runtime.send("drain", "room again")
+                await runtime.wait_idle(timeout=20)
+    finally:
+        Slow.delay = 0.002
+    assert sent > 1000 and Slow.handled == {*range(sent), "room again"}

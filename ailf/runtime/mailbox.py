@@ -292,6 +292,9 @@ class MailboxReader:
         #: The ``streams`` argument of the next XREADGROUP; None when it must be rebuilt.
         self._streams: dict[str, str] | None = None
         self._backlog = False
+        #: Whether the wake stream's group exists (a full Redis refuses to create it).
+        self._wake = False
+        self._wake_retry = 0.0
 
     # -- called by instances (synchronous, never blocking) --------------------------
 
@@ -351,7 +354,7 @@ class MailboxReader:
     def poke(self) -> None:
         """Make the loop look again at its mailboxes, retries and room (debounced)."""
         self._changed.set()
-        if self._in_redis and not self._rung and self._nursery is not None:
+        if self._in_redis and self._wake and not self._rung and self._nursery is not None:
             self._rung = True
             self._nursery.start_soon(self._ring)
 
@@ -366,7 +369,7 @@ class MailboxReader:
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            await self._create_group(self.wake_key)
+            await self._create_wake()
             task_status.started()
             recreate = unreadable = False
             while True:
@@ -446,9 +449,33 @@ class MailboxReader:
             if exc.code != "BUSYGROUP":
                 raise
 
+    async def _create_wake(self) -> None:
+        """Create the wake stream's group. A Redis out of memory (noeviction) refuses
+        that — while it still serves reads and acks, which is how it drains — so read
+        without the wake stream meanwhile (a blocked read then lasts up to ``max_block``
+        instead of ending at a change) and try again after ``max_block``."""
+        try:
+            await self._create_group(self.wake_key)
+        except ResponseError as exc:
+            if exc.code != "OOM":
+                raise
+            if not self._wake_retry:
+                log.warning(
+                    "mailbox reader %s: Redis is out of memory (%s); reading on, without"
+                    " wake-ups, until it has room again",
+                    self.consumer,
+                    exc,
+                )
+            self._wake = False
+            self._wake_retry = trio.current_time() + self.settings.max_block
+        else:
+            self._wake, self._wake_retry = True, 0.0
+        self._streams = None
+
     async def _recreate_groups(self) -> None:
         streams = [self.wake_key, *self.bindings]
         await _side_by_side([functools.partial(self._create_group, s) for s in streams])
+        self._wake, self._wake_retry = True, 0.0
         for binding in self.bindings.values():
             binding.backlog, binding.backlog_from = True, "0"
             binding.claim_cursor = "0-0"
@@ -468,11 +495,13 @@ class MailboxReader:
             await trio.sleep(min(0.005, mailboxes * 1e-7))
         now = trio.current_time()
         await self._due_work(now)
+        if not self._wake and now >= self._wake_retry:
+            await self._create_wake()
         self._changed = trio.Event()
         streams = self._streams
         if streams is None:
             streams = self._streams = self._build_streams()
-        if len(streams) == 1:  # nothing to read (or no room anywhere): wait here, not in Redis
+        if streams.keys() <= {self.wake_key}:  # nothing to read, or no room: wait here
             with trio.move_on_at(self._next_due(now)):
                 await self._changed.wait()
             return
@@ -489,7 +518,7 @@ class MailboxReader:
         await self._dispatch(reply)
 
     def _build_streams(self) -> dict[str, str]:
-        streams = {self.wake_key: ">"}
+        streams = {self.wake_key: ">"} if self._wake else {}
         self._backlog = False
         full = self._full
         for stream, binding in self.bindings.items():

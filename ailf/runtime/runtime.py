@@ -415,7 +415,14 @@ class Runtime:
         pipe.xgroup_create(stream, GROUP, id="0", mkstream=True)
         pipe.xinfo_stream(stream)
         created, info = await pipe.execute(raise_on_error=False)
-        if isinstance(created, ResponseError) and created.code == "BUSYGROUP":
+        code = created.code if isinstance(created, ResponseError) else ""
+        if code == "OOM" and isinstance(info, dict):
+            # A full Redis (noeviction) refuses XGROUP CREATE even where the group
+            # exists; reading needs no memory, and is how a full mailbox drains.
+            groups = await self.client.xinfo_groups(stream)
+            if any(group.get("name") == GROUP for group in groups):
+                code = "BUSYGROUP"
+        if code == "BUSYGROUP":
             if check:
                 await check_unread_trimmed(self.client, stream)
         elif isinstance(created, Exception):
