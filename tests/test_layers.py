@@ -1,0 +1,67 @@
+"""Each layer of the package imports only the layers below it (docs/index.md draws them)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "ailf"
+
+#: Layer of each module, by dotted-name prefix; the longest matching prefix wins.
+LAYERS = {
+    "ailf.errors": 1,
+    "ailf.config": 1,
+    "ailf.codec": 1,
+    "ailf.server": 1,
+    "ailf.clients": 2,
+    "ailf.messaging": 3,
+    "ailf.runtime": 4,
+    "ailf.scenario": 5,
+    "ailf.admin": 5,
+    "ailf.cli": 5,
+    "ailf.testing": 5,
+    "ailf.__main__": 5,
+    "ailf": 5,  # the package itself re-exports everything
+}
+
+
+def layer(module: str) -> int:
+    prefix = max((p for p in LAYERS if module == p or module.startswith(p + ".")), key=len)
+    return LAYERS[prefix]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def is_module(dotted: str) -> bool:
+    path = PACKAGE.parent.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+
+def imported(path: Path) -> set[str]:
+    """Every ailf module ``path`` imports (``from ailf import codec`` counts as ailf.codec)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("ailf"))
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if not node.module.startswith("ailf"):
+                continue
+            for alias in node.names:
+                candidate = f"{node.module}.{alias.name}"
+                found.add(candidate if is_module(candidate) else node.module)
+    return found
+
+
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=[module_name(p) for p in MODULES])
+def test_imports_only_lower_layers(path: Path) -> None:
+    name = module_name(path)
+    upward = sorted(dep for dep in imported(path) if layer(dep) > layer(name))
+    assert upward == [], f"{name} (layer {layer(name)}) imports from higher layers"
