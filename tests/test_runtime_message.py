@@ -125,6 +125,48 @@ def test_structure_options() -> None:
     assert structure_options(Agent, None) == Agent.Options()
 
 
+@attrs.frozen
+class CheckedOptions:
+    interval: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
+    mode: str = attrs.field(default="a", validator=attrs.validators.in_(("a", "b")))
+
+
+class Checked(Agent):
+    Options = CheckedOptions
+
+
+@attrs.frozen
+class PostInitOptions:
+    low: int = 0
+    high: int = 1
+
+    def __attrs_post_init__(self) -> None:
+        if self.low > self.high:
+            raise ValueError("low must not exceed high")
+
+
+class PostInit(Agent):
+    Options = PostInitOptions
+
+
+def test_structure_options_names_the_field_a_validator_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        structure_options(Checked, {"interval": -1, "mode": "c"})
+    message = str(caught.value)
+    assert "Checked options: 'interval' must be > 0: -1.0 @ $.interval" in message
+    assert "'mode' must be in ('a', 'b') (got 'c') @ $.mode" in message
+    # A type error is still cattrs's report, with its path.
+    with pytest.raises(ConfigError, match=r"expected float @ \$\.interval"):
+        structure_options(Checked, {"interval": "soon"})
+    # A stock agent's validator that checks two fields together.
+    from ailf.agents.ticker import Ticker
+
+    with pytest.raises(ConfigError, match=r"exactly one of to .* @ \$\.topic"):
+        structure_options(Ticker, {"interval": 1})
+    with pytest.raises(ConfigError, match=r"PostInit options: invalid value: low must not"):
+        structure_options(PostInit, {"low": 3, "high": 2})
+
+
 @pytest.mark.parametrize(
     ("setting", "value", "expected"),
     [

@@ -198,8 +198,42 @@ def structure_options(agent_cls: type[Agent], data: Any) -> Any:
     try:
         return converter.structure(dict(data), options_cls)
     except Exception as exc:
-        if isinstance(exc, cattrs.BaseValidationError):
-            details = "; ".join(cattrs.transform_error(exc, path="$"))
-        else:
-            details = f"{type(exc).__name__}: {exc}"
+        problems = _validator_errors(options_cls, dict(data))
+        if not problems and isinstance(exc, cattrs.BaseValidationError):
+            problems = cattrs.transform_error(exc, path="$", format_exception=_describe)
+        details = "; ".join(problems) or f"{type(exc).__name__}: {exc}"
         raise ConfigError(f"{owner}: {details}") from exc
+
+
+def _describe(exc: BaseException, type_: type | None) -> str:
+    """cattrs's wording, plus the exception's own message where cattrs has none to add
+    (an ``__attrs_post_init__`` that raised, say)."""
+    text = cattrs.v.format_exception(exc, type_)
+    return f"{text}: {exc}" if text == "invalid value" and str(exc) else text
+
+
+def _validator_errors(options_cls: type, data: dict[str, Any]) -> list[str]:
+    """Each failing attrs validator's message with its field's path, e.g.
+    ``'interval' must be > 0: -1.0 @ $.interval``.
+
+    cattrs reports a validator's exception against the whole class (``$``), because
+    validators run in ``__init__`` after every field was structured; so structure with
+    validators off and run each field's validator here, where its field is known. Empty
+    when the data does not even structure (cattrs's own report then says why).
+    """
+    with attrs.validators.disabled():
+        try:
+            instance = converter.structure(data, options_cls)
+        except Exception:
+            return []
+    problems = []
+    for field in attrs.fields(options_cls):
+        if field.validator is None:
+            continue
+        try:
+            field.validator(instance, field, getattr(instance, field.name))
+        except Exception as exc:
+            # attrs's stock validators raise with (message, attribute, ...) as args.
+            text = exc.args[0] if len(exc.args) > 1 and isinstance(exc.args[0], str) else exc
+            problems.append(f"{text} @ $.{field.name}")
+    return problems
