@@ -15,6 +15,7 @@ import trio
 from ailf import AskTimeout, MessageTooLarge, RedisConfig, RemoteError
 from ailf.runtime import Agent, Message, Runtime
 from ailf.runtime.keys import GROUP
+from ailf.runtime.registry import read_registry
 
 
 @attrs.frozen
@@ -311,6 +312,36 @@ async def test_statistics_and_registry(redis_config: RedisConfig) -> None:
     assert raw(redis_config).keys("ailf:t:process:*") == []
     # a clean stop leaves no consumers behind (nothing was pending)
     assert raw(redis_config).xinfo_consumers("ailf:t:mailbox:counted", GROUP) == []
+
+
+class Quitter(Agent):
+    """Stops itself for good on its first message."""
+
+    restart = "transient"
+
+    async def on_message(self, message: Message) -> None:
+        self.stop()
+
+
+async def test_spawn_and_stop_reach_the_registry_without_waiting_for_a_heartbeat(
+    redis_config: RedisConfig,
+) -> None:
+    async def seen(runtime: Runtime, expected: dict[str, int]) -> None:
+        # Read as another process would (registry() would write a heartbeat first).
+        while True:
+            snapshot = await read_registry(runtime.client, runtime.keys, 60)
+            if {name: info.replicas for name, info in snapshot.agents.items()} == expected:
+                return
+            await trio.sleep(0.01)
+
+    with trio.fail_after(10):
+        async with Runtime(redis_config, namespace="t", heartbeat_interval=60) as runtime:
+            await seen(runtime, {})
+            await runtime.spawn(Recorder, name="prompt", replicas=2)
+            await runtime.spawn(Quitter, name="quitter")
+            await seen(runtime, {"prompt": 2, "quitter": 1})
+            await runtime.send("quitter", "stop")
+            await seen(runtime, {"prompt": 2})
 
 
 async def test_dead_consumers_entries_are_claimed_then_the_consumer_deleted(

@@ -133,6 +133,8 @@ class Runtime:
         self.started_at = 0.0
         self.stopping = False
         self.stop_requested = trio.Event()
+        #: Set when the registry should hear of a change (spawned, gone) without waiting.
+        self._announce = trio.Event()
         self.cells: set[Cell] = set()
         self._client: AsyncRedisClient | None = None
         self.acker: Acker
@@ -331,6 +333,7 @@ class Runtime:
         """A replica is gone for good: free its reader slot."""
         self._slots.get(name, set()).discard(self._readers.index(reader))
         self._counters[name].replicas -= 1
+        self._announce.set()
         self._supervisors -= 1
         if not self._supervisors:
             self._supervisors_done.set()
@@ -406,6 +409,7 @@ class Runtime:
             reader = await self._reader(slot)
             counters.replicas += 1
             await self._agents.start(supervise, self, spec, next(numbers), reader)
+        self._announce.set()  # other processes (`ailf status`) see the replicas at once
 
     async def _open_mailbox(self, stream: str, *, check: bool) -> None:
         """Create the mailbox's group (at ``0``, so a backlog is read) unless it exists,
@@ -564,14 +568,22 @@ class Runtime:
         )
 
     async def _heartbeat_loop(self) -> None:
+        """Heartbeat every ``heartbeat_interval`` seconds, and at once after a spawn or a
+        replica's end — but after each heartbeat, wait ten times as long as it took
+        before the next one, so that spawning 10,000 agents (a heartbeat then takes
+        milliseconds) costs a handful of heartbeats, not one each."""
         while True:
-            await trio.sleep(self.heartbeat_interval)
+            with trio.move_on_after(self.heartbeat_interval):
+                await self._announce.wait()
+            self._announce = trio.Event()
             if self.stopping:
                 return
+            started = trio.current_time()
             try:
                 await self._heartbeat()
             except Exception as exc:
                 log.warning("registry heartbeat failed: %s", exc)
+            await trio.sleep(10 * (trio.current_time() - started))
 
     async def wait_idle(
         self,

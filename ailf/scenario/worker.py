@@ -90,7 +90,6 @@ async def _serve(scenario: Scenario, process: int, events: _Events) -> None:
                     claim_idle=spec.claim_idle,
                     concurrency=spec.concurrency,
                 )
-        await runtime.registry()  # a heartbeat now, so `ailf status` shows the agents at once
         events.emit("ready")
         # runtime.stop() — from the runner via stdin, or from an agent — cancels this
         # body, and with it these two tasks; the runtime then shuts down gracefully.
