@@ -310,6 +310,7 @@ async def test_statistics_and_registry(redis_config: RedisConfig) -> None:
             ttl = raw(redis_config).pttl(f"ailf:t:process:{runtime.process_id}")
             assert 0 < ttl <= 600
     assert raw(redis_config).keys("ailf:t:process:*") == []
+    assert runtime.statistics()["counted"].replicas == 2  # as it ran, not 0 after the stop
     # a clean stop leaves no consumers behind (nothing was pending)
     assert raw(redis_config).xinfo_consumers("ailf:t:mailbox:counted", GROUP) == []
 

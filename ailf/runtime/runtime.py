@@ -332,7 +332,8 @@ class Runtime:
     def release(self, name: str, reader: MailboxReader) -> None:
         """A replica is gone for good: free its reader slot."""
         self._slots.get(name, set()).discard(self._readers.index(reader))
-        self._counters[name].replicas -= 1
+        if not self.stopping:  # statistics() after a stop keep the count it stopped with
+            self._counters[name].replicas -= 1
         self._announce.set()
         self._supervisors -= 1
         if not self._supervisors:

@@ -27,6 +27,9 @@ class AgentStatistics:
     undecodable), ``processed`` handlers that returned, ``failed`` handlers that raised,
     ``retried`` redeliveries scheduled after a failure, ``dead_lettered`` messages given
     up on. In cluster figures the percentiles are the worst process's.
+
+    ``replicas`` counts the instances running; once the runtime has stopped, those that
+    ran when it began to stop (so a final snapshot still says how the agent was run).
     """
 
     name: str
