@@ -1,4 +1,4 @@
-"""The ACL line documented in docs/wire-format.md is enough to run agents, and no more."""
+"""The ACL rule documented in docs/operating.md is enough to run agents, and no more."""
 
 from __future__ import annotations
 
@@ -8,15 +8,10 @@ import attrs
 import pytest
 import redis
 import trio
+from acl_helpers import documented_acl
 
 from ailf import RedisConfig, RedisError
 from ailf.runtime import Agent, Message, Runtime
-
-ACL = (
-    "on >acl-test-password resetkeys ~ailf:shop:* resetchannels &ailf:shop:* -@all +@stream"
-    " +@pubsub +multi +exec +hset +hgetall +pexpire +del +exists +scan +zadd +zrangebyscore"
-    " +zremrangebyscore +zrem +ping +select +client|setname +hello"
-)
 
 
 class Clerk(Agent):
@@ -36,8 +31,8 @@ async def test_restricted_user_runs_its_namespace_only(
     redis_config: RedisConfig, caplog: pytest.LogCaptureFixture
 ) -> None:
     admin = redis.Redis(port=redis_config.port, decode_responses=True)
-    admin.execute_command("ACL", "SETUSER", "shop-user", *ACL.split())
-    config = attrs.evolve(redis_config, username="shop-user", password="acl-test-password")
+    admin.execute_command("ACL", "SETUSER", *documented_acl("acl-test-password"))
+    config = attrs.evolve(redis_config, username="shop", password="acl-test-password")
     Clerk.heard = []
 
     class Fragile(Clerk):
@@ -63,4 +58,20 @@ async def test_restricted_user_runs_its_namespace_only(
                 async with Runtime(config, namespace="other") as other:
                     await other.send("clerk", 1)
     finally:
-        admin.execute_command("ACL", "DELUSER", "shop-user")
+        admin.execute_command("ACL", "DELUSER", "shop")
+
+
+async def test_a_user_without_pubsub_rights_can_send(redis_config: RedisConfig) -> None:
+    """A runtime that only sends subscribes to nothing (its reply channel waits for the
+    first ask), so a user without channel patterns is not refused."""
+    admin = redis.Redis(port=redis_config.port, decode_responses=True)
+    words = [w for w in documented_acl("pw") if not w.startswith("&")]
+    admin.execute_command("ACL", "SETUSER", *words)
+    config = attrs.evolve(redis_config, username="shop", password="pw")
+    try:
+        with trio.fail_after(10):
+            async with Runtime(config, namespace="shop") as runtime:
+                entry = await runtime.send("clerk", {"n": 1})
+        assert [entry_id for entry_id, _ in admin.xrange("ailf:shop:mailbox:clerk")] == [entry]
+    finally:
+        admin.execute_command("ACL", "DELUSER", "shop")

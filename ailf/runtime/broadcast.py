@@ -10,6 +10,10 @@ reconnecting after a Redis restart) misses what is published meanwhile. The clie
 pub/sub session reconnects and subscribes again by itself, so listeners survive a Redis
 restart. Malformed broadcasts are logged, counted in :attr:`BroadcastHub.malformed`
 and dropped.
+
+The reply channel is subscribed on the first ``ask()``, not at start, so that a client
+that only sends needs no pub/sub rights on Redis (an ACL user without ``&channel``
+patterns can still ``send``).
 """
 
 from __future__ import annotations
@@ -103,12 +107,13 @@ class BroadcastHub:
         self._listeners: dict[str, set[Cell]] = {}
         self._pubsub: Any = None
         self._nursery: trio.Nursery | None = None
+        self._inbox_open = False
+        self._inbox_opening: trio.Event | None = None
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         async with self.client.pubsub() as pubsub, trio.open_nursery() as nursery:
             self._pubsub = pubsub
             self._nursery = nursery
-            await pubsub.subscribe(self.inbox.channel)
             task_status.started()
             async for message in pubsub:
                 if message.get("type") != "message":
@@ -131,6 +136,22 @@ class BroadcastHub:
             return
         for cell in listeners:
             cell.deliver(message)
+
+    async def open_inbox(self) -> None:
+        """Subscribe the reply channel unless it is; returns once Redis confirmed it,
+        so that a request sent afterwards cannot miss its reply. Concurrent first asks
+        wait for the one subscription; if it fails, the next ask tries again."""
+        while not self._inbox_open:
+            if self._inbox_opening is not None:
+                await self._inbox_opening.wait()
+                continue
+            self._inbox_opening = opening = trio.Event()
+            try:
+                await self._pubsub.subscribe(self.inbox.channel)
+                self._inbox_open = True
+            finally:
+                self._inbox_opening = None
+                opening.set()
 
     async def add_listener(self, channel: str, cell: Cell) -> None:
         """Queue broadcasts on ``channel`` to ``cell``; returns once subscribed."""

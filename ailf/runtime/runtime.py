@@ -496,6 +496,7 @@ class Runtime:
             )
 
         await self.gate.admit(self.client, stream)  # waiting for room is not the ask's time
+        await self.hub.open_inbox()
         return await self._inbox.ask(to, timeout, request)
 
     async def publish(self, topic: str, body: Any, *, sender: str | None = None) -> int:
