@@ -11,12 +11,13 @@ from pathlib import Path
 OPERATING = Path(__file__).resolve().parent.parent / "docs" / "operating.md"
 
 
-def documented_acl(password: str) -> list[str]:
-    """The words after ``ACL SETUSER`` of operating.md's rule for user ``shop``
-    (namespace ``shop``), with ``password`` for the placeholder."""
+def documented_acl(user: str, password: str) -> list[str]:
+    """The words after ``ACL SETUSER`` of operating.md's rule for namespace ``shop``,
+    for user ``user`` with password ``password``."""
     line = next(
         line.strip()
         for line in OPERATING.read_text().splitlines()
         if line.strip().startswith("ACL SETUSER shop ")
     )
-    return [word.replace("a-long-random-password", password) for word in line.split()[2:]]
+    words = line.split()[3:]  # after "ACL SETUSER shop"
+    return [user, *(f">{password}" if word.startswith(">") else word for word in words)]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 import trio
+from acl_helpers import documented_acl
 from ailf.agents.counter import Counter
 from ailf.agents.echo import Echo
 from ailf.agents.flaky import Flaky
@@ -257,13 +258,8 @@ async def test_the_acl_rule_in_operating_md_is_enough_and_confines(
 ) -> None:
     """docs/operating.md's one-namespace ACL: agents run, status and dlq work, and
     another namespace is refused."""
-    doc = (ROOT / "docs" / "operating.md").read_text()
-    rule = next(line.strip() for line in doc.splitlines() if "ACL SETUSER shop" in line)
-    words = rule.split()[2:]  # after "ACL SETUSER"
     admin = redis.Redis(port=fresh_server.port, decode_responses=True)
-    admin.execute_command(
-        "ACL", "SETUSER", *[w.replace("a-long-random-password", "pw") for w in words]
-    )
+    admin.execute_command("ACL", "SETUSER", *documented_acl("shop", "pw"))
     admin.close()
     url = f"redis://shop:pw@127.0.0.1:{fresh_server.port}/0"
     config = RedisConfig.from_url(url)

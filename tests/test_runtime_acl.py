@@ -31,7 +31,7 @@ async def test_restricted_user_runs_its_namespace_only(
     redis_config: RedisConfig, caplog: pytest.LogCaptureFixture
 ) -> None:
     admin = redis.Redis(port=redis_config.port, decode_responses=True)
-    admin.execute_command("ACL", "SETUSER", *documented_acl("acl-test-password"))
+    admin.execute_command("ACL", "SETUSER", *documented_acl("shop", "acl-test-password"))
     config = attrs.evolve(redis_config, username="shop", password="acl-test-password")
     Clerk.heard = []
 
@@ -65,7 +65,7 @@ async def test_a_user_without_pubsub_rights_can_send(redis_config: RedisConfig) 
     """A runtime that only sends subscribes to nothing (its reply channel waits for the
     first ask), so a user without channel patterns is not refused."""
     admin = redis.Redis(port=redis_config.port, decode_responses=True)
-    words = [w for w in documented_acl("pw") if not w.startswith("&")]
+    words = [w for w in documented_acl("shop", "pw") if not w.startswith("&")]
     admin.execute_command("ACL", "SETUSER", *words)
     config = attrs.evolve(redis_config, username="shop", password="pw")
     try:

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import redis
 import trio
+from acl_helpers import documented_acl
 from test_tls import certificates  # noqa: F401 - the module-scoped certificate fixture
 
 from ailf import (
@@ -48,14 +49,6 @@ class Echo(Agent):
         if message.topic is not None:
             Echo.heard.append(message.body)
         return message.body
-
-
-def documented_acl(user: str, password: str) -> list[str]:
-    """The ACL SETUSER arguments docs/operating.md gives for namespace ``shop``."""
-    doc = (ROOT / "docs" / "operating.md").read_text()
-    rule = next(line.strip() for line in doc.splitlines() if "ACL SETUSER shop" in line)
-    words = rule.split()[2:]  # after "ACL SETUSER"
-    return [user] + [f">{password}" if word.startswith(">") else word for word in words[1:]]
 
 
 @pytest.fixture
