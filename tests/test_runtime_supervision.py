@@ -115,6 +115,70 @@ async def test_background_task_crash_restarts_and_redelivers(
     assert "crashed with RuntimeError: watchdog tripped; restarting" in caplog.text
 
 
+class Group(Agent):
+    """Records each instance's start and stop; "crash" crashes the instance that gets it."""
+
+    Options = Log
+    strategy = "one_for_all"
+    max_restarts = 1
+    restart_period = 30.0
+
+    async def on_start(self) -> None:
+        self.options.events.append(("start", self.replica))
+
+    async def on_stop(self) -> None:
+        self.options.events.append(("stop", self.replica))
+
+    async def on_message(self, message: Message) -> Any:
+        if message.body == "crash" and message.delivery_count == 1:
+            self.start_task(self._fail)
+            await trio.sleep_forever()
+        return self.replica
+
+    async def _fail(self) -> None:
+        raise RuntimeError("group member failed")
+
+
+async def crash_one(runtime: Runtime, log: Log, starts: int) -> None:
+    """Crash the replica that gets the message; wait for ``starts`` starts in all and
+    for the redelivered message to be handled."""
+    await runtime.send("group", "crash")
+    while sum(e[0] == "start" for e in log.events) < starts:  # noqa: ASYNC110
+        await trio.sleep(0.01)
+    await runtime.wait_idle(timeout=10)
+
+
+async def test_one_for_one_restarts_only_the_failed_replica(redis_config: RedisConfig) -> None:
+    agent_cls = type("Alone", (Group,), {"strategy": "one_for_one"})
+    log = Log()
+    with trio.fail_after(20):
+        async with Runtime(redis_config, namespace="s") as runtime:
+            await runtime.spawn(agent_cls, name="group", replicas=3, options=log)
+            await crash_one(runtime, log, starts=4)
+    (crashed,) = [e[1] for e in log.events[3:] if e[0] == "stop"][:1]
+    assert log.events[3:5] == [("stop", crashed), ("start", crashed)]
+
+
+async def test_one_for_all_restarts_every_local_replica_and_counts_them_together(
+    redis_config: RedisConfig,
+) -> None:
+    log = Log()
+    with trio.fail_after(20):
+        with pytest.raises(EscalationError) as caught:
+            async with Runtime(redis_config, namespace="s") as runtime:
+                await runtime.spawn(Group, name="group", replicas=3, options=log)
+                await crash_one(runtime, log, starts=6)
+                # every instance stopped (gracefully: on_stop ran) and started again
+                replicas = [("stop", r) for r in range(3)] + [("start", r) for r in range(3)]
+                assert sorted(log.events[3:9]) == sorted(replicas)
+                # max_restarts=1 counts the group's restarts: the next crash escalates,
+                # whichever replica it hits
+                await runtime.send("group", "crash")
+                await trio.sleep_forever()
+    assert caught.value.agent == "group"
+    assert isinstance(caught.value.__cause__, RuntimeError)
+
+
 async def test_temporary_agent_is_not_restarted(
     redis_config: RedisConfig, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -25,9 +25,17 @@ if TYPE_CHECKING:
     from ailf.runtime.cell import Cell
     from ailf.runtime.runtime import Runtime
 
-__all__ = ["RESTART_POLICIES", "Agent", "AgentLog", "NoOptions", "structure_options"]
+__all__ = [
+    "RESTART_POLICIES",
+    "STRATEGIES",
+    "Agent",
+    "AgentLog",
+    "NoOptions",
+    "structure_options",
+]
 
 RESTART_POLICIES = ("permanent", "transient", "temporary")
+STRATEGIES = ("one_for_one", "one_for_all")
 
 #: The id of the message the current task is handling, put on every log record.
 current_message_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -67,6 +75,8 @@ class Agent:
       one at a time, in order).
     - ``restart``, ``max_restarts``, ``restart_period``: the restart policy for failures
       of ``on_start``, ``on_stop`` and background tasks (see docs/concepts.md).
+    - ``strategy``: ``"one_for_one"`` restarts only the instance that failed;
+      ``"one_for_all"`` restarts every instance of the agent in this process with it.
     - ``Options``: an attrs class of the agent's options; ``self.options`` is an instance.
 
     A plain ``def on_message(self, message)`` (not async) runs in a worker thread, so it
@@ -80,6 +90,7 @@ class Agent:
     restart: ClassVar[str] = "permanent"
     max_restarts: ClassVar[int] = 3
     restart_period: ClassVar[float] = 5.0
+    strategy: ClassVar[str] = "one_for_one"
     Options: ClassVar[type] = NoOptions
 
     # Set by the runtime before on_start.
@@ -152,11 +163,12 @@ def check_agent_class(agent_cls: Any) -> type[Agent]:
     if not (isinstance(agent_cls, type) and issubclass(agent_cls, Agent)):
         raise ConfigError(f"spawn(): expected an Agent subclass, got {agent_cls!r}")
     name = agent_cls.__qualname__
-    if agent_cls.restart not in RESTART_POLICIES:
-        raise ConfigError(
-            f"{name}.restart: expected one of {', '.join(RESTART_POLICIES)}, "
-            f"got {agent_cls.restart!r}"
-        )
+    for attr, allowed in (("restart", RESTART_POLICIES), ("strategy", STRATEGIES)):
+        if getattr(agent_cls, attr) not in allowed:
+            raise ConfigError(
+                f"{name}.{attr}: expected one of {', '.join(allowed)}, "
+                f"got {getattr(agent_cls, attr)!r}"
+            )
     for attr in ("max_deliveries", "concurrency"):
         value = getattr(agent_cls, attr)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

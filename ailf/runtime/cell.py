@@ -86,6 +86,8 @@ class Cell:
         self._full = False
         self._closing = False
         self._normal = False
+        #: The replica whose restart took this instance down (strategy one_for_all).
+        self.taken_down_by: int | None = None
         #: Wraps the handler loops; its deadline is set when the instance is asked to stop.
         self._workers = trio.CancelScope()
         self._topics: set[str] = set()
@@ -124,6 +126,13 @@ class Cell:
         if not self._closing:
             self._detach()
             self._workers.deadline = trio.current_time() + self.runtime.grace_period
+
+    def take_down(self, replica: int) -> None:
+        """Stop gracefully because replica ``replica`` is restarted (one_for_all): the
+        supervisor then restarts this one too, whatever its restart policy."""
+        if self.taken_down_by is None:
+            self.taken_down_by = replica
+        self.request_stop(normal=False)
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> bool:
         """Start, serve until asked to stop, stop gracefully; True if the agent stopped

@@ -26,6 +26,7 @@ import signal
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -151,6 +152,8 @@ class Runtime:
         self._services: trio.Nursery | None = None
         self._supervisors = 0
         self._supervisors_done = trio.Event()
+        #: Recent restart times of each one_for_all agent's local group (see supervisor).
+        self.group_restarts: dict[str, deque[float]] = {}
         self._root: trio.CancelScope | None = None
         self._escalation: EscalationError | None = None
         self._broadcast_ids = itertools.count(1)

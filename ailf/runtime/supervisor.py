@@ -13,6 +13,12 @@ within ``restart_period`` seconds escalate: the runtime stops every agent gracef
 and its ``async with`` block raises :class:`~ailf.errors.EscalationError`, whose
 ``__cause__`` is the last crash. Handler exceptions never count here: they are message
 failures (retries, dead letters).
+
+``strategy = "one_for_all"`` on the class makes the agent's local replicas one group, as
+OTP's one_for_all: when one instance is restarted, every other instance of the agent in
+this process is stopped (gracefully, ``on_stop`` included) and restarted with it, after
+the same backoff; the intensity limit then counts the group's restarts, not each
+replica's. Replicas in other processes are not touched.
 """
 
 from __future__ import annotations
@@ -75,7 +81,10 @@ async def _supervise(
     policy = spec.agent_cls.restart
     max_restarts = spec.agent_cls.max_restarts
     period = spec.agent_cls.restart_period
-    restarts: deque[float] = deque()
+    one_for_all = spec.agent_cls.strategy == "one_for_all"
+    restarts: deque[float] = (
+        runtime.group_restarts.setdefault(spec.name, deque()) if one_for_all else deque()
+    )
     counters = runtime.counters_for(spec.name)
     reported = False
     while not runtime.stopping:
@@ -102,6 +111,16 @@ async def _supervise(
             if error is not None:
                 cell.log.error("failed while stopping: %r", error, exc_info=error)
             return
+        if error is None and cell.taken_down_by is not None:
+            delay = _backoff(len(restarts), period)
+            cell.log.info(
+                "restarting in %.2f s with replica %d (strategy='one_for_all')",
+                delay,
+                cell.taken_down_by,
+            )
+            with trio.move_on_after(delay):
+                await runtime.stop_requested.wait()
+            continue
         if error is None and not (normal and policy == "permanent"):
             cell.log.info("stopped normally; not restarted (restart=%r)", policy)
             return
@@ -129,7 +148,10 @@ async def _supervise(
             runtime.escalate(escalation)
             return
         restarts.append(now)
-        delay = min(period, RESTART_BACKOFF * 2 ** (len(restarts) - 1))
+        delay = _backoff(len(restarts), period)
+        if one_for_all:
+            for sibling in [c for c in runtime.cells if c.spec.name == spec.name]:
+                sibling.take_down(replica)
         if error is not None:
             cell.log.error(
                 "crashed with %s: %s; restarting in %.2f s (restart %d of %d within %s s)",
@@ -147,3 +169,8 @@ async def _supervise(
             await runtime.stop_requested.wait()
     if not reported:
         task_status.started()
+
+
+def _backoff(recent_restarts: int, period: float) -> float:
+    """The pause before a restart: doubles with each restart within the period."""
+    return min(period, RESTART_BACKOFF * 2 ** max(0, recent_restarts - 1))
