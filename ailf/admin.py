@@ -37,9 +37,6 @@ __all__ = [
     "status",
 ]
 
-#: Processes whose last heartbeat is older than this are considered gone.
-HEARTBEAT_TTL = 15.0
-
 
 def _run(async_fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
     try:
@@ -142,7 +139,8 @@ def _pairs(reply: Any) -> dict[str, Any]:
 
 async def _namespace_status(client: AsyncRedisClient, namespace: str) -> dict[str, Any]:
     keys = Keys(namespace)
-    registry = await read_registry(client, keys, HEARTBEAT_TTL)
+    # Live processes: whose registry entries have not expired, each after its own TTL.
+    registry = await read_registry(client, keys)
     now = time.time()
     names = await _agent_names(client, keys) | set(registry.agents)
     agents = {}

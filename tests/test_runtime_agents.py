@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from typing import Any
 
 import attrs
@@ -343,6 +344,27 @@ async def test_spawn_and_stop_reach_the_registry_without_waiting_for_a_heartbeat
             await seen(runtime, {"prompt": 2, "quitter": 1})
             await runtime.send("quitter", "stop")
             await seen(runtime, {"prompt": 2})
+
+
+async def test_a_process_is_live_while_its_own_entry_lasts(redis_config: RedisConfig) -> None:
+    """Readers (`ailf status` included) need not know a process's heartbeat interval:
+    an old heartbeat of a slow-beating process still counts until its entry expires."""
+    from ailf.admin import status
+
+    with trio.fail_after(10):
+        async with Runtime(redis_config, namespace="t", heartbeat_interval=30) as runtime:
+            await runtime.spawn(Recorder, name="slow-beat")
+            redis_client = raw(redis_config)
+            # 20 s old: past the default TTL (3 x 2 s), within this process's (3 x 30 s)
+            redis_client.zadd("ailf:t:processes", {runtime.process_id: time.time() - 20})
+            assert redis_client.pttl(f"ailf:t:process:{runtime.process_id}") > 60_000
+            report = await trio.to_thread.run_sync(status, redis_config, "t")
+            [listed] = report["namespaces"][0]["processes"]
+            assert listed["id"] == runtime.process_id
+            snapshot = await read_registry(runtime.client, runtime.keys)
+            assert snapshot.agents["slow-beat"].replicas == 1
+            redis_client.delete(f"ailf:t:process:{runtime.process_id}")  # as if expired
+            assert (await read_registry(runtime.client, runtime.keys)).processes == ()
 
 
 async def test_dead_consumers_entries_are_claimed_then_the_consumer_deleted(

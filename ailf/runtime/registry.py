@@ -6,7 +6,8 @@ replica counts, its per-agent counters as JSON) with a TTL of three intervals, a
 scores its id with the heartbeat time in the sorted set ``ailf:{ns}:processes``. A
 process that dies stops refreshing both: its hash expires and readers skip and prune
 ids whose score is older than the TTL. Anyone can read the registry, a process that
-hosts no agent included.
+hosts no agent included: a process is live while its hash exists, so a reader need not
+know the writers' heartbeat intervals.
 """
 
 from __future__ import annotations
@@ -24,7 +25,20 @@ if TYPE_CHECKING:
     from ailf.clients.async_client import AsyncRedisClient
     from ailf.runtime.keys import Keys
 
-__all__ = ["AgentInfo", "ProcessInfo", "RegistrySnapshot", "read_registry", "write_heartbeat"]
+__all__ = [
+    "HEARTBEAT_INTERVAL",
+    "HEARTBEAT_TTL_INTERVALS",
+    "AgentInfo",
+    "ProcessInfo",
+    "RegistrySnapshot",
+    "read_registry",
+    "write_heartbeat",
+]
+
+#: Seconds between a runtime's heartbeats, unless ``Runtime(heartbeat_interval=...)``.
+HEARTBEAT_INTERVAL = 2.0
+#: A process's registry entry expires this many heartbeat intervals after its last one.
+HEARTBEAT_TTL_INTERVALS = 3
 
 
 @attrs.frozen
@@ -112,9 +126,14 @@ def _process_info(process: str, data: dict[str, str]) -> ProcessInfo | None:
         return None
 
 
-async def read_registry(client: AsyncRedisClient, keys: Keys, ttl: float) -> RegistrySnapshot:
-    """Read every process whose heartbeat is younger than ``ttl`` seconds."""
-    ids = await client.execute_command("ZRANGEBYSCORE", keys.processes, time.time() - ttl, "+inf")
+async def read_registry(
+    client: AsyncRedisClient, keys: Keys, ttl: float | None = None
+) -> RegistrySnapshot:
+    """Read every live process: its entry has not expired (each process's expires
+    :data:`HEARTBEAT_TTL_INTERVALS` of its own heartbeat intervals after its last one)
+    and, if ``ttl`` is given, its last heartbeat is younger than ``ttl`` seconds."""
+    low = "-inf" if ttl is None else time.time() - ttl
+    ids = await client.execute_command("ZRANGEBYSCORE", keys.processes, low, "+inf")
     processes: list[ProcessInfo] = []
     if ids:
         pipe = client.pipeline(transaction=False)

@@ -52,6 +52,8 @@ from ailf.runtime.mailbox import (
 )
 from ailf.runtime.message import ENVELOPE_FIELD, DeadLetter, decode_envelope, encode_envelope
 from ailf.runtime.registry import (
+    HEARTBEAT_INTERVAL,
+    HEARTBEAT_TTL_INTERVALS,
     RegistrySnapshot,
     heartbeat_fields,
     read_registry,
@@ -84,7 +86,8 @@ class Runtime:
     - ``mailbox_limit``: backlog (unread plus pending entries) at which ``send`` and
       ``ask`` wait for room, up to ``send_timeout`` seconds, then raise MailboxFull
       (None, the default: no limit; see ailf/runtime/admission.py).
-    - ``heartbeat_interval``: seconds between registry heartbeats (TTL: three of them).
+    - ``heartbeat_interval``: seconds between registry heartbeats; the entry expires
+      after ``HEARTBEAT_TTL_INTERVALS`` (3) of them (see ailf/runtime/registry.py).
     - ``retry_backoff``/``retry_backoff_max``: seconds before redelivering a failed
       message, doubling per delivery.
     - ``stale_consumer_after``: seconds idle before a consumer holding nothing is
@@ -104,7 +107,7 @@ class Runtime:
         max_message_size: int = 1 << 20,
         mailbox_limit: int | None = None,
         send_timeout: float = 10.0,
-        heartbeat_interval: float = 2.0,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
         retry_backoff: float = 0.1,
         retry_backoff_max: float = 5.0,
         stale_consumer_after: float = 60.0,
@@ -552,7 +555,7 @@ class Runtime:
         """Every live process in the namespace, its agents, and counters summed over them
         (as of each process's last heartbeat; this process's is refreshed first)."""
         await self._heartbeat()
-        return await read_registry(self.client, self.keys, 3 * self.heartbeat_interval)
+        return await read_registry(self.client, self.keys)
 
     async def cluster_statistics(self) -> dict[str, AgentStatistics]:
         """Counters per agent name, summed over every live process."""
@@ -568,7 +571,7 @@ class Runtime:
             self.keys,
             self.process_id,
             fields,
-            3 * self.heartbeat_interval,
+            HEARTBEAT_TTL_INTERVALS * self.heartbeat_interval,
             tuple(reader.wake_key for reader in self._readers),
         )
 
