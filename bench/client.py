@@ -148,6 +148,24 @@ def _measure(kind: str, function: Callable, config: RedisConfig, operations: int
     return function(config, operations)
 
 
+def alternate(
+    ours: Callable,
+    base: Callable,
+    base_kind: str,
+    config: RedisConfig,
+    count: int,
+    segments: int = SEGMENTS,
+) -> tuple[float, float]:
+    """Run ``base`` and ``ours`` (a trio function) in ``segments`` short segments of
+    ``count`` operations each, taking turns, so that a burst of load from elsewhere
+    falls on both sides; (ailf ops/s, baseline ops/s) over all the segments."""
+    base_time = our_time = 0.0
+    for _ in range(segments):
+        base_time += count / _measure(base_kind, base, config, count)
+        our_time += count / _measure("trio", ours, config, count)
+    return count * segments / our_time, count * segments / base_time
+
+
 WORKLOADS = [
     # (name, ailf function, baseline name, baseline function, baseline kind, operations, target)
     ("50 tasks, shared client", ailf_tasks, "redis-py asyncio, pool, 50 tasks",
@@ -185,14 +203,10 @@ def main() -> None:
             count = int(operations * arguments.scale) // SEGMENTS
             ratios, ours_rates, base_rates = [], [], []
             for _ in range(arguments.runs):
-                # Alternate short segments so that a noisy neighbour hits both sides.
-                base_time = our_time = 0.0
-                for _ in range(SEGMENTS):
-                    base_time += count / _measure(base_kind, base, config, count)
-                    our_time += count / _measure("trio", ours, config, count)
-                base_rates.append(count * SEGMENTS / base_time)
-                ours_rates.append(count * SEGMENTS / our_time)
-                ratios.append(base_time / our_time)
+                our_rate, base_rate = alternate(ours, base, base_kind, config, count)
+                base_rates.append(base_rate)
+                ours_rates.append(our_rate)
+                ratios.append(our_rate / base_rate)
             rows.append((name, ours_rates, base_name, base_rates, ratios, target))
 
     print()

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -301,7 +302,8 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
     return ordered[len(ordered) // 2] * 1000, ordered[int(len(ordered) * 0.99)] * 1000
 
 
-async def _ailf_asks(config: RedisConfig, count: int) -> list[float]:
+async def ailf_asks(config: RedisConfig, count: int) -> list[float]:
+    """Seconds each of ``count`` sequential asks to the echo agent (after 200 to warm up)."""
     samples = []
     async with Runtime(config, namespace=NAMESPACE) as runtime:
         for n in range(count + 200):
@@ -312,7 +314,8 @@ async def _ailf_asks(config: RedisConfig, count: int) -> list[float]:
     return samples
 
 
-async def _baseline_asks(config: RedisConfig, count: int) -> list[float]:
+async def baseline_asks(config: RedisConfig, count: int) -> list[float]:
+    """The same with hand-written redis-py asyncio code, against ``baseline_responder``."""
     client = redis.asyncio.Redis(**config.redis_py_kwargs())
     pubsub = client.pubsub()
     channel = f"bench:reply:{uuid.uuid4().hex}"
@@ -347,20 +350,32 @@ async def _baseline_asks(config: RedisConfig, count: int) -> list[float]:
     return samples
 
 
+@contextlib.contextmanager
+def _responding(role: str, config: RedisConfig) -> Iterator[None]:
+    responder = Child(role, config, 0)
+    try:
+        responder.read()
+        yield
+    finally:
+        responder.close()
+
+
+def ailf_ask_samples(config: RedisConfig, count: int) -> list[float]:
+    """:func:`ailf_asks` against an echo agent in a process of its own."""
+    with _responding("responder", config):
+        return trio.run(ailf_asks, config, count)
+
+
+def baseline_ask_samples(config: RedisConfig, count: int) -> list[float]:
+    """:func:`baseline_asks` against the hand-written responder in a process of its own."""
+    with _responding("baseline_responder", config):
+        return asyncio.run(baseline_asks(config, count))
+
+
 def asks(config: RedisConfig, count: int) -> tuple[tuple[float, float], tuple[float, float]]:
-    responder = Child("responder", config, 0)
-    try:
-        responder.read()
-        ours = _percentiles(trio.run(_ailf_asks, config, count))
-    finally:
-        responder.close()
-    responder = Child("baseline_responder", config, 0)
-    try:
-        responder.read()
-        theirs = _percentiles(asyncio.run(_baseline_asks(config, count)))
-    finally:
-        responder.close()
-    return ours, theirs
+    """(p50, p99) in ms of ailf's asks and of the hand-written baseline's."""
+    ours = _percentiles(ailf_ask_samples(config, count))
+    return ours, _percentiles(baseline_ask_samples(config, count))
 
 
 def many(config: RedisConfig, count: int) -> dict[str, Any]:

@@ -18,7 +18,6 @@ be shared, so absolute figures move between runs more than ratios do.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
 import json
 import os
@@ -101,14 +100,9 @@ def client_workloads(config: RedisConfig, counts: dict[str, Any]) -> list[dict[s
         count = max(int(operations * scale) // segments, client_bench.TASKS * client_bench.BATCH)
         ailf, baseline = [], []
         for _ in range(counts["runs"]):
-            # Short segments taking turns, as bench/client.py does, so that a burst of
-            # load from elsewhere falls on both sides of the ratio.
-            base_time = our_time = 0.0
-            for _ in range(segments):
-                base_time += count / client_bench._measure(base_kind, base, config, count)
-                our_time += count / client_bench._measure("trio", ours, config, count)
-            baseline.append(count * segments / base_time)
-            ailf.append(count * segments / our_time)
+            our_rate, base_rate = client_bench.alternate(ours, base, base_kind, config, count)
+            baseline.append(base_rate)
+            ailf.append(our_rate)
         rows.append(
             {
                 "key": key,
@@ -155,24 +149,6 @@ def tell_workloads(config: RedisConfig, counts: dict[str, Any]) -> dict[str, Any
     return results
 
 
-def _ailf_asks(config: RedisConfig, count: int) -> list[float]:
-    responder = runtime_bench.Child("responder", config, 0)
-    try:
-        responder.read()
-        return trio.run(runtime_bench._ailf_asks, config, count)
-    finally:
-        responder.close()
-
-
-def _redis_py_asks(config: RedisConfig, count: int) -> list[float]:
-    responder = runtime_bench.Child("baseline_responder", config, 0)
-    try:
-        responder.read()
-        return asyncio.run(runtime_bench._baseline_asks(config, count))
-    finally:
-        responder.close()
-
-
 def _faststream_asks(config: RedisConfig, count: int) -> list[float]:
     echo = peers_process("faststream-echo", config, 0)
     try:
@@ -194,7 +170,10 @@ def ask_workloads(config: RedisConfig, counts: dict[str, Any]) -> dict[str, Any]
     samples of all runs pooled, so that a burst of load from elsewhere falls on every
     side rather than on whichever ran during it.
     """
-    askers = {"ailf": _ailf_asks, "redis_py": _redis_py_asks}
+    askers = {
+        "ailf": runtime_bench.ailf_ask_samples,
+        "redis_py": runtime_bench.baseline_ask_samples,
+    }
     if "faststream" in peers.versions():
         askers["faststream"] = _faststream_asks
     samples: dict[str, list[float]] = {key: [] for key in askers}
