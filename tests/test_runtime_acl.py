@@ -10,7 +10,7 @@ import redis
 import trio
 from acl_helpers import documented_acl
 
-from ailf import RedisConfig, RedisError
+from ailf import AskTimeout, RedisConfig, RedisError
 from ailf.runtime import Agent, Message, Runtime
 
 
@@ -73,5 +73,29 @@ async def test_a_user_without_pubsub_rights_can_send(redis_config: RedisConfig) 
             async with Runtime(config, namespace="shop") as runtime:
                 entry = await runtime.send("clerk", {"n": 1})
         assert [entry_id for entry_id, _ in admin.xrange("ailf:shop:mailbox:clerk")] == [entry]
+    finally:
+        admin.execute_command("ACL", "DELUSER", "shop")
+
+
+async def test_a_reply_refused_by_redis_still_acknowledges_the_request(
+    redis_config: RedisConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reply and the ack go in one pipeline: when Redis refuses the PUBLISH (here the
+    agent's user may not use channels), the asker times out but the request is not
+    left pending to be handled again."""
+    admin = redis.Redis(port=redis_config.port, decode_responses=True)
+    words = [w for w in documented_acl("shop", "pw") if not w.startswith("&")]
+    admin.execute_command("ACL", "SETUSER", *words)
+    agent_user = attrs.evolve(redis_config, username="shop", password="pw")
+    try:
+        with trio.fail_after(20):
+            async with Runtime(agent_user, namespace="shop") as host:
+                await host.spawn(Agent, name="clerk")  # no topics: it subscribes nothing
+                async with Runtime(redis_config, namespace="shop") as asker:
+                    with pytest.raises(AskTimeout):
+                        await asker.ask("clerk", "hi", timeout=1)
+                    await host.wait_idle(timeout=10)
+        assert admin.xpending("ailf:shop:mailbox:clerk", "ailf")["pending"] == 0
+        assert "could not send the reply" in caplog.text and "NOPERM" in caplog.text
     finally:
         admin.execute_command("ACL", "DELUSER", "shop")
