@@ -10,7 +10,7 @@ import redis
 import trio
 from acl_helpers import documented_acl
 
-from ailf import AskTimeout, RedisConfig, RedisError
+from ailf import AskTimeout, RedisConfig, RedisError, ResponseError
 from ailf.runtime import Agent, Message, Runtime
 
 
@@ -97,5 +97,22 @@ async def test_a_reply_refused_by_redis_still_acknowledges_the_request(
                     await host.wait_idle(timeout=10)
         assert admin.xpending("ailf:shop:mailbox:clerk", "ailf")["pending"] == 0
         assert "could not send the reply" in caplog.text and "NOPERM" in caplog.text
+    finally:
+        admin.execute_command("ACL", "DELUSER", "shop")
+
+
+async def test_a_refused_subscription_stops_the_runtime_with_the_redis_error(
+    redis_config: RedisConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    admin = redis.Redis(port=redis_config.port, decode_responses=True)
+    words = [w for w in documented_acl("shop", "pw") if not w.startswith("&")]
+    admin.execute_command("ACL", "SETUSER", *words)
+    config = attrs.evolve(redis_config, username="shop", password="pw")
+    try:
+        with trio.fail_after(20), pytest.raises(ResponseError, match="NOPERM"):
+            async with Runtime(config, namespace="shop") as runtime:
+                await runtime.spawn(Clerk, name="clerk")  # topics = ("news",)
+                await trio.sleep_forever()
+        assert "Nursery is closed" not in caplog.text
     finally:
         admin.execute_command("ACL", "DELUSER", "shop")

@@ -115,14 +115,19 @@ class BroadcastHub:
             self._pubsub = pubsub
             self._nursery = nursery
             task_status.started()
-            async for message in pubsub:
-                if message.get("type") != "message":
-                    continue
-                channel = message["channel"]
-                if channel == self.inbox.channel:
-                    self.inbox.deliver(message["data"])
-                else:
-                    self._broadcast(channel, message["data"])
+            try:
+                async for message in pubsub:
+                    if message.get("type") != "message":
+                        continue
+                    channel = message["channel"]
+                    if channel == self.inbox.channel:
+                        self.inbox.deliver(message["data"])
+                    else:
+                        self._broadcast(channel, message["data"])
+            finally:
+                # The session failed (NOPERM on a SUBSCRIBE, say) or is closing: listeners
+                # detaching meanwhile have nothing left to unsubscribe from.
+                self._nursery = None
 
     def _broadcast(self, channel: str, data: Any) -> None:
         listeners = self._listeners.get(channel)

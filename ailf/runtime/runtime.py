@@ -220,9 +220,11 @@ class Runtime:
                     services.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             # The nurseries wrap whatever escapes in groups; give back the one exception
-            # that caused it (the body's own, or e.g. a refused connection) unwrapped.
+            # that caused it (the body's own, or e.g. a refused connection, which
+            # cancelled the body) unwrapped.
             error = unwrap(group)
-            if error is body_error or (body_error is None and isinstance(error, Exception)):
+            caused_by_us = body_error is None or isinstance(body_error, trio.Cancelled)
+            if error is body_error or (caused_by_us and isinstance(error, Exception)):
                 raise error from None
             raise
         if self._escalation is not None:
