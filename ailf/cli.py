@@ -8,7 +8,6 @@ expected failures.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -167,13 +166,19 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
 
 
 def _cmd_server(args: argparse.Namespace) -> int:
+    # SIGTERM is handled like Ctrl-C from before the server starts, so that a stop
+    # arriving at any moment still goes through close() and leaves no server behind.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     server = RedisServer(port=args.port, unix_socket=args.unix_socket, persistent=args.persistent)
-    with server:
+    try:
+        server.start()
         print(server.url, flush=True)
         print("(Ctrl-C stops it)", file=sys.stderr, flush=True)
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_OK))
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.pause()
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
     return EXIT_OK
 
 
