@@ -3,14 +3,15 @@
 No pickle anywhere: a payload from Redis is data, never code. Plain JSON values (dicts,
 lists, strings, numbers, booleans, None) travel as they are. An attrs instance travels
 as its unstructured fields plus a *type tag* ``"package.module:QualName"``, and comes
-back as an instance of its class when that class can be imported on the receiving side
-(and as the plain dict of its fields when it cannot, so that nothing is lost).
+back as an instance of its class when the receiving process has that class's module
+imported (and as the plain dict of its fields when it has not, so that nothing is
+lost). Decoding never imports anything a payload names.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
+import sys
 from typing import Any
 
 import attrs
@@ -82,35 +83,42 @@ def encode_body(body: Any) -> tuple[Any, str | None]:
     return body, None
 
 
-_class_cache: dict[str, type | None] = {}
+_classes: dict[str, type] = {}
 
 
-def _import_tagged(tag: str) -> type | None:
-    if tag in _class_cache:
-        return _class_cache[tag]
+def _resolve_tag(tag: str) -> type | None:
+    """The attrs class a type tag names, looked up among modules already imported.
+
+    A tag comes off the wire, so it is never a reason to import anything: importing a
+    module runs its code, and a sender must not choose what code a receiver runs. The
+    receiving process has the class's module imported whenever its own code uses the
+    class (an agent importing the message classes it handles). Only hits are cached,
+    so a class whose module is imported later is still found, and a flood of made-up
+    tags costs no memory.
+    """
+    cls = _classes.get(tag)
+    if cls is not None:
+        return cls
     module_name, _, qualname = tag.partition(":")
-    found: Any = None
-    try:
-        found = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            found = getattr(found, part)
-    except Exception:  # a tag off the wire may name anything: ".x", a module that fails
-        found = None
-    cls = found if isinstance(found, type) and attrs.has(found) else None
-    _class_cache[tag] = cls
-    return cls
+    found: Any = sys.modules.get(module_name)
+    for part in qualname.split(".") if found is not None else ():
+        found = getattr(found, part, None)
+    if isinstance(found, type) and attrs.has(found):
+        _classes[tag] = found
+        return found
+    return None
 
 
 def decode_body(data: Any, tag: str | None) -> Any:
     """Rebuild a body from its data and type tag.
 
-    Raises :class:`DecodeError` when the class is importable but the data does not fit
-    it (the message carries cattrs' path to the bad field). An unknown tag leaves the
-    data as it is.
+    Raises :class:`DecodeError` when the class is found but the data does not fit it
+    (the message carries cattrs' path to the bad field). A tag naming no class of an
+    imported module leaves the data as it is.
     """
     if tag is None:
         return data
-    cls = _import_tagged(tag)
+    cls = _resolve_tag(tag)
     if cls is None:
         return data
     try:

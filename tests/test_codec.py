@@ -68,3 +68,22 @@ def test_values_json_cannot_carry_are_refused(value: object) -> None:
 
 def test_dumps_accepts_attrs_instances() -> None:
     assert loads(dumps(Point(1, 2))) == {"x": 1, "y": 2, "label": ""}
+
+
+def test_a_tag_never_imports_a_module() -> None:
+    import sys
+
+    assert "antigravity" not in sys.modules
+    assert decode_body({"x": 1}, "antigravity:Anything") == {"x": 1}
+    assert "antigravity" not in sys.modules
+
+
+def test_a_class_whose_module_is_imported_later_is_found(tmp_path, monkeypatch) -> None:
+    (tmp_path / "late_messages.py").write_text(
+        "import attrs\n\n@attrs.frozen\nclass Late:\n    n: int\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert decode_body({"n": 1}, "late_messages:Late") == {"n": 1}
+    import late_messages
+
+    assert decode_body({"n": 1}, "late_messages:Late") == late_messages.Late(1)
