@@ -19,7 +19,7 @@ import trio
 
 from ailf.clients.async_client import AsyncRedisClient
 from ailf.config import RedisConfig
-from ailf.runtime.keys import GROUP, Keys
+from ailf.runtime.keys import GROUP, Keys, check_name
 from ailf.runtime.message import ENVELOPE_FIELD, DeadLetter
 from ailf.runtime.registry import read_registry
 from ailf.runtime.runtime import Runtime
@@ -50,6 +50,7 @@ def _run(async_fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
 
 def send(config: RedisConfig, namespace: str, agent: str, body: Any, count: int = 1) -> list[str]:
     """Add ``body`` to ``agent``'s mailbox ``count`` times; the new entry ids."""
+    check_name("agent", agent)  # before connecting: a bad name is not a Redis problem
 
     async def go() -> list[str]:
         async with Runtime(config, namespace=namespace) as client:
@@ -60,6 +61,7 @@ def send(config: RedisConfig, namespace: str, agent: str, body: Any, count: int 
 
 def ask(config: RedisConfig, namespace: str, agent: str, body: Any, timeout: float) -> Any:
     """Ask ``agent`` and return its reply; raises the runtime's timeout or remote error."""
+    check_name("agent", agent)
 
     async def go() -> Any:
         async with Runtime(config, namespace=namespace) as client:
@@ -70,6 +72,7 @@ def ask(config: RedisConfig, namespace: str, agent: str, body: Any, timeout: flo
 
 def publish(config: RedisConfig, namespace: str, topic: str, body: Any) -> int:
     """Broadcast ``body`` on ``topic``; the number of processes that received it."""
+    check_name("topic", topic)
 
     async def go() -> int:
         async with Runtime(config, namespace=namespace) as client:

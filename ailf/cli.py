@@ -18,7 +18,7 @@ from typing import Any
 
 import ailf
 from ailf.config import RedisConfig
-from ailf.errors import AilfError, ScenarioError
+from ailf.errors import AilfError, ConfigError, ScenarioError
 from ailf.server import RedisServer
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -47,6 +47,48 @@ def _json_argument(text: str) -> Any:
             f"the body is not JSON ({exc.msg} at column {exc.colno}): {text!r};"
             """ quote it for the shell, e.g. '{"n": 1}'"""
         ) from None
+
+
+def _number(kind: type[int] | type[float], text: str) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a count of 1 or more, so ``--count 0`` is a usage error, not a no-op."""
+    value = _number(int, text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a duration of 0 or more seconds."""
+    value = _number(float, text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port number."""
+    value = _number(int, text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {text}")
+    return value
+
+
+def _log_level() -> str:
+    """``AILF_LOG_LEVEL``, checked here so that a typo is one line, not a traceback."""
+    level = os.environ.get("AILF_LOG_LEVEL", "ERROR").upper()
+    if not isinstance(logging.getLevelName(level), int):
+        raise UsageError(
+            f"AILF_LOG_LEVEL={level!r} is not a log level; use DEBUG, INFO, WARNING or ERROR"
+        )
+    return level
 
 
 def _print_json(value: Any) -> None:
@@ -298,8 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("agent", help="the agent's name")
     send.add_argument("body", metavar="JSON", help="the message body as JSON ('-': stdin)")
     send.add_argument("--ask", action="store_true", help="wait for the reply and print it")
-    send.add_argument("--timeout", type=float, default=10.0, help="seconds to wait with --ask")
-    send.add_argument("--count", type=int, default=1, help="send the message this many times")
+    send.add_argument("--timeout", type=_seconds, default=10.0, help="seconds to wait with --ask")
+    send.add_argument(
+        "--count", type=_positive_int, default=1, help="send the message this many times"
+    )
     _add_namespace(send)
     _add_redis(send)
     _add_json(send, "the message ids")
@@ -353,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.add_argument("action", choices=("list", "show", "redrive", "purge"))
     dlq.add_argument("agent", help="the agent's name")
     dlq.add_argument("ids", nargs="*", metavar="ID", help="dead-letter ids (default: all)")
-    dlq.add_argument("--count", type=int, default=100, help="list at most this many")
+    dlq.add_argument("--count", type=_positive_int, default=100, help="list at most this many")
     _add_namespace(dlq)
     _add_redis(dlq)
     _add_json(dlq, "the dead letters")
@@ -366,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Run a throwaway Redis server until Ctrl-C; prints its URL on stdout.",
         "  ailf server\n  ailf server --port 6390 --persistent\n  ailf server --unix-socket",
     )
-    server.add_argument("--port", type=int, default=None, help="TCP port (default: a free one)")
+    server.add_argument("--port", type=_port, default=None, help="TCP port (default: a free one)")
     server.add_argument("--unix-socket", action="store_true", help="listen on a socket file")
     server.add_argument("--persistent", action="store_true", help="AOF with fsync always")
     server.set_defaults(handler=_cmd_server)
@@ -384,18 +428,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command != "_worker":
-        # Reconnect warnings and the like would bury the one line that matters.
-        logging.basicConfig(
-            level=os.environ.get("AILF_LOG_LEVEL", "ERROR").upper(),
-            format="ailf: %(levelname)s %(name)s: %(message)s",
-        )
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_USAGE
     try:
+        if args.command != "_worker":
+            # Reconnect warnings and the like would bury the one line that matters.
+            logging.basicConfig(
+                level=_log_level(), format="ailf: %(levelname)s %(name)s: %(message)s"
+            )
         return args.handler(args)
-    except (ScenarioError, UsageError) as exc:
+    except (ScenarioError, ConfigError, UsageError) as exc:
         for line in str(exc).splitlines():
             print(f"ailf: error: {line}", file=sys.stderr)
         return EXIT_USAGE

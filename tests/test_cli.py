@@ -69,6 +69,47 @@ def test_bad_json_is_a_usage_error(capsys) -> None:
     assert len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["send", "echo", "{}", "--count", "0"], "argument --count: expected an integer >= 1"),
+        (["send", "echo", "{}", "--count", "x"], "argument --count: expected an integer, got 'x'"),
+        (["send", "echo", "{}", "--ask", "--timeout", "-1"], "argument --timeout: expected a"),
+        (["dlq", "list", "echo", "--count", "0"], "argument --count: expected an integer >= 1"),
+        (["server", "--port", "99999"], "argument --port: expected a port number"),
+    ],
+    ids=lambda value: " ".join(value[:2]) if isinstance(value, list) else None,
+)
+def test_numbers_out_of_range_are_usage_errors(argv: list[str], message: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, *(["--redis", UNREACHABLE] if argv[0] != "server" else [])])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["send", "echo", "{}", "--redis", "bogus://x"], "unsupported scheme 'bogus'"),
+        (["send", "echo", "{}", "--redis", "redis://h:1/x"], "database 'x'"),
+        (["send", "a b", "{}", "--redis", UNREACHABLE], "agent name: expected"),
+        (["publish", "room", "{}", "-n", "", "--redis", UNREACHABLE], "namespace name"),
+    ],
+    ids=["scheme", "database", "agent", "namespace"],
+)
+def test_a_bad_url_or_name_is_a_usage_error(argv: list[str], message: str, capsys) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ailf: error: ")
+    assert message in err
+
+
+def test_a_bad_log_level_is_a_usage_error(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("AILF_LOG_LEVEL", "LOUD")
+    assert main(["status", "--redis", UNREACHABLE]) == 2
+    assert "AILF_LOG_LEVEL='LOUD' is not a log level" in capsys.readouterr().err
+
+
 def test_run_only_with_an_unknown_agent_is_a_usage_error(capsys) -> None:
     assert main(["run", str(ROOT / "scenarios" / "quickstart.toml"), "--only", "nobody"]) == 2
     assert "--only: no agent named nobody" in capsys.readouterr().err
