@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import ssl as _ssl
+from collections.abc import Callable
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -39,7 +40,7 @@ def _positive(instance: object, attribute: attrs.Attribute, value: Any) -> None:
         raise _fail(attribute.name, value, "a number of seconds > 0 (or None)", _owner(instance))
 
 
-def _int_in(low: int, high: int | None = None):
+def _int_in(low: int, high: int | None = None) -> Callable[[object, attrs.Attribute, Any], None]:
     def check(instance: object, attribute: attrs.Attribute, value: Any) -> None:
         bad = isinstance(value, bool) or not isinstance(value, int)
         if bad or value < low or (high is not None and value > high):

@@ -34,7 +34,7 @@ from pathlib import Path
 import trio
 
 from ailf.config import RedisConfig
-from ailf.errors import EmbeddedServerError
+from ailf.errors import ConfigError, EmbeddedServerError
 
 __all__ = ["RedisServer", "find_server_binary", "shared_server"]
 
@@ -98,6 +98,10 @@ class RedisServer:
         startup_timeout: float = 10.0,
         tls: tuple[str, str, str] | None = None,
     ) -> None:
+        if port is not None and (
+            isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535
+        ):
+            raise ConfigError(f"RedisServer.port: expected an integer in 0..65535, got {port!r}")
         self._binary = binary
         self._tls = tls
         self._unix_socket = unix_socket
@@ -269,7 +273,9 @@ class RedisServer:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    async def serve(self, *, task_status: trio.TaskStatus[RedisServer] = trio.TASK_STATUS_IGNORED):
+    async def serve(
+        self, *, task_status: trio.TaskStatus[RedisServer] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Run the server for as long as this task lives: ``await nursery.start(server.serve)``.
 
         Starting happens in a worker thread, so other tasks keep running; cancelling the

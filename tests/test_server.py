@@ -10,7 +10,7 @@ import pytest
 import redis
 import trio
 
-from ailf import EmbeddedServerError, RedisConfig, RedisServer
+from ailf import ConfigError, EmbeddedServerError, RedisConfig, RedisServer
 from ailf.server import find_server_binary
 
 
@@ -77,6 +77,12 @@ def test_a_binary_that_fails_says_so() -> None:
     with pytest.raises(EmbeddedServerError, match="exited with code 1"):
         server.start()
     server.close()
+
+
+@pytest.mark.parametrize("port", [99999, -1, "6379", True])
+def test_a_bad_port_is_refused_before_anything_starts(port: object) -> None:
+    with pytest.raises(ConfigError, match=r"RedisServer.port: expected an integer in 0\.\.65535"):
+        RedisServer(port=port)  # type: ignore[arg-type]
 
 
 def test_a_missing_binary_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

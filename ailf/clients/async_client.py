@@ -64,7 +64,9 @@ class AsyncRedisClient(Commands):
     call :meth:`aclose` when done. Pub/sub always needs ``async with client.pubsub()``.
     """
 
-    def __init__(self, config: RedisConfig | None = None, *, retry_idempotent: bool = False):
+    def __init__(
+        self, config: RedisConfig | None = None, *, retry_idempotent: bool = False
+    ) -> None:
         self.config = (config if config is not None else RedisConfig.from_env()).resolve()
         self.retry_idempotent = retry_idempotent
         self._backend: Any = None

@@ -204,7 +204,9 @@ def is_idempotent(args: tuple[Any, ...]) -> bool:
 class Commands:
     """Redis commands as methods; subclasses provide ``_command(args, convert, blocking)``."""
 
-    def _command(self, args: tuple[Any, ...], convert: Convert = None, blocking: bool = False):
+    def _command(
+        self, args: tuple[Any, ...], convert: Convert = None, blocking: bool = False
+    ) -> Any:
         raise NotImplementedError
 
     # -- raw ------------------------------------------------------------------------
