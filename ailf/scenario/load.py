@@ -307,7 +307,7 @@ def _check_agents(scenario: Scenario, raw: dict[str, Any]) -> tuple[list[str], s
                 f"{path}.processes: {spec.processes} processes for {spec.replicas} replicas;"
                 " expected processes <= replicas"
             )
-        if spec.claim_idle is not None and spec.claim_idle <= 0:
+        if spec.claim_idle is not None and not spec.claim_idle > 0:  # NaN too
             problems.append(f"{path}.claim_idle: expected seconds > 0, found {spec.claim_idle}")
         if spec.concurrency is not None and spec.concurrency < 1:
             problems.append(
@@ -362,7 +362,7 @@ def _check_messages(scenario: Scenario, topics: set[str]) -> list[str]:
             )
         if message.ask and message.topic is not None:
             problems.append(f'{path}.ask: a broadcast cannot be asked; use to = "agent"')
-        if message.delay < 0:
+        if not message.delay >= 0:
             problems.append(f"{path}.delay: expected seconds >= 0, found {message.delay}")
         if message.count < 1:
             problems.append(f"{path}.count: expected an integer >= 1, found {message.count}")
@@ -401,7 +401,7 @@ def _check_faults(scenario: Scenario) -> list[str]:
             )
         if (fault.after is None) == (fault.after_processed is None):
             problems.append(f"{path}: expected exactly one of after and after_processed")
-        if fault.after is not None and fault.after < 0:
+        if fault.after is not None and not fault.after >= 0:
             problems.append(f"{path}.after: expected seconds >= 0, found {fault.after}")
         if fault.after_processed is not None and fault.after_processed < 1:
             problems.append(
@@ -421,7 +421,7 @@ def _check(scenario: Scenario, raw: dict[str, Any]) -> list[str]:
         problems += _check_name(
             settings.name, "scenario.name", "a name usable as the namespace (or set namespace)"
         )
-    if settings.timeout <= 0:
+    if not settings.timeout > 0:
         problems.append(f"scenario.timeout: expected seconds > 0, found {settings.timeout}")
     if scenario.redis.url is not None:
         try:
