@@ -36,7 +36,8 @@ def _owner(instance: object) -> str:
 def _positive(instance: object, attribute: attrs.Attribute, value: Any) -> None:
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    # ``not value > 0`` rather than ``value <= 0``: NaN fails every comparison.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise _fail(attribute.name, value, "a number of seconds > 0 (or None)", _owner(instance))
 
 
@@ -104,7 +105,7 @@ class RedisConfig:
     ``repr()``.
     """
 
-    host: str = attrs.field(default="localhost", validator=attrs.validators.instance_of(str))
+    host: str = attrs.field(default="localhost")
     port: int = attrs.field(default=6379, validator=_int_in(1, 65535))
     db: int = attrs.field(default=0, validator=_int_in(0))
     username: str | None = attrs.field(default=None, validator=_optional_str)
@@ -120,11 +121,9 @@ class RedisConfig:
     socket_keepalive: bool = attrs.field(default=True, validator=_bool)
     max_connections: int = attrs.field(default=50, validator=_int_in(1))
     decode_responses: bool = attrs.field(default=True, validator=_bool)
-    client_name: str | None = attrs.field(default=None, validator=_optional_str)
+    client_name: str | None = attrs.field(default=None)
     unix_socket_path: str | None = attrs.field(default=None, validator=_optional_str)
-    retry: RetryPolicy = attrs.field(
-        factory=RetryPolicy, validator=attrs.validators.instance_of(RetryPolicy)
-    )
+    retry: RetryPolicy = attrs.field(factory=RetryPolicy)
     embedded: bool = attrs.field(default=False, validator=_bool)
 
     @ssl_cert_reqs.validator
@@ -133,9 +132,20 @@ class RedisConfig:
             raise _fail(attribute.name, value, "'required', 'optional' or 'none'")
 
     @host.validator
-    def _check_host(self, attribute: attrs.Attribute, value: str) -> None:
-        if not value.strip():
+    def _check_host(self, attribute: attrs.Attribute, value: object) -> None:
+        if not isinstance(value, str) or not value.strip():
             raise _fail(attribute.name, value, "a non-empty host name")
+
+    @client_name.validator
+    def _check_client_name(self, attribute: attrs.Attribute, value: object) -> None:
+        # CLIENT SETNAME refuses spaces; better here than at the first connection.
+        if value is not None and (not isinstance(value, str) or any(c.isspace() for c in value)):
+            raise _fail(attribute.name, value, "a string without spaces, or None")
+
+    @retry.validator
+    def _check_retry(self, attribute: attrs.Attribute, value: object) -> None:
+        if not isinstance(value, RetryPolicy):
+            raise _fail(attribute.name, value, "a RetryPolicy")
 
     # -- constructors ---------------------------------------------------------------
 

@@ -27,6 +27,10 @@ def test_defaults_match_a_local_redis() -> None:
         ("ssl", "yes", "True or False"),
         ("ssl_cert_reqs", "sometimes", "'required'"),
         ("host", "", "non-empty"),
+        ("host", 5, "non-empty"),
+        ("socket_timeout", float("nan"), "> 0"),
+        ("client_name", "my worker", "without spaces"),
+        ("retry", 3, "a RetryPolicy"),
     ],
 )
 def test_bad_values_name_the_field_and_the_value(field: str, value: object, expected: str) -> None:
