@@ -334,6 +334,20 @@ def _coerce_option(key: str, raw: str) -> Any:
     return raw or None
 
 
+def given_or_from_env(config: object, owner: str) -> RedisConfig:
+    """``config``, or :meth:`RedisConfig.from_env` when it is None: what clients take.
+
+    A URL string in place of a config is the common slip; it would otherwise surface as
+    an AttributeError at the first command, far from the line that made it.
+    """
+    if config is None:
+        return RedisConfig.from_env()
+    if not isinstance(config, RedisConfig):
+        hint = "; use RedisConfig.from_url(url)" if isinstance(config, str) else ""
+        raise ConfigError(f"{owner}: expected a RedisConfig or None, got {config!r}{hint}")
+    return config
+
+
 def _redact(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:

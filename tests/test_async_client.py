@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from async_helpers import resp_parser_fixture, run_fixture, side_by_side  # noqa: F401
 
-from ailf import AsyncRedisClient, RedisConfig, ResponseError
+from ailf import AsyncRedisClient, ConfigError, RedisConfig, ResponseError
 
 pytestmark = pytest.mark.usefixtures("resp_parser")
 
@@ -287,6 +287,11 @@ def test_client_without_async_with(run, redis_config: RedisConfig) -> None:
 def test_config_defaults_from_environment(monkeypatch, redis_config: RedisConfig) -> None:
     monkeypatch.setenv("AILF_REDIS_URL", f"redis://127.0.0.1:{redis_config.port}/3")
     assert AsyncRedisClient().config.db == 3
+
+
+def test_a_url_in_place_of_a_config_is_refused_at_once() -> None:
+    with pytest.raises(ConfigError, match="AsyncRedisClient: expected a RedisConfig or None"):
+        AsyncRedisClient("redis://localhost:6379/0")  # type: ignore[arg-type]
 
 
 def test_raw_commands_that_would_break_a_shared_connection_are_refused(

@@ -18,10 +18,12 @@ import redis
 
 from ailf import (
     AuthenticationError,
+    ConfigError,
     DecodeError,
     RedisClient,
     RedisConfig,
     RedisConnectionError,
+    RedisError,
     RedisServer,
     RedisTimeoutError,
     ResponseError,
@@ -220,6 +222,17 @@ def test_default_config_comes_from_the_environment(
     assert client.config.port == redis_server.port
     assert client.health_check() is True
     client.close()
+
+
+def test_a_url_in_place_of_a_config_is_refused_at_once() -> None:
+    with pytest.raises(ConfigError, match=r"RedisClient: .* use RedisConfig.from_url\(url\)"):
+        RedisClient("redis://localhost:6379/0")  # type: ignore[arg-type]
+
+
+def test_a_value_redis_cannot_hold_is_not_blamed_on_the_server(client: RedisClient) -> None:
+    with pytest.raises(RedisError, match="use set_json") as info:
+        client.set("k", None)
+    assert "Redis at" not in str(info.value)
 
 
 def test_unix_socket_server() -> None:

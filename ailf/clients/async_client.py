@@ -21,7 +21,7 @@ import sniffio
 from ailf.clients.commands import Commands, Convert, is_idempotent
 from ailf.clients.connection import raise_reply_error
 from ailf.clients.pipeline import Pipeline
-from ailf.config import RedisConfig
+from ailf.config import RedisConfig, given_or_from_env
 from ailf.errors import AuthenticationError, RedisConnectionError
 
 __all__ = ["AsyncRedisClient"]
@@ -67,7 +67,7 @@ class AsyncRedisClient(Commands):
     def __init__(
         self, config: RedisConfig | None = None, *, retry_idempotent: bool = False
     ) -> None:
-        self.config = (config if config is not None else RedisConfig.from_env()).resolve()
+        self.config = given_or_from_env(config, type(self).__name__).resolve()
         self.retry_idempotent = retry_idempotent
         self._backend: Any = None
         self._stack: contextlib.AsyncExitStack | None = None

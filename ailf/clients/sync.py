@@ -27,7 +27,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ailf.codec import dumps, encode_payload, loads
-from ailf.config import RedisConfig
+from ailf.config import RedisConfig, given_or_from_env
 from ailf.errors import (
     AilfError,
     AuthenticationError,
@@ -80,6 +80,12 @@ def translate_error(exc: redis.RedisError, config: RedisConfig) -> AilfError:
         if marker:
             return ResponseError(f"{reply} (in pipeline: {where_in_pipeline})")
         return ResponseError(str(exc))
+    if isinstance(exc, redis.DataError):
+        # Raised before anything is sent: the value, not the server, is at fault.
+        return RedisError(
+            f"{exc} (a value for Redis must be str, bytes, int or float;"
+            " use set_json, or encode with ailf.codec.dumps first)"
+        )
     return RedisError(f"{where}: {exc}")
 
 
@@ -166,7 +172,7 @@ class RedisClient(_KeyValueCommands):
     """
 
     def __init__(self, config: RedisConfig | None = None) -> None:
-        self.config = config if config is not None else RedisConfig.from_env()
+        self.config = given_or_from_env(config, type(self).__name__)
         self._lock = threading.Lock()
         # (converting client, raw client) sharing one pool; one attribute, so that a
         # reader without the lock sees both or neither.
