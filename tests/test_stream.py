@@ -155,6 +155,14 @@ def test_maxlen_trims_on_add(client: RedisClient) -> None:
     assert capped.read(count=1, last_id="0")[0]["data"]["i"] > 0
     with pytest.raises(ValueError, match="maxlen"):
         RedisStream("bad", client, maxlen=0)
+    with pytest.raises(ValueError, match="maxlen: expected an integer >= 1 or None, got '10'"):
+        RedisStream("bad", client, maxlen="10")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["", 5, None])
+def test_a_stream_needs_a_key(client: RedisClient, name: object) -> None:
+    with pytest.raises(ValueError, match="name: expected the stream's key"):
+        RedisStream(name, client)  # type: ignore[arg-type]
 
 
 def test_trim_by_maxlen_and_minid(stream: RedisStream) -> None:

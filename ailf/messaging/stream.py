@@ -319,7 +319,10 @@ class StreamOperations:
     """The state of one stream reader and its operations as steps, for both faces."""
 
     def __init__(self, name: str, maxlen: int | None) -> None:
-        if maxlen is not None and (isinstance(maxlen, bool) or maxlen < 1):
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name: expected the stream's key, a non-empty string, got {name!r}")
+        bad_type = isinstance(maxlen, bool) or not isinstance(maxlen, int)
+        if maxlen is not None and (bad_type or maxlen < 1):
             raise ValueError(f"maxlen: expected an integer >= 1 or None, got {maxlen!r}")
         self.name = name
         self.maxlen = maxlen
