@@ -91,6 +91,14 @@ def test_subscriptions_route_messages_to_their_handlers() -> None:
     assert subs.route("message", "other", "x") is None
 
 
+def test_a_bad_channel_or_handler_is_refused_when_subscribing(pubsub: RedisPubSub) -> None:
+    with pytest.raises(TypeError, match="handler for channel 'news': expected a callable"):
+        pubsub.subscribe("news", "print")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="pattern: expected a non-empty string, got ''"):
+        pubsub.psubscribe("", print)
+    assert pubsub.subscriptions == Subscriptions()
+
+
 # -- delivery ---------------------------------------------------------------------------
 
 

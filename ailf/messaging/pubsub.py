@@ -106,6 +106,16 @@ class Subscriptions:
     channels: dict[str, Handler] = attrs.field(factory=dict)
     patterns: dict[str, Handler] = attrs.field(factory=dict)
 
+    def add(self, name: str, handler: Handler, *, pattern: bool = False) -> None:
+        """Serve ``name`` with ``handler``, checked now: a wrong one would otherwise only
+        show up as a logged failure per message, in the listener."""
+        kind = "pattern" if pattern else "channel"
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{kind}: expected a non-empty string, got {name!r}")
+        if not callable(handler):
+            raise TypeError(f"handler for {kind} {name!r}: expected a callable, got {handler!r}")
+        (self.patterns if pattern else self.channels)[name] = handler
+
     def route(
         self, kind: str | bytes, channel: str | bytes, data: Any, pattern: str | bytes | None = None
     ) -> Delivery | None:
@@ -188,13 +198,13 @@ class RedisPubSub:
     def subscribe(self, channel: str, handler: Handler) -> None:
         """Call ``handler(payload)`` for each message on ``channel`` (replacing any before)."""
         with self._exclusive():
-            self.subscriptions.channels[channel] = handler
+            self.subscriptions.add(channel, handler)
             self._send("subscribe", channel)
 
     def psubscribe(self, pattern: str, handler: Handler) -> None:
         """Call ``handler(payload)`` for messages on channels matching ``pattern`` (glob)."""
         with self._exclusive():
-            self.subscriptions.patterns[pattern] = handler
+            self.subscriptions.add(pattern, handler, pattern=True)
             self._send("psubscribe", pattern)
 
     def unsubscribe(self, channel: str) -> None:
@@ -407,13 +417,13 @@ class AsyncRedisPubSub(OwnedClient):
 
     async def subscribe(self, channel: str, handler: Handler) -> None:
         """Call ``handler(payload)`` for each message on ``channel`` (replacing any before)."""
-        self.subscriptions.channels[channel] = handler
+        self.subscriptions.add(channel, handler)
         if self._session is not None:
             await self._session.subscribe(channel)
 
     async def psubscribe(self, pattern: str, handler: Handler) -> None:
         """Call ``handler(payload)`` for messages on channels matching ``pattern`` (glob)."""
-        self.subscriptions.patterns[pattern] = handler
+        self.subscriptions.add(pattern, handler, pattern=True)
         if self._session is not None:
             await self._session.psubscribe(pattern)
 
