@@ -197,6 +197,13 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
         if not args.ids:
             raise UsageError("dlq show: give the id of a dead letter (see ailf dlq list AGENT)")
         letters = admin.dead_letters(config, args.namespace, args.agent, ids=args.ids)
+        if not letters:
+            print(
+                f"ailf: error: {args.agent!r} has no dead letter with id {' or '.join(args.ids)}"
+                f" in namespace {args.namespace!r}; see ailf dlq list {args.agent}",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
         _print_json(letters)
     elif args.action == "redrive":
         moved = admin.redrive(config, args.namespace, args.agent, ids=args.ids)

@@ -144,6 +144,14 @@ def test_an_unreachable_redis_is_one_line_and_exit_1(argv: list[str], capsys) ->
     assert err.startswith("ailf: error: cannot connect to Redis at 127.0.0.1:1")
 
 
+def test_dlq_show_of_an_unknown_id_says_so(redis_config: RedisConfig, capsys) -> None:
+    argv = ["dlq", "show", "worker", "123-0", "-n", "shop", "--redis", redis_config.url]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "'worker' has no dead letter with id 123-0 in namespace 'shop'" in captured.err
+
+
 def test_the_redis_url_comes_from_the_environment(monkeypatch, capsys) -> None:
     monkeypatch.setenv("AILF_REDIS_URL", UNREACHABLE)
     assert main(["status"]) == 1
