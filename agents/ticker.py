@@ -32,7 +32,9 @@ class Ticker(Agent):
     @attrs.frozen
     class Options:
         interval: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
-        count: int | None = None
+        count: int | None = attrs.field(
+            default=None, validator=attrs.validators.optional(attrs.validators.ge(1))
+        )
         to: str | None = None
         topic: str | None = attrs.field(default=None, validator=_one_target)
         body: Any = attrs.Factory(dict)
