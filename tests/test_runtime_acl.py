@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -61,58 +62,52 @@ async def test_restricted_user_runs_its_namespace_only(
         admin.execute_command("ACL", "DELUSER", "shop")
 
 
-async def test_a_user_without_pubsub_rights_can_send(redis_config: RedisConfig) -> None:
-    """A runtime that only sends subscribes to nothing (its reply channel waits for the
-    first ask), so a user without channel patterns is not refused."""
+@pytest.fixture
+def no_channels(redis_config: RedisConfig) -> Iterator[RedisConfig]:
+    """The documented user of namespace ``shop`` without its channel pattern (``&``)."""
     admin = redis.Redis(port=redis_config.port, decode_responses=True)
     words = [w for w in documented_acl("shop", "pw") if not w.startswith("&")]
     admin.execute_command("ACL", "SETUSER", *words)
-    config = attrs.evolve(redis_config, username="shop", password="pw")
-    try:
-        with trio.fail_after(10):
-            async with Runtime(config, namespace="shop") as runtime:
-                entry = await runtime.send("clerk", {"n": 1})
-        assert [entry_id for entry_id, _ in admin.xrange("ailf:shop:mailbox:clerk")] == [entry]
-    finally:
-        admin.execute_command("ACL", "DELUSER", "shop")
+    yield attrs.evolve(redis_config, username="shop", password="pw")
+    admin.execute_command("ACL", "DELUSER", "shop")
+    admin.close()
+
+
+async def test_a_user_without_pubsub_rights_can_send(
+    redis_config: RedisConfig, no_channels: RedisConfig
+) -> None:
+    """A runtime that only sends subscribes to nothing (its reply channel waits for the
+    first ask), so a user without channel patterns is not refused."""
+    with trio.fail_after(10):
+        async with Runtime(no_channels, namespace="shop") as runtime:
+            entry = await runtime.send("clerk", {"n": 1})
+    entries = redis.Redis(port=redis_config.port).xrange("ailf:shop:mailbox:clerk")
+    assert [entry_id.decode() for entry_id, _ in entries] == [entry]
 
 
 async def test_a_reply_refused_by_redis_still_acknowledges_the_request(
-    redis_config: RedisConfig, caplog: pytest.LogCaptureFixture
+    redis_config: RedisConfig, no_channels: RedisConfig, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The reply and the ack go in one pipeline: when Redis refuses the PUBLISH (here the
     agent's user may not use channels), the asker times out but the request is not
     left pending to be handled again."""
-    admin = redis.Redis(port=redis_config.port, decode_responses=True)
-    words = [w for w in documented_acl("shop", "pw") if not w.startswith("&")]
-    admin.execute_command("ACL", "SETUSER", *words)
-    agent_user = attrs.evolve(redis_config, username="shop", password="pw")
-    try:
-        with trio.fail_after(20):
-            async with Runtime(agent_user, namespace="shop") as host:
-                await host.spawn(Agent, name="clerk")  # no topics: it subscribes nothing
-                async with Runtime(redis_config, namespace="shop") as asker:
-                    with pytest.raises(AskTimeout):
-                        await asker.ask("clerk", "hi", timeout=1)
-                    await host.wait_idle(timeout=10)
-        assert admin.xpending("ailf:shop:mailbox:clerk", "ailf")["pending"] == 0
-        assert "could not send the reply" in caplog.text and "NOPERM" in caplog.text
-    finally:
-        admin.execute_command("ACL", "DELUSER", "shop")
+    with trio.fail_after(20):
+        async with Runtime(no_channels, namespace="shop") as host:
+            await host.spawn(Agent, name="clerk")  # no topics: it subscribes nothing
+            async with Runtime(redis_config, namespace="shop") as asker:
+                with pytest.raises(AskTimeout):
+                    await asker.ask("clerk", "hi", timeout=1)
+                await host.wait_idle(timeout=10)
+    pending = redis.Redis(port=redis_config.port).xpending("ailf:shop:mailbox:clerk", "ailf")
+    assert pending["pending"] == 0
+    assert "could not send the reply" in caplog.text and "NOPERM" in caplog.text
 
 
 async def test_a_refused_subscription_stops_the_runtime_with_the_redis_error(
-    redis_config: RedisConfig, caplog: pytest.LogCaptureFixture
+    no_channels: RedisConfig, caplog: pytest.LogCaptureFixture
 ) -> None:
-    admin = redis.Redis(port=redis_config.port, decode_responses=True)
-    words = [w for w in documented_acl("shop", "pw") if not w.startswith("&")]
-    admin.execute_command("ACL", "SETUSER", *words)
-    config = attrs.evolve(redis_config, username="shop", password="pw")
-    try:
-        with trio.fail_after(20), pytest.raises(ResponseError, match="NOPERM"):
-            async with Runtime(config, namespace="shop") as runtime:
-                await runtime.spawn(Clerk, name="clerk")  # topics = ("news",)
-                await trio.sleep_forever()
-        assert "Nursery is closed" not in caplog.text
-    finally:
-        admin.execute_command("ACL", "DELUSER", "shop")
+    with trio.fail_after(20), pytest.raises(ResponseError, match="NOPERM"):
+        async with Runtime(no_channels, namespace="shop") as runtime:
+            await runtime.spawn(Clerk, name="clerk")  # topics = ("news",)
+            await trio.sleep_forever()
+    assert "Nursery is closed" not in caplog.text
