@@ -23,7 +23,7 @@ from ailf.runtime.keys import GROUP, Keys, check_name
 from ailf.runtime.message import ENVELOPE_FIELD, DeadLetter
 from ailf.runtime.registry import read_registry
 from ailf.runtime.runtime import Runtime
-from ailf.scenario.runner import lone_exception
+from ailf.runtime.supervisor import unwrap
 
 __all__ = [
     "ask",
@@ -42,7 +42,7 @@ def _run(async_fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
     try:
         return trio.run(async_fn, *args)
     except BaseExceptionGroup as group:
-        raise lone_exception(group) from None
+        raise unwrap(group) from None
 
 
 # -- messages -------------------------------------------------------------------------------

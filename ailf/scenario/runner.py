@@ -36,11 +36,12 @@ from ailf.config import RedisConfig
 from ailf.errors import AilfError, ResponseError
 from ailf.runtime.runtime import Runtime
 from ailf.runtime.statistics import AgentStatistics
+from ailf.runtime.supervisor import unwrap
 from ailf.scenario.model import FaultSpec, MessageSpec, Scenario
 from ailf.scenario.report import Progress, RunReport, check_expectations, combine, count_of
 from ailf.server import RedisServer
 
-__all__ = ["MAX_RESTARTS", "RESTART_PERIOD", "lone_exception", "run_scenario"]
+__all__ = ["MAX_RESTARTS", "RESTART_PERIOD", "run_scenario"]
 
 #: A worker process that dies more often than this within RESTART_PERIOD fails the run.
 MAX_RESTARTS = 5
@@ -422,16 +423,6 @@ class ScenarioRun:
         return found
 
 
-def lone_exception(group: BaseExceptionGroup) -> BaseException:
-    """The one exception inside nested single-member groups (trio's nurseries wrap
-    errors), so that callers can catch ``RedisConnectionError`` itself; a group with
-    several members is returned as it is."""
-    error: BaseException = group
-    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-        error = error.exceptions[0]
-    return error
-
-
 async def _has_had_entries(client: Runtime, agent: str) -> bool:
     try:
         info = await client.client.xinfo_stream(client.keys.mailbox(agent))
@@ -461,7 +452,8 @@ def run_scenario(
     try:
         report = trio.run(run.main)
     except BaseExceptionGroup as group:
-        raise lone_exception(group) from None
+        # trio's nurseries wrap errors: unwrapped, callers can catch RedisConnectionError.
+        raise unwrap(group) from None
     if not json_output:
         print(report.format(), flush=True)
     return report
