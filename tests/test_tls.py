@@ -13,7 +13,10 @@ from async_helpers import in_thread, run_fixture  # noqa: F401
 
 from ailf import AsyncRedisClient, RedisConfig, RedisConnectionError, RedisServer
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
+pytestmark = [
+    pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI"),
+    pytest.mark.tls,
+]
 
 
 def _openssl(*args: str, cwd: Path) -> None:
