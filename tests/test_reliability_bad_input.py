@@ -169,6 +169,8 @@ async def test_malformed_broadcasts_and_replies_are_dropped_and_counted(
         async with Runtime(redis_config, namespace="bad") as runtime:
             await runtime.spawn(Listener, name="listener")
             await runtime.spawn(Keeper, name="keeper")
+            # The reply inbox is subscribed on the first ask: make it listen first.
+            assert await runtime.ask("keeper", "inbox open", timeout=5) == "inbox open"
             for data in [*garbage, *binary]:
                 assert plain.publish("ailf:bad:topic:news", data) == 1
                 plain.publish(runtime._inbox.channel, data)  # the reply channel too
@@ -183,7 +185,7 @@ async def test_malformed_broadcasts_and_replies_are_dropped_and_counted(
     assert caplog.text.count("dropped a malformed broadcast") == len(garbage)
     assert caplog.text.count("pub/sub: dropped a message") == 2 * len(binary)
     assert caplog.text.count("dropped a malformed reply") >= len(garbage)
-    assert sorted(map(str, Keeper.seen)) == ["asks still work", "good news"]
+    assert sorted(map(str, Keeper.seen)) == ["asks still work", "good news", "inbox open"]
 
 
 @pytest.mark.parametrize(
