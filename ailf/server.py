@@ -75,6 +75,20 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _check_port_free(port: int) -> None:
+    """Refuse a port something already listens on: the server would exit at once, and
+    the other listener (often a Redis) would answer our readiness PING in its place."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as redis-server does
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise EmbeddedServerError(
+                f"cannot listen on 127.0.0.1:{port}: {exc.strerror}; is another server"
+                " running there? Choose another port, or none for a free one"
+            ) from None
+
+
 class RedisServer:
     """One redis-server child process on loopback.
 
@@ -172,6 +186,8 @@ class RedisServer:
         if self.running:
             return self
         argv = self.command_line()
+        if self.port is not None:
+            _check_port_free(self.port)
         try:
             self._process = subprocess.Popen(
                 argv,

@@ -86,6 +86,15 @@ def test_a_bad_port_is_refused_before_anything_starts(port: object) -> None:
         RedisServer(port=port)  # type: ignore[arg-type]
 
 
+def test_a_port_in_use_is_refused_instead_of_taking_the_other_server_for_ours() -> None:
+    with RedisServer() as first:
+        second = RedisServer(port=first.port)
+        with pytest.raises(EmbeddedServerError, match=f"cannot listen on 127.0.0.1:{first.port}"):
+            second.start()
+        assert not second.running
+        second.close()
+
+
 def test_a_missing_binary_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AILF_REDIS_SERVER", "/nonexistent/redis-server")
     with pytest.raises(EmbeddedServerError, match="not an executable"):
