@@ -37,6 +37,19 @@ def test_strings_and_keys(run, redis_config: RedisConfig) -> None:
     run(body)
 
 
+def test_a_nan_or_infinite_expiry_is_refused_before_sending(run, redis_config: RedisConfig) -> None:
+    async def body() -> None:
+        async with AsyncRedisClient(redis_config) as client:
+            for endless in (float("nan"), float("inf")):
+                with pytest.raises(ValueError, match="expected a finite number of seconds"):
+                    await client.set("k", "v", expire=endless)
+                with pytest.raises(ValueError, match="expected a finite number of seconds"):
+                    await client.expire("k", endless)
+            assert await client.exists("k") == 0
+
+    run(body)
+
+
 def test_decode_responses_off_gives_bytes(run, redis_config: RedisConfig) -> None:
     async def body() -> None:
         config = redis_config.replace(decode_responses=False)

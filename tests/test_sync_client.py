@@ -59,6 +59,9 @@ def test_set_with_expiry(client: RedisClient) -> None:
     assert client.client.pttl("no-expiry") == -2
     with pytest.raises(ValueError, match="expire"):
         client.set("k", "v", expire=0)
+    for endless in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="expire: expected seconds > 0"):
+            client.set("k", "v", expire=endless)
 
 
 def test_delete_and_exists_count(client: RedisClient) -> None:

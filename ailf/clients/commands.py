@@ -12,6 +12,7 @@ config's ``decode_responses`` is true (the default) and ``bytes`` otherwise.
 from __future__ import annotations
 
 import datetime
+import math
 from collections.abc import Callable, Iterable, Mapping
 from itertools import chain
 from typing import Any
@@ -163,7 +164,10 @@ def _json_or_none(reply: Any) -> Any:
 
 
 def _seconds(value: float | datetime.timedelta) -> float:
-    return value.total_seconds() if isinstance(value, datetime.timedelta) else value
+    seconds = value.total_seconds() if isinstance(value, datetime.timedelta) else value
+    if isinstance(seconds, float) and not math.isfinite(seconds):
+        raise ValueError(f"expected a finite number of seconds, got {value!r}")
+    return seconds
 
 
 def _stream_args(streams: Mapping[Any, Any]) -> list[Any]:

@@ -14,6 +14,7 @@ turned off so that an unreachable server fails within ``socket_connect_timeout``
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -97,7 +98,8 @@ def _expiry_ms(expire: Expiry | None) -> int | None:
     if expire is None:
         return None
     seconds = expire.total_seconds() if isinstance(expire, timedelta) else expire
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+    bad_type = isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+    if bad_type or not 0 < seconds < math.inf:  # NaN fails the comparison too
         raise ValueError(f"expire: expected seconds > 0 or a timedelta, got {expire!r}")
     return max(1, round(seconds * 1000))
 
