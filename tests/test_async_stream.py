@@ -336,6 +336,14 @@ async def test_process_raises_unexpected_error_replies(
         await stream.process(lambda e: None, block=50, max_messages=1)
 
 
+async def test_process_refuses_a_count_of_zero_instead_of_spinning(
+    stream: AsyncRedisStream,
+) -> None:
+    await stream.create_consumer_group("workers", "w1")
+    with trio.fail_after(DEADLINE), pytest.raises(ValueError, match="count must be an integer"):
+        await stream.process(lambda e: None, count=0, max_messages=1)
+
+
 async def test_process_recreates_a_group_lost_in_a_server_restart(
     fresh_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:

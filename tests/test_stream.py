@@ -446,6 +446,25 @@ def test_process_raises_unexpected_error_replies(stream: RedisStream, client: Re
         stream.process(lambda e: None, block=50, max_messages=1)
 
 
+@pytest.mark.parametrize(
+    ("handler", "options", "error"),
+    [
+        ("print", {}, "handler must be callable"),
+        (print, {"count": 0}, "count must be an integer >= 1, got 0"),
+        (print, {"block": -1}, "block must be milliseconds >= 0, got -1"),
+    ],
+    ids=["handler", "count", "block"],
+)
+def test_process_refuses_bad_arguments_before_reading(
+    stream: RedisStream, handler: Any, options: dict[str, int], error: str
+) -> None:
+    stream.create_consumer_group("workers", "w1")
+    stream.add({"n": 1})
+    with pytest.raises((TypeError, ValueError), match=error):
+        stream.process(handler, max_messages=1, **options)
+    assert stream.pending().count == 0
+
+
 def test_process_recreates_a_group_lost_in_a_server_restart(
     fresh_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -437,6 +437,7 @@ class StreamOperations:
 
     def _process_steps(
         self,
+        handler: object,
         retry: RetryPolicy,
         count: int,
         block: int,
@@ -445,6 +446,14 @@ class StreamOperations:
         claim_idle_ms: int | None,
     ) -> Steps[int]:
         self._group()
+        # Checked up front: a bad handler would fail on every entry and leave it pending,
+        # a count of 0 would read nothing forever, a negative block fail every read.
+        if not callable(handler):
+            raise TypeError(f"process: handler must be callable with an entry, got {handler!r}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"process: count must be an integer >= 1, got {count!r}")
+        if isinstance(block, bool) or not isinstance(block, int) or block < 0:
+            raise ValueError(f"process: block must be milliseconds >= 0, got {block!r}")
         backoff = LoopBackoff(self.name, retry)
         handled = acked = 0
         while not (stop is not None and stop.is_set()) and (
@@ -645,7 +654,7 @@ class RedisStream(StreamOperations):
         """
         stop = stop_event if stop_event is not None else threading.Event()
         steps = self._process_steps(
-            self.client.config.retry, count, block, stop, max_messages, claim_idle_ms
+            handler, self.client.config.retry, count, block, stop, max_messages, claim_idle_ms
         )
         return self._run(steps, handler, stop)
 
@@ -853,6 +862,12 @@ class AsyncRedisStream(StreamOperations, OwnedClient):
         loop is at-least-once.
         """
         steps = self._process_steps(
-            self.client.config.retry, count, block, stop_event, max_messages, claim_idle_ms
+            handler,
+            self.client.config.retry,
+            count,
+            block,
+            stop_event,
+            max_messages,
+            claim_idle_ms,
         )
         return await self._run(steps, handler, stop_event)
