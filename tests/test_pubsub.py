@@ -91,6 +91,11 @@ def test_subscriptions_route_messages_to_their_handlers() -> None:
     assert subs.route("message", "other", "x") is None
 
 
+def test_a_config_where_the_client_belongs_is_refused(redis_config: RedisConfig) -> None:
+    with pytest.raises(TypeError, match=r"RedisPubSub: .* got RedisConfig; make one with Redis"):
+        RedisPubSub(redis_config)  # type: ignore[arg-type]
+
+
 def test_a_bad_channel_or_handler_is_refused_when_subscribing(pubsub: RedisPubSub) -> None:
     with pytest.raises(TypeError, match="handler for channel 'news': expected a callable"):
         pubsub.subscribe("news", "print")  # type: ignore[arg-type]

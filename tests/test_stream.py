@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from ailf import (
+    AsyncRedisStream,
     AuthenticationError,
     RedisClient,
     RedisConfig,
@@ -157,6 +158,13 @@ def test_maxlen_trims_on_add(client: RedisClient) -> None:
         RedisStream("bad", client, maxlen=0)
     with pytest.raises(ValueError, match="maxlen: expected an integer >= 1 or None, got '10'"):
         RedisStream("bad", client, maxlen="10")  # type: ignore[arg-type]
+
+
+def test_a_config_where_the_client_belongs_is_refused(redis_config: RedisConfig) -> None:
+    with pytest.raises(TypeError, match="RedisStream: client takes RedisClient or None"):
+        RedisStream("tasks", redis_config)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="AsyncRedisStream: client takes AsyncRedisClient"):
+        AsyncRedisStream("tasks", redis_config)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("name", ["", 5, None])

@@ -5,7 +5,7 @@ asyncio through ``redis.asyncio``; the async pub/sub and stream classes above it
 suit. They need three things that the two libraries spell differently — a pause that an
 event can cut short, a block that ``stop()`` can end, and a client they may own — and
 get them here, the library being picked at call time (through ``sniffio``) as the
-client does.
+client does. :func:`given_client` checks the client a twin, sync or async, is given.
 """
 
 from __future__ import annotations
@@ -13,14 +13,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, Self, TypeVar
 
 import sniffio
 import trio
 
 from ailf.clients.async_client import AsyncRedisClient
+from ailf.config import RedisConfig
 
-__all__ = ["OwnedClient", "StopScope", "pause"]
+__all__ = ["OwnedClient", "StopScope", "given_client", "pause"]
+
+C = TypeVar("C")
+
+
+def given_client(client: object, kind: type[C], owner: str) -> C | None:
+    """``client`` if it is a ``kind`` (or None), else a ``TypeError`` saying what to pass.
+
+    A :class:`~ailf.config.RedisConfig` where a client belongs is the usual slip; caught
+    here, it is not an ``AttributeError`` at the first command.
+    """
+    if client is None or isinstance(client, kind):
+        return client
+    hint = f"; make one with {kind.__name__}(config)" if isinstance(client, RedisConfig) else ""
+    got = type(client).__name__
+    raise TypeError(f"{owner}: client takes {kind.__name__} or None, got {got}{hint}")
 
 
 class Event(Protocol):
@@ -98,6 +114,7 @@ class OwnedClient:
     """
 
     def __init__(self, client: AsyncRedisClient | None) -> None:
+        client = given_client(client, AsyncRedisClient, type(self).__name__)
         self.client = client if client is not None else AsyncRedisClient()
         self._owns_client = client is None
 

@@ -175,6 +175,7 @@ class RedisPubSub:
     """
 
     def __init__(self, client: RedisClient | None = None) -> None:
+        client = asynclib.given_client(client, RedisClient, type(self).__name__)
         self.client = client if client is not None else RedisClient()
         self.subscriptions = Subscriptions()
         # The lock guards the redis-py PubSub object. The listener holds it while it

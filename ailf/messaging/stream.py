@@ -507,6 +507,7 @@ class RedisStream(StreamOperations):
         self, name: str, client: RedisClient | None = None, maxlen: int | None = None
     ) -> None:
         super().__init__(name, maxlen)
+        client = asynclib.given_client(client, RedisClient, type(self).__name__)
         self.client = client if client is not None else RedisClient()
 
     def _run(
