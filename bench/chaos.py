@@ -409,7 +409,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     over.add_argument("--drain-timeout", type=float, default=120.0)
     for sub in (run, over):
         sub.add_argument("--json", action="store_true", help="print one JSON object")
-    worker_mode = modes.add_parser("worker", help=argparse.SUPPRESS)
+    worker_mode = modes.add_parser("worker")  # the chaos run's own child processes
     worker_mode.add_argument("spec")
     return parser.parse_args(argv)
 

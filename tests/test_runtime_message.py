@@ -98,6 +98,8 @@ def test_key_layout() -> None:
     assert keys.processes == "ailf:demo:processes"
     with pytest.raises(ConfigError, match="namespace name"):
         Keys("has space")
+    with pytest.raises(ConfigError, match="may not contain one; got 'shop:x'"):
+        Keys("shop:x")
 
 
 @attrs.frozen

@@ -15,7 +15,7 @@ import attrs
 
 from ailf.errors import ConfigError
 
-__all__ = ["GROUP", "Keys", "check_name"]
+__all__ = ["GROUP", "Keys", "check_name", "check_namespace"]
 
 #: The consumer group every mailbox is read through. One name for all mailboxes lets a
 #: single XREADGROUP (one GROUP, one consumer) read many mailboxes at once.
@@ -32,11 +32,27 @@ def check_name(kind: str, name: object) -> str:
     return name
 
 
+def check_namespace(name: object) -> str:
+    """A namespace name: as :func:`check_name`, and without ``:``.
+
+    Every key of a namespace starts with ``ailf:{namespace}:``; a namespace ``shop:x``
+    would put its keys under ``ailf:shop:*`` too, inside namespace ``shop``'s ACL rule,
+    listing and deletion.
+    """
+    check_name("namespace", name)
+    assert isinstance(name, str)
+    if ":" in name:
+        raise ConfigError(
+            f"namespace name: ':' separates key parts, so it may not contain one; got {name!r}"
+        )
+    return name
+
+
 @attrs.frozen
 class Keys:
     """Key and channel names of one namespace (see docs/wire-format.md for the table)."""
 
-    namespace: str = attrs.field(converter=lambda ns: check_name("namespace", ns))
+    namespace: str = attrs.field(converter=lambda ns: check_namespace(ns))
 
     @property
     def prefix(self) -> str:
