@@ -422,7 +422,9 @@ def table(results: dict[str, Any]) -> str:
         unit = target["unit"] if target["unit"] in ("", "x") else f" {target['unit']}"
         limit = f"{sign} {target['limit']:,g}{unit}"
         value = target["measured"]
-        measured = f"{value:,.{2 if value < 100 and not float(value).is_integer() else 0}f}"
+        # Three decimals for ratios, so that 1.098x (a miss of a 1.1x target) never reads 1.10x.
+        decimals = 3 if target["unit"] == "x" else 2
+        measured = f"{value:,.{decimals if value < 100 and not float(value).is_integer() else 0}f}"
         measured += f" {target['unit']}" if target["unit"] not in ("", "x") else target["unit"]
         lines.append(
             f"| {target['target']} {limit} | {measured} | {'yes' if target['holds'] else 'NO'} |"
@@ -446,8 +448,8 @@ def conditions(results: dict[str, Any]) -> str:
         f" {meta['machine']}, Python {meta['python']}, trio {meta['trio']}, redis-py"
         f" {meta['redis_py']}, hiredis {meta['hiredis']}, Redis {meta['redis_server']},"
         f" {meta['transport']}{'; peers: ' + peers_used if peers_used else ''}. The"
-        f" machine was shared with other engineers' test runs: the 1-minute load average"
-        f" was {load['min']:.1f} to {load['max']:.1f} during the run, which took"
+        f" 1-minute load average (anything else running shows there) was"
+        f" {load['min']:.1f} to {load['max']:.1f} during the run, which took"
         f" {meta['seconds']:.0f} s."
     )
 
