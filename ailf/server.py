@@ -29,6 +29,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -124,6 +125,9 @@ class RedisServer:
         self._args = list(args)
         self._startup_timeout = startup_timeout
         self._own_dir = tempfile.mkdtemp(prefix="ailf-redis-")
+        # A server that is never closed still gets its directory removed (at garbage
+        # collection or interpreter exit), so throwaway servers leave nothing in /tmp.
+        self._remove_dir = weakref.finalize(self, shutil.rmtree, self._own_dir, True)
         self.data_dir = Path(data_dir) if data_dir else Path(self._own_dir)
         self.port: int | None = None if unix_socket else (port or _free_port())
         self.socket_path: str | None = (
@@ -298,7 +302,7 @@ class RedisServer:
     def close(self) -> None:
         """Stop the server and remove its temporary directory."""
         self.stop()
-        shutil.rmtree(self._own_dir, ignore_errors=True)
+        self._remove_dir()
 
     def __enter__(self) -> RedisServer:
         return self.start()

@@ -152,3 +152,14 @@ def test_a_server_that_will_not_start_says_why() -> None:
     with pytest.raises(EmbeddedServerError, match=r"missing\.crt"):
         server.start()
     server.close()
+
+
+def test_an_unclosed_server_leaves_no_directory() -> None:
+    import gc
+
+    server = RedisServer(unix_socket=True)
+    directory = os.path.dirname(server.socket_path or "")
+    assert os.path.isdir(directory)
+    del server
+    gc.collect()
+    assert not os.path.exists(directory)
