@@ -14,15 +14,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pytest
 import redis
 import trio
+from runtime_helpers import Echo, child_runtime, ready
 
 from ailf import (
     Agent,
@@ -38,29 +36,9 @@ from ailf import (
 from ailf.clients.connection import open_connection
 from ailf.runtime.keys import GROUP
 
-CHILD = Path(__file__).with_name("runtime_child.py")
 
-
-@contextmanager
-def child_runtime(server: RedisServer, **spec: Any) -> Iterator[subprocess.Popen[str]]:
-    spec = {"url": server.url, "namespace": "r", **spec}
-    process = subprocess.Popen(
-        [sys.executable, str(CHILD), json.dumps(spec)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        assert process.stdout is not None
-        process.stdout.close()
-
-
-async def ready(process: subprocess.Popen[str]) -> None:
-    assert process.stdout is not None
-    line = await trio.to_thread.run_sync(process.stdout.readline)
-    assert line.strip() == "ready", f"child exited with {process.poll()}"
+def child(server: RedisServer, **spec: Any) -> AbstractContextManager[subprocess.Popen[str]]:
+    return child_runtime(server.url, "r", **spec)
 
 
 async def ask_until_answered(runtime: Runtime, to: str, body: Any) -> Any:
@@ -87,16 +65,6 @@ class Flaky(Agent):
             raise RuntimeError("first delivery fails")
         Flaky.handled.append(message.body)
         return None
-
-
-class Echo(Agent):
-    topics = ("news",)
-    heard: list[Any] = []
-
-    async def on_message(self, message: Message) -> Any:
-        if message.topic is not None:
-            Echo.heard.append(message.body)
-        return message.body
 
 
 async def test_an_outage_of_seconds_with_retries_and_claims_due_meanwhile() -> None:
@@ -128,7 +96,7 @@ async def test_a_restart_without_persistence_is_recovered_from_by_itself(
     spec = {"agent": "recorder", "options": {"key": key}, "topics": ["news"]}
     Echo.heard = []
     plain = redis.Redis(host="127.0.0.1", port=fresh_server.port, decode_responses=True)
-    with trio.fail_after(90), child_runtime(fresh_server, **spec) as other:
+    with trio.fail_after(90), child(fresh_server, **spec) as other:
         await ready(other)
         async with Runtime(fresh_server.config, namespace="r", heartbeat_interval=0.5) as runtime:
             await runtime.spawn(Echo, name="echo", replicas=2, claim_idle=0.5)

@@ -9,44 +9,22 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from contextlib import AbstractContextManager
 from typing import Any
 
 import attrs
 import pytest
 import redis
 import trio
+from runtime_helpers import Echo, child_runtime, ready
 
 from ailf import AskTimeout, RedisConfig, RedisConnectionError, RedisServer
-from ailf.runtime import Agent, Message, Runtime
+from ailf.runtime import Runtime
 from ailf.runtime.keys import GROUP
 
-CHILD = Path(__file__).with_name("runtime_child.py")
 
-
-@contextmanager
-def child(config: RedisConfig, **spec: Any) -> Iterator[subprocess.Popen[str]]:
-    spec = {"url": f"redis://127.0.0.1:{config.port}/0", "namespace": "p", **spec}
-    process = subprocess.Popen(
-        [sys.executable, str(CHILD), json.dumps(spec)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        assert process.stdout is not None
-        process.stdout.close()
-
-
-async def ready(process: subprocess.Popen[str]) -> None:
-    assert process.stdout is not None
-    line = await trio.to_thread.run_sync(process.stdout.readline)
-    assert line.strip() == "ready", f"child exited with {process.poll()}"
+def child(config: RedisConfig, **spec: Any) -> AbstractContextManager[subprocess.Popen[str]]:
+    return child_runtime(f"redis://127.0.0.1:{config.port}/0", "p", **spec)
 
 
 def raw(config: RedisConfig) -> redis.Redis:
@@ -161,16 +139,6 @@ async def test_second_signal_forces(redis_config: RedisConfig) -> None:
         process.send_signal(signal.SIGINT)
         await trio.to_thread.run_sync(process.wait)
     assert raw(redis_config).xpending("ailf:p:mailbox:stuck", GROUP)["pending"] == 1
-
-
-class Echo(Agent):
-    topics = ("news",)
-    heard: list[Any] = []
-
-    async def on_message(self, message: Message) -> Any:
-        if message.topic is not None:
-            Echo.heard.append(message.body)
-        return message.body
 
 
 async def test_recovers_from_a_redis_restart_without_persistence(

@@ -16,19 +16,17 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 import trio
 from acl_helpers import documented_acl
+from runtime_helpers import Echo
 from test_tls import certificates  # noqa: F401 - the module-scoped certificate fixture
 
 from ailf import (
-    Agent,
     AuthenticationError,
     MailboxFull,
-    Message,
     MessageTooLarge,
     RedisConfig,
     RedisConnectionError,
@@ -39,16 +37,6 @@ from ailf import (
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct-horse-battery-staple"
-
-
-class Echo(Agent):
-    topics = ("news",)
-    heard: list[Any] = []
-
-    async def on_message(self, message: Message) -> Any:
-        if message.topic is not None:
-            Echo.heard.append(message.body)
-        return message.body
 
 
 @pytest.fixture
