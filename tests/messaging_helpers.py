@@ -1,7 +1,8 @@
-"""What the async pub/sub and stream tests share: pacing, polling, a client."""
+"""What the pub/sub and stream tests (sync and async) share: pacing, polling, a client."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -13,6 +14,15 @@ FAST_RETRY = RetryPolicy(backoff_initial=0.02, backoff_max=0.2)
 
 #: Seconds any one test may take before trio.fail_after ends it.
 DEADLINE = 20
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 10.0) -> None:
+    """Poll ``condition`` from a thread (the sync clients' tests) for up to ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(0.01)
 
 
 async def wait_until(condition: Callable[[], object]) -> None:

@@ -6,10 +6,11 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from messaging_helpers import FAST_RETRY, wait_for
 
 from ailf import (
     RedisClient,
@@ -17,19 +18,8 @@ from ailf import (
     RedisConnectionError,
     RedisPubSub,
     RedisServer,
-    RetryPolicy,
 )
 from ailf.messaging.pubsub import Subscriptions, decode_payload
-
-FAST_RETRY = RetryPolicy(backoff_initial=0.02, backoff_max=0.2)
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.01)
 
 
 def subscribers(client: RedisClient, channel: str) -> int:

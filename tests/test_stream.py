@@ -10,10 +10,11 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from messaging_helpers import FAST_RETRY, wait_for
 
 from ailf import (
     AsyncRedisStream,
@@ -40,16 +41,6 @@ from ailf.messaging.stream import (
     reply_map,
     xadd_command,
 )
-
-FAST_RETRY = RetryPolicy(backoff_initial=0.02, backoff_max=0.2)
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.01)
 
 
 @pytest.fixture
