@@ -48,8 +48,7 @@ class AgentStatistics:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AgentStatistics:
-        fields = {f.name for f in attrs.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in fields})
+        return cls(**{k: v for k, v in data.items() if k in _FIELDS})
 
     @classmethod
     def combine(cls, name: str, parts: list[AgentStatistics]) -> AgentStatistics:
@@ -58,12 +57,7 @@ class AgentStatistics:
         mean = sum(p.latency_mean * p.processed for p in parts) / processed if processed else 0.0
         return cls(
             name=name,
-            replicas=sum(p.replicas for p in parts),
-            received=sum(p.received for p in parts),
-            processed=processed,
-            failed=sum(p.failed for p in parts),
-            retried=sum(p.retried for p in parts),
-            dead_lettered=sum(p.dead_lettered for p in parts),
+            **{count: sum(getattr(p, count) for p in parts) for count in COUNTS},
             latency_p50=max((p.latency_p50 for p in parts), default=0.0),
             latency_p99=max((p.latency_p99 for p in parts), default=0.0),
             latency_mean=mean,
@@ -71,6 +65,8 @@ class AgentStatistics:
 
 
 _FIELDS = tuple(field.name for field in attrs.fields(AgentStatistics))
+#: The plain counters: kept by :class:`Counters`, summed across processes as they are.
+COUNTS = ("replicas", "received", "processed", "failed", "retried", "dead_lettered")
 
 
 def _percentile(ordered: list[float], fraction: float) -> float:
@@ -103,26 +99,15 @@ class Counters:
 
     def snapshot(self) -> AgentStatistics:
         """The counters as a frozen record (cached until a counter changes)."""
-        state = (
-            self.replicas,
-            self.received,
-            self.handled,
-            self.failed,
-            self.retried,
-            self.dead_lettered,
-        )
+        counts = {count: getattr(self, count) for count in COUNTS}
+        state = (*counts.values(), self.handled)
         if self._snapshot is not None and state == self._snapshot_of:
             return self._snapshot
         ordered = sorted(self.samples)
         self._snapshot_of = state
         self._snapshot = AgentStatistics(
             name=self.name,
-            replicas=self.replicas,
-            received=self.received,
-            processed=self.processed,
-            failed=self.failed,
-            retried=self.retried,
-            dead_lettered=self.dead_lettered,
+            **counts,
             latency_p50=_percentile(ordered, 0.50),
             latency_p99=_percentile(ordered, 0.99),
             latency_mean=self.total_latency / self.handled if self.handled else 0.0,
