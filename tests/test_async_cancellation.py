@@ -132,3 +132,47 @@ async def test_cancel_before_queueing_sends_nothing(redis_config: RedisConfig) -
             scope.cancel()
             await client.set("never", "sent")
         assert await client.get("never") is None
+
+
+def test_a_lone_command_cancelled_mid_reply_leaves_nothing_behind(run, redis_config) -> None:
+    """One task, one command at a time: the caller reads its own reply (no reader task
+    hop). Cancelled half-way through a 2 MB reply, it hands the rest to the reader task,
+    which must throw it away."""
+    rng = random.Random(1)
+
+    async def body() -> None:
+        async with AsyncRedisClient(redis_config) as client:
+            for n in range(3):
+                await client.set(f"big:{n}", _big_value(n))
+            for n in range(50):
+                await client.set(f"small:{n}", f"small-{n}")
+            for n in range(5):
+                await client.hset(f"hash:{n}", "n", n)
+            for n in range(50):
+                await move_on_after(rng.uniform(0, 0.004), client.get, "big:0")
+                assert await client.get(f"small:{n}") == f"small-{n}"
+            await _check_every_reply(client, 50)
+
+    run(body)
+
+
+def test_commands_queued_behind_a_lone_reader_get_their_own_replies(run, redis_config) -> None:
+    """While the first caller waits on the socket itself for a big reply, fifty others
+    queue behind it; the replies it reads past its own go to their owners."""
+
+    async def body() -> None:
+        async with AsyncRedisClient(redis_config) as client:
+            await client.set("big:0", _big_value(0))
+            for n in range(50):
+                await client.set(f"small:{n}", f"small-{n}")
+
+            async def get_big() -> None:
+                assert await client.get("big:0") == _big_value(0)
+
+            async def get_small(n: int) -> None:
+                assert await client.get(f"small:{n}") == f"small-{n}"
+
+            for _ in range(5):
+                await side_by_side(get_big, *(lambda n=n: get_small(n) for n in range(50)))
+
+    run(body)

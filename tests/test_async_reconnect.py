@@ -149,6 +149,27 @@ def test_without_retry_idempotent_nothing_is_retried(run, fresh_server: RedisSer
     run(body)
 
 
+def test_a_connection_the_server_closed_while_idle_is_replaced(run, fresh_server: RedisServer) -> None:
+    """Nobody reads an idle shared connection, so the client checks it before use: a
+    command right after the server dropped it goes to a new connection, not to the
+    dead one (where it would fail although it never reached the server)."""
+    config = fresh_server.config.replace(client_name="victim")
+
+    def kill_victim() -> None:
+        side = redis.Redis(host="127.0.0.1", port=fresh_server.port)
+        side.execute_command("CLIENT", "KILL", "SKIPME", "yes")
+        side.close()
+
+    async def body() -> None:
+        async with AsyncRedisClient(config) as client:
+            for n in range(20):
+                assert await client.set("k", n) is True
+                await in_thread(kill_victim)
+                assert await client.get("k") == str(n)
+
+    run(body)
+
+
 def test_pubsub_resubscribes_after_restart(run, fresh_server: RedisServer) -> None:
     config = fresh_server.config.replace(retry=FAST_RETRY)
 

@@ -1,23 +1,31 @@
 """One connection shared by many tasks: a single writer task, a single reader task.
 
-Callers never touch the socket. :meth:`SharedConnection.request` appends the packed
+Callers never write to the socket while another write is pending, and never read
+replies that are not theirs. :meth:`SharedConnection.request` appends the packed
 command to an outbox and a reply slot to a FIFO, in the same synchronous step, so the
 order of slots is the order of commands on the wire; then the caller parks. The writer
 drains the whole outbox into one ``send_all``, so commands issued concurrently by many
 tasks are pipelined automatically. The reader parses replies from large chunks and hands
 each to the slot at the head of the FIFO.
 
+One task issuing one command at a time is the case the reader and writer tasks make
+slowest: every reply would cost two task switches (the reader, then the caller). So
+when nothing else is in flight, the caller writes its command and
+waits for the socket itself, while the reader task stays parked. Other requests made
+meanwhile queue behind it as usual, and the caller hands the socket back to the reader
+when its own reply is in (or when it is cancelled).
+
 Cancellation never desynchronizes the stream: a cancelled caller only marks its slot
-*abandoned*; its command may still be sent and run, and the reader throws its reply
-away instead of handing it to the next caller (the CVE-2023-28858/28859 class of bug
-cannot happen, because no caller ever reads from the socket). When the socket breaks,
-every waiting caller gets :class:`~ailf.errors.RedisConnectionError` and the connection
-is done; the client opens a new one for later commands.
+*abandoned*; its command may still be sent and run, and its reply is thrown away
+instead of being handed to the next caller (the CVE-2023-28858/28859 class of bug
+cannot happen, because replies are always matched to slots in order, by whoever
+reads). When the socket breaks, every waiting caller gets
+:class:`~ailf.errors.RedisConnectionError` and the connection is done; the client opens
+a new one for later commands.
 """
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from typing import Any
 
@@ -31,19 +39,17 @@ from ailf.errors import RedisConnectionError, RedisTimeoutError
 
 __all__ = ["SharedConnection"]
 
-#: Seconds without a reply after which an idle connection is checked before use.
-_QUIET = 0.05
-
 
 class _Slot:
     """Where one request's reply (or replies, for a pipeline) will be delivered."""
 
-    __slots__ = ("abandoned", "count", "replies", "task")
+    __slots__ = ("abandoned", "count", "replies", "reply", "task")
 
     def __init__(self, task: Task, count: int) -> None:
         self.task = task
         self.count = count
         self.replies: list[Any] | None = [] if count > 1 else None
+        self.reply: Any = None
         self.abandoned = False
 
     def abandon(self, raise_cancel: Any) -> Abort:
@@ -64,9 +70,12 @@ class SharedConnection:
         self._outbox: list[bytes] = []
         self._waiting: deque[_Slot] = deque()
         self._parked_writer: Task | None = None
+        self._parked_reader: Task | None = None
+        # The slot of the caller reading the socket itself (see the module docstring);
+        # while it is set, the reader task stays parked: trio allows one reader per fd.
+        self._reading_slot: _Slot | None = None
         self._scope = trio.CancelScope()
         self._timeout = connection.socket_timeout
-        self._last_heard = -math.inf
         self.error: RedisConnectionError | None = None
 
     @property
@@ -77,18 +86,15 @@ class SharedConnection:
         """Whether new requests may go here; notices a server that closed an idle socket.
 
         A request written on a socket the server already closed would fail although it
-        never reached the server. So when nothing is in flight and nothing was heard
-        for a while (a reply a moment ago proves the socket was alive; the reader would
-        have seen an end-of-file since), one ``select`` checks the socket, and the
-        client opens a fresh connection for the request if the server closed it.
+        never reached the server, and nobody reads an idle socket (the reader task
+        parks while nothing is in flight). So before a request goes on an idle
+        connection, one non-blocking ``select`` checks the socket, and the client opens
+        a fresh connection for the request if the server closed it. (redis-py pays the
+        same check each time it takes a connection from its pool.)
         """
         if self.error is not None:
             return False
-        if (
-            not self._waiting
-            and trio.current_time() - self._last_heard > _QUIET
-            and self._connection.has_pending_input()
-        ):
+        if not self._waiting and self._connection.has_pending_input():
             self._fail(RedisConnectionError(f"Redis at {self.address} closed the connection"))
             return False
         return True
@@ -119,17 +125,56 @@ class SharedConnection:
                 self._outbox.append(data[sent:])
                 self._parked_writer = None
                 reschedule(writer)
+            self._waiting.append(slot)
+            if self._parked_reader is not None:
+                return await self._read_own_reply(slot)
         else:
             self._outbox.append(data)
             if writer is not None:
                 self._parked_writer = None
                 reschedule(writer)
-        self._waiting.append(slot)
+            self._waiting.append(slot)
+        self._wake_reader()
         if self._timeout is None:
             return await wait_task_rescheduled(slot.abandon)
         with trio.move_on_after(self._timeout):
             return await wait_task_rescheduled(slot.abandon)
-        raise RedisTimeoutError(
+        raise self._timed_out()
+
+    async def _read_own_reply(self, slot: _Slot) -> Any:
+        """Read the socket from this task until ``slot``'s reply is in (the fast path).
+
+        Replies to requests queued behind this one that arrive meanwhile are handed to
+        their callers as the reader task would; whatever is left is the reader's again
+        once this returns or raises.
+        """
+        self._reading_slot = slot
+        try:
+            if self._timeout is None:
+                return await self._read_until_delivered(slot)
+            with trio.move_on_after(self._timeout):
+                return await self._read_until_delivered(slot)
+            raise self._timed_out()
+        except RedisConnectionError as exc:
+            self._fail(exc)  # skips this slot: this task is running, not parked
+            raise RedisConnectionError(str(self.error)) from exc
+        finally:
+            if self._reading_slot is slot:  # failed, cancelled or timed out
+                slot.abandoned = True
+                self._reading_slot = None
+            self._wake_reader()
+
+    async def _read_until_delivered(self, slot: _Slot) -> Any:
+        connection = self._connection
+        idle = True  # the reply cannot be here yet: park before trying to read
+        while self._reading_slot is slot:
+            await connection.receive_into_parser(idle=idle)
+            idle = False
+            self._deliver_parsed()
+        return slot.reply
+
+    def _timed_out(self) -> RedisTimeoutError:
+        return RedisTimeoutError(
             f"Redis at {self.address} did not answer within {self._timeout} s"
             " (socket_timeout); the command may still have run"
         )
@@ -148,6 +193,7 @@ class SharedConnection:
         finally:
             self._fail(RedisConnectionError(f"connection to Redis at {self.address} was closed"))
             with trio.CancelScope(shield=True):
+                # Closing the socket also wakes a caller reading it itself.
                 await self._connection.aclose()
 
     def close(self) -> None:
@@ -162,7 +208,9 @@ class SharedConnection:
         waiting = self._waiting
         while waiting:
             slot = waiting.popleft()
-            if not slot.abandoned:
+            # The caller reading the socket itself is not parked here: it learns of the
+            # failure when the socket is closed under it.
+            if not slot.abandoned and slot is not self._reading_slot:
                 slot.abandoned = True
                 reschedule(slot.task, outcome.Error(RedisConnectionError(str(self.error))))
         self._scope.cancel()
@@ -170,6 +218,17 @@ class SharedConnection:
     def _abort_parked_writer(self, raise_cancel: Any) -> Abort:
         self._parked_writer = None
         return Abort.SUCCEEDED
+
+    def _abort_parked_reader(self, raise_cancel: Any) -> Abort:
+        self._parked_reader = None
+        return Abort.SUCCEEDED
+
+    def _wake_reader(self) -> None:
+        """Unpark the reader task if replies are awaited and no caller reads them itself."""
+        reader = self._parked_reader
+        if reader is not None and self._waiting and self._reading_slot is None:
+            self._parked_reader = None
+            reschedule(reader)
 
     async def _write_loop(self) -> None:
         connection = self._connection
@@ -186,38 +245,52 @@ class SharedConnection:
             self._fail(exc)
 
     async def _read_loop(self) -> None:
+        connection = self._connection
         try:
-            await self._dispatch_replies()
+            while True:
+                # A caller that read the socket itself may have left whole replies in
+                # the parser for the requests queued behind it.
+                self._deliver_parsed()
+                if not self._waiting or self._reading_slot is not None:
+                    self._parked_reader = current_task()
+                    await wait_task_rescheduled(self._abort_parked_reader)
+                    continue
+                await connection.receive_into_parser()
         except RedisConnectionError as exc:
             self._fail(exc)
 
-    async def _dispatch_replies(self) -> None:
+    def _deliver_parsed(self) -> None:
+        """Hand every complete reply in the parser to its slot, in order.
+
+        The slot of a caller reading the socket itself gets its reply stored, not
+        rescheduled: that caller is running, not parked.
+        """
         connection = self._connection
         waiting = self._waiting
         gets = connection.parser.gets
         while True:
-            await connection.receive_into_parser(idle=not waiting)
-            self._last_heard = trio.current_time()
-            while True:
-                try:
-                    reply = gets()
-                except UnicodeDecodeError as exc:
-                    reply = connection.decode_error(exc)
-                except ProtocolError as exc:
-                    raise connection.protocol_error(exc) from exc
-                if reply is NOT_ENOUGH:
-                    break
-                if not waiting:
-                    raise RedisConnectionError(
-                        f"Redis at {self.address} sent a reply nobody asked for: {reply!r}"
-                    )
-                slot = waiting[0]
-                if slot.count != 1:
-                    replies = slot.replies
-                    replies.append(reply)
-                    if len(replies) < slot.count:
-                        continue
-                    reply = replies
-                waiting.popleft()
-                if not slot.abandoned:
-                    reschedule(slot.task, outcome.Value(reply))
+            try:
+                reply = gets()
+            except UnicodeDecodeError as exc:
+                reply = connection.decode_error(exc)
+            except ProtocolError as exc:
+                raise connection.protocol_error(exc) from exc
+            if reply is NOT_ENOUGH:
+                return
+            if not waiting:
+                raise RedisConnectionError(
+                    f"Redis at {self.address} sent a reply nobody asked for: {reply!r}"
+                )
+            slot = waiting[0]
+            if slot.count != 1:
+                replies = slot.replies
+                replies.append(reply)
+                if len(replies) < slot.count:
+                    continue
+                reply = replies
+            waiting.popleft()
+            if slot is self._reading_slot:
+                slot.reply = reply
+                self._reading_slot = None
+            elif not slot.abandoned:
+                reschedule(slot.task, outcome.Value(reply))
