@@ -149,7 +149,7 @@ def test_without_retry_idempotent_nothing_is_retried(run, fresh_server: RedisSer
     run(body)
 
 
-def test_a_connection_the_server_closed_while_idle_is_replaced(run, fresh_server: RedisServer) -> None:
+def test_an_idle_connection_the_server_closed_is_replaced(run, fresh_server: RedisServer) -> None:
     """Nobody reads an idle shared connection, so the client checks it before use: a
     command right after the server dropped it goes to a new connection, not to the
     dead one (where it would fail although it never reached the server)."""

@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 
 from ailf import ResponseError
 from ailf.clients import resp
-from ailf.clients.resp import NOT_ENOUGH, ProtocolError, PythonParser, pack_command
+from ailf.clients.resp import (
+    NOT_ENOUGH,
+    ProtocolError,
+    PythonParser,
+    pack_command,
+    pack_commands,
+)
 
 
 class Simple(bytes):
@@ -142,6 +148,13 @@ def test_pack_command_refuses_what_redis_py_refuses() -> None:
     assert pack_command(("SET", bytearray(b"k"), memoryview(b"v"))) == pack_command(
         ("SET", b"k", b"v")
     )
+
+
+def test_pack_commands_packs_a_pipeline_back_to_back_or_refuses_it_whole() -> None:
+    commands = [("SET", "k", 1), ("XADD", "s", "*", "f", bytearray(b"v")), ("GET", "k")]
+    assert pack_commands(commands) == b"".join(pack_command(args) for args in commands)
+    with pytest.raises(TypeError, match="booleans"):
+        pack_commands([("SET", "k", 1), ("SET", "k", True)])
 
 
 def test_env_switch_selects_the_pure_python_parser(monkeypatch: pytest.MonkeyPatch) -> None:

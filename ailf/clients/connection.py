@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 
 import trio
 
-from ailf.clients.resp import NOT_ENOUGH, Parser, ProtocolError, make_parser, pack_command
+from ailf.clients.resp import NOT_ENOUGH, Parser, ProtocolError, make_parser, pack_commands
 from ailf.config import RedisConfig
 from ailf.errors import (
     AuthenticationError,
@@ -282,7 +282,7 @@ class Connection:
         self, commands: Sequence[tuple[Any, ...]], reply_timeout: float | None = None
     ) -> list[Any]:
         """Send commands in one write and return their replies in order (errors returned)."""
-        await self.send(b"".join(pack_command(args) for args in commands))
+        await self.send(pack_commands(commands))
         return [await self.read_reply(reply_timeout) for _ in commands]
 
     async def aclose(self) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from ailf.clients.connection import Connection, open_connection
-from ailf.clients.resp import pack_command
+from ailf.clients.resp import pack_commands
 from ailf.config import RedisConfig
 from ailf.errors import AuthenticationError, RedisConnectionError
 
@@ -68,7 +68,7 @@ class ConnectionPool:
         ``socket_timeout``; ``float("inf")`` for blocking commands). Cancellation closes
         the borrowed connection.
         """
-        data = b"".join(pack_command(args) for args in commands)
+        data = pack_commands(commands)
         async with self._limit:
             connection = await self._checkout()
             try:

@@ -19,6 +19,7 @@ the connection must be closed.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from ailf.errors import ResponseError
@@ -36,6 +37,7 @@ __all__ = [
     "encode_arg",
     "make_parser",
     "pack_command",
+    "pack_commands",
     "parser_name",
 ]
 
@@ -108,6 +110,16 @@ def pack_command(args: tuple[Any, ...]) -> bytes:
         except TypeError:
             pass  # bytearray, or a bad value: the pure-Python packer converts or explains
     return _pack_python(args)
+
+
+def pack_commands(commands: Iterable[tuple[Any, ...]]) -> bytes:
+    """Several commands packed back to back, for one write (a pipeline)."""
+    if _hiredis_pack is not None:
+        try:
+            return b"".join(map(_hiredis_pack, commands))
+        except TypeError:
+            pass  # as in pack_command: the pure-Python packer converts or explains
+    return b"".join(map(pack_command, commands))
 
 
 _hiredis_pack = getattr(hiredis, "pack_command", None) if hiredis is not None else None

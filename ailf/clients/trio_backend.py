@@ -21,7 +21,7 @@ import trio
 from ailf.clients.multiplex import SharedConnection
 from ailf.clients.pool import ConnectionPool, connect_with_retry
 from ailf.clients.pubsub import PubSub
-from ailf.clients.resp import pack_command
+from ailf.clients.resp import pack_command, pack_commands
 from ailf.config import RedisConfig
 from ailf.errors import RedisConnectionError, ResponseError
 
@@ -79,7 +79,7 @@ class TrioBackend:
             shared = self._shared
             if shared is None or not shared.usable():
                 shared = await self._reconnect(shared)
-            data = b"".join(map(pack_command, commands))
+            data = pack_commands(commands)
             replies = await shared.request(data, len(commands))
             if len(commands) == 1:
                 replies = [replies]
