@@ -7,7 +7,7 @@ Three workloads, each with its baseline measured in the same run:
 * one task, one command at a time, against redis-py sync;
 * XADD in pipelines of 100 (no MULTI/EXEC), against redis-py sync pipelines.
 
-Run ``python bench/client.py`` (``--runs 5`` to repeat; the table reports the best and
+Run ``python -m bench.client`` (``--runs 5`` to repeat; the table reports the best and
 the median of the runs). Each run alternates four short segments of ailf and of its
 baseline and adds up their times, so that load from other processes falls on both
 sides; compare ratios within a run rather than absolute figures across runs.
@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 
@@ -29,7 +26,7 @@ import redis.asyncio
 import trio
 
 from ailf import AsyncRedisClient, RedisConfig, RedisServer
-from ailf.clients.resp import parser_name
+from bench.machine import describe, machine
 
 TASKS = 50
 BATCH = 100
@@ -177,17 +174,6 @@ WORKLOADS = [
 ]  # fmt: skip
 
 
-def _machine() -> str:
-    server = subprocess.run(
-        ["redis-server", "--version"], capture_output=True, text=True, check=False
-    ).stdout.split(" sha=")[0]
-    return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores,"
-        f" Python {platform.python_version()}, {server or 'redis-server ?'},"
-        f" trio {trio.__version__}, redis-py {redis.__version__}, parser {parser_name()}"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="repetitions (default 3)")
@@ -195,9 +181,9 @@ def main() -> None:
     parser.add_argument("--unix", action="store_true", help="use a unix socket, not TCP")
     arguments = parser.parse_args()
 
-    print(_machine())
     with RedisServer(unix_socket=arguments.unix) as server:
         config = server.config
+        print(describe(machine(config)))
         rows = []
         for name, ours, base_name, base, base_kind, operations, target in WORKLOADS:
             count = int(operations * arguments.scale) // SEGMENTS

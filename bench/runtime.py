@@ -14,7 +14,7 @@ Workloads, each with its baseline measured in the same run where there is one:
 * 10,000 agents in one process: spawn time, time until every one answered an ask,
   Redis connections, RSS.
 
-``python bench/runtime.py`` prints the figures; ``--write-docs`` also replaces the
+``python -m bench.runtime`` prints the figures; ``--write-docs`` also replaces the
 Runtime section of docs/performance.md. The machine is assumed to be shared: compare
 ratios within a run rather than absolute figures across runs.
 """
@@ -25,8 +25,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import platform
 import re
 import statistics
 import subprocess
@@ -43,6 +41,8 @@ import trio
 
 from ailf import Agent, Message, RedisConfig, RedisServer, Runtime
 from ailf.runtime.message import encode_envelope
+from bench.machine import describe, machine
+from bench.process import ROOT
 
 BATCH = 128
 SENDERS = 50
@@ -222,7 +222,18 @@ class Child:
     def __init__(self, role: str, config: RedisConfig, count: int) -> None:
         url = f"redis://{config.host}:{config.port}/0"
         self.process = subprocess.Popen(
-            [sys.executable, __file__, "--role", role, "--url", url, "--count", str(count)],
+            [
+                sys.executable,
+                "-m",
+                "bench.runtime",
+                "--role",
+                role,
+                "--url",
+                url,
+                "--count",
+                f"{count}",
+            ],
+            cwd=ROOT,
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -386,17 +397,6 @@ def many(config: RedisConfig, count: int) -> dict[str, Any]:
         child.close(wait=30)
 
 
-def _machine() -> str:
-    server = subprocess.run(
-        ["redis-server", "--version"], capture_output=True, text=True, check=False
-    ).stdout.split(" sha=")[0]
-    return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores,"
-        f" Python {platform.python_version()}, {server or 'redis-server ?'},"
-        f" trio {trio.__version__}, redis-py {redis.__version__}"
-    )
-
-
 def report(arguments: argparse.Namespace, config: RedisConfig) -> str:
     runs = arguments.runs
     count = int(200_000 * arguments.scale)
@@ -413,10 +413,10 @@ def report(arguments: argparse.Namespace, config: RedisConfig) -> str:
 
     return "\n".join(
         [
-            f"Measured by `python bench/runtime.py` on {_machine()}; {runs} runs"
+            f"Measured by `python -m bench.runtime` on {describe(machine(config))}; {runs} runs"
             f" (best / median), {count:,} messages of ~150-byte envelopes, batch size"
-            f" {BATCH}. The machine was shared with other engineers' test runs, so"
-            " absolute figures are noisy; ratios within a run are the fairer comparison.",
+            f" {BATCH}. Absolute figures move with whatever else the machine runs;"
+            " ratios within a run are the fairer comparison.",
             "",
             "| workload | ailf | baseline (same run) | ailf / baseline (medians) | target |",
             "| --- | --- | --- | --- | --- |",

@@ -21,22 +21,20 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import statistics
 import sys
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import redis
-import trio
 
 from ailf import RedisConfig, RedisServer
 from bench import ceiling, fanout, peers
 from bench import client as client_bench
 from bench import runtime as runtime_bench
+from bench.machine import describe, machine
 from bench.process import ROOT, RoleProcess, drain
 
 RESULTS = ROOT / "bench" / "results"
@@ -214,30 +212,6 @@ def agents_workload(config: RedisConfig, counts: dict[str, Any]) -> dict[str, An
 
 
 # -- the run -----------------------------------------------------------------------------
-
-
-def _version(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
-def machine(config: RedisConfig) -> dict[str, Any]:
-    with redis.Redis(**config.redis_py_kwargs()) as client:
-        server = client.info("server")
-    return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
-        "python": platform.python_version(),
-        "trio": trio.__version__,
-        "redis_py": redis.__version__,
-        "hiredis": _version("hiredis"),
-        "redis_server": f"{server.get('redis_version')} ({server.get('executable', '?')})",
-        "faststream": _version("faststream"),
-        "dramatiq": _version("dramatiq"),
-        "transport": "TCP on loopback",
-    }
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -445,9 +419,7 @@ def conditions(results: dict[str, Any]) -> str:
     return (
         f"Measured {meta['date']} by `python -m bench` ({results['mode']} run,"
         f" {_runs(results['counts']['runs'])} of each throughput workload) on"
-        f" {meta['machine']}, Python {meta['python']}, trio {meta['trio']}, redis-py"
-        f" {meta['redis_py']}, hiredis {meta['hiredis']}, Redis {meta['redis_server']},"
-        f" {meta['transport']}{'; peers: ' + peers_used if peers_used else ''}. The"
+        f" {describe(meta)}{'; peers: ' + peers_used if peers_used else ''}. The"
         f" 1-minute load average (anything else running shows there) was"
         f" {load['min']:.1f} to {load['max']:.1f} during the run, which took"
         f" {meta['seconds']:.0f} s."
