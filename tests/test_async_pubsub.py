@@ -1,7 +1,8 @@
 """AsyncRedisPubSub against real servers: delivery, handlers, stopping, restarts.
 
 Trio tests (pytest-trio) first; the last ones run one body under ``trio.run`` and under
-``asyncio.run``, since the async client — and so the twin — runs on both.
+``asyncio.run``, since the async client — and so the twin — runs on both: among them,
+what the client's pub/sub session does when Redis refuses a subscription.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -27,9 +29,11 @@ from messaging_helpers import (  # noqa: F401 - fixtures
 from ailf import (
     AsyncRedisClient,
     AsyncRedisPubSub,
+    AuthenticationError,
     RedisConfig,
     RedisConnectionError,
     RedisServer,
+    ResponseError,
 )
 
 
@@ -326,5 +330,128 @@ def test_survives_a_restart_under_both_libraries(run, fresh_server: RedisServer)
                 pubsub.stop()
 
             await side_by_side(pubsub.run, restart_and_publish)
+
+    run(body)
+
+
+# -- subscriptions Redis refuses (the client's session, under both libraries) ------------------
+
+
+class ChannelUser:
+    """An ACL user that may run any command on any key, and use only the channels (and
+    patterns) given to :meth:`allow`."""
+
+    name = "channel-user"
+
+    def __init__(self, config: RedisConfig) -> None:
+        self.admin = redis.Redis(port=config.port)
+        self.config = config.replace(username=self.name, password="pw", retry=FAST_RETRY)
+
+    def allow(self, *channels: str) -> None:
+        rights = [f"&{channel}" for channel in channels]
+        self.admin.execute_command(
+            "ACL", "SETUSER", self.name, "on", ">pw", "~*", "+@all", "resetchannels", *rights
+        )
+
+
+@pytest.fixture
+def channel_user(redis_config: RedisConfig) -> Iterator[ChannelUser]:
+    user = ChannelUser(redis_config)
+    user.allow("ok*")
+    yield user
+    user.admin.execute_command("ACL", "DELUSER", user.name)
+    user.admin.close()
+
+
+def test_a_refused_subscribe_fails_that_call_and_the_session_goes_on(
+    run, channel_user: ChannelUser
+) -> None:
+    async def body() -> None:
+        async with AsyncRedisClient(channel_user.config) as client, client.pubsub() as ps:
+            await ps.subscribe("ok1")
+            await ps.psubscribe("ok*")
+            with pytest.raises(ResponseError) as refused:
+                await ps.subscribe("ok1", "ok2", "forbidden")
+            assert refused.value.code == "NOPERM"
+            assert "refused SUBSCRIBE 'ok1' 'ok2' 'forbidden'" in str(refused.value)
+            with pytest.raises(ResponseError, match=r"^NOPERM .* PSUBSCRIBE 'forbidden\.\*'"):
+                await ps.psubscribe("forbidden.*")
+            # Redis subscribed none of a refused command's names; ok1 was subscribed before.
+            assert ps.channels == {"ok1"} and ps.patterns == {"ok*"}
+            await ps.subscribe("ok3")  # nothing of the refusals is left to count against it
+            assert ps.channels == {"ok1", "ok3"}
+            assert await client.publish("ok2", "pattern only") == 1
+            assert await client.publish("ok1", "both") == 2
+            received = [await ps.get_message(timeout=5) for _ in range(3)]
+            assert [(m["type"], m["channel"], m["data"]) for m in received] == [
+                ("pmessage", "ok2", "pattern only"),
+                ("message", "ok1", "both"),
+                ("pmessage", "ok1", "both"),
+            ]
+
+    run(body)
+
+
+def test_a_refusal_keeps_a_channel_that_a_concurrent_subscribe_wants(
+    run, channel_user: ChannelUser
+) -> None:
+    """``subscribe("ok1", "forbidden")`` and ``subscribe("ok1")`` at once, in either order
+    on the wire: the first is refused, the second is not, so ok1 is subscribed."""
+
+    async def body() -> None:
+        async with AsyncRedisClient(channel_user.config) as client, client.pubsub() as ps:
+
+            async def refused() -> None:
+                with pytest.raises(ResponseError, match="NOPERM"):
+                    await ps.subscribe("ok1", "forbidden")
+
+            async def allowed() -> None:
+                await ps.subscribe("ok1")
+
+            await side_by_side(refused, allowed)
+            assert ps.channels == {"ok1"}
+            assert await client.publish("ok1", "x") == 1
+            assert (await ps.get_message(timeout=5))["data"] == "x"
+
+    run(body)
+
+
+def test_a_subscription_refused_after_a_reconnect_is_dropped_and_logged(
+    run, channel_user: ChannelUser, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Revoking a channel makes Redis disconnect the session; subscribing again, it
+    keeps every channel but the revoked one, and says so."""
+    channel_user.allow("ok*", "revoked")
+
+    async def body() -> int:
+        async with AsyncRedisClient(channel_user.config) as client, client.pubsub() as ps:
+            await ps.subscribe("ok1", "revoked")
+            channel_user.allow("ok*")
+            message = None
+            while message is None:  # until the session is back (reading notices the loss)
+                await client.publish("ok1", "back")
+                message = await ps.get_message(timeout=0.1)
+            assert message["channel"] == "ok1"
+            assert ps.channels == {"ok1"}
+            return ps.reconnects
+
+    with caplog.at_level(logging.WARNING, logger="ailf.clients"):
+        assert run(body) >= 1
+    [warning] = [r.getMessage() for r in caplog.records if "subscribing again" in r.getMessage()]
+    assert "NOPERM" in warning and "SUBSCRIBE 'revoked'" in warning
+
+
+def test_a_session_whose_user_is_deleted_ends_with_the_refusal(
+    run, channel_user: ChannelUser
+) -> None:
+    """An error that answers no subscription (here the new connection's AUTH) is fatal."""
+
+    async def body() -> None:
+        async with AsyncRedisClient(channel_user.config) as client, client.pubsub() as ps:
+            await ps.subscribe("ok1")
+            channel_user.admin.execute_command("ACL", "DELUSER", channel_user.name)
+            with pytest.raises(AuthenticationError, match="WRONGPASS"):
+                async for _ in ps:
+                    pass
 
     run(body)

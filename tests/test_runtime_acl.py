@@ -62,15 +62,27 @@ async def test_restricted_user_runs_its_namespace_only(
         admin.execute_command("ACL", "DELUSER", "shop")
 
 
-@pytest.fixture
-def no_channels(redis_config: RedisConfig) -> Iterator[RedisConfig]:
-    """The documented user of namespace ``shop`` without its channel pattern (``&``)."""
+def restricted_channels(redis_config: RedisConfig, *channels: str) -> Iterator[RedisConfig]:
+    """The documented user of namespace ``shop`` with ``channels`` as its only channel
+    patterns (``&``) instead of the whole namespace."""
     admin = redis.Redis(port=redis_config.port, decode_responses=True)
     words = [w for w in documented_acl("shop", "pw") if not w.startswith("&")]
-    admin.execute_command("ACL", "SETUSER", *words)
+    admin.execute_command("ACL", "SETUSER", *words, *(f"&{channel}" for channel in channels))
     yield attrs.evolve(redis_config, username="shop", password="pw")
     admin.execute_command("ACL", "DELUSER", "shop")
     admin.close()
+
+
+@pytest.fixture
+def no_channels(redis_config: RedisConfig) -> Iterator[RedisConfig]:
+    """The documented user of namespace ``shop`` without its channel pattern (``&``)."""
+    yield from restricted_channels(redis_config)
+
+
+@pytest.fixture
+def news_only(redis_config: RedisConfig) -> Iterator[RedisConfig]:
+    """The documented user of namespace ``shop``, allowed the channel of topic news only."""
+    yield from restricted_channels(redis_config, "ailf:shop:topic:news")
 
 
 async def test_a_user_without_pubsub_rights_can_send(
@@ -103,11 +115,89 @@ async def test_a_reply_refused_by_redis_still_acknowledges_the_request(
     assert "could not send the reply" in caplog.text and "NOPERM" in caplog.text
 
 
-async def test_a_refused_subscription_stops_the_runtime_with_the_redis_error(
+class Recorder(Agent):
+    """Subscribes to nothing; records what it is sent."""
+
+    got: list[Any] = []
+
+    async def on_message(self, message: Message) -> None:
+        Recorder.got.append(message.body)
+
+
+async def test_a_refused_topic_fails_that_spawn_and_nothing_else(
     no_channels: RedisConfig, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with trio.fail_after(20), pytest.raises(ResponseError, match="NOPERM"):
+    Recorder.got = []
+    with trio.fail_after(20):
         async with Runtime(no_channels, namespace="shop") as runtime:
-            await runtime.spawn(Clerk, name="clerk")  # topics = ("news",)
-            await trio.sleep_forever()
+            await runtime.spawn(Recorder, name="recorder")
+            for _ in range(2):  # refused again: the first attempt left nothing to hide it
+                with pytest.raises(ResponseError) as refused:
+                    await runtime.spawn(Clerk, name="clerk", replicas=2)  # topics = ("news",)
+                assert refused.value.code == "NOPERM"
+                assert "SUBSCRIBE 'ailf:shop:topic:news'" in str(refused.value)
+            assert {cell.spec.name for cell in runtime.cells} == {"recorder"}
+            assert set(runtime.statistics()) == {"recorder"}
+            assert set((await runtime.registry()).agents) == {"recorder"}
+            await runtime.send("recorder", 1)
+            await runtime.wait_idle(timeout=10)
+            assert Recorder.got == [1]
     assert "Nursery is closed" not in caplog.text
+
+
+async def test_broadcasts_go_on_after_a_refused_topic(news_only: RedisConfig) -> None:
+    Clerk.heard = []
+    with trio.fail_after(20):
+        async with Runtime(news_only, namespace="shop") as runtime:
+            await runtime.spawn(Clerk, name="clerk")
+            with pytest.raises(ResponseError, match=r"^NOPERM .*'ailf:shop:topic:secret'"):
+                await runtime.spawn(Agent, name="spy", topics=("secret",))
+            while not Clerk.heard:
+                await runtime.publish("news", "still heard")
+                await trio.sleep(0.05)
+            assert (await runtime.registry()).agents.keys() == {"clerk"}
+
+
+async def test_an_ask_without_rights_on_its_reply_channel_raises_and_the_next_tries_again(
+    redis_config: RedisConfig, no_channels: RedisConfig
+) -> None:
+    admin = redis.Redis(port=redis_config.port, decode_responses=True)
+    with trio.fail_after(20):
+        async with Runtime(redis_config, namespace="shop") as host:
+            await host.spawn(Clerk, name="clerk")
+            async with Runtime(no_channels, namespace="shop") as asker:
+                for _ in range(2):
+                    with pytest.raises(ResponseError) as refused:
+                        await asker.ask("clerk", "hi", timeout=5)
+                    assert refused.value.code == "NOPERM"
+                    assert asker.keys.reply(asker.process_id) in str(refused.value)
+                assert admin.xlen("ailf:shop:mailbox:clerk") == 0  # refused before sending
+                admin.execute_command("ACL", "SETUSER", "shop", "&ailf:shop:reply:*")
+                assert await asker.ask("clerk", "hi", timeout=5) == "hi"
+    admin.close()
+
+
+class Joiner(Agent):
+    """Subscribes to the topic it is sent; records how that went."""
+
+    outcomes: list[str] = []
+
+    async def on_message(self, message: Message) -> None:
+        try:
+            await self.subscribe(message.body)
+        except ResponseError as refused:
+            Joiner.outcomes.append(refused.code)
+        else:
+            Joiner.outcomes.append("subscribed")
+
+
+async def test_an_agent_refused_a_topic_may_try_again(news_only: RedisConfig) -> None:
+    Joiner.outcomes = []
+    with trio.fail_after(20):
+        async with Runtime(news_only, namespace="shop") as runtime:
+            await runtime.spawn(Joiner, name="joiner")
+            for topic in ("secret", "secret", "news"):
+                await runtime.send("joiner", topic)
+            await runtime.wait_idle(timeout=10)
+            assert await runtime.publish("news", "heard") == 1
+    assert Joiner.outcomes == ["NOPERM", "NOPERM", "subscribed"]

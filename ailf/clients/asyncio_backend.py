@@ -20,12 +20,14 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import redis.asyncio
+import redis.asyncio.client
 import redis.exceptions
 from redis._parsers import _AsyncHiredisParser, _AsyncRESP2Parser
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ailf.clients.connection import raise_reply_error
+from ailf.clients.pubsub import Request, Subscriptions
 from ailf.config import RedisConfig
 from ailf.errors import (
     AuthenticationError,
@@ -145,22 +147,37 @@ class AsyncioBackend:
         await self._redis.aclose()
 
 
+class _RedisPubSub(redis.asyncio.client.PubSub):
+    """redis-py's pub/sub connection, with subscribing again after a reconnect left to
+    :class:`AsyncioPubSub` (redis-py would send every channel in one SUBSCRIBE, which
+    Redis refuses whole when one channel is forbidden)."""
+
+    def __init__(self, client: redis.asyncio.Redis, on_connect: Any) -> None:
+        super().__init__(client.connection_pool)
+        self._restore = on_connect
+
+    async def on_connect(self, connection: Any) -> None:
+        await self._restore(connection)
+
+
 class AsyncioPubSub:
-    """:class:`~ailf.clients.pubsub.PubSub`'s asyncio twin, over ``redis.asyncio``'s.
+    """:class:`~ailf.clients.pubsub.PubSub`'s asyncio twin, over ``redis.asyncio``'s
+    connection handling.
 
     Same names, same message dicts, same promise that ``subscribe()`` returns once the
-    server confirmed the subscription. One task at a time reads the connection: the
-    task iterating, or, when none is, the task waiting for its confirmation (messages
-    it meets on the way are kept for the iterator). A lost connection is re-established
-    with ``config.retry``'s backoff for as long as the block lives; redis-py subscribes
-    again to every channel and pattern on reconnect.
+    server confirmed the subscription, and the same handling of a refused one (see
+    :class:`~ailf.clients.pubsub.Subscriptions`, which both keep). One task at a time
+    reads the connection: the task iterating, or, when none is, the task waiting for
+    its confirmation (messages it meets on the way are kept for the iterator). A lost
+    connection is re-established with ``config.retry``'s backoff for as long as the
+    block lives, and every channel and pattern is subscribed again.
     """
 
     def __init__(self, config: RedisConfig, client: redis.asyncio.Redis) -> None:
         self._config = config
-        self._pubsub = client.pubsub()
+        self._pubsub = _RedisPubSub(client, self._restore)
+        self._subscriptions = Subscriptions(config.address)
         self._kept: deque[dict[str, Any]] = deque()
-        self._unconfirmed = 0
         self._progress = asyncio.Event()
         self._reading = False
         self._failures = 0
@@ -168,11 +185,13 @@ class AsyncioPubSub:
 
     @property
     def channels(self) -> set[Any]:
-        return set(self._pubsub.channels)
+        """The channels subscribed, or being subscribed (read-only)."""
+        return self._subscriptions.channels
 
     @property
     def patterns(self) -> set[Any]:
-        return set(self._pubsub.patterns)
+        """The patterns subscribed, or being subscribed (read-only)."""
+        return self._subscriptions.patterns
 
     async def __aenter__(self) -> AsyncioPubSub:
         return self
@@ -184,45 +203,62 @@ class AsyncioPubSub:
         await self._pubsub.aclose()
 
     async def subscribe(self, *channels: Any) -> None:
-        """Subscribe to channels; returns once the server confirmed them."""
-        await self._send_and_confirm(self._pubsub.subscribe, channels)
+        """Subscribe to channels; returns once the server confirmed them, and raises
+        :class:`~ailf.errors.ResponseError` (code ``NOPERM``) naming them if refused."""
+        await self._send_and_confirm("SUBSCRIBE", channels)
 
     async def psubscribe(self, *patterns: Any) -> None:
-        """Subscribe to glob patterns; returns once confirmed."""
-        await self._send_and_confirm(self._pubsub.psubscribe, patterns)
+        """Subscribe to glob patterns; returns once confirmed, raises when refused."""
+        await self._send_and_confirm("PSUBSCRIBE", patterns)
 
     async def unsubscribe(self, *channels: Any) -> None:
         """Unsubscribe from channels (all of them when none are given)."""
-        with _translated(self._config.address):
-            await self._pubsub.unsubscribe(*channels)
+        await self._send_and_confirm("UNSUBSCRIBE", channels or tuple(self.channels))
 
     async def punsubscribe(self, *patterns: Any) -> None:
         """Unsubscribe from patterns (all of them when none are given)."""
-        with _translated(self._config.address):
-            await self._pubsub.punsubscribe(*patterns)
+        await self._send_and_confirm("PUNSUBSCRIBE", patterns or tuple(self.patterns))
 
-    async def _send_and_confirm(self, send: Any, names: tuple[Any, ...]) -> None:
+    async def _send_and_confirm(self, command: str, names: tuple[Any, ...]) -> None:
         if not names:
             return
         with _translated(self._config.address):
-            await send(*names)
-        self._unconfirmed += len(names)
+            await self._pubsub.connect()  # reconnecting sends the pending commands again
+        connection = self._pubsub.connection
+        # Recorded after connecting (which may restore) and before sending, with no
+        # await between: the order of pending commands is the order on the wire.
+        request = self._subscriptions.request(command, names)
+        packed = connection.pack_command(command, *names)
+        with contextlib.suppress(RedisConnectionError), _translated(self._config.address):
+            # A broken connection is the reader's to mend: reconnecting sends every
+            # pending command again, this one included.
+            await connection.send_packed_command(packed, check_health=False)
         timeout = self._config.socket_timeout
         try:
-            await asyncio.wait_for(self._confirmed(), timeout)
+            await asyncio.wait_for(self._answered(request), timeout)
         except TimeoutError:
             raise RedisTimeoutError(
-                f"Redis at {self._config.address} did not confirm the subscription within"
+                f"Redis at {self._config.address} did not confirm {command} within"
                 f" {timeout} s (socket_timeout)"
             ) from None
+        if request.error is not None:
+            raise request.error
 
-    async def _confirmed(self) -> None:
-        while self._unconfirmed > 0:
-            if self._reading:  # the iterating task counts confirmations for us
+    async def _answered(self, request: Request) -> None:
+        while not request.answered:
+            if self._reading:  # the iterating task reads the answer for us
                 self._progress.clear()
                 await self._progress.wait()
             else:
                 await self._read_one(None)
+
+    async def _restore(self, connection: Any) -> None:
+        """Connected again: subscribe again, and resend what awaits an answer."""
+        commands = [(r.command, *r.names) for r in self._subscriptions.restart()]
+        if commands:
+            await connection.send_packed_command(
+                connection.pack_commands(commands), check_health=False
+            )
 
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         return self
@@ -245,11 +281,26 @@ class AsyncioPubSub:
         return self._kept.popleft()
 
     async def _read_one(self, wait: float | None) -> None:
-        """Read what arrives within ``wait`` s: keep messages, count confirmations."""
+        """Read what arrives within ``wait`` s: keep messages, count answers."""
         self._reading = True
         try:
             with _translated(self._config.address):
-                reply = await self._pubsub.get_message(timeout=wait)
+                connection = self._pubsub.connection
+                if connection is not None and not connection.is_connected:
+                    # Reconnect (and _restore) here, not in parse_response, so that an
+                    # error reply while connecting (a changed password) ends the session
+                    # as on trio instead of passing for the answer to a subscription.
+                    try:
+                        await connection.connect()
+                    except ResponseError as error:
+                        raise_reply_error(error, self._config.address)
+                try:
+                    reply = await self._pubsub.parse_response(block=wait is None, timeout=wait)
+                except ResponseError as error:  # redis-py raises error replies
+                    reply = error
+            message = self._subscriptions.receive(reply)
+        except AuthenticationError:
+            raise  # wrong credentials are not retried, as on trio
         except RedisConnectionError as exc:
             await self._reconnect(exc)
             return
@@ -257,31 +308,16 @@ class AsyncioPubSub:
             self._reading = False
             self._progress.set()
         self._failures = 0
-        if reply is None:
-            return
-        kind = reply.get("type")
-        if kind in ("message", "pmessage"):
-            self._kept.append(_message(reply))
-        elif kind in ("subscribe", "psubscribe") and self._unconfirmed > 0:
-            self._unconfirmed -= 1
+        if message is not None:
+            self._kept.append(message)
 
     async def _reconnect(self, exc: RedisConnectionError) -> None:
-        # Drop the dead socket: redis-py reconnects on the next read and its on-connect
-        # hook subscribes again to every channel and pattern, pending ones included.
+        # Drop the dead socket: redis-py reconnects on the next read, and _restore
+        # subscribes again to every channel and pattern.
         if self._pubsub.connection is not None:
             await self._pubsub.connection.disconnect()
-        self._unconfirmed = 0
         delay = self._config.retry.delay(min(self._failures, 30))
         self._failures += 1
         self.reconnects += 1
         log.warning("pub/sub %s; reconnecting in %.2f s", exc, delay)
         await asyncio.sleep(delay)
-
-
-def _message(message: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": message["type"],
-        "pattern": message.get("pattern"),
-        "channel": message["channel"],
-        "data": message["data"],
-    }

@@ -12,6 +12,12 @@ If the connection breaks, the reader reconnects with backoff, for as long as the
 lives (a listener must outlive a Redis restart), subscribes again to every channel and
 pattern, and logs both events. Messages published while it was disconnected are lost:
 pub/sub is best-effort.
+
+When Redis refuses a subscription (``NOPERM``: the ACL user may not use that channel),
+the refusal fails that call alone: :meth:`PubSub.subscribe` raises the
+:class:`~ailf.errors.ResponseError`, the refused names leave ``channels``, and every
+other subscription goes on. :class:`Subscriptions`, the bookkeeping behind this, is
+shared with the asyncio engine's session.
 """
 
 from __future__ import annotations
@@ -21,26 +27,192 @@ import logging
 import math
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
 from ailf.clients.connection import Connection, raise_reply_error
 from ailf.clients.pool import connect_with_retry
-from ailf.clients.resp import pack_command
+from ailf.clients.resp import pack_command, pack_commands
 from ailf.config import RedisConfig
 from ailf.errors import DecodeError, RedisConnectionError, RedisTimeoutError, ResponseError
 
-__all__ = ["PubSub"]
+__all__ = ["PubSub", "Request", "Subscriptions"]
 
 log = logging.getLogger("ailf.clients")
 
 _BUFFER = 4096
 _CONFIRMATIONS = frozenset({"subscribe", "psubscribe", "unsubscribe", "punsubscribe"})
+_SUBSCRIBES = ("SUBSCRIBE", "PSUBSCRIBE")
 
 
 def _kind(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+class _Settable(Protocol):
+    def set(self) -> None: ...
+
+
+class Request:
+    """A (P)SUBSCRIBE or (P)UNSUBSCRIBE sent on a pub/sub connection, until answered.
+
+    Redis answers it with one confirmation per name, or, when the ACL user may not use
+    one of the names, with a single error reply for the whole command, having subscribed
+    none of them (it checks every name before it subscribes any). ``added`` holds the
+    names this request made wanted (they were not before): a refusal forgets those and
+    no others, so that a channel already subscribed survives a refused
+    ``subscribe(it, forbidden)``. ``done`` is set once it is answered.
+    """
+
+    __slots__ = ("added", "command", "done", "error", "names", "restore", "unanswered")
+
+    def __init__(
+        self,
+        command: str,
+        names: tuple[Any, ...],
+        added: set[Any],
+        *,
+        restore: bool = False,
+        done: _Settable | None = None,
+    ) -> None:
+        self.command = command
+        self.names = names
+        self.added = added
+        #: Sent by a reconnect to subscribe again, not by a caller: nobody awaits it.
+        self.restore = restore
+        self.done = done
+        self.unanswered = len(names)
+        self.error: ResponseError | None = None
+
+    @property
+    def answered(self) -> bool:
+        return self.unanswered <= 0 or self.error is not None
+
+
+class Subscriptions:
+    """What a pub/sub session is subscribed to, and its commands not yet answered.
+
+    ``channels`` and ``patterns`` change when a command is sent, not when it is
+    confirmed, so that one lost with a broken connection is subscribed again anyway;
+    a refusal takes its names back out. Redis answers commands in order, so every
+    confirmation or error reply answers the oldest pending command. Both engines'
+    sessions keep one of these and feed it every reply they read.
+    """
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.channels: set[Any] = set()
+        self.patterns: set[Any] = set()
+        self._pending: deque[Request] = deque()
+
+    def _wanted(self, command: str) -> set[Any]:
+        return self.patterns if command.startswith("P") else self.channels
+
+    def request(
+        self, command: str, names: tuple[Any, ...], done: _Settable | None = None
+    ) -> Request:
+        """Record ``command`` on ``names`` as sent; call it right before sending, in the
+        order commands go out."""
+        wanted = self._wanted(command)
+        if command in _SUBSCRIBES:
+            added = {name for name in names if name not in wanted}
+            wanted.update(names)
+        else:
+            added = set()
+            wanted.difference_update(names)
+        request = Request(command, names, added, done=done)
+        self._pending.append(request)
+        return request
+
+    def receive(self, reply: Any) -> dict[str, Any] | None:
+        """One reply read from the connection: the message it carries, or None.
+
+        Confirmations and error replies answer the oldest pending command. An error
+        reply that answers nothing is raised: the session itself is refused.
+        """
+        if isinstance(reply, ResponseError):
+            if not self._pending:
+                raise_reply_error(reply, self.address)
+            self._refuse(self._pending.popleft(), reply)
+            return None
+        if isinstance(reply, DecodeError):  # a message that is not UTF-8 text
+            log.warning("pub/sub: dropped a message: %s", reply)
+            return None
+        if not isinstance(reply, list) or not reply:
+            return None
+        kind = _kind(reply[0])
+        if kind == "message":
+            return {"type": kind, "pattern": None, "channel": reply[1], "data": reply[2]}
+        if kind == "pmessage":
+            return {"type": kind, "pattern": reply[1], "channel": reply[2], "data": reply[3]}
+        if kind in _CONFIRMATIONS and self._pending:
+            request = self._pending[0]
+            request.unanswered -= 1
+            if request.unanswered <= 0:
+                self._finish(self._pending.popleft())
+        return None
+
+    def _refuse(self, request: Request, reply: ResponseError) -> None:
+        names = " ".join(map(repr, request.names))
+        request.error = ResponseError(
+            f"{reply} (Redis at {self.address} refused {request.command} {names})"
+        )
+        if request.command in _SUBSCRIBES:
+            self._forget(request)
+        if request.restore:
+            log.warning(
+                "pub/sub: subscribing again after the reconnect failed: %s; no longer"
+                " subscribed to it",
+                request.error,
+            )
+        self._finish(request)
+
+    def _forget(self, refused: Request) -> None:
+        """Take the refused request's names out of the wanted ones, except those that
+        a later pending request subscribes too: that one answers for them now."""
+        names = set(refused.added)
+        for later in self._pending:
+            if later.command == refused.command:
+                kept = names.intersection(later.names)
+                later.added |= kept
+                names -= kept
+        self._wanted(refused.command).difference_update(names)
+
+    @staticmethod
+    def _finish(request: Request) -> None:
+        if request.done is not None:
+            request.done.set()
+
+    def restart(self) -> list[Request]:
+        """After a reconnect: the commands that set up the new connection, in order,
+        now pending — one SUBSCRIBE or PSUBSCRIBE per wanted name (so that Redis
+        refusing one refuses no other), then every command that callers sent and that
+        was not answered in full, again, so that its answer reaches its caller."""
+        callers = [request for request in self._pending if not request.restore]
+        carried = {(request.command, name) for request in callers for name in request.added}
+        restore = [
+            Request(command, (name,), {name}, restore=True)
+            for command in _SUBSCRIBES
+            for name in self._wanted(command)
+            if (command, name) not in carried
+        ]
+        for request in callers:
+            request.unanswered = len(request.names)
+        self._pending = deque([*restore, *callers])
+        log.warning(
+            "pub/sub reconnected to Redis at %s; subscribed again to %d channel(s)"
+            " and %d pattern(s)",
+            self.address,
+            len(self.channels),
+            len(self.patterns),
+        )
+        return list(self._pending)
+
+    def release(self) -> None:
+        """Wake every caller still waiting: the session failed or closed."""
+        while self._pending:
+            self._finish(self._pending.popleft())
 
 
 class PubSub:
@@ -54,15 +226,23 @@ class PubSub:
 
     def __init__(self, config: RedisConfig) -> None:
         self._config = config
-        self.channels: set[Any] = set()
-        self.patterns: set[Any] = set()
+        self._subscriptions = Subscriptions(config.address)
         self._connection: Connection | None = None
         self._send_lock = trio.Lock()
-        self._pending: deque[list[Any]] = deque()
         self._stack: contextlib.AsyncExitStack | None = None
         self._messages_in, self._messages_out = trio.open_memory_channel[dict[str, Any]](_BUFFER)
         self.reconnects = 0
         self._failure: Exception | None = None
+
+    @property
+    def channels(self) -> set[Any]:
+        """The channels subscribed, or being subscribed (read-only)."""
+        return self._subscriptions.channels
+
+    @property
+    def patterns(self) -> set[Any]:
+        """The patterns subscribed, or being subscribed (read-only)."""
+        return self._subscriptions.patterns
 
     async def __aenter__(self) -> PubSub:
         stack = contextlib.AsyncExitStack()
@@ -89,47 +269,46 @@ class PubSub:
         if self._connection is not None:
             await self._connection.aclose()
         self._messages_in.close()
-        self._release_pending()
+        self._subscriptions.release()
 
     # -- subscribing ----------------------------------------------------------------
 
     async def subscribe(self, *channels: Any) -> None:
-        """Subscribe to channels; returns once the server confirmed them."""
-        self.channels.update(channels)
+        """Subscribe to channels; returns once the server confirmed them.
+
+        Raises :class:`~ailf.errors.ResponseError` (code ``NOPERM``) naming them if
+        Redis refuses (it then subscribes none of them); the session goes on.
+        """
         await self._send_and_confirm("SUBSCRIBE", channels)
 
     async def psubscribe(self, *patterns: Any) -> None:
-        """Subscribe to glob patterns (``"events.*"``); returns once confirmed."""
-        self.patterns.update(patterns)
+        """Subscribe to glob patterns (``"events.*"``); returns once confirmed, and
+        raises like :meth:`subscribe` when refused."""
         await self._send_and_confirm("PSUBSCRIBE", patterns)
 
     async def unsubscribe(self, *channels: Any) -> None:
         """Unsubscribe from channels (all of them when none are given)."""
-        names = channels or tuple(self.channels)
-        self.channels.difference_update(names)
-        await self._send_and_confirm("UNSUBSCRIBE", names)
+        await self._send_and_confirm("UNSUBSCRIBE", channels or tuple(self.channels))
 
     async def punsubscribe(self, *patterns: Any) -> None:
         """Unsubscribe from patterns (all of them when none are given)."""
-        names = patterns or tuple(self.patterns)
-        self.patterns.difference_update(names)
-        await self._send_and_confirm("PUNSUBSCRIBE", names)
+        await self._send_and_confirm("PUNSUBSCRIBE", patterns or tuple(self.patterns))
 
     async def _send_and_confirm(self, command: str, names: tuple[Any, ...]) -> None:
         if self._stack is None:
             raise RuntimeError("use the pubsub inside `async with client.pubsub() as ps:`")
         if not names:
             return
-        waiter = [len(names), trio.Event()]
+        done = trio.Event()
         async with self._send_lock:
             connection = self._connection
-            self._pending.append(waiter)
             assert connection is not None
+            request = self._subscriptions.request(command, names, done)
             try:
                 await connection.send(pack_command((command, *names)))
             except RedisConnectionError:
-                # A broken connection is the reader's to mend: it re-subscribes to every
-                # channel in self.channels/self.patterns, then releases this waiter.
+                # A broken connection is the reader's to mend: it reconnects and sends
+                # every pending command again, this one included.
                 pass
             except BaseException:
                 # Cancelled half-way through the write: the stream is out of step, so
@@ -138,18 +317,16 @@ class PubSub:
                     await connection.aclose()
                 raise
         with trio.move_on_after(self._config.socket_timeout or math.inf) as scope:
-            await waiter[1].wait()
+            await done.wait()
         if scope.cancelled_caught:
             raise RedisTimeoutError(
                 f"Redis at {self._config.address} did not confirm {command} within"
                 f" {self._config.socket_timeout} s (socket_timeout)"
             )
+        if request.error is not None:
+            raise request.error
         if self._failure is not None:
             raise self._failure
-
-    def _release_pending(self) -> None:
-        while self._pending:
-            self._pending.popleft()[1].set()
 
     # -- receiving ------------------------------------------------------------------
 
@@ -157,18 +334,26 @@ class PubSub:
         return self
 
     async def __anext__(self) -> dict[str, Any]:
+        message = await self._receive()
+        if message is None:
+            raise StopAsyncIteration
+        return message
+
+    async def get_message(self, timeout: float | None = None) -> dict[str, Any] | None:  # noqa: ASYNC109 - redis-py's signature
+        """The next message, or None if none arrived within ``timeout`` seconds."""
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            return await self._receive()
+        return None
+
+    async def _receive(self) -> dict[str, Any] | None:
+        """The next message; None once the session is closed, and what ended it if it
+        failed (a changed password, say)."""
         try:
             return await self._messages_out.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             if self._failure is not None:
                 raise self._failure from None
-            raise StopAsyncIteration from None
-
-    async def get_message(self, timeout: float | None = None) -> dict[str, Any] | None:  # noqa: ASYNC109 - redis-py's signature
-        """The next message, or None if none arrived within ``timeout`` seconds."""
-        with trio.move_on_after(math.inf if timeout is None else timeout):
-            return await self._messages_out.receive()
-        return None
+            return None
 
     async def _read_loop(self) -> None:
         try:
@@ -176,7 +361,7 @@ class PubSub:
         except Exception as exc:  # e.g. the password changed: tell the iterating task
             self._failure = exc
             self._messages_in.close()
-            self._release_pending()
+            self._subscriptions.release()
 
     async def _receive_forever(self) -> None:
         while True:
@@ -185,35 +370,12 @@ class PubSub:
             try:
                 while True:
                     reply = await connection.read_reply(math.inf)
-                    await self._dispatch(reply)
+                    message = self._subscriptions.receive(reply)
+                    if message is not None:
+                        await self._messages_in.send(message)
             except RedisConnectionError as exc:
                 log.warning("pub/sub %s; reconnecting", exc)
             await self._restore()
-
-    async def _dispatch(self, reply: Any) -> None:
-        if isinstance(reply, ResponseError):
-            raise_reply_error(reply, self._config.address)
-        if isinstance(reply, DecodeError):  # a message that is not UTF-8 text
-            log.warning("pub/sub: dropped a message: %s", reply)
-            return
-        if not isinstance(reply, list) or not reply:
-            return
-        kind = _kind(reply[0])
-        if kind == "message":
-            message = {"type": kind, "pattern": None, "channel": reply[1], "data": reply[2]}
-        elif kind == "pmessage":
-            message = {"type": kind, "pattern": reply[1], "channel": reply[2], "data": reply[3]}
-        elif kind in _CONFIRMATIONS:
-            if self._pending:
-                waiter = self._pending[0]
-                waiter[0] -= 1
-                if waiter[0] <= 0:
-                    self._pending.popleft()
-                    waiter[1].set()
-            return
-        else:
-            return
-        await self._messages_in.send(message)
 
     async def _restore(self) -> None:
         async with self._send_lock:
@@ -221,25 +383,9 @@ class PubSub:
             if old is not None:
                 await old.aclose()
             connection = await connect_with_retry(self._config, forever=True)
-            commands = []
-            if self.channels:
-                commands.append(pack_command(("SUBSCRIBE", *self.channels)))
-            if self.patterns:
-                commands.append(pack_command(("PSUBSCRIBE", *self.patterns)))
             self._connection = connection
-            # Waiters from before the break are satisfied by the restore; the restore's
-            # own confirmations must not be counted against later waiters.
-            self._release_pending()
-            restore = len(self.channels) + len(self.patterns)
-            if restore:
-                self._pending.append([restore, trio.Event()])
+            commands = [(r.command, *r.names) for r in self._subscriptions.restart()]
+            if commands:
                 with contextlib.suppress(RedisConnectionError):
-                    await connection.send(b"".join(commands))
+                    await connection.send(pack_commands(commands))
             self.reconnects += 1
-            log.warning(
-                "pub/sub reconnected to Redis at %s; subscribed again to %d channel(s)"
-                " and %d pattern(s)",
-                self._config.address,
-                len(self.channels),
-                len(self.patterns),
-            )

@@ -13,7 +13,9 @@ and dropped.
 
 The reply channel is subscribed on the first ``ask()``, not at start, so that a client
 that only sends needs no pub/sub rights on Redis (an ACL user without ``&channel``
-patterns can still ``send``).
+patterns can still ``send``). A subscription Redis refuses (``NOPERM``) fails the call
+that needed it — that ``ask()``, that ``spawn()`` — and nothing else: the session goes
+on, and the next call tries again.
 """
 
 from __future__ import annotations
@@ -107,8 +109,8 @@ class BroadcastHub:
         self._listeners: dict[str, set[Cell]] = {}
         self._pubsub: Any = None
         self._nursery: trio.Nursery | None = None
-        self._inbox_open = False
-        self._inbox_opening: trio.Event | None = None
+        #: Channels whose SUBSCRIBE is in flight; set once it is answered.
+        self._subscribing: dict[str, trio.Event] = {}
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         async with self.client.pubsub() as pubsub, trio.open_nursery() as nursery:
@@ -125,7 +127,7 @@ class BroadcastHub:
                     else:
                         self._broadcast(channel, message["data"])
             finally:
-                # The session failed (NOPERM on a SUBSCRIBE, say) or is closing: listeners
+                # The session failed (the password changed, say) or is closing: listeners
                 # detaching meanwhile have nothing left to unsubscribe from.
                 self._nursery = None
 
@@ -143,27 +145,37 @@ class BroadcastHub:
             cell.deliver(message)
 
     async def open_inbox(self) -> None:
-        """Subscribe the reply channel unless it is; returns once Redis confirmed it,
-        so that a request sent afterwards cannot miss its reply. Concurrent first asks
-        wait for the one subscription; if it fails, the next ask tries again."""
-        while not self._inbox_open:
-            if self._inbox_opening is not None:
-                await self._inbox_opening.wait()
-                continue
-            self._inbox_opening = opening = trio.Event()
-            try:
-                await self._pubsub.subscribe(self.inbox.channel)
-                self._inbox_open = True
-            finally:
-                self._inbox_opening = None
-                opening.set()
+        """Subscribe the reply channel unless it is, so that a request sent afterwards
+        cannot miss its reply (see :meth:`subscribe`)."""
+        await self.subscribe(self.inbox.channel)
+
+    async def subscribe(self, channel: str) -> None:
+        """Subscribe ``channel`` unless it is; returns once Redis confirmed it.
+
+        Concurrent callers wait for the one SUBSCRIBE in flight. When Redis refuses it,
+        this raises its :class:`~ailf.errors.ResponseError` (``NOPERM``) and the channel
+        is not subscribed, so each waiting caller, and each later one, tries again.
+        """
+        while (pending := self._subscribing.get(channel)) is not None:
+            await pending.wait()
+        if channel in self._pubsub.channels:
+            return
+        self._subscribing[channel] = done = trio.Event()
+        try:
+            await self._pubsub.subscribe(channel)
+        finally:
+            del self._subscribing[channel]
+            done.set()
 
     async def add_listener(self, channel: str, cell: Cell) -> None:
-        """Queue broadcasts on ``channel`` to ``cell``; returns once subscribed."""
-        listeners = self._listeners.setdefault(channel, set())
-        listeners.add(cell)
-        if channel not in self._pubsub.channels:
-            await self._pubsub.subscribe(channel)
+        """Queue broadcasts on ``channel`` to ``cell``; returns once subscribed. When
+        Redis refuses the subscription, raises, and ``cell`` does not listen."""
+        self._listeners.setdefault(channel, set()).add(cell)
+        try:
+            await self.subscribe(channel)
+        except BaseException:
+            self.remove_listener(channel, cell)
+            raise
 
     def remove_listener(self, channel: str, cell: Cell) -> None:
         listeners = self._listeners.get(channel)

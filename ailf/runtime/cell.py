@@ -194,7 +194,11 @@ class Cell:
         if topic in self._topics or self._closing:
             return
         self._topics.add(topic)
-        await self.runtime.hub.add_listener(self.runtime.keys.topic(topic), self)
+        try:
+            await self.runtime.hub.add_listener(self.runtime.keys.topic(topic), self)
+        except BaseException:
+            self._topics.discard(topic)  # refused (NOPERM) or cancelled: may be tried again
+            raise
 
     async def unsubscribe(self, topic: str) -> None:
         if topic in self._topics:

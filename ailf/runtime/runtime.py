@@ -375,6 +375,10 @@ class Runtime:
         ``on_start`` (or failed it: then its restart policy applies). Spawning the same
         name again adds replicas. Other processes may host replicas of the same name:
         they share the mailbox as competing consumers.
+
+        Raises :class:`~ailf.errors.ResponseError` (code ``NOPERM``) when Redis refuses
+        to subscribe one of the topics (the ACL user has no rights on that channel):
+        then no instance was started, and the runtime goes on.
         """
         if self._agents is None or self.stopping:
             raise RuntimeError("spawn() works inside `async with Runtime(...)`, before it stops")
@@ -408,7 +412,19 @@ class Runtime:
                 f"{known.agent_cls.__qualname__}, not {agent_cls.__qualname__}"
             )
         self._specs[name] = spec
-        await self._open_mailbox(self.keys.mailbox(name), check=known is None)
+        try:
+            await self._open_mailbox(self.keys.mailbox(name), check=known is None)
+            # Before any instance starts, so that Redis refusing a topic (NOPERM) fails
+            # this call with nothing started; the instances find their topics subscribed.
+            for topic in all_topics:
+                await self.hub.subscribe(self.keys.topic(topic))
+        except BaseException:
+            if self._specs.get(name) is spec:
+                if known is None:
+                    del self._specs[name]
+                else:
+                    self._specs[name] = known
+            raise
         counters = self.counters_for(name)
         numbers = self._replica_numbers.setdefault(name, itertools.count())
         used = self._slots.setdefault(name, set())
@@ -485,7 +501,9 @@ class Runtime:
         Raises :class:`~ailf.errors.AskTimeout` (also a TimeoutError) naming the agent
         after ``timeout`` seconds, and :class:`~ailf.errors.RemoteError` (with the remote
         exception's ``type_name`` and ``message``) when the handler raised. A reply
-        arriving after the timeout is dropped.
+        arriving after the timeout is dropped. The first ask subscribes this process's
+        reply channel: if Redis refuses it (``NOPERM``), the ask raises that
+        :class:`~ailf.errors.ResponseError` before sending, and the next ask tries again.
         """
         stream = self.keys.mailbox(check_name("agent", to))
         max_size = self.settings.max_message_size
