@@ -27,6 +27,7 @@ from ailf.errors import RemoteError as RemoteError
 from ailf.errors import ResponseError as ResponseError
 from ailf.errors import ScenarioError as ScenarioError
 from ailf.errors import SupervisionError as SupervisionError
+from ailf.errors import WatchError as WatchError
 from ailf.messaging.pubsub import AsyncRedisPubSub as AsyncRedisPubSub
 from ailf.messaging.pubsub import RedisPubSub as RedisPubSub
 from ailf.messaging.stream import AsyncRedisStream as AsyncRedisStream
@@ -75,5 +76,6 @@ __all__ = [
     "Runtime",
     "ScenarioError",
     "SupervisionError",
+    "WatchError",
     "__version__",
 ]

@@ -9,8 +9,10 @@
      │    │                          (also redis.ConnectionError)
      │    ├── RedisTimeoutError      no reply within socket_timeout (also redis.TimeoutError)
      │    ├── AuthenticationError    wrong username/password (also redis.AuthenticationError)
-     │    └── ResponseError          the server answered with an error reply; ``.code`` holds
-     │                               its first word, e.g. ``"NOGROUP"`` (also redis.ResponseError)
+     │    ├── ResponseError          the server answered with an error reply; ``.code`` holds
+     │    │                          its first word, e.g. ``"NOGROUP"`` (also redis.ResponseError)
+     │    └── WatchError             a key watched by a pipeline changed before EXEC, so the
+     │                               transaction did not run (also redis.WatchError)
      ├── EmbeddedServerError         the embedded redis-server could not be found or started
      ├── ScenarioError               a scenario file that cannot run: every problem, with the
      │                               file and the path to the field (also a ValueError)
@@ -56,6 +58,7 @@ __all__ = [
     "ResponseError",
     "ScenarioError",
     "SupervisionError",
+    "WatchError",
 ]
 
 
@@ -98,6 +101,14 @@ class ResponseError(RedisError, _redis_exc.ResponseError):
     def code(self) -> str:
         text = str(self)
         return text.split(" ", 1)[0] if text else ""
+
+
+class WatchError(RedisError, _redis_exc.WatchError):
+    """A key watched with ``pipe.watch()`` changed before EXEC: the transaction did not run.
+
+    Nothing queued after ``pipe.multi()`` was applied. Read the keys again and retry;
+    ``client.transaction(func, *keys)`` does so until the transaction goes through.
+    """
 
 
 class EmbeddedServerError(AilfError):

@@ -14,6 +14,8 @@ blocking commands and reconnection.
 from __future__ import annotations
 
 import contextlib
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 import sniffio
@@ -22,7 +24,7 @@ from ailf.clients.commands import Commands, Convert, is_idempotent
 from ailf.clients.connection import raise_reply_error
 from ailf.clients.pipeline import Pipeline
 from ailf.config import RedisConfig, given_or_from_env
-from ailf.errors import AuthenticationError, RedisConnectionError
+from ailf.errors import AuthenticationError, RedisConnectionError, WatchError
 
 __all__ = ["AsyncRedisClient"]
 
@@ -58,6 +60,10 @@ class AsyncRedisClient(Commands):
     Cancellation: a command cancelled before it was queued did not run; one cancelled
     after may still run on the server, and its reply is discarded, never handed to
     another caller. See ``docs/clients.md`` for the whole contract.
+
+    Optimistic transactions (WATCH) need connection state, which cannot live on the
+    shared connection: ``pipe.watch()`` reserves a pooled connection for the pipeline
+    until it executes or resets; :meth:`transaction` wraps the retry loop.
 
     Used without ``async with`` (under trio), the client has no nursery to run
     background tasks in, so each command borrows a dedicated connection from the pool;
@@ -164,9 +170,43 @@ class AsyncRedisClient(Commands):
         backend = self._backend or self._lazy_backend()
         return await backend.execute_many(commands, blocking, transaction)
 
+    async def _reserve(self) -> Any:
+        """A pool connection of a pipeline's own, for its WATCH … EXEC."""
+        backend = self._backend or self._lazy_backend()
+        return await backend.reserve()
+
     def pipeline(self, transaction: bool = True) -> Pipeline:
         """A :class:`~ailf.clients.pipeline.Pipeline` on this client (MULTI/EXEC if asked)."""
         return Pipeline(self, transaction)
+
+    async def transaction(
+        self,
+        func: Callable[[Pipeline], Any],
+        *watches: Any,
+        value_from_callable: bool = False,
+        watch_delay: float | None = None,
+    ) -> Any:
+        """Run ``func(pipe)`` as a check-and-set transaction until no watched key changed.
+
+        Each attempt WATCHes ``watches`` on a fresh pipeline state, calls ``func`` (sync
+        or async; it reads through ``pipe`` at once, then calls ``pipe.multi()`` and
+        queues its writes) and executes; on :class:`~ailf.errors.WatchError` it sleeps
+        ``watch_delay`` seconds, if given, and tries again, as redis-py's does. Returns
+        the transaction's replies, or what ``func`` returned if ``value_from_callable``.
+        """
+        async with self.pipeline() as pipe:
+            while True:
+                try:
+                    if watches:
+                        await pipe.watch(*watches)
+                    value = func(pipe)
+                    if inspect.isawaitable(value):
+                        value = await value
+                    results = await pipe.execute()
+                    return value if value_from_callable else results
+                except WatchError:
+                    if watch_delay is not None and watch_delay > 0:
+                        await (self._backend or self._lazy_backend()).sleep(watch_delay)
 
     def pubsub(self) -> Any:
         """A pub/sub session on a dedicated connection: ``async with client.pubsub() as ps``."""

@@ -137,6 +137,13 @@ class AsyncioBackend:
                     pipe.execute_command(*args)
                 return await pipe.execute(raise_on_error=False)
 
+    async def reserve(self) -> AsyncioReservedConnection:
+        """A pool connection of the caller's own, for a pipeline's WATCH … EXEC."""
+        pool = self._redis.connection_pool
+        with _translated(self._config.address):
+            connection = await pool.get_connection()
+        return AsyncioReservedConnection(self._config.address, pool, connection)
+
     def pubsub(self) -> AsyncioPubSub:
         return AsyncioPubSub(self._config, self._redis)
 
@@ -145,6 +152,64 @@ class AsyncioBackend:
 
     async def aclose(self) -> None:
         await self._redis.aclose()
+
+
+class AsyncioReservedConnection:
+    """:class:`~ailf.clients.pool.ReservedConnection`'s asyncio twin, on a redis.asyncio
+    pool connection: the same requests, and the same rule that a connection on which
+    anything failed, cancellation included, is disconnected and never reused as it is.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        pool: redis.asyncio.ConnectionPool,
+        connection: redis.asyncio.connection.AbstractConnection,
+    ) -> None:
+        self._address = address
+        self._pool = pool
+        self._connection: redis.asyncio.connection.AbstractConnection | None = connection
+
+    @property
+    def closed(self) -> bool:
+        """True once released, or disconnected by a failed request."""
+        return self._connection is None
+
+    async def request(self, commands: list[tuple[Any, ...]], blocking: bool = False) -> list[Any]:
+        """Send commands in one write; their replies in order (error replies returned).
+
+        ``blocking`` is accepted for the trio twin's sake: redis-py bounds every reply
+        by ``socket_timeout``.
+        """
+        connection = self._connection
+        if connection is None:
+            raise RedisConnectionError(
+                f"the connection to Redis at {self._address} reserved by this pipeline was"
+                " lost or given back (and any WATCH with it); reset() it and watch again"
+            )
+        try:
+            with _translated(self._address):
+                await connection.send_packed_command(connection.pack_commands(commands))
+                return [await _reply_or_error(connection) for _ in commands]
+        except BaseException:
+            try:
+                await connection.disconnect(nowait=True)
+            finally:
+                await self.release()
+            raise
+
+    async def release(self) -> None:
+        """Give the connection back to redis-py's pool (shielded: its books must balance)."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await asyncio.shield(self._pool.release(connection))
+
+
+async def _reply_or_error(connection: redis.asyncio.connection.AbstractConnection) -> Any:
+    try:
+        return await connection.read_response()
+    except ResponseError as exc:
+        return exc
 
 
 class _RedisPubSub(redis.asyncio.client.PubSub):

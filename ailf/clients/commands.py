@@ -5,7 +5,8 @@ RESP2 reply into the shape redis-py returns (``hgetall`` a dict, ``xreadgroup`` 
 ``[stream, [(id, fields), ...]]``...), then hands both to ``self._command``. On
 :class:`~ailf.clients.async_client.AsyncRedisClient` that returns an awaitable of the
 converted reply; on :class:`~ailf.clients.pipeline.Pipeline` it queues the command and
-returns the pipeline, so calls chain as in redis-py. Replies are ``str`` when the
+returns the pipeline, so calls chain as in redis-py (or, between ``pipe.watch()`` and
+``pipe.multi()``, runs it at once and returns an awaitable). Replies are ``str`` when the
 config's ``decode_responses`` is true (the default) and ``bytes`` otherwise.
 """
 
@@ -43,8 +44,14 @@ CONNECTION_STATE_COMMANDS = {
         "use `async with client.pubsub() as ps:`",
     ),
     **dict.fromkeys(
-        ("MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH"),
+        ("MULTI", "EXEC", "DISCARD"),
         "use client.pipeline(transaction=True), which sends MULTI/EXEC in one write",
+    ),
+    **dict.fromkeys(
+        ("WATCH", "UNWATCH"),
+        "use client.pipeline().watch(key) (`async with client.pipeline() as pipe:"
+        " await pipe.watch(key)`, then pipe.multi() and pipe.execute()) or"
+        " client.transaction(func, key): they reserve a connection for the WATCH",
     ),
     "SELECT": "set RedisConfig.db (or /db in the URL) and open another client",
     "AUTH": "set RedisConfig.username and RedisConfig.password",

@@ -7,6 +7,9 @@ the command. The pool is bounded (``RedisConfig.max_connections``): past the bou
 callers wait for a connection to come back. A connection comes back only if the
 command finished normally; after any exception, cancellation included, it is closed,
 because its place in the reply stream is unknown.
+
+A pipeline that WATCHes keys holds one of these connections from ``watch()`` to
+``execute()`` or ``reset()``, through a :class:`ReservedConnection`, under the same rule.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from ailf.clients.resp import pack_commands
 from ailf.config import RedisConfig
 from ailf.errors import AuthenticationError, RedisConnectionError
 
-__all__ = ["ConnectionPool", "connect_with_retry"]
+__all__ = ["ConnectionPool", "ReservedConnection", "connect_with_retry"]
 
 log = logging.getLogger("ailf.clients")
 
@@ -69,19 +72,37 @@ class ConnectionPool:
         the borrowed connection.
         """
         data = pack_commands(commands)
-        async with self._limit:
-            connection = await self._checkout()
-            try:
-                await connection.send(data)
-                replies = [await connection.read_reply(reply_timeout) for _ in commands]
-            except BaseException:
-                await connection.aclose()
-                raise
-            if self._closed:
+        connection = await self._acquire()
+        try:
+            await connection.send(data)
+            return [await connection.read_reply(reply_timeout) for _ in commands]
+        except BaseException:
+            await connection.aclose()
+            raise
+        finally:
+            await self._release(connection)
+
+    async def reserve(self) -> ReservedConnection:
+        """A connection held by the caller across several requests, until it releases it."""
+        return ReservedConnection(self, await self._acquire())
+
+    async def _acquire(self) -> Connection:
+        await self._limit.acquire()
+        try:
+            return await self._checkout()
+        except BaseException:
+            self._limit.release()
+            raise
+
+    async def _release(self, connection: Connection) -> None:
+        """Take a connection back: kept for reuse unless it (or the pool) was closed."""
+        try:
+            if self._closed or connection.closed:
                 await connection.aclose()
             else:
                 self._idle.append(connection)
-            return replies
+        finally:
+            self._limit.release()
 
     async def _checkout(self) -> Connection:
         if self._closed:
@@ -99,3 +120,49 @@ class ConnectionPool:
         idle, self._idle = self._idle, []
         for connection in idle:
             await connection.aclose()
+
+
+class ReservedConnection:
+    """One pool connection for one user across several requests (WATCH … MULTI/EXEC).
+
+    The first request that fails in any way, cancellation included, closes the
+    connection and gives its place in the pool back at once: the connection's state
+    (its WATCH, its place in the reply stream) is unknown after that, so it is never
+    reused, and later requests raise :class:`RedisConnectionError`. :meth:`release`
+    gives a healthy connection back to the pool; it is safe to call twice.
+    """
+
+    def __init__(self, pool: ConnectionPool, connection: Connection) -> None:
+        self._pool = pool
+        self._connection: Connection | None = connection
+        self._address = connection.address
+
+    @property
+    def closed(self) -> bool:
+        """True once released, or closed by a failed request."""
+        return self._connection is None
+
+    async def request(
+        self, commands: Sequence[tuple[Any, ...]], blocking: bool = False
+    ) -> list[Any]:
+        """Send commands in one write; their replies in order (error replies returned)."""
+        connection = self._connection
+        if connection is None:
+            raise RedisConnectionError(
+                f"the connection to Redis at {self._address} reserved by this pipeline was"
+                " lost or given back (and any WATCH with it); reset() it and watch again"
+            )
+        try:
+            return await connection.request(commands, float("inf") if blocking else None)
+        except BaseException:
+            try:
+                await connection.aclose()
+            finally:
+                await self.release()
+            raise
+
+    async def release(self) -> None:
+        """Give the connection back to the pool (closed if a request failed on it)."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await self._pool._release(connection)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -36,6 +37,7 @@ from ailf.errors import (
     RedisError,
     RedisTimeoutError,
     ResponseError,
+    WatchError,
 )
 
 __all__ = ["Pipeline", "RedisClient", "translate_error"]
@@ -53,6 +55,16 @@ def translate_error(exc: redis.RedisError, config: RedisConfig) -> AilfError:
     """
     if isinstance(exc, AilfError):
         return exc
+    if isinstance(exc, redis.WatchError):
+        lost = exc.__context__
+        if isinstance(lost, (redis.ConnectionError, redis.TimeoutError)):
+            # redis-py reports a connection lost while watching as a WatchError; it is
+            # a lost connection (an EXEC may even have run), as on the async client.
+            return translate_error(lost, config)
+        return WatchError(
+            "a watched key changed before EXEC, so the transaction did not run;"
+            " read the keys again and retry (client.transaction() does)"
+        )
     where = f"Redis at {config.address}"
     if isinstance(exc, redis.AuthenticationError):
         return AuthenticationError(
@@ -236,7 +248,17 @@ class RedisClient(_KeyValueCommands):
     def _command(
         self, name: str, *args: Any, decode: Callable[[Any], Any] | None = None, **kwargs: Any
     ) -> Any:
-        reply = self.run(getattr(self.client, name), *args, **kwargs)
+        return self._call(getattr(self.client, name), decode, *args, **kwargs)
+
+    def _call(
+        self,
+        function: Callable[..., Any],
+        decode: Callable[[Any], Any] | None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        """Run a redis-py method now (translating errors); its reply, decoded if asked."""
+        reply = self.run(function, *args, **kwargs)
         return decode(reply) if decode else reply
 
     # -- the rest of the public surface ------------------------------------------------
@@ -254,16 +276,44 @@ class RedisClient(_KeyValueCommands):
 
         With ``transaction=True`` (the default) they run as one MULTI/EXEC. If the
         block raises, nothing is sent. Calling ``pipe.execute()`` inside the block
-        sends what is queued so far.
+        sends what is queued so far. ``pipe.watch(*keys)`` starts a check-and-set
+        transaction, as in redis-py (see :meth:`Pipeline.watch`); the block's end
+        UNWATCHes and gives the connection back.
         """
         pipe = Pipeline(self, self.client.pipeline(transaction=transaction))
         try:
             yield pipe
-        except BaseException:
-            pipe.discard()
-            raise
-        if pipe.queued:
-            pipe.execute()
+            if pipe.queued:
+                pipe.execute()
+        finally:
+            pipe.reset()
+
+    def transaction(
+        self,
+        func: Callable[[Pipeline], Any],
+        *watches: str,
+        value_from_callable: bool = False,
+        watch_delay: float | None = None,
+    ) -> Any:
+        """Run ``func(pipe)`` as a check-and-set transaction until no watched key changed.
+
+        Each attempt WATCHes ``watches``, calls ``func`` (it reads through ``pipe`` at
+        once, then calls ``pipe.multi()`` and queues its writes) and executes; on
+        :class:`~ailf.errors.WatchError` it sleeps ``watch_delay`` seconds, if given,
+        and tries again, as redis-py's does. Returns the transaction's replies, or what
+        ``func`` returned if ``value_from_callable``.
+        """
+        with self.pipeline() as pipe:
+            while True:
+                try:
+                    if watches:
+                        pipe.watch(*watches)
+                    value = func(pipe)
+                    results = pipe.execute()
+                    return value if value_from_callable else results
+                except WatchError:
+                    if watch_delay is not None and watch_delay > 0:
+                        time.sleep(watch_delay)
 
     def health_check(self) -> bool:
         """True when the server answers PING, False when it cannot be reached in time.
@@ -311,6 +361,15 @@ class Pipeline(_KeyValueCommands):
 
     Besides the client's convenience methods, ``pipe.command(name, *args)`` queues
     any redis-py pipeline method: ``pipe.command("hset", "user:1", "name", "Ada")``.
+
+    Check-and-set, with the async pipeline's names (and redis-py's)::
+
+        with client.pipeline() as pipe:
+            pipe.watch("balance")
+            balance = int(pipe.get("balance"))   # runs at once: the pipe is watching
+            pipe.multi()
+            pipe.set("balance", balance + 10)    # queued again
+            pipe.execute()                       # WatchError if it changed
     """
 
     def __init__(self, client: RedisClient, pipe: redis.client.Pipeline) -> None:
@@ -326,14 +385,33 @@ class Pipeline(_KeyValueCommands):
 
     def _command(
         self, name: str, *args: Any, decode: Callable[[Any], Any] | None = None, **kwargs: Any
-    ) -> Self:
+    ) -> Any:
+        """Queue the command and return the pipeline, or, while watching, run it now."""
+        if self._pipe.watching and not self._pipe.explicit_transaction:
+            return self._client._call(getattr(self._pipe, name), decode, *args, **kwargs)
         getattr(self._pipe, name)(*args, **kwargs)
         self._decoders.append(decode)
         return self
 
-    def command(self, name: str, *args: Any, **kwargs: Any) -> Self:
+    def command(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Queue redis-py's pipeline method ``name``; its reply is left as redis-py gives it."""
         return self._command(name, *args, **kwargs)
+
+    def watch(self, *names: str) -> bool:
+        """WATCH keys on a connection of the pipeline's own; commands then run at once.
+
+        Until :meth:`multi`, command methods return their replies; EXEC then fails
+        with :class:`~ailf.errors.WatchError` if a watched key changed meanwhile.
+        """
+        return self._client.run(self._pipe.watch, *names)
+
+    def unwatch(self) -> bool:
+        """UNWATCH every key."""
+        return self._client.run(self._pipe.unwatch)
+
+    def multi(self) -> None:
+        """End immediate execution after :meth:`watch`: commands queue for MULTI/EXEC again."""
+        self._client.run(self._pipe.multi)
 
     def execute(self) -> list[Any]:
         """Send everything queued; the replies, in order (also appended to :attr:`results`)."""
@@ -346,7 +424,7 @@ class Pipeline(_KeyValueCommands):
         self.results.extend(decoded)
         return decoded
 
-    def discard(self) -> None:
-        """Drop everything queued without sending it."""
+    def reset(self) -> None:
+        """Drop everything queued without sending it; UNWATCH and give the connection back."""
         self._decoders.clear()
-        self._pipe.reset()
+        self._client.run(self._pipe.reset)

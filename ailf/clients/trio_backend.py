@@ -9,6 +9,9 @@ commands in flight fail and the next command opens a new one, with backoff.
 Without a nursery (a client used without ``async with``) there can be no background
 task, so every command borrows a dedicated connection from the pool: correct, but with
 no automatic pipelining across tasks. ``aclose()`` closes the idle ones.
+
+A pipeline that WATCHes keys reserves a pool connection (:meth:`TrioBackend.reserve`)
+for its WATCH … MULTI/EXEC, since connection state cannot live on the shared one.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from typing import Any
 import trio
 
 from ailf.clients.multiplex import SharedConnection
-from ailf.clients.pool import ConnectionPool, connect_with_retry
+from ailf.clients.pipeline import transaction_replies
+from ailf.clients.pool import ConnectionPool, ReservedConnection, connect_with_retry
 from ailf.clients.pubsub import PubSub
 from ailf.clients.resp import pack_command, pack_commands
 from ailf.config import RedisConfig
-from ailf.errors import RedisConnectionError, ResponseError
+from ailf.errors import RedisConnectionError
 
 __all__ = ["TrioBackend"]
 
@@ -83,13 +87,11 @@ class TrioBackend:
             replies = await shared.request(data, len(commands))
             if len(commands) == 1:
                 replies = [replies]
-        if not transaction:
-            return replies
-        executed = replies[-1]
-        if isinstance(executed, ResponseError):
-            queued = [reply for reply in replies[1:-1] if isinstance(reply, ResponseError)]
-            raise queued[0] if queued else executed
-        return executed
+        return transaction_replies(replies) if transaction else replies
+
+    async def reserve(self) -> ReservedConnection:
+        """A pool connection of the caller's own, for a pipeline's WATCH … EXEC."""
+        return await self._pool.reserve()
 
     def pubsub(self) -> PubSub:
         return PubSub(self._config)
