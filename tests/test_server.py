@@ -1,15 +1,21 @@
-"""The embedded server: start, answer, stop, kill and restart on the same address."""
+"""The embedded server: start, answer, stop, kill and restart on the same address, and
+never outlive the process that started it."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 import redis
 import trio
+from messaging_helpers import wait_for
+from process_helpers import in_group, is_running, needs_proc
 
 from ailf import ConfigError, EmbeddedServerError, RedisConfig, RedisServer
 from ailf.server import find_server_binary, supports_tls
@@ -163,3 +169,99 @@ def test_an_unclosed_server_leaves_no_directory() -> None:
     del server
     gc.collect()
     assert not os.path.exists(directory)
+
+
+# -- the server never outlives its owner ----------------------------------------------
+
+# Starts a server as the test asks (from the main thread, or started and restarted from
+# threads that are gone by the time the server is used), prints where it is, and waits
+# to be killed.
+OWNER = """
+import json, os, sys, threading
+from ailf import RedisServer
+
+def in_a_thread(function):
+    thread = threading.Thread(target=function)
+    thread.start()
+    thread.join()
+
+server = RedisServer(**json.loads(sys.argv[1]))
+if sys.argv[2] == "thread":
+    in_a_thread(server.start)
+    in_a_thread(lambda: server.restart(kill=True))
+else:
+    server.start()
+place = {"pid": server.pid, "directory": os.path.dirname(server.log_path)}
+print(json.dumps({**place, "port": server.port, "socket": server.socket_path}), flush=True)
+sys.stdin.read()
+"""
+
+
+def _ping_at(place: dict) -> bool:
+    if place["socket"]:
+        raw = redis.Redis(unix_socket_path=place["socket"])
+    else:
+        raw = redis.Redis(host="127.0.0.1", port=place["port"])
+    with raw:
+        return raw.ping()
+
+
+@needs_proc
+@pytest.mark.parametrize(
+    ("options", "started_from"),
+    [({}, "main"), ({"unix_socket": True}, "thread"), ({"persistent": True}, "thread")],
+)
+def test_the_server_dies_with_an_owner_killed_by_sigkill(options: dict, started_from: str) -> None:
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, json.dumps(options), started_from],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    place: dict = {}
+    try:
+        place = json.loads(owner.stdout.readline())
+        assert _ping_at(place)  # the threads that started it have exited: it still runs
+        owner.kill()
+        owner.wait()
+        wait_for(lambda: not is_running(place["pid"]), timeout=5)
+        wait_for(lambda: not os.path.exists(place["directory"]), timeout=5)
+        wait_for(lambda: not in_group(place["pid"]), timeout=5)  # the watchdog too
+    finally:
+        owner.kill()
+        owner.wait()
+        owner.stdin.close()
+        owner.stdout.close()
+        if place and is_running(place["pid"]):
+            os.kill(place["pid"], signal.SIGKILL)
+
+
+@needs_proc
+@pytest.mark.parametrize("end", ["stop", "kill"])
+def test_an_owner_that_ends_its_server_leaves_no_watchdog(end: str) -> None:
+    with RedisServer() as server:
+        pid = server.pid
+        assert pid is not None and len(in_group(pid)) == 2  # the server and its watchdog
+        getattr(server, end)()
+        wait_for(lambda: not in_group(pid), timeout=5)
+        assert os.path.isdir(os.path.dirname(server.log_path))  # kept for a restart
+        server.start()
+        assert _ping(server)
+
+
+def test_a_server_started_in_a_thread_outlives_the_thread() -> None:
+    """What Linux's parent-death signal would get wrong: it fires when the *thread*
+    that forked exits, and worker threads come and go."""
+    with RedisServer() as server:
+        thread = threading.Thread(target=server.restart)
+        thread.start()
+        thread.join()
+        assert server.running
+        assert _ping(server)
+
+
+def test_a_binary_that_does_not_exist_is_a_clear_error() -> None:
+    server = RedisServer(binary="/nonexistent/redis-server")
+    with pytest.raises(EmbeddedServerError, match="could not run /nonexistent/redis-server"):
+        server.start()
+    server.close()
