@@ -392,6 +392,42 @@ def test_a_refused_subscribe_fails_that_call_and_the_session_goes_on(
     run(body)
 
 
+def test_a_listener_forgets_a_refused_subscription_and_survives_a_reconnect(
+    run, channel_user: ChannelUser, redis_server: RedisServer
+) -> None:
+    """AsyncRedisPubSub on top of the session: the refused channel raises to the caller
+    and is not restored after a reconnect (where it would be refused again)."""
+    server = redis_server
+
+    async def body() -> None:
+        received: list[Any] = []
+        async with AsyncRedisClient(channel_user.config) as client:
+            pubsub = AsyncRedisPubSub(client)
+            await pubsub.subscribe("ok1", received.append)
+
+            async def scenario() -> None:
+                while not pubsub.listening:
+                    await sleep(0.01)
+                with pytest.raises(ResponseError, match="NOPERM"):
+                    await pubsub.subscribe("forbidden", received.append)
+                with pytest.raises(ResponseError, match="NOPERM"):
+                    await pubsub.psubscribe("forbidden.*", received.append)
+                assert list(pubsub.subscriptions.channels) == ["ok1"]
+                assert not pubsub.subscriptions.patterns
+                channel_user.admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+                while subscribers(server, "ok1") != 1:
+                    await sleep(0.01)
+                while not received:
+                    await client.publish("ok1", "after")
+                    await sleep(0.02)
+                pubsub.stop()
+
+            await side_by_side(pubsub.run, scenario)
+        assert received[0] == "after"
+
+    run(body)
+
+
 def test_a_refusal_keeps_a_channel_that_a_concurrent_subscribe_wants(
     run, channel_user: ChannelUser
 ) -> None:

@@ -37,6 +37,7 @@ from ailf.errors import (
     DecodeError,
     RedisConnectionError,
     RedisTimeoutError,
+    ResponseError,
 )
 from ailf.messaging import asynclib
 from ailf.messaging.asynclib import OwnedClient
@@ -417,16 +418,37 @@ class AsyncRedisPubSub(OwnedClient):
         return await self.client.publish(channel, message)
 
     async def subscribe(self, channel: str, handler: Handler) -> None:
-        """Call ``handler(payload)`` for each message on ``channel`` (replacing any before)."""
-        self.subscriptions.add(channel, handler)
-        if self._session is not None:
-            await self._session.subscribe(channel)
+        """Call ``handler(payload)`` for each message on ``channel`` (replacing any before).
+
+        While :meth:`run` listens, returns once Redis confirmed; a subscription Redis
+        refuses (``NOPERM``: the user may not use that channel) raises
+        :class:`~ailf.errors.ResponseError` and is forgotten, so listening goes on.
+        """
+        await self._add(channel, handler, pattern=False)
 
     async def psubscribe(self, pattern: str, handler: Handler) -> None:
-        """Call ``handler(payload)`` for messages on channels matching ``pattern`` (glob)."""
-        self.subscriptions.add(pattern, handler, pattern=True)
-        if self._session is not None:
-            await self._session.psubscribe(pattern)
+        """Call ``handler(payload)`` for messages on channels matching ``pattern`` (glob);
+        refusals as for :meth:`subscribe`."""
+        await self._add(pattern, handler, pattern=True)
+
+    async def _add(self, name: str, handler: Handler, *, pattern: bool) -> None:
+        table = self.subscriptions.patterns if pattern else self.subscriptions.channels
+        before = table.get(name)
+        self.subscriptions.add(name, handler, pattern=pattern)
+        session = self._session
+        if session is None:
+            return
+        try:
+            await (session.psubscribe if pattern else session.subscribe)(name)
+        except ResponseError:
+            # Refused: not subscribed, so not restored on a reconnect either (it would
+            # be refused again, and end the listener). A handler that was already
+            # serving the name keeps it: its subscription stands.
+            if before is None:
+                table.pop(name, None)
+            else:
+                table[name] = before
+            raise
 
     async def unsubscribe(self, channel: str) -> None:
         """Stop handling ``channel`` (or a pattern given to :meth:`psubscribe`)."""
