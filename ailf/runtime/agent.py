@@ -132,7 +132,11 @@ class Agent:
         return await self.runtime.publish(topic, body, sender=self.name)
 
     async def subscribe(self, topic: str) -> None:
-        """Start hearing broadcasts on ``topic`` (returns once the subscription is live)."""
+        """Start hearing broadcasts on ``topic`` (returns once the subscription is live).
+
+        Raises :class:`~ailf.errors.ResponseError` (code ``NOPERM``) when Redis refuses
+        the channel to the runtime's ACL user; the call may be retried once it may.
+        """
         await self._cell.subscribe(topic)
 
     async def unsubscribe(self, topic: str) -> None:
