@@ -163,6 +163,15 @@ def test_execute_returns_raw_replies(client: RedisClient) -> None:
     assert info.value.code == "NOGROUP"
 
 
+def test_raw_commands_that_would_taint_a_pooled_connection_are_refused(
+    client: RedisClient,
+) -> None:
+    for command in (("WATCH", "k"), ("subscribe", "c"), ("SELECT", 1), ("MULTI",)):
+        with pytest.raises(ValueError, match="not allowed on a shared client: "):
+            client.execute_command(*command)
+    assert client.execute_command("PING") == "PONG"
+
+
 def test_read_timeout_is_a_timeout_error(redis_config: RedisConfig) -> None:
     with RedisClient(redis_config.replace(socket_timeout=0.2)) as client:
         with pytest.raises(RedisTimeoutError, match=r"socket_timeout=0\.2 s"):

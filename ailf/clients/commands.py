@@ -26,6 +26,7 @@ __all__ = [
     "IDEMPOTENT_COMMANDS",
     "Commands",
     "Convert",
+    "command_name",
     "is_idempotent",
 ]
 
@@ -36,12 +37,13 @@ BLOCKING_COMMANDS = frozenset(
     {"BLPOP", "BRPOP", "BLMOVE", "BRPOPLPUSH", "BZPOPMIN", "BZPOPMAX", "BLMPOP", "WAIT"}
 )
 
-#: Commands that change a connection's state (for every task sharing it), and what to
-#: use instead.
+#: Commands that change a connection's state (for every caller sharing it, or handed it
+#: next from a pool), and what to use instead; see :func:`command_name`.
 CONNECTION_STATE_COMMANDS = {
     **dict.fromkeys(
         ("SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE"),
-        "use `async with client.pubsub() as ps:`",
+        "use a pub/sub session: `async with client.pubsub() as ps:` on AsyncRedisClient,"
+        " or RedisPubSub/AsyncRedisPubSub from ailf.messaging",
     ),
     **dict.fromkeys(
         ("MULTI", "EXEC", "DISCARD"),
@@ -49,17 +51,29 @@ CONNECTION_STATE_COMMANDS = {
     ),
     **dict.fromkeys(
         ("WATCH", "UNWATCH"),
-        "use client.pipeline().watch(key) (`async with client.pipeline() as pipe:"
-        " await pipe.watch(key)`, then pipe.multi() and pipe.execute()) or"
-        " client.transaction(func, key): they reserve a connection for the WATCH",
+        "use client.pipeline().watch(key), then multi() and execute(), or"
+        " client.transaction(func, key): they hold one connection from WATCH to EXEC",
     ),
     "SELECT": "set RedisConfig.db (or /db in the URL) and open another client",
     "AUTH": "set RedisConfig.username and RedisConfig.password",
     "HELLO": "the client speaks RESP2 and negotiates the connection itself",
     "RESET": "open another client",
-    "QUIT": "leave the `async with` block (or call aclose())",
+    "QUIT": "close the client (the end of its `async with` block, aclose(), or close())",
     "MONITOR": "use redis-cli MONITOR",
 }
+
+
+def command_name(args: tuple[Any, ...]) -> str:
+    """The upper-cased name of a raw command, refusing what would break a shared
+    connection: a :class:`ValueError` saying what to use instead."""
+    if not args:
+        raise ValueError("execute_command needs a command name")
+    name = _text(args[0]).upper() if isinstance(args[0], (str, bytes)) else str(args[0])
+    advice = CONNECTION_STATE_COMMANDS.get(name)
+    if advice is not None:
+        raise ValueError(f"{name} is not allowed on a shared client: {advice}")
+    return name
+
 
 #: Commands whose effect is the same if sent twice: the only ones ``retry_idempotent``
 #: retries (see :func:`is_idempotent`). A retried DEL, XACK, SREM… may report a smaller
@@ -230,12 +244,7 @@ class Commands:
         for every task sharing it are refused with a :class:`ValueError` saying what
         to use instead.
         """
-        if not args:
-            raise ValueError("execute_command needs a command name")
-        name = _text(args[0]).upper() if isinstance(args[0], (str, bytes)) else str(args[0])
-        advice = CONNECTION_STATE_COMMANDS.get(name)
-        if advice is not None:
-            raise ValueError(f"{name} is not allowed on a shared client: {advice}")
+        name = command_name(args)
         blocking = name in BLOCKING_COMMANDS or (
             name in ("XREAD", "XREADGROUP")
             and any(isinstance(a, (str, bytes)) and _text(a).upper() == "BLOCK" for a in args)

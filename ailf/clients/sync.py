@@ -28,6 +28,7 @@ import redis.exceptions
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ailf.clients.commands import command_name
 from ailf.codec import dumps, encode_payload, loads
 from ailf.config import RedisConfig, given_or_from_env
 from ailf.errors import (
@@ -242,7 +243,11 @@ class RedisClient(_KeyValueCommands):
         ints, lists, None), as from the async client's method of the same name, which is
         what lets :mod:`ailf.messaging` parse both clients' replies with one set of
         functions. (redis-py's own ``execute_command`` would convert some replies.)
+        Commands that would change the state of a pooled connection, which the next
+        caller would then inherit (WATCH, SUBSCRIBE, SELECT…), are refused with a
+        :class:`ValueError` saying what to use instead, as on the async client.
         """
+        command_name(args)
         return self.run(self._connect()[1].execute_command, *args)
 
     def _command(
