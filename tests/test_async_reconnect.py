@@ -7,6 +7,10 @@ the server, so that the kill lands while they wait for their replies.
 
 from __future__ import annotations
 
+import os
+import resource
+from collections.abc import Iterator
+
 import pytest
 import redis
 from async_helpers import (  # noqa: F401 - fixtures
@@ -18,7 +22,7 @@ from async_helpers import (  # noqa: F401 - fixtures
     within,
 )
 
-from ailf import AsyncRedisClient, RedisConnectionError, RedisServer, RetryPolicy
+from ailf import AsyncRedisClient, RedisConfig, RedisConnectionError, RedisServer, RetryPolicy
 
 pytestmark = pytest.mark.usefixtures("resp_parser")
 
@@ -166,6 +170,42 @@ def test_an_idle_connection_the_server_closed_is_replaced(run, fresh_server: Red
                 assert await client.set("k", n) is True
                 await in_thread(kill_victim)
                 assert await client.get("k") == str(n)
+
+    run(body)
+
+
+@pytest.fixture
+def high_descriptors() -> Iterator[None]:
+    """Hold enough files open that the next sockets get descriptors past 1023, the
+    largest one ``select()`` accepts (FD_SETSIZE): large runtimes get there."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2048:
+        pytest.skip(f"RLIMIT_NOFILE is {soft}; this test needs 2048 open files")
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
+def test_connections_past_descriptor_1023_are_kept(
+    run, redis_config: RedisConfig, high_descriptors: None
+) -> None:
+    """The idle-connection check works on any descriptor: a healthy connection whose
+    socket is numbered past select()'s limit is reused, not taken for a closed one
+    and replaced before every command."""
+
+    async def body() -> None:
+        async with AsyncRedisClient(redis_config) as client:
+            ids = {await client.execute_command("CLIENT", "ID") for _ in range(5)}
+            assert len(ids) == 1
+        client = AsyncRedisClient(redis_config)  # no nursery: pooled connections
+        try:
+            ids = {await client.execute_command("CLIENT", "ID") for _ in range(5)}
+            assert len(ids) == 1
+        finally:
+            await client.aclose()
 
     run(body)
 

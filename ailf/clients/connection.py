@@ -96,6 +96,21 @@ def _raw_fd(stream: trio.abc.Stream) -> int | None:
     return stream.socket.fileno()
 
 
+def _input_poll(fd: int) -> Any:
+    """A ``poll`` object watching ``fd`` for input, kept for the connection's life.
+
+    ``select()`` refuses descriptors past 1023 (FD_SETSIZE), which a process with many
+    files open reaches, and then every idle check would take a healthy connection for
+    a closed one; ``poll`` has no such limit, and a registered one is also the cheapest
+    check. None where there is no ``poll`` (Windows), which keeps ``select``.
+    """
+    if not hasattr(select, "poll"):
+        return None
+    poll = select.poll()
+    poll.register(fd, select.POLLIN)
+    return poll
+
+
 class Connection:
     """A connected, authenticated socket to one Redis server, with its RESP parser.
 
@@ -109,6 +124,7 @@ class Connection:
     __slots__ = (
         "_fd",
         "_parser",
+        "_poll",
         "_socket_fd",
         "_stream",
         "address",
@@ -126,6 +142,7 @@ class Connection:
         self.closed = False
         self._fd = _raw_fd(stream)
         self._socket_fd = _socket_of(stream).fileno()
+        self._poll = _input_poll(self._socket_fd)
 
     @property
     def stream(self) -> trio.abc.Stream:
@@ -167,7 +184,8 @@ class Connection:
             return True
         fd = self._socket_fd
         try:
-            readable, _, _ = select.select([fd], [], [], 0)
+            poll = self._poll
+            readable = poll.poll(0) if poll is not None else select.select([fd], [], [], 0)[0]
             if not readable:
                 return False
             if self._fd is not None:

@@ -88,7 +88,7 @@ class SharedConnection:
         A request written on a socket the server already closed would fail although it
         never reached the server, and nobody reads an idle socket (the reader task
         parks while nothing is in flight). So before a request goes on an idle
-        connection, one non-blocking ``select`` checks the socket, and the client opens
+        connection, one non-blocking ``poll`` checks the socket, and the client opens
         a fresh connection for the request if the server closed it. (redis-py pays the
         same check each time it takes a connection from its pool.)
         """
