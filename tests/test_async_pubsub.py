@@ -334,6 +334,51 @@ def test_survives_a_restart_under_both_libraries(run, fresh_server: RedisServer)
     run(body)
 
 
+def test_iterating_while_another_task_waits_for_its_confirmation(
+    run, fresh_server: RedisServer
+) -> None:
+    """The session has one reader at a time: a task that subscribes while the iterating
+    task is busy with a message reads its confirmation itself; the iterator, coming
+    back meanwhile, waits for it instead of reading the same connection at once."""
+    port = fresh_server.port
+
+    async def body() -> list[Any]:
+        async with AsyncRedisClient(fresh_server.config) as client, client.pubsub() as ps:
+            await ps.subscribe("a")
+            received: list[Any] = []
+            subscribing = False
+
+            async def iterate() -> None:
+                async for message in ps:
+                    received.append(message["data"])
+                    while not subscribing:  # busy with the message until then
+                        await sleep(0.01)
+                    if len(received) == 2:
+                        return
+
+            async def subscribe_while_busy() -> None:
+                nonlocal subscribing
+                await client.publish("a", "1")
+                while not received:
+                    await sleep(0.01)
+                side = redis.Redis(port=port)
+                side.execute_command("CLIENT", "PAUSE", 500, "ALL")  # holds the confirmation
+                side.close()
+
+                async def let_the_iterator_go() -> None:
+                    nonlocal subscribing
+                    await sleep(0.1)  # this task is reading by now
+                    subscribing = True
+
+                await side_by_side(partial(ps.subscribe, "b"), let_the_iterator_go)
+                await client.publish("b", "2")
+
+            await side_by_side(iterate, subscribe_while_busy)
+            return received
+
+    assert run(body) == ["1", "2"]
+
+
 # -- subscriptions Redis refuses (the client's session, under both libraries) ------------------
 
 

@@ -232,8 +232,9 @@ class AsyncioPubSub:
     Same names, same message dicts, same promise that ``subscribe()`` returns once the
     server confirmed the subscription, and the same handling of a refused one (see
     :class:`~ailf.clients.pubsub.Subscriptions`, which both keep). One task at a time
-    reads the connection: the task iterating, or, when none is, the task waiting for
-    its confirmation (messages it meets on the way are kept for the iterator). A lost
+    reads the connection: the iterating task or one waiting for its confirmation,
+    whichever needed a reply first; the others wait for it to read (messages it meets
+    on the way are kept for the iterator). A lost
     connection is re-established with ``config.retry``'s backoff for as long as the
     block lives, and every channel and pattern is subscribed again.
     """
@@ -311,11 +312,7 @@ class AsyncioPubSub:
 
     async def _answered(self, request: Request) -> None:
         while not request.answered:
-            if self._reading:  # the iterating task reads the answer for us
-                self._progress.clear()
-                await self._progress.wait()
-            else:
-                await self._read_one(None)
+            await self._read_or_wait(None)
 
     async def _restore(self, connection: Any) -> None:
         """Connected again: subscribe again, and resend what awaits an answer."""
@@ -342,8 +339,19 @@ class AsyncioPubSub:
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 return None
-            await self._read_one(remaining)
+            await self._read_or_wait(remaining)
         return self._kept.popleft()
+
+    async def _read_or_wait(self, wait: float | None) -> None:
+        """Read what arrives within ``wait`` s, or, while another task is reading (redis-py
+        allows one reader per connection), wait as long for it to read something: it keeps
+        messages and counts answers for everyone."""
+        if not self._reading:
+            await self._read_one(wait)
+            return
+        self._progress.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._progress.wait(), wait)
 
     async def _read_one(self, wait: float | None) -> None:
         """Read what arrives within ``wait`` s: keep messages, count answers."""
