@@ -18,7 +18,7 @@ import pytest
 import redis
 import trio
 import trio.lowlevel
-from async_helpers import run_fixture, side_by_side, sleep  # noqa: F401 - fixtures
+from async_helpers import run_fixture, side_by_side, sleep, within  # noqa: F401 - fixtures
 from messaging_helpers import (  # noqa: F401 - fixtures
     DEADLINE,
     FAST_RETRY,
@@ -534,5 +534,24 @@ def test_a_session_whose_user_is_deleted_ends_with_the_refusal(
             with pytest.raises(AuthenticationError, match="WRONGPASS"):
                 async for _ in ps:
                     pass
+
+    run(body)
+
+
+def test_subscribing_after_the_session_ended_raises_what_ended_it(
+    run, channel_user: ChannelUser
+) -> None:
+    """Once the session has failed, nobody reads its connection: subscribe() raises the
+    failure rather than waiting forever for a confirmation."""
+
+    async def body() -> None:
+        async with AsyncRedisClient(channel_user.config) as client, client.pubsub() as ps:
+            await ps.subscribe("ok1")
+            channel_user.admin.execute_command("ACL", "DELUSER", channel_user.name)
+            with pytest.raises(AuthenticationError):
+                async for _ in ps:
+                    pass
+            with pytest.raises(AuthenticationError):
+                await within(5, ps.subscribe("ok2"))
 
     run(body)

@@ -288,8 +288,7 @@ class AsyncioPubSub:
     async def _send_and_confirm(self, command: str, names: tuple[Any, ...]) -> None:
         if not names:
             return
-        with _translated(self._config.address):
-            await self._pubsub.connect()  # reconnecting sends the pending commands again
+        await self._connect()  # reconnecting sends the pending commands again
         connection = self._pubsub.connection
         # Recorded after connecting (which may restore) and before sending, with no
         # await between: the order of pending commands is the order on the wire.
@@ -313,6 +312,15 @@ class AsyncioPubSub:
     async def _answered(self, request: Request) -> None:
         while not request.answered:
             await self._read_or_wait(None)
+
+    async def _connect(self) -> None:
+        """Connect if not connected (and _restore); an error reply while connecting (wrong
+        credentials) raises as a failed handshake does on trio."""
+        with _translated(self._config.address):
+            try:
+                await self._pubsub.connect()
+            except ResponseError as error:
+                raise_reply_error(error, self._config.address)
 
     async def _restore(self, connection: Any) -> None:
         """Connected again: subscribe again, and resend what awaits an answer."""
@@ -357,16 +365,13 @@ class AsyncioPubSub:
         """Read what arrives within ``wait`` s: keep messages, count answers."""
         self._reading = True
         try:
+            connection = self._pubsub.connection
+            if connection is not None and not connection.is_connected:
+                # Reconnect (and _restore) here, not in parse_response, so that an error
+                # reply while connecting (a changed password) ends the session as on
+                # trio instead of passing for the answer to a subscription.
+                await self._connect()
             with _translated(self._config.address):
-                connection = self._pubsub.connection
-                if connection is not None and not connection.is_connected:
-                    # Reconnect (and _restore) here, not in parse_response, so that an
-                    # error reply while connecting (a changed password) ends the session
-                    # as on trio instead of passing for the answer to a subscription.
-                    try:
-                        await connection.connect()
-                    except ResponseError as error:
-                        raise_reply_error(error, self._config.address)
                 try:
                     reply = await self._pubsub.parse_response(block=wait is None, timeout=wait)
                 except ResponseError as error:  # redis-py raises error replies

@@ -301,6 +301,8 @@ class PubSub:
             return
         done = trio.Event()
         async with self._send_lock:
+            if self._failure is not None:  # nobody reads the connection any more
+                raise self._failure
             connection = self._connection
             assert connection is not None
             request = self._subscriptions.request(command, names, done)
