@@ -312,7 +312,13 @@ def test_raw_commands_that_would_break_a_shared_connection_are_refused(
 ) -> None:
     async def body() -> None:
         async with AsyncRedisClient(redis_config) as client:
-            for command in (("MULTI",), ("SUBSCRIBE", "c"), ("SELECT", 1), ("WATCH", "k")):
+            for command in (
+                ("MULTI",),
+                ("SUBSCRIBE", "c"),
+                ("SELECT", 1),
+                ("WATCH", "k"),
+                ("client", "reply", "off"),
+            ):
                 with pytest.raises(ValueError, match="not allowed on a shared client"):
                     await client.execute_command(*command)
             assert await client.ping() is True

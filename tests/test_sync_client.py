@@ -155,6 +155,20 @@ def test_error_reply_becomes_response_error_with_code(client: RedisClient) -> No
     assert isinstance(info.value, redis.ResponseError)
 
 
+def test_response_error_code_is_the_replys_first_word_as_on_the_async_client(
+    client: RedisClient,
+) -> None:
+    """redis-py strips ERR, NOPERM… off the message; the translation puts them back."""
+    with pytest.raises(ResponseError, match=r"^ERR unknown command 'NOSUCHCOMMAND'") as info:
+        client.execute_command("NOSUCHCOMMAND")
+    assert info.value.code == "ERR"
+    with pytest.raises(ResponseError) as info, client.pipeline(transaction=False) as pipe:
+        pipe.command("set", "k", "v")
+        pipe.command("execute_command", "NOSUCHCOMMAND")
+        pipe.execute()
+    assert info.value.code == "ERR" and "(in pipeline: Command # 2" in str(info.value)
+
+
 def test_execute_returns_raw_replies(client: RedisClient) -> None:
     assert client.execute_command("SET", "k", "v") == "OK"  # redis-py's callbacks would say True
     assert client.execute_command("XLEN", "nothing") == 0
@@ -166,7 +180,7 @@ def test_execute_returns_raw_replies(client: RedisClient) -> None:
 def test_raw_commands_that_would_taint_a_pooled_connection_are_refused(
     client: RedisClient,
 ) -> None:
-    for command in (("WATCH", "k"), ("subscribe", "c"), ("SELECT", 1), ("MULTI",)):
+    for command in (("WATCH", "k"), ("subscribe", "c"), ("SELECT", 1), ("CLIENT", "REPLY", "SKIP")):
         with pytest.raises(ValueError, match="not allowed on a shared client: "):
             client.execute_command(*command)
     assert client.execute_command("PING") == "PONG"

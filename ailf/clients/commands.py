@@ -70,6 +70,16 @@ def command_name(args: tuple[Any, ...]) -> str:
         raise ValueError("execute_command needs a command name")
     name = _text(args[0]).upper() if isinstance(args[0], (str, bytes)) else str(args[0])
     advice = CONNECTION_STATE_COMMANDS.get(name)
+    if advice is None and name == "CLIENT" and len(args) > 1:
+        sub = _text(args[1]).upper() if isinstance(args[1], (str, bytes)) else ""
+        if sub == "REPLY":
+            name, advice = (
+                "CLIENT REPLY",
+                (
+                    "every command's reply is how the client tells its callers apart; to send"
+                    " many commands at once, use client.pipeline(transaction=False)"
+                ),
+            )
     if advice is not None:
         raise ValueError(f"{name} is not allowed on a shared client: {advice}")
     return name

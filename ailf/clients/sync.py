@@ -89,11 +89,17 @@ def translate_error(exc: redis.RedisError, config: RedisConfig) -> AilfError:
             f"{where} did not answer in time ({exc}; socket_timeout={config.socket_timeout} s)"
         )
     if isinstance(exc, redis.ResponseError):
-        # redis-py prefixes a pipeline's error; the server's reply goes first, for .code.
+        # redis-py prefixes a pipeline's error, and strips the first word of the replies
+        # it classifies (ERR, NOPERM, NOSCRIPT…) into ``status_code``: the server's whole
+        # reply goes first again, so that ``.code`` is its first word, as on the async
+        # client.
         where_in_pipeline, marker, reply = str(exc).partition(" of pipeline caused error: ")
-        if marker:
-            return ResponseError(f"{reply} (in pipeline: {where_in_pipeline})")
-        return ResponseError(str(exc))
+        if not marker:
+            reply = str(exc)
+        code = getattr(exc, "status_code", None)
+        if code:
+            reply = f"{code} {reply}"
+        return ResponseError(f"{reply} (in pipeline: {where_in_pipeline})" if marker else reply)
     if isinstance(exc, redis.DataError):
         # Raised before anything is sent: the value, not the server, is at fault.
         return RedisError(
