@@ -139,6 +139,39 @@ def test_subscribe_and_unsubscribe_while_listening(
     assert client.publish("late", "nobody") == 0
 
 
+def test_a_subscription_redis_refuses_is_dropped_and_logged_while_listening_goes_on(
+    redis_config: RedisConfig, client: RedisClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SUBSCRIBE is not confirmed synchronously here, so a NOPERM reaches the listener:
+    it finds which subscriptions Redis refuses, drops them and goes on with the rest."""
+    admin = client.client
+    admin.execute_command(
+        "ACL", "SETUSER", "listener", "on", ">pw", "~*", "+@all", "resetchannels", "&ok*"
+    )
+    config = redis_config.replace(username="listener", password="pw", retry=FAST_RETRY)
+    received: queue.Queue[Any] = queue.Queue()
+    try:
+        with RedisPubSub(RedisClient(config)) as pubsub:
+            pubsub.subscribe("ok.1", received.put)
+            thread = pubsub.run_in_thread()
+            wait_for(lambda: subscribers(client, "ok.1") == 1)
+            with caplog.at_level(logging.WARNING, logger="ailf.pubsub"):
+                pubsub.subscribe("forbidden", received.put)
+                pubsub.psubscribe("ok*", received.put)  # patterns must match the rule literally
+                wait_for(lambda: "Redis refused 'forbidden'" in caplog.text)
+                wait_for(lambda: subscribers(client, "ok.1") == 1)
+                assert "NOPERM" in caplog.text
+            assert list(pubsub.subscriptions.channels) == ["ok.1"]
+            assert list(pubsub.subscriptions.patterns) == ["ok*"]
+            while received.empty():
+                client.publish("ok.1", "still here")
+                time.sleep(0.02)
+            assert received.get() == "still here"
+            assert thread.is_alive()
+    finally:
+        admin.execute_command("ACL", "DELUSER", "listener")
+
+
 def test_subscribing_from_another_thread_is_not_starved_by_the_listener(
     pubsub: RedisPubSub, client: RedisClient
 ) -> None:

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from typing import Any, Self
 
 import attrs
+import redis
 import redis.client
 import trio
 
@@ -269,7 +270,9 @@ class RedisPubSub:
         """Listen in this thread until :meth:`stop` is called (by a handler or a thread).
 
         Lost connections are retried for as long as it takes; only wrong credentials
-        (:class:`~ailf.errors.AuthenticationError`) end the listener with an error.
+        (:class:`~ailf.errors.AuthenticationError`) end the listener with an error. A
+        subscription Redis refuses (``NOPERM``) is dropped and logged, and listening
+        goes on with the others.
         """
         with self._lock:
             self._check_idle()
@@ -330,6 +333,10 @@ class RedisPubSub:
                     self._discard()
                     self._stopping.wait(reconnects.lost(exc))
                     continue
+                except ResponseError as exc:
+                    self._drop_refused(exc)
+                    self._discard()  # the next wait subscribes again, to the rest
+                    continue
                 reconnects.listening()
                 if delivery is not None:
                     try:
@@ -339,6 +346,48 @@ class RedisPubSub:
         finally:
             self._listening = False
             self._discard()
+
+    def _drop_refused(self, refusal: ResponseError) -> None:
+        """Forget the subscriptions Redis refuses to this user, and log them.
+
+        A refused SUBSCRIBE (``NOPERM``) answers with an error that names no channel and
+        arrives here, in the listener, long after :meth:`subscribe` returned (redis-py
+        does not wait for confirmations). So every subscription is tried again on a
+        probe connection, one command each, and those refused are dropped: listening
+        goes on with the others. An error that refuses none of them is raised.
+        """
+        subs = self.subscriptions
+        names = [(name, False) for name in subs.channels] + [(name, True) for name in subs.patterns]
+        refused = self.client.run(self._refused, names)
+        if not refused:
+            raise refusal
+        for name, pattern in refused:
+            (subs.patterns if pattern else subs.channels).pop(name, None)
+        log.warning(
+            "%s: Redis refused %s (%s); listening goes on without them",
+            self,
+            ", ".join(repr(name) for name, _ in refused),
+            refusal,
+        )
+
+    def _refused(self, names: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+        probe = self.client.client.pubsub()
+        try:
+            for name, pattern in names:
+                (probe.psubscribe if pattern else probe.subscribe)(name)
+            refused = []
+            for name, pattern in names:  # Redis answers in order: a confirmation or an error
+                while True:
+                    try:
+                        reply = probe.get_message(timeout=_POLL_SECONDS * 10)
+                    except redis.ResponseError:
+                        refused.append((name, pattern))
+                        break
+                    if reply is None or reply["type"] in ("subscribe", "psubscribe"):
+                        break
+            return refused
+        finally:
+            probe.close()
 
     def _next_delivery(self) -> Delivery | None:
         with self._waiters_changed:
