@@ -175,7 +175,9 @@ WORKLOADS = [
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.client", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--runs", type=int, default=3, help="repetitions (default 3)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply operation counts")
     parser.add_argument("--unix", action="store_true", help="use a unix socket, not TCP")
