@@ -3,6 +3,7 @@ timeouts, bad addresses, and the structured lifetime of its connections and task
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import pytest
@@ -138,6 +139,33 @@ def test_socket_timeout_then_the_client_recovers(run, fresh_server: RedisServer)
             assert await client.get("k2") == "v2"
 
     run(body)
+
+
+async def test_a_reply_parsed_before_garbage_on_the_wire_still_reaches_its_caller(
+    nursery: trio.Nursery,
+) -> None:
+    """A lone caller reads its own reply; bytes that are not RESP right behind it end the
+    connection, but the caller whose reply was whole gets it, as from the reader task."""
+
+    async def misbehaving(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.receive_some()  # the handshake's PING
+            await stream.send_all(b"+PONG\r\n")
+            await stream.receive_some()
+            await stream.send_all(b"+OK\r\n")
+            await stream.receive_some()
+            await stream.send_all(b"+OK\r\n?not RESP\r\n")
+            await trio.sleep_forever()
+
+    serve = functools.partial(trio.serve_tcp, misbehaving, 0, host="127.0.0.1")
+    (listener,) = await nursery.start(serve)
+    port = listener.socket.getsockname()[1]
+    with trio.fail_after(10):
+        async with AsyncRedisClient(RedisConfig(port=port)) as client:
+            assert await client.execute_command("GET", "k") == "OK"
+            await trio.testing.wait_all_tasks_blocked()  # the reader task is parked
+            assert await client.execute_command("GET", "k") == "OK"  # read by the caller
+            assert await client.execute_command("GET", "k") == "OK"  # on a new connection
 
 
 def test_decode_error_is_raised_and_connection_stays_in_step(run, redis_config) -> None:

@@ -157,6 +157,8 @@ class SharedConnection:
             raise self._timed_out()
         except RedisConnectionError as exc:
             self._fail(exc)  # skips this slot: this task is running, not parked
+            if self._reading_slot is not slot:  # its reply was whole before the break
+                return slot.reply
             raise RedisConnectionError(str(self.error)) from exc
         finally:
             if self._reading_slot is slot:  # failed, cancelled or timed out
