@@ -538,6 +538,47 @@ def test_a_session_whose_user_is_deleted_ends_with_the_refusal(
     run(body)
 
 
+def test_closing_the_session_fails_a_subscribe_still_waiting_for_its_confirmation(
+    run, redis_config: RedisConfig
+) -> None:
+    """The block ends while a task outside it waits for Redis (held by CLIENT PAUSE) to
+    confirm its subscribe: that call fails, rather than returning as if subscribed."""
+
+    def pause() -> None:
+        side = redis.Redis(port=redis_config.port)
+        side.execute_command("CLIENT", "PAUSE", 1000, "ALL")
+        side.close()
+
+    async def body() -> None:
+        async with AsyncRedisClient(redis_config) as client:
+            sessions: list[Any] = []
+
+            async def owner() -> None:
+                async with client.pubsub() as session:
+                    await session.subscribe("first")
+                    pause()
+                    sessions.append(session)
+                    await sleep(0.3)  # the other task's subscribe is waiting meanwhile
+
+            async def subscriber() -> BaseException | None:
+                while not sessions:
+                    await sleep(0.01)
+                try:
+                    await within(5, sessions[0].subscribe("held"))
+                except RedisConnectionError as exc:
+                    return exc
+                return None
+
+            _, error = await side_by_side(owner, subscriber)
+            assert isinstance(error, RedisConnectionError), error
+            assert "closed before Redis confirmed SUBSCRIBE" in str(error)
+            closed = sessions[0]
+            assert await within(5, closed.get_message(timeout=None)) is None
+            assert [message async for message in closed] == []
+
+    run(body)
+
+
 def test_subscribing_after_the_session_ended_raises_what_ended_it(
     run, channel_user: ChannelUser
 ) -> None:

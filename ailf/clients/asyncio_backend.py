@@ -246,6 +246,7 @@ class AsyncioPubSub:
         self._kept: deque[dict[str, Any]] = deque()
         self._progress = asyncio.Event()
         self._reading = False
+        self._closed = False
         self._failures = 0
         self.reconnects = 0
 
@@ -266,7 +267,9 @@ class AsyncioPubSub:
         await self.aclose()
 
     async def aclose(self) -> None:
+        self._closed = True
         await self._pubsub.aclose()
+        self._progress.set()  # a task waiting for another's read finds the session closed
 
     async def subscribe(self, *channels: Any) -> None:
         """Subscribe to channels; returns once the server confirmed them, and raises
@@ -311,6 +314,11 @@ class AsyncioPubSub:
 
     async def _answered(self, request: Request) -> None:
         while not request.answered:
+            if self._closed:  # by the end of the block, in another task
+                raise RedisConnectionError(
+                    f"the pub/sub session to Redis at {self._config.address} was closed"
+                    f" before Redis confirmed {request.command}"
+                )
             await self._read_or_wait(None)
 
     async def _connect(self) -> None:
@@ -338,12 +346,16 @@ class AsyncioPubSub:
             message = await self.get_message(timeout=None)
             if message is not None:
                 return message
+            if self._closed:
+                raise StopAsyncIteration
 
     async def get_message(self, timeout: float | None = None) -> dict[str, Any] | None:  # noqa: ASYNC109 - redis-py's signature
         """The next message, or None if none arrived within ``timeout`` seconds."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while not self._kept:
+            if self._closed:  # as on trio: nothing more will come
+                return None
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 return None
@@ -363,6 +375,8 @@ class AsyncioPubSub:
 
     async def _read_one(self, wait: float | None) -> None:
         """Read what arrives within ``wait`` s: keep messages, count answers."""
+        if self._closed:
+            return
         self._reading = True
         try:
             connection = self._pubsub.connection
@@ -380,7 +394,8 @@ class AsyncioPubSub:
         except AuthenticationError:
             raise  # wrong credentials are not retried, as on trio
         except RedisConnectionError as exc:
-            await self._reconnect(exc)
+            if not self._closed:
+                await self._reconnect(exc)
             return
         finally:
             self._reading = False

@@ -329,6 +329,11 @@ class PubSub:
             raise request.error
         if self._failure is not None:
             raise self._failure
+        if not request.answered:  # released by aclose() from another task
+            raise RedisConnectionError(
+                f"the pub/sub session to Redis at {self._config.address} was closed before"
+                f" Redis confirmed {command}"
+            )
 
     # -- receiving ------------------------------------------------------------------
 
