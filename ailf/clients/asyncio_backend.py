@@ -27,7 +27,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ailf.clients.connection import raise_reply_error
-from ailf.clients.pubsub import Request, Subscriptions
+from ailf.clients.pool import reservation_lost
+from ailf.clients.pubsub import Request, SubscribedNames, Subscriptions
 from ailf.config import RedisConfig
 from ailf.errors import (
     AuthenticationError,
@@ -183,10 +184,7 @@ class AsyncioReservedConnection:
         """
         connection = self._connection
         if connection is None:
-            raise RedisConnectionError(
-                f"the connection to Redis at {self._address} reserved by this pipeline was"
-                " lost or given back (and any WATCH with it); reset() it and watch again"
-            )
+            raise reservation_lost(self._address)
         try:
             with _translated(self._address):
                 await connection.send_packed_command(connection.pack_commands(commands))
@@ -225,7 +223,7 @@ class _RedisPubSub(redis.asyncio.client.PubSub):
         await self._restore(connection)
 
 
-class AsyncioPubSub:
+class AsyncioPubSub(SubscribedNames):
     """:class:`~ailf.clients.pubsub.PubSub`'s asyncio twin, over ``redis.asyncio``'s
     connection handling.
 
@@ -249,16 +247,6 @@ class AsyncioPubSub:
         self._closed = False
         self._failures = 0
         self.reconnects = 0
-
-    @property
-    def channels(self) -> set[Any]:
-        """The channels subscribed, or being subscribed (read-only)."""
-        return self._subscriptions.channels
-
-    @property
-    def patterns(self) -> set[Any]:
-        """The patterns subscribed, or being subscribed (read-only)."""
-        return self._subscriptions.patterns
 
     async def __aenter__(self) -> AsyncioPubSub:
         return self
@@ -315,10 +303,7 @@ class AsyncioPubSub:
     async def _answered(self, request: Request) -> None:
         while not request.answered:
             if self._closed:  # by the end of the block, in another task
-                raise RedisConnectionError(
-                    f"the pub/sub session to Redis at {self._config.address} was closed"
-                    f" before Redis confirmed {request.command}"
-                )
+                raise self._subscriptions.closed_before_answer(request)
             await self._read_or_wait(None)
 
     async def _connect(self) -> None:

@@ -25,7 +25,7 @@ from ailf.clients.resp import pack_commands
 from ailf.config import RedisConfig
 from ailf.errors import AuthenticationError, RedisConnectionError
 
-__all__ = ["ConnectionPool", "ReservedConnection", "connect_with_retry"]
+__all__ = ["ConnectionPool", "ReservedConnection", "connect_with_retry", "reservation_lost"]
 
 log = logging.getLogger("ailf.clients")
 
@@ -122,6 +122,14 @@ class ConnectionPool:
             await connection.aclose()
 
 
+def reservation_lost(address: str) -> RedisConnectionError:
+    """What a pipeline's command gets once its reserved connection is gone."""
+    return RedisConnectionError(
+        f"the connection to Redis at {address} reserved by this pipeline was lost or"
+        " given back (and any WATCH with it); reset() it and watch again"
+    )
+
+
 class ReservedConnection:
     """One pool connection for one user across several requests (WATCH … MULTI/EXEC).
 
@@ -148,10 +156,7 @@ class ReservedConnection:
         """Send commands in one write; their replies in order (error replies returned)."""
         connection = self._connection
         if connection is None:
-            raise RedisConnectionError(
-                f"the connection to Redis at {self._address} reserved by this pipeline was"
-                " lost or given back (and any WATCH with it); reset() it and watch again"
-            )
+            raise reservation_lost(self._address)
         try:
             return await connection.request(commands, float("inf") if blocking else None)
         except BaseException:

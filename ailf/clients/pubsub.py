@@ -37,7 +37,7 @@ from ailf.clients.resp import pack_command, pack_commands
 from ailf.config import RedisConfig
 from ailf.errors import DecodeError, RedisConnectionError, RedisTimeoutError, ResponseError
 
-__all__ = ["PubSub", "Request", "Subscriptions"]
+__all__ = ["PubSub", "Request", "SubscribedNames", "Subscriptions"]
 
 log = logging.getLogger("ailf.clients")
 
@@ -209,13 +209,37 @@ class Subscriptions:
         )
         return list(self._pending)
 
+    def closed_before_answer(self, request: Request) -> RedisConnectionError:
+        """What a caller whose command the session closed under, unanswered, gets."""
+        return RedisConnectionError(
+            f"the pub/sub session to Redis at {self.address} was closed before Redis"
+            f" confirmed {request.command}"
+        )
+
     def release(self) -> None:
         """Wake every caller still waiting: the session failed or closed."""
         while self._pending:
             self._finish(self._pending.popleft())
 
 
-class PubSub:
+class SubscribedNames:
+    """The read-only ``channels`` and ``patterns`` of a session keeping a
+    :class:`Subscriptions` (the trio :class:`PubSub` and its asyncio twin)."""
+
+    _subscriptions: Subscriptions
+
+    @property
+    def channels(self) -> set[Any]:
+        """The channels subscribed, or being subscribed (read-only)."""
+        return self._subscriptions.channels
+
+    @property
+    def patterns(self) -> set[Any]:
+        """The patterns subscribed, or being subscribed (read-only)."""
+        return self._subscriptions.patterns
+
+
+class PubSub(SubscribedNames):
     """Subscriptions on a dedicated connection; use as ``async with client.pubsub() as ps``.
 
     Iterate it (``async for message in ps``) for message dicts shaped like redis-py's:
@@ -233,16 +257,6 @@ class PubSub:
         self._messages_in, self._messages_out = trio.open_memory_channel[dict[str, Any]](_BUFFER)
         self.reconnects = 0
         self._failure: Exception | None = None
-
-    @property
-    def channels(self) -> set[Any]:
-        """The channels subscribed, or being subscribed (read-only)."""
-        return self._subscriptions.channels
-
-    @property
-    def patterns(self) -> set[Any]:
-        """The patterns subscribed, or being subscribed (read-only)."""
-        return self._subscriptions.patterns
 
     async def __aenter__(self) -> PubSub:
         stack = contextlib.AsyncExitStack()
@@ -330,10 +344,7 @@ class PubSub:
         if self._failure is not None:
             raise self._failure
         if not request.answered:  # released by aclose() from another task
-            raise RedisConnectionError(
-                f"the pub/sub session to Redis at {self._config.address} was closed before"
-                f" Redis confirmed {command}"
-            )
+            raise self._subscriptions.closed_before_answer(request)
 
     # -- receiving ------------------------------------------------------------------
 
