@@ -28,7 +28,7 @@ from redis.retry import Retry
 
 from ailf.clients.connection import raise_reply_error
 from ailf.clients.pool import reservation_lost
-from ailf.clients.pubsub import Request, SubscribedNames, Subscriptions
+from ailf.clients.pubsub import PubSubCommands, Request, Subscriptions
 from ailf.config import RedisConfig
 from ailf.errors import (
     AuthenticationError,
@@ -223,7 +223,7 @@ class _RedisPubSub(redis.asyncio.client.PubSub):
         await self._restore(connection)
 
 
-class AsyncioPubSub(SubscribedNames):
+class AsyncioPubSub(PubSubCommands):
     """:class:`~ailf.clients.pubsub.PubSub`'s asyncio twin, over ``redis.asyncio``'s
     connection handling.
 
@@ -258,23 +258,6 @@ class AsyncioPubSub(SubscribedNames):
         self._closed = True
         await self._pubsub.aclose()
         self._progress.set()  # a task waiting for another's read finds the session closed
-
-    async def subscribe(self, *channels: Any) -> None:
-        """Subscribe to channels; returns once the server confirmed them, and raises
-        :class:`~ailf.errors.ResponseError` (code ``NOPERM``) naming them if refused."""
-        await self._send_and_confirm("SUBSCRIBE", channels)
-
-    async def psubscribe(self, *patterns: Any) -> None:
-        """Subscribe to glob patterns; returns once confirmed, raises when refused."""
-        await self._send_and_confirm("PSUBSCRIBE", patterns)
-
-    async def unsubscribe(self, *channels: Any) -> None:
-        """Unsubscribe from channels (all of them when none are given)."""
-        await self._send_and_confirm("UNSUBSCRIBE", channels or tuple(self.channels))
-
-    async def punsubscribe(self, *patterns: Any) -> None:
-        """Unsubscribe from patterns (all of them when none are given)."""
-        await self._send_and_confirm("PUNSUBSCRIBE", patterns or tuple(self.patterns))
 
     async def _send_and_confirm(self, command: str, names: tuple[Any, ...]) -> None:
         if not names:

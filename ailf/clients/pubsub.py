@@ -37,7 +37,7 @@ from ailf.clients.resp import pack_command, pack_commands
 from ailf.config import RedisConfig
 from ailf.errors import DecodeError, RedisConnectionError, RedisTimeoutError, ResponseError
 
-__all__ = ["PubSub", "Request", "SubscribedNames", "Subscriptions"]
+__all__ = ["PubSub", "PubSubCommands", "Request", "Subscriptions"]
 
 log = logging.getLogger("ailf.clients")
 
@@ -222,11 +222,14 @@ class Subscriptions:
             self._finish(self._pending.popleft())
 
 
-class SubscribedNames:
-    """The read-only ``channels`` and ``patterns`` of a session keeping a
-    :class:`Subscriptions` (the trio :class:`PubSub` and its asyncio twin)."""
+class PubSubCommands:
+    """What both engines' pub/sub sessions offer (the trio :class:`PubSub` and its asyncio
+    twin), over a :class:`Subscriptions` and the ``_send_and_confirm`` each provides."""
 
     _subscriptions: Subscriptions
+
+    async def _send_and_confirm(self, command: str, names: tuple[Any, ...]) -> None:
+        raise NotImplementedError
 
     @property
     def channels(self) -> set[Any]:
@@ -238,8 +241,29 @@ class SubscribedNames:
         """The patterns subscribed, or being subscribed (read-only)."""
         return self._subscriptions.patterns
 
+    async def subscribe(self, *channels: Any) -> None:
+        """Subscribe to channels; returns once the server confirmed them.
 
-class PubSub(SubscribedNames):
+        Raises :class:`~ailf.errors.ResponseError` (code ``NOPERM``) naming them if
+        Redis refuses (it then subscribes none of them); the session goes on.
+        """
+        await self._send_and_confirm("SUBSCRIBE", channels)
+
+    async def psubscribe(self, *patterns: Any) -> None:
+        """Subscribe to glob patterns (``"events.*"``); returns once confirmed, and
+        raises like :meth:`subscribe` when refused."""
+        await self._send_and_confirm("PSUBSCRIBE", patterns)
+
+    async def unsubscribe(self, *channels: Any) -> None:
+        """Unsubscribe from channels (all of them when none are given)."""
+        await self._send_and_confirm("UNSUBSCRIBE", channels or tuple(self.channels))
+
+    async def punsubscribe(self, *patterns: Any) -> None:
+        """Unsubscribe from patterns (all of them when none are given)."""
+        await self._send_and_confirm("PUNSUBSCRIBE", patterns or tuple(self.patterns))
+
+
+class PubSub(PubSubCommands):
     """Subscriptions on a dedicated connection; use as ``async with client.pubsub() as ps``.
 
     Iterate it (``async for message in ps``) for message dicts shaped like redis-py's:
@@ -286,27 +310,6 @@ class PubSub(SubscribedNames):
         self._subscriptions.release()
 
     # -- subscribing ----------------------------------------------------------------
-
-    async def subscribe(self, *channels: Any) -> None:
-        """Subscribe to channels; returns once the server confirmed them.
-
-        Raises :class:`~ailf.errors.ResponseError` (code ``NOPERM``) naming them if
-        Redis refuses (it then subscribes none of them); the session goes on.
-        """
-        await self._send_and_confirm("SUBSCRIBE", channels)
-
-    async def psubscribe(self, *patterns: Any) -> None:
-        """Subscribe to glob patterns (``"events.*"``); returns once confirmed, and
-        raises like :meth:`subscribe` when refused."""
-        await self._send_and_confirm("PSUBSCRIBE", patterns)
-
-    async def unsubscribe(self, *channels: Any) -> None:
-        """Unsubscribe from channels (all of them when none are given)."""
-        await self._send_and_confirm("UNSUBSCRIBE", channels or tuple(self.channels))
-
-    async def punsubscribe(self, *patterns: Any) -> None:
-        """Unsubscribe from patterns (all of them when none are given)."""
-        await self._send_and_confirm("PUNSUBSCRIBE", patterns or tuple(self.patterns))
 
     async def _send_and_confirm(self, command: str, names: tuple[Any, ...]) -> None:
         if self._stack is None:
