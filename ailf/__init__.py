@@ -8,6 +8,7 @@ from importlib.metadata import version as _version
 
 from ailf.clients.async_client import AsyncRedisClient as AsyncRedisClient
 from ailf.clients.sync import RedisClient as RedisClient
+from ailf.codec import message_type as message_type
 from ailf.config import EMBEDDED_URL as EMBEDDED_URL
 from ailf.config import RedisConfig as RedisConfig
 from ailf.config import RetryPolicy as RetryPolicy
@@ -78,4 +79,5 @@ __all__ = [
     "SupervisionError",
     "WatchError",
     "__version__",
+    "message_type",
 ]

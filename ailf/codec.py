@@ -3,16 +3,16 @@
 No pickle anywhere: a payload from Redis is data, never code. Plain JSON values (dicts,
 lists, strings, numbers, booleans, None) travel as they are. An attrs instance travels
 as its unstructured fields plus a *type tag* ``"package.module:QualName"``, and comes
-back as an instance of its class when the receiving process has that class's module
-imported (and as the plain dict of its fields when it has not, so that nothing is
-lost). Decoding never imports anything a payload names.
+back as an instance of its class in a process that registered the class
+(:func:`message_type`), and as the plain dict of its fields elsewhere, so that nothing
+is lost. Decoding never imports anything, nor looks anything up by name, but in that
+registry.
 """
 
 from __future__ import annotations
 
 import json
-import sys
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import cattrs
@@ -21,12 +21,15 @@ from cattrs.preconf.json import make_converter
 from ailf.errors import DecodeError
 
 __all__ = [
+    "MessageTypes",
     "converter",
     "decode_body",
     "dumps",
     "encode_body",
     "encode_payload",
     "loads",
+    "message_type",
+    "message_types",
     "type_tag",
 ]
 
@@ -35,18 +38,42 @@ __all__ = [
 converter: cattrs.Converter = make_converter()
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+#: For the rare text that is not valid Unicode (a lone surrogate such as ``"\ud800"``,
+#: which JSON may carry as an escape but UTF-8 cannot): escaped, it still decodes to the
+#: same Python string on the other side.
+_ascii_encoder = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
 _decoder = json.JSONDecoder()
 
 
-def dumps(value: Any) -> str:
-    """Compact JSON text for a JSON-able value; attrs instances are unstructured first."""
-    try:
-        return _encoder.encode(value)
-    except (TypeError, ValueError):
+def _encode(value: Any) -> str:
+    text = _encoder.encode(value)
+    if not text.isascii():
         try:
-            return _encoder.encode(converter.unstructure(value))
-        except (TypeError, ValueError) as exc:
-            raise DecodeError(f"cannot encode {type(value).__name__} as JSON: {exc}") from exc
+            text.encode()
+        except UnicodeEncodeError:
+            return _ascii_encoder.encode(value)
+    return text
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text for a JSON-able value; attrs instances are unstructured first.
+
+    The text is always valid UTF-8 (strings holding lone surrogates are sent as
+    ``\\u`` escapes). A value JSON cannot carry — NaN, an arbitrary object, nesting
+    deeper than the interpreter's recursion limit — raises :class:`DecodeError`.
+    """
+    try:
+        return _encode(value)
+    except (TypeError, ValueError, RecursionError):
+        pass
+    try:
+        return _encode(converter.unstructure(value))
+    except Exception as exc:  # whatever the value's own hooks raise, it is not encodable
+        if isinstance(exc, RecursionError):
+            detail = "nested deeper than the recursion limit"
+        else:
+            detail = str(exc)
+        raise DecodeError(f"cannot encode {type(value).__name__} as JSON: {detail}") from None
 
 
 def loads(text: str | bytes) -> Any:
@@ -83,42 +110,75 @@ def encode_body(body: Any) -> tuple[Any, str | None]:
     return body, None
 
 
-_classes: dict[str, type] = {}
+class MessageTypes:
+    """The attrs classes a process will rebuild message bodies as, by type tag.
 
-
-def _resolve_tag(tag: str) -> type | None:
-    """The attrs class a type tag names, looked up among modules already imported.
-
-    A tag comes off the wire, so it is never a reason to import anything: importing a
-    module runs its code, and a sender must not choose what code a receiver runs. The
-    receiving process has the class's module imported whenever its own code uses the
-    class (an agent importing the message classes it handles). Only hits are cached,
-    so a class whose module is imported later is still found, and a flood of made-up
-    tags costs no memory.
+    A tag arrives on the wire, written by whoever could write to a mailbox or a channel,
+    so it is only ever *looked up* here: a class is rebuilt from a tag only if this
+    process's own code registered it first — with :func:`message_type`, or by annotating
+    an agent's handler ``message: Message[Order]`` (registered when the agent is
+    spawned). A tag naming anything else leaves the body as the plain JSON it arrived
+    as. Nothing about a tag ever makes the receiver import a module or walk a module's
+    attributes: a sender must not choose what code runs in the receiver.
     """
-    cls = _classes.get(tag)
-    if cls is not None:
+
+    def __init__(self) -> None:
+        self._by_tag: dict[str, type] = {}
+
+    def register(self, cls: type) -> type:
+        """Rebuild bodies tagged ``type_tag(cls)`` as ``cls``; returns ``cls``.
+
+        Registering a class again is harmless; a class registered under a tag that
+        another class held (a module reloaded, a class redefined) replaces it.
+        """
+        if not (isinstance(cls, type) and attrs.has(cls)):
+            raise TypeError(f"message_type(): expected an attrs class, got {cls!r}")
+        self._by_tag[type_tag(cls)] = cls
         return cls
-    module_name, _, qualname = tag.partition(":")
-    found: Any = sys.modules.get(module_name)
-    for part in qualname.split(".") if found is not None else ():
-        found = getattr(found, part, None)
-    if isinstance(found, type) and attrs.has(found):
-        _classes[tag] = found
-        return found
-    return None
+
+    def get(self, tag: str) -> type | None:
+        """The class registered under ``tag``, or None."""
+        return self._by_tag.get(tag)
+
+    def __contains__(self, cls: object) -> bool:
+        return isinstance(cls, type) and self._by_tag.get(type_tag(cls)) is cls
+
+
+#: The registry :func:`decode_body` rebuilds typed bodies from.
+message_types = MessageTypes()
+
+T = TypeVar("T", bound=type)
+
+
+def message_type(cls: T) -> T:
+    """Register an attrs class as a message body type; usable as a class decorator::
+
+        @message_type
+        @attrs.frozen
+        class Order:
+            item: str
+            qty: int
+
+    A body sent as an ``Order`` then arrives as an ``Order`` in every process that
+    registered it (and as the plain dict of its fields in one that did not). Agents
+    whose handler is annotated ``message: Message[Order]`` register ``Order`` when
+    they are spawned; an ``ask()`` caller registers the classes of the replies it
+    expects.
+    """
+    message_types.register(cls)
+    return cls
 
 
 def decode_body(data: Any, tag: str | None) -> Any:
     """Rebuild a body from its data and type tag.
 
-    Raises :class:`DecodeError` when the class is found but the data does not fit it
-    (the message carries cattrs' path to the bad field). A tag naming no class of an
-    imported module leaves the data as it is.
+    Raises :class:`DecodeError` when the tag names a registered class but the data
+    does not fit it (the message carries cattrs' path to the bad field). A tag naming
+    no registered class (see :class:`MessageTypes`) leaves the data as it is.
     """
     if tag is None:
         return data
-    cls = _resolve_tag(tag)
+    cls = message_types.get(tag)
     if cls is None:
         return data
     try:

@@ -1,8 +1,9 @@
-"""A runtime in a process of its own, for tests/test_runtime_processes.py.
+"""A runtime in a process of its own, for tests/test_runtime_processes.py and others.
 
 Run as ``python tests/runtime_child.py '<json spec>'``; prints ``ready`` once its agents
 have started, then serves until SIGINT/SIGTERM (graceful) or SIGKILL. The ``Recorder``
-agent pushes one JSON line per handled message onto the Redis list ``options.key``.
+agent pushes one JSON line per handled message onto the Redis list ``options.key``;
+``spec["others"]`` names more agents of the same class, spawned beside it.
 """
 
 from __future__ import annotations
@@ -48,14 +49,15 @@ async def main(spec: dict[str, Any]) -> None:
         namespace=spec["namespace"],
         grace_period=spec.get("grace_period", 10.0),
     ) as runtime:
-        await runtime.spawn(
-            Recorder,
-            name=spec["agent"],
-            replicas=spec.get("replicas", 1),
-            options=spec["options"],
-            topics=spec.get("topics", ()),
-            claim_idle=spec.get("claim_idle"),
-        )
+        for name in [spec["agent"], *spec.get("others", ())]:
+            await runtime.spawn(
+                Recorder,
+                name=name,
+                replicas=spec.get("replicas", 1),
+                options=spec["options"],
+                topics=spec.get("topics", ()),
+                claim_idle=spec.get("claim_idle"),
+            )
         print("ready", flush=True)
         await runtime.run_forever()
 

@@ -7,10 +7,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ailf import DecodeError
-from ailf.codec import decode_body, dumps, encode_body, loads, type_tag
+from ailf import DecodeError, message_type
+from ailf.codec import decode_body, dumps, encode_body, loads, message_types, type_tag
 
 
+@message_type
 @attrs.frozen
 class Point:
     x: int
@@ -78,12 +79,54 @@ def test_a_tag_never_imports_a_module() -> None:
     assert "antigravity" not in sys.modules
 
 
-def test_a_class_whose_module_is_imported_later_is_found(tmp_path, monkeypatch) -> None:
-    (tmp_path / "late_messages.py").write_text(
-        "import attrs\n\n@attrs.frozen\nclass Late:\n    n: int\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    assert decode_body({"n": 1}, "late_messages:Late") == {"n": 1}
-    import late_messages
+@attrs.frozen
+class Unregistered:
+    n: int
 
-    assert decode_body({"n": 1}, "late_messages:Late") == late_messages.Late(1)
+
+def test_only_registered_classes_are_rebuilt() -> None:
+    """A class whose module is imported is not enough: a tag is only looked up in the
+    registry, never by walking a module's attributes."""
+    assert decode_body({"n": 1}, type_tag(Unregistered)) == {"n": 1}
+    message_type(Unregistered)
+    try:
+        assert decode_body({"n": 1}, type_tag(Unregistered)) == Unregistered(1)
+    finally:
+        message_types._by_tag.pop(type_tag(Unregistered))
+
+
+@pytest.mark.parametrize(
+    "tag",
+    [
+        "ctypes:cdll./tmp/libnothing.so",
+        "ctypes:CDLL",
+        "concurrent.futures:ProcessPoolExecutor",
+        "os:system",
+        "builtins:eval",
+        "subprocess:Popen",
+        "test_codec:Point.__init__.__globals__",
+        ":",
+        "",
+    ],
+)
+def test_tags_naming_anything_else_leave_the_data(tag: str) -> None:
+    assert decode_body({"cmd": "x"}, tag) == {"cmd": "x"}
+
+
+def test_only_attrs_classes_can_be_registered() -> None:
+    with pytest.raises(TypeError, match="attrs class"):
+        message_type(dict)  # type: ignore[type-var]
+
+
+def test_lone_surrogates_are_escaped_and_come_back() -> None:
+    text = dumps({"s": "a\ud800b", "t": "é"})
+    text.encode()  # valid UTF-8
+    assert loads(text) == {"s": "a\ud800b", "t": "é"}
+
+
+def test_nesting_past_the_recursion_limit_is_a_decode_error() -> None:
+    value: list = []
+    for _ in range(100_000):
+        value = [value]
+    with pytest.raises(DecodeError, match="nested deeper"):
+        dumps(value)

@@ -16,7 +16,7 @@ import attrs
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ailf.codec import decode_body, loads
+from ailf.codec import decode_body, loads, message_type
 from ailf.errors import DecodeError, MessageTooLarge
 from ailf.runtime.message import (
     Message,
@@ -29,6 +29,7 @@ from ailf.runtime.message import (
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+@message_type
 @attrs.frozen
 class Point:
     x: int
@@ -44,8 +45,13 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
     max_leaves=20,
 )
-# JSON as Python's json module reads it: NaN, Infinity and huge exponents included.
-any_json = json_values | st.sampled_from([math.nan, math.inf, -math.inf])
+# JSON as Python's json module reads it: NaN, Infinity, huge exponents and integers of
+# hundreds of digits (which overflow a float) included.
+any_json = (
+    json_values
+    | st.sampled_from([math.nan, math.inf, -math.inf])
+    | st.integers(min_value=1, max_value=10**20).map(lambda n: n * 10**400)
+)
 
 #: Type tags that exist, that are hostile, and that are malformed. Random tags stay under
 #: a prefix no module has, so that fuzzing never imports whatever a random name hits.

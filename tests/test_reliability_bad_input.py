@@ -20,9 +20,10 @@ import pytest
 import redis
 import trio
 
-from ailf import Agent, ConfigError, Message, RedisConfig, Runtime
+from ailf import Agent, ConfigError, Message, RedisConfig, Runtime, message_type
 
 
+@message_type
 @attrs.frozen
 class Point:
     x: int

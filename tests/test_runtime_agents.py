@@ -37,7 +37,7 @@ class Sink:
 class Recorder(Agent):
     Options = Sink
 
-    async def on_message(self, message: Message) -> Any:
+    async def on_message(self, message: Message[Order | Any]) -> Any:  # registers Order
         self.options.seen.append(message)
         if self.options.delay:
             await trio.sleep(self.options.delay)
@@ -108,7 +108,7 @@ async def test_ask_timeout_names_the_agent_and_late_replies_are_dropped(
     with trio.fail_after(20):
         async with Runtime(redis_config, namespace="t") as runtime:
             await runtime.spawn(Recorder, name="slow", options=sink)
-            with pytest.raises(AskTimeout, match=r"agent 'slow' within 0.1 s") as caught:
+            with pytest.raises(AskTimeout, match=r"agent 'slow' in namespace 't' within 0.1 s") as caught:
                 await runtime.ask("slow", "hurry", timeout=0.1)
             assert isinstance(caught.value, TimeoutError)
             assert caught.value.agent == "slow" and caught.value.timeout == 0.1

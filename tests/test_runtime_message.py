@@ -8,6 +8,7 @@ import re
 import attrs
 import pytest
 
+from ailf.codec import message_type
 from ailf.errors import ConfigError, DecodeError, MessageTooLarge
 from ailf.runtime import Runtime
 from ailf.runtime.agent import Agent, structure_options
@@ -20,6 +21,7 @@ from ailf.runtime.message import (
 )
 
 
+@message_type
 @attrs.frozen
 class Point:
     x: int

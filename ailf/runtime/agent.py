@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextvars
 import inspect
 import logging
+import types
+import typing
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -31,6 +33,7 @@ __all__ = [
     "Agent",
     "AgentLog",
     "NoOptions",
+    "body_types",
     "structure_options",
 ]
 
@@ -160,6 +163,45 @@ class Agent:
 def is_sync_handler(agent_cls: type[Agent]) -> bool:
     """True when the class's ``on_message`` is a plain function (run in a worker thread)."""
     return not inspect.iscoroutinefunction(agent_cls.on_message)
+
+
+def body_types(agent_cls: type[Agent]) -> tuple[type, ...]:
+    """The attrs classes the handler's annotation names: ``message: Message[Order]`` or
+    ``Message[Order | Refund]`` gives ``(Order,)`` or ``(Order, Refund)``.
+
+    Spawning registers them (:func:`ailf.codec.message_type`), so that bodies tagged as
+    one of them arrive as instances. Only an annotation with ``Message[...]`` is
+    evaluated; one that cannot be (a class imported only under ``TYPE_CHECKING``) is a
+    :class:`ConfigError`, since its bodies would silently arrive as plain dicts.
+    """
+    handler = agent_cls.on_message
+    parameters = list(inspect.signature(handler).parameters)
+    if len(parameters) < 2:
+        return ()
+    name = parameters[1]
+    annotation = inspect.get_annotations(handler).get(name)
+    if annotation is None or (isinstance(annotation, str) and "[" not in annotation):
+        return ()
+    if isinstance(annotation, str):
+        try:
+            annotation = typing.get_type_hints(handler)[name]
+        except Exception as exc:
+            raise ConfigError(
+                f"{agent_cls.__qualname__}.on_message: cannot evaluate the annotation"
+                f" {annotation!r} ({type(exc).__name__}: {exc}); import the classes it"
+                " names at module level, or register them with ailf.message_type()"
+            ) from None
+    if typing.get_origin(annotation) is not Message:
+        return ()
+    found: list[type] = []
+    pending = list(typing.get_args(annotation))
+    while pending:
+        candidate = pending.pop(0)
+        if typing.get_origin(candidate) in (typing.Union, types.UnionType):
+            pending.extend(typing.get_args(candidate))
+        elif isinstance(candidate, type) and attrs.has(candidate):
+            found.append(candidate)
+    return tuple(found)
 
 
 def check_agent_class(agent_cls: Any) -> type[Agent]:

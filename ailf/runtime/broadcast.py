@@ -20,14 +20,14 @@ on, and the next call tries again.
 
 from __future__ import annotations
 
-import itertools
 import logging
+import secrets
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
-from ailf.errors import AskTimeout, DecodeError, RemoteError
+from ailf.errors import AskTimeout, DecodeError, RedisError, RemoteError, ResponseError
 from ailf.runtime.message import Reply, decode_envelope, decode_reply
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ log = logging.getLogger("ailf.runtime")
 
 @attrs.define(eq=False)
 class _Waiter:
+    agent: str
     event: trio.Event = attrs.field(factory=trio.Event)
     reply: Reply | None = None
 
@@ -48,14 +49,18 @@ class _Waiter:
 class ReplyInbox:
     """Pending ``ask()`` calls of this process, by correlation id.
 
-    A reply whose asker has given up (timed out, cancelled) finds no waiter and is
-    dropped quietly (logged at DEBUG).
+    A correlation id is 128 random bits, so that nobody who cannot read the request
+    can answer it; a reply must also name the agent that was asked, so that a request
+    read out of one mailbox and sent on to another agent (with its ``reply_to`` and
+    ``correlation``) cannot answer the first. Replies failing either check are dropped
+    (logged at WARNING); a reply whose asker has given up (timed out, cancelled) finds
+    no waiter and is dropped quietly (logged at DEBUG).
     """
 
-    def __init__(self, channel: str) -> None:
+    def __init__(self, channel: str, namespace: str) -> None:
         self.channel = channel
+        self.namespace = namespace
         self._waiting: dict[str, _Waiter] = {}
-        self._ids = itertools.count(1)
 
     def deliver(self, data: Any) -> None:
         try:
@@ -63,22 +68,30 @@ class ReplyInbox:
         except DecodeError as exc:
             log.warning("dropped a malformed reply on %s: %s", self.channel, exc)
             return
-        waiter = self._waiting.pop(reply.correlation, None)
+        waiter = self._waiting.get(reply.correlation)
         if waiter is None:
-            log.debug("dropped a late reply (correlation %s)", reply.correlation)
+            log.debug("dropped a late reply (correlation %.40r)", reply.correlation)
             return
+        if reply.agent != waiter.agent:
+            log.warning(
+                "dropped a reply to an ask() of agent %r that came from %r instead",
+                waiter.agent,
+                reply.agent,
+            )
+            return
+        del self._waiting[reply.correlation]
         waiter.reply = reply
         waiter.event.set()
 
     async def ask(self, to: str, timeout: float, send: Any) -> Any:  # noqa: ASYNC109
-        """Call ``await send(correlation)`` and wait for the matching reply.
+        """Call ``await send(correlation)`` and wait for the matching reply from ``to``.
 
         Raises :class:`AskTimeout` after ``timeout`` seconds (the request stays in the
         mailbox; its reply will be dropped) and :class:`RemoteError` when the handler
         raised. Cancellation abandons the reply the same way.
         """
-        correlation = str(next(self._ids))
-        waiter = _Waiter()
+        correlation = secrets.token_urlsafe(16)
+        waiter = _Waiter(to)
         self._waiting[correlation] = waiter
         try:
             with trio.move_on_after(timeout):
@@ -89,8 +102,9 @@ class ReplyInbox:
         reply = waiter.reply
         if reply is None:
             raise AskTimeout(
-                f"no reply from agent {to!r} within {timeout} s (is an agent named {to!r}"
-                " running in this namespace, and is its handler that slow?)",
+                f"no reply from agent {to!r} in namespace {self.namespace!r} within"
+                f" {timeout} s (is an agent named {to!r} running in this namespace, and is"
+                " its handler that slow?)",
                 agent=to,
                 timeout=timeout,
             )
@@ -100,7 +114,13 @@ class ReplyInbox:
 
 
 class BroadcastHub:
-    """The process's pub/sub session: topic listeners and the reply inbox."""
+    """The process's pub/sub session: topic listeners and the reply inbox.
+
+    The session outlives Redis restarts and password rotations by itself (the client
+    reconnects and subscribes again). Should it fail anyway (Redis answering the session
+    with an error), the hub opens a new one after a backoff and subscribes every channel
+    it had; broadcasts published in between are lost, as pub/sub allows.
+    """
 
     def __init__(self, client: AsyncRedisClient, inbox: ReplyInbox) -> None:
         self.client = client
@@ -111,25 +131,52 @@ class BroadcastHub:
         self._nursery: trio.Nursery | None = None
         #: Channels whose SUBSCRIBE is in flight; set once it is answered.
         self._subscribing: dict[str, trio.Event] = {}
+        #: Every channel subscribed on purpose, to subscribe again on a new session.
+        self._wanted: set[str] = set()
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-        async with self.client.pubsub() as pubsub, trio.open_nursery() as nursery:
-            self._pubsub = pubsub
-            self._nursery = nursery
-            task_status.started()
+        failures = 0
+        started = False
+        while True:
             try:
-                async for message in pubsub:
-                    if message.get("type") != "message":
-                        continue
-                    channel = message["channel"]
-                    if channel == self.inbox.channel:
-                        self.inbox.deliver(message["data"])
-                    else:
-                        self._broadcast(channel, message["data"])
+                async with self.client.pubsub() as pubsub, trio.open_nursery() as nursery:
+                    self._pubsub = pubsub
+                    self._nursery = nursery
+                    await self._subscribe_again(pubsub)
+                    if not started:
+                        task_status.started()
+                        started = True
+                    async for message in pubsub:
+                        failures = 0
+                        if message.get("type") != "message":
+                            continue
+                        channel = message["channel"]
+                        if channel == self.inbox.channel:
+                            self.inbox.deliver(message["data"])
+                        else:
+                            self._broadcast(channel, message["data"])
+                return
+            except RedisError as exc:
+                if not started:
+                    raise  # Redis unreachable or refusing us at start: the runtime says so
+                delay = self.client.config.retry.delay(min(failures, 30))
+                failures += 1
+                log.warning(
+                    "the broadcast and reply session failed (%s); opening a new one in %.2f s",
+                    exc,
+                    delay,
+                )
+                await trio.sleep(delay)
             finally:
-                # The session failed (the password changed, say) or is closing: listeners
-                # detaching meanwhile have nothing left to unsubscribe from.
+                # Listeners detaching meanwhile have nothing left to unsubscribe from.
                 self._nursery = None
+
+    async def _subscribe_again(self, pubsub: Any) -> None:
+        for channel in sorted(self._wanted):
+            try:
+                await pubsub.subscribe(channel)
+            except ResponseError as exc:  # NOPERM since: the others go on
+                log.warning("could not subscribe %s again: %s", channel, exc)
 
     def _broadcast(self, channel: str, data: Any) -> None:
         listeners = self._listeners.get(channel)
@@ -163,6 +210,7 @@ class BroadcastHub:
         self._subscribing[channel] = done = trio.Event()
         try:
             await self._pubsub.subscribe(channel)
+            self._wanted.add(channel)
         finally:
             del self._subscribing[channel]
             done.set()
@@ -184,9 +232,13 @@ class BroadcastHub:
         listeners.discard(cell)
         if not listeners:
             del self._listeners[channel]
+            self._wanted.discard(channel)
             if self._nursery is not None:
                 self._nursery.start_soon(self._unsubscribe, channel)
 
     async def _unsubscribe(self, channel: str) -> None:
         if channel not in self._listeners and channel in self._pubsub.channels:
-            await self._pubsub.unsubscribe(channel)
+            try:
+                await self._pubsub.unsubscribe(channel)
+            except RedisError as exc:  # the session is failing: the next one will not have it
+                log.debug("could not unsubscribe %s: %s", channel, exc)

@@ -38,7 +38,10 @@ from ailf.runtime.message import (
     Message,
     decode_envelope,
     encode_reply,
+    error_text,
+    kept_envelope,
     too_large,
+    wire_text,
 )
 from ailf.runtime.statistics import Counters
 
@@ -256,6 +259,14 @@ class Cell:
         except DecodeError as exc:
             await self.dead_letter(delivery, f"undecodable: {exc}")
             return
+        keys = self.runtime.keys
+        if message.reply_to is not None and not keys.is_reply(message.reply_to):
+            await self.dead_letter(
+                delivery,
+                f"refused: reply_to {message.reply_to[:120]!r} is not a reply inbox of"
+                f" namespace {keys.namespace!r} (a channel {keys.reply('...')!r})",
+            )
+            return
         max_deliveries = self.spec.agent_cls.max_deliveries
         if delivery.delivery_count > max_deliveries:
             await self.dead_letter(
@@ -333,9 +344,10 @@ class Cell:
         """
         assert message.reply_to is not None and message.correlation is not None
         try:
-            text = encode_reply(message.correlation, result, error)
-        except DecodeError as exc:
-            text = encode_reply(message.correlation, error=exc)
+            text = encode_reply(message.correlation, result, error, agent=self.spec.name)
+        except DecodeError as exc:  # the return value is not JSON: the asker gets why
+            self.log.warning("could not encode the reply (%s); answering with the error", exc)
+            text = encode_reply(message.correlation, error=exc, agent=self.spec.name)
         stream = delivery.binding.stream
         pipe = self.runtime.client.pipeline(transaction=False)
         pipe.publish(message.reply_to, text)
@@ -353,37 +365,52 @@ class Cell:
     async def dead_letter(
         self, delivery: Delivery, reason: str, error: Exception | None = None
     ) -> bool:
-        """Move ``delivery`` to the dead letters (added and acknowledged in one MULTI);
-        False if Redis could not be told (it stays pending, and comes back)."""
+        """Move ``delivery`` to the dead letters: XADD it there, then acknowledge it.
+
+        Two steps, not one MULTI: inside a transaction a failing XADD (the dead-letter
+        key holding a string, Redis out of memory) does not stop the XACK after it, and
+        the message would be gone without a trace. If the XADD fails, the entry stays
+        pending and comes back; the reason is remembered by the reader, so that the
+        dead letter written then still says why it was given up. If the process dies
+        between the two steps, the entry is dead-lettered twice (at least once).
+        Returns False if Redis could not be told.
+        """
         runtime = self.runtime
+        stream = delivery.binding.stream
+        why = {
+            "reason": wire_text(reason),
+            "error_type": type(error).__name__ if error is not None else "",
+            "error_message": error_text(error) if error is not None else "",
+        }
+        why = self.reader.unwritten.pop((stream, delivery.id), why)
         raw = delivery.fields.get(ENVELOPE_FIELD)
         fields = {
             "id": delivery.id,
             "agent": self.spec.name,
-            "reason": reason,
-            "error_type": type(error).__name__ if error is not None else "",
-            "error_message": str(error) if error is not None else "",
+            **why,
             "delivery_count": str(delivery.delivery_count),
             "failed_at": repr(time.time()),
             "consumer": self.reader.consumer,
-            "envelope": raw if isinstance(raw, str) else dumps(delivery.fields),
+            **kept_envelope(
+                raw if isinstance(raw, str) else dumps(delivery.fields),
+                runtime.settings.max_message_size,
+            ),
         }
         token = current_message_id.set(delivery.id)
         try:
-            pipe = runtime.client.pipeline(transaction=True)
-            pipe.xadd(
+            await runtime.client.xadd(
                 runtime.keys.dead(self.spec.name),
                 fields,
                 maxlen=runtime.settings.dead_letter_maxlen,
             )
-            pipe.xack(delivery.binding.stream, GROUP, delivery.id)
-            await pipe.execute()
         except RedisError as exc:
-            self.log.warning("could not dead-letter (%s); it stays pending: %s", exc, reason)
+            self.reader.remember_unwritten(stream, delivery.id, why)
+            self.log.warning("could not dead-letter (%s); it stays pending: %s", exc, why["reason"])
             return False
         else:
+            runtime.acker.ack(stream, delivery.id)
             self.counters.dead_lettered += 1
-            self.log.error("dead-lettered: %s", reason, exc_info=error)
+            self.log.error("dead-lettered: %s", why["reason"], exc_info=error)
             return True
         finally:
             current_message_id.reset(token)

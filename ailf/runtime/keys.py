@@ -74,6 +74,21 @@ class Keys:
         """The pub/sub channel a process receives its ``ask()`` replies on."""
         return f"{self.prefix}reply:{process}"
 
+    def is_reply(self, channel: str) -> bool:
+        """True if ``channel`` is a reply inbox of this namespace: the only channels an
+        agent publishes replies to. A ``reply_to`` is written by whoever sent the
+        request, so without this check a sender allowed only to XADD could make an
+        agent publish on any channel (a topic's, another namespace's) on its behalf.
+        """
+        head = f"{self.prefix}reply:"
+        if not (len(head) < len(channel) <= len(head) + 256 and channel.startswith(head)):
+            return False
+        try:
+            channel.encode()  # a lone surrogate cannot be sent
+        except UnicodeEncodeError:
+            return False
+        return not _SPACE.search(channel)
+
     def wake(self, process: str) -> str:
         """A process's private stream, read with its mailboxes, used to interrupt a
         blocked read when the set of mailboxes to read changes."""

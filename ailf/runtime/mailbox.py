@@ -104,6 +104,8 @@ class Binding:
     held: dict[str, float] = attrs.field(factory=dict)
     retrying: set[str] = attrs.field(factory=set)
     active: bool = True
+    #: Why the mailbox cannot be read (its key is not a stream), or None.
+    problem: str | None = None
 
 
 @attrs.frozen
@@ -117,6 +119,9 @@ class Delivery:
 
 
 _warned: dict[str, int] = {}
+
+#: How many failed dead-letter writes a reader remembers the reasons of.
+_UNWRITTEN_LIMIT = 1024
 
 
 async def check_unread_trimmed(client: AsyncRedisClient, stream: str) -> dict[str, Any] | None:
@@ -295,6 +300,9 @@ class MailboxReader:
         #: Whether the wake stream's group exists (a full Redis refuses to create it).
         self._wake = False
         self._wake_retry = 0.0
+        #: (stream, entry id) -> why it was given up, for entries whose dead letter
+        #: could not be written; bounded, oldest forgotten first.
+        self.unwritten: dict[tuple[str, str], dict[str, str]] = {}
 
     # -- called by instances (synchronous, never blocking) --------------------------
 
@@ -348,6 +356,12 @@ class MailboxReader:
         self.poke()
         return delay
 
+    def remember_unwritten(self, stream: str, entry_id: str, why: dict[str, str]) -> None:
+        """Keep why an entry was given up while its dead letter cannot be written."""
+        self.unwritten[(stream, entry_id)] = why
+        if len(self.unwritten) > _UNWRITTEN_LIMIT:
+            del self.unwritten[next(iter(self.unwritten))]
+
     def retries_pending(self, stream: str) -> bool:
         return any(item[2].stream == stream for item in self._retries)
 
@@ -386,6 +400,8 @@ class MailboxReader:
                     unreadable = True
                     await self._backoff(f"{exc}; dead-lettering the entries that are not text")
                 except ResponseError as exc:
+                    if exc.code == "WRONGTYPE" and await self._set_aside_wrong_types():
+                        continue
                     recreate = exc.code == "NOGROUP"
                     why = "consumer group missing, re-creating it" if recreate else "error reply"
                     await self._backoff(f"{why} ({exc})")
@@ -442,6 +458,56 @@ class MailboxReader:
             binding.backlog, binding.backlog_from = True, "0"
         self._streams = None
 
+    async def _set_aside_wrong_types(self) -> bool:
+        """Stop reading mailboxes whose key is not a stream; True if any was found.
+
+        One XREADGROUP reads every mailbox of this reader, and Redis fails all of it
+        (WRONGTYPE) if one key holds something else — a ``SET`` on a mailbox key by
+        mistake or malice. So find those keys (one TYPE each, in one round trip), read
+        on without them, and look at them again at each claim period: once the key is
+        deleted or a stream again, the mailbox is read again. The problem is logged, and
+        shown in the registry (``ailf status``) until then.
+        """
+        streams = [self.wake_key, *self.bindings]
+        pipe = self.client.pipeline(transaction=False)
+        for stream in streams:
+            pipe.type(stream)
+        found = False
+        for stream, kind in zip(streams, await pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(kind, str) and kind not in ("stream", "none"):
+                found = True
+                if stream == self.wake_key:
+                    await self._create_wake()
+                    continue
+                binding = self.bindings[stream]
+                binding.problem = f"its key holds a {kind}, not a stream"
+                log.error(
+                    "mailbox %s: %s; agent %r reads nothing from it until the key is deleted"
+                    " (DEL %s) or holds a stream again",
+                    stream,
+                    binding.problem,
+                    binding.agent,
+                    stream,
+                )
+        self._streams = None
+        return found
+
+    async def _check_repaired(self, binding: Binding) -> None:
+        """Read a set-aside mailbox again once its key is a stream (or gone)."""
+        kind = await self.client.type(binding.stream)
+        if kind not in ("stream", "none"):
+            return
+        await self._create_group(binding.stream)
+        binding.problem = None
+        binding.backlog, binding.backlog_from = True, "0"
+        binding.claim_cursor = "0-0"
+        self._streams = None
+        log.warning("mailbox %s: its key is a stream again; reading it", binding.stream)
+
+    def problems(self) -> dict[str, str]:
+        """Agent name -> why its mailbox is not read, for the mailboxes set aside."""
+        return {b.agent: b.problem for b in self.bindings.values() if b.problem is not None}
+
     async def _create_group(self, stream: str) -> None:
         try:
             await self.client.xgroup_create(stream, GROUP, id="0", mkstream=True)
@@ -450,12 +516,23 @@ class MailboxReader:
                 raise
 
     async def _create_wake(self) -> None:
-        """Create the wake stream's group. A Redis out of memory (noeviction) refuses
-        that — while it still serves reads and acks, which is how it drains — so read
-        without the wake stream meanwhile (a blocked read then lasts up to ``max_block``
-        instead of ending at a change) and try again after ``max_block``."""
+        """Create the wake stream's group.
+
+        A Redis out of memory (noeviction) refuses that — while it still serves reads
+        and acks, which is how it drains — so read without the wake stream meanwhile (a
+        blocked read then lasts up to ``max_block`` instead of ending at a change) and
+        try again after ``max_block``. The wake stream is this reader's own: if its key
+        holds something else (WRONGTYPE), it is deleted and made again.
+        """
         try:
-            await self._create_group(self.wake_key)
+            try:
+                await self._create_group(self.wake_key)
+            except ResponseError as exc:
+                if exc.code != "WRONGTYPE":
+                    raise
+                log.warning("mailbox reader %s: %s; deleting the key", self.consumer, exc)
+                await self.client.delete(self.wake_key)
+                await self._create_group(self.wake_key)
         except ResponseError as exc:
             if exc.code != "OOM":
                 raise
@@ -473,9 +550,13 @@ class MailboxReader:
         self._streams = None
 
     async def _recreate_groups(self) -> None:
-        streams = [self.wake_key, *self.bindings]
-        await _side_by_side([functools.partial(self._create_group, s) for s in streams])
-        self._wake, self._wake_retry = True, 0.0
+        await self._create_wake()
+        streams = [b.stream for b in self.bindings.values() if b.problem is None]
+        try:
+            await _side_by_side([functools.partial(self._create_group, s) for s in streams])
+        except ResponseError as exc:  # the others were created all the same
+            if exc.code != "WRONGTYPE" or not await self._set_aside_wrong_types():
+                raise
         for binding in self.bindings.values():
             binding.backlog, binding.backlog_from = True, "0"
             binding.claim_cursor = "0-0"
@@ -522,7 +603,7 @@ class MailboxReader:
         self._backlog = False
         full = self._full
         for stream, binding in self.bindings.items():
-            if stream in full:
+            if stream in full or binding.problem is not None:
                 continue
             if binding.backlog:
                 self._backlog = True
@@ -634,6 +715,9 @@ class MailboxReader:
         binding.cell.deliver(Delivery(binding, entry_id, fields, delivery.delivery_count + 1))
 
     async def _claim(self, binding: Binding, now: float) -> None:
+        if binding.problem is not None:
+            await self._check_repaired(binding)
+            return
         stream = binding.stream
         idle_ms = int(binding.claim_idle * 1000)
         fresh_before = now - binding.claim_idle / 3

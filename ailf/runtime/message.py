@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import attrs
 
 from ailf.codec import decode_body, dumps, encode_body
-from ailf.errors import DecodeError, MessageTooLarge
+from ailf.errors import ConfigError, DecodeError, MessageTooLarge
 
 __all__ = [
     "ENVELOPE_FIELD",
@@ -46,8 +46,11 @@ ENVELOPE_FIELD = "envelope"
 _raw_decode = json.JSONDecoder().raw_decode
 
 
+BodyT = TypeVar("BodyT")
+
+
 @attrs.frozen
-class Message:
+class Message(Generic[BodyT]):
     """One message as a handler sees it.
 
     ``id`` is the stream entry id for mailbox messages (``"1764120000250-0"``) and a
@@ -55,10 +58,14 @@ class Message:
     ``delivery_count`` is Redis's count of deliveries (1 on the first; crashes and
     retries count). ``reply_to`` and ``correlation`` are set when the sender is waiting
     in ``ask()``; the runtime answers with the handler's return value.
+
+    ``Message[Order]`` in a handler's annotation says what the body is, for type
+    checkers and for the runtime: spawning the agent registers ``Order`` (an attrs
+    class) as a message type, so that bodies tagged as one arrive as one.
     """
 
     id: str
-    body: Any
+    body: BodyT
     sender: str | None = None
     topic: str | None = None
     delivery_count: int = 1
@@ -75,13 +82,15 @@ class Message:
 
 @attrs.frozen
 class Reply:
-    """The answer to one ``ask()``: a body, or the remote exception's type name and text."""
+    """The answer to one ``ask()``: a body, or the remote exception's type name and text,
+    and the name of the agent that answered (checked by the asker)."""
 
     correlation: str
     ok: bool
     body: Any = None
     error_type: str = ""
     error_message: str = ""
+    agent: str | None = None
 
 
 @attrs.frozen
@@ -119,6 +128,13 @@ def encode_envelope(
 ) -> str:
     """The envelope JSON text for a body; :class:`MessageTooLarge` past ``max_size`` bytes."""
     data, tag = encode_body(body)
+    if headers is not None and not (
+        isinstance(headers, dict)
+        and all(type(k) is str and type(v) is str for k, v in headers.items())
+    ):
+        raise ConfigError(
+            f"headers: expected a dict of strings to strings, got {_preview(headers)}"
+        )
     envelope: dict[str, Any] = {"v": VERSION, "body": data, "sent_at": time.time()}
     if tag is not None:
         envelope["type"] = tag
@@ -147,10 +163,20 @@ def too_large(text: str, max_size: int) -> bool:
     return n > max_size or (4 * n > max_size and len(text.encode()) > max_size)
 
 
+def _preview(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: error messages quote what came off
+    the wire, which may be megabytes."""
+    try:
+        text = repr(value)
+    except Exception:  # nested deeper than repr() goes, say
+        text = f"<a {type(value).__name__}>"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _optional_str(envelope: dict, key: str) -> str | None:
     value = envelope.get(key)
     if value is not None and not isinstance(value, str):
-        raise DecodeError(f"envelope field {key!r}: expected a string, got {value!r}")
+        raise DecodeError(f"envelope field {key!r}: expected a string, got {_preview(value)}")
     return value
 
 
@@ -173,7 +199,9 @@ def _parse(text: Any) -> dict[str, Any]:
         raise DecodeError(f"envelope is not a JSON object: {text[:80]!r}")
     version = envelope.get("v")
     if version != VERSION or isinstance(version, bool):
-        raise DecodeError(f"unsupported envelope version {version!r} (this runtime reads v=1)")
+        raise DecodeError(
+            f"unsupported envelope version {_preview(version)} (this runtime reads v=1)"
+        )
     return envelope
 
 
@@ -183,42 +211,53 @@ def decode_envelope(
     """Decode envelope JSON text into a :class:`Message`; :class:`DecodeError` says why not.
 
     ``message_id`` is the stream entry id (mailboxes); broadcasts carry their own.
+    Whatever ``text`` holds, this returns a Message or raises DecodeError — nothing
+    else — since the text comes from anyone who may write to a mailbox or a channel.
     This runs once per message, so the common case (every field well-typed) takes the
     shortest path; the checks that name a bad field run only when something is off.
     """
-    envelope = _parse(text)
-    get = envelope.get
-    tag = get("type")
-    sender = get("sender")
-    topic = get("topic")
-    reply_to = get("reply_to")
-    correlation = get("correlation")
-    own_id = get("id")
-    headers = get("headers")
-    sent_at = get("sent_at", 0.0)
-    if (
-        "body" not in envelope
-        or (tag is not None and type(tag) is not str)
-        or (sender is not None and type(sender) is not str)
-        or (topic is not None and type(topic) is not str)
-        or (reply_to is not None and type(reply_to) is not str)
-        or (correlation is not None and type(correlation) is not str)
-        or (own_id is not None and type(own_id) is not str)
-        or (headers is not None and type(headers) is not dict)
-        or (type(sent_at) is not float and type(sent_at) is not int)
-    ):
-        _explain(envelope)
-    return Message(
-        id=(own_id or "") if message_id is None else message_id,
-        body=decode_body(envelope["body"], tag),
-        sender=sender,
-        topic=topic,
-        delivery_count=delivery_count,
-        sent_at=float(sent_at),
-        headers=headers if headers is not None else {},
-        reply_to=reply_to,
-        correlation=correlation,
-    )
+    try:
+        envelope = _parse(text)
+        get = envelope.get
+        tag = get("type")
+        sender = get("sender")
+        topic = get("topic")
+        reply_to = get("reply_to")
+        correlation = get("correlation")
+        own_id = get("id")
+        headers = get("headers")
+        sent_at = get("sent_at", 0.0)
+        if (
+            "body" not in envelope
+            or (tag is not None and type(tag) is not str)
+            or (sender is not None and type(sender) is not str)
+            or (topic is not None and type(topic) is not str)
+            or (correlation is not None and type(correlation) is not str)
+            or (reply_to is not None and (type(reply_to) is not str or correlation is None))
+            or (own_id is not None and type(own_id) is not str)
+            or (headers is not None and not _is_headers(headers))
+            or not ((type(sent_at) is float or type(sent_at) is int) and -1e15 < sent_at < 1e15)
+        ):
+            _explain(envelope)
+        return Message(
+            id=(own_id or "") if message_id is None else message_id,
+            body=decode_body(envelope["body"], tag),
+            sender=sender,
+            topic=topic,
+            delivery_count=delivery_count,
+            sent_at=float(sent_at),
+            headers=headers if headers is not None else {},
+            reply_to=reply_to,
+            correlation=correlation,
+        )
+    except DecodeError:
+        raise
+    except Exception as exc:  # a safety net: no input may raise anything else
+        raise DecodeError(f"undecodable envelope ({type(exc).__name__}: {exc})") from None
+
+
+def _is_headers(headers: Any) -> bool:
+    return type(headers) is dict and all(type(value) is str for value in headers.values())
 
 
 def _explain(envelope: dict[str, Any]) -> None:
@@ -227,47 +266,112 @@ def _explain(envelope: dict[str, Any]) -> None:
         raise DecodeError("envelope has no 'body'")
     for key in _STRING_FIELDS:
         _optional_str(envelope, key)
+    if envelope.get("reply_to") is not None and envelope.get("correlation") is None:
+        raise DecodeError("envelope has a 'reply_to' but no 'correlation' to answer with")
     headers = envelope.get("headers")
-    if headers is not None and not isinstance(headers, dict):
-        raise DecodeError(f"envelope field 'headers': expected an object, got {headers!r}")
-    sent_at = envelope.get("sent_at", 0.0)
-    raise DecodeError(f"envelope field 'sent_at': expected a number, got {sent_at!r}")
-
-
-def encode_reply(correlation: str, value: Any = None, error: BaseException | None = None) -> str:
-    """The reply JSON text for a handler's return value, or for the exception it raised."""
-    if error is not None:
-        return dumps(
-            {
-                "v": VERSION,
-                "correlation": correlation,
-                "ok": False,
-                "error": {"type": type(error).__name__, "message": str(error)},
-            }
+    if headers is not None and not _is_headers(headers):
+        raise DecodeError(
+            f"envelope field 'headers': expected an object of strings, got {_preview(headers)}"
         )
+    sent_at = envelope.get("sent_at", 0.0)
+    raise DecodeError(
+        f"envelope field 'sent_at': expected seconds since the epoch, got {_preview(sent_at)}"
+    )
+
+
+#: How much of an exception's text a reply or a dead letter carries.
+ERROR_TEXT_LIMIT = 4096
+
+
+#: A dead letter keeps an envelope over ``max_message_size`` only up to this many
+#: characters (a 50 MB entry must not be copied whole into the dead letters).
+DEAD_ENVELOPE_PREFIX = 65_536
+
+
+def wire_text(text: str, limit: int = ERROR_TEXT_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters and made valid UTF-8 (a lone surrogate
+    becomes a ``\\udxxx`` escape), so that writing it to Redis cannot fail."""
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text)} characters in all)"
+    return text.encode("utf-8", "backslashreplace").decode()
+
+
+def error_text(error: BaseException, limit: int = ERROR_TEXT_LIMIT) -> str:
+    """An exception's text for the wire (see :func:`wire_text`)."""
+    try:
+        text = str(error)
+    except Exception as exc:  # an exception whose __str__ raises
+        text = f"<str() of the exception raised {type(exc).__name__}>"
+    return wire_text(text, limit)
+
+
+def kept_envelope(text: str, max_size: int) -> dict[str, str]:
+    """The dead-letter fields that keep an entry's envelope text.
+
+    An envelope within ``max_size`` is kept whole, so that it can be sent again as it
+    was. A bigger one (dead-lettered for its size, or an entry of many large fields)
+    keeps its first :data:`DEAD_ENVELOPE_PREFIX` characters, and ``envelope_length``
+    says how long it was.
+    """
+    if not too_large(text, max_size):
+        return {"envelope": text}
+    return {
+        "envelope": wire_text(text[:DEAD_ENVELOPE_PREFIX], DEAD_ENVELOPE_PREFIX),
+        "envelope_length": str(len(text)),
+    }
+
+
+def encode_reply(
+    correlation: str,
+    value: Any = None,
+    error: BaseException | None = None,
+    *,
+    agent: str | None = None,
+) -> str:
+    """The reply JSON text for a handler's return value, or for the exception it raised.
+
+    ``agent`` names the answering agent: the asker drops a reply from any other.
+    """
+    reply: dict[str, Any] = {"v": VERSION, "correlation": correlation}
+    if agent is not None:
+        reply["agent"] = agent
+    if error is not None:
+        reply["ok"] = False
+        reply["error"] = {"type": type(error).__name__, "message": error_text(error)}
+        return dumps(reply)
     data, tag = encode_body(value)
-    reply: dict[str, Any] = {"v": VERSION, "correlation": correlation, "ok": True, "body": data}
+    reply["ok"] = True
+    reply["body"] = data
     if tag is not None:
         reply["type"] = tag
     return dumps(reply)
 
 
 def decode_reply(text: Any) -> Reply:
-    """Decode reply JSON text; :class:`DecodeError` when it is not a v1 reply."""
-    reply = _parse(text)
-    correlation = reply.get("correlation")
-    if not isinstance(correlation, str):
-        raise DecodeError(f"reply has no string 'correlation': {correlation!r}")
-    if reply.get("ok") is True:
+    """Decode reply JSON text; :class:`DecodeError` (and nothing else) when it is not a
+    v1 reply."""
+    try:
+        reply = _parse(text)
+        correlation = reply.get("correlation")
+        if not isinstance(correlation, str):
+            raise DecodeError(f"reply has no string 'correlation': {_preview(correlation)}")
+        agent = reply.get("agent")
+        if agent is not None and not isinstance(agent, str):
+            raise DecodeError(f"reply field 'agent': expected a string, got {_preview(agent)}")
+        if reply.get("ok") is True:
+            body = decode_body(reply.get("body"), _optional_str(reply, "type"))
+            return Reply(correlation, True, body, agent=agent)
+        error = reply.get("error")
+        if not isinstance(error, dict):
+            raise DecodeError(f"failed reply without an 'error' object: {_preview(error)}")
         return Reply(
-            correlation, True, decode_body(reply.get("body"), _optional_str(reply, "type"))
+            correlation,
+            False,
+            error_type=str(error.get("type", "Exception")),
+            error_message=str(error.get("message", "")),
+            agent=agent,
         )
-    error = reply.get("error")
-    if not isinstance(error, dict):
-        raise DecodeError(f"failed reply without an 'error' object: {error!r}")
-    return Reply(
-        correlation,
-        False,
-        error_type=str(error.get("type", "Exception")),
-        error_message=str(error.get("message", "")),
-    )
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise DecodeError(f"undecodable reply ({type(exc).__name__}: {exc})") from None

@@ -12,13 +12,12 @@ know the writers' heartbeat intervals.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ailf.codec import dumps
+from ailf.codec import dumps, loads
 from ailf.runtime.statistics import AgentStatistics
 
 if TYPE_CHECKING:
@@ -52,6 +51,8 @@ class ProcessInfo:
     last_heartbeat: float
     agents: dict[str, int]
     statistics: dict[str, AgentStatistics]
+    #: Agent name -> why its mailbox is not being read here (its key is not a stream).
+    problems: dict[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -94,7 +95,12 @@ async def write_heartbeat(
 
 
 def heartbeat_fields(
-    host: str, pid: int, started: float, agents: dict[str, int], stats: list[AgentStatistics]
+    host: str,
+    pid: int,
+    started: float,
+    agents: dict[str, int],
+    stats: list[AgentStatistics],
+    problems: dict[str, str],
 ) -> dict[str, str]:
     return {
         "host": host,
@@ -104,15 +110,17 @@ def heartbeat_fields(
         # Agents that have received nothing are left out (readers fill in zeros), so that
         # a process hosting thousands of idle agents publishes a small heartbeat.
         "statistics": dumps([s.to_json() for s in stats if s.received]),
+        "problems": dumps(problems),
     }
 
 
 def _process_info(process: str, data: dict[str, str]) -> ProcessInfo | None:
     try:
-        stats = [AgentStatistics.from_json(s) for s in json.loads(data.get("statistics", "[]"))]
-        agents = {str(k): int(v) for k, v in json.loads(data.get("agents", "{}")).items()}
+        stats = [AgentStatistics.from_json(s) for s in loads(data.get("statistics", "[]"))]
+        agents = {str(k): int(v) for k, v in loads(data.get("agents", "{}")).items()}
         by_name = {name: AgentStatistics(name, replicas) for name, replicas in agents.items()}
         by_name.update((s.name, s) for s in stats)
+        problems = {str(k): str(v) for k, v in loads(data.get("problems", "{}")).items()}
         return ProcessInfo(
             id=process,
             host=data.get("host", ""),
@@ -121,6 +129,7 @@ def _process_info(process: str, data: dict[str, str]) -> ProcessInfo | None:
             last_heartbeat=float(data.get("heartbeat", 0.0)),
             agents=agents,
             statistics=by_name,
+            problems=problems,
         )
     except (ValueError, TypeError, AttributeError):
         return None

@@ -34,10 +34,11 @@ from typing import Any
 import trio
 
 from ailf.clients.async_client import AsyncRedisClient
+from ailf.codec import message_type
 from ailf.config import RedisConfig
 from ailf.errors import ConfigError, DecodeError, EscalationError, RedisError, ResponseError
 from ailf.runtime.admission import MailboxGate
-from ailf.runtime.agent import Agent, check_agent_class, structure_options
+from ailf.runtime.agent import Agent, body_types, check_agent_class, structure_options
 from ailf.runtime.broadcast import BroadcastHub, ReplyInbox
 from ailf.runtime.cell import AgentSpec, Cell
 from ailf.runtime.keys import GROUP, Keys, check_name
@@ -196,7 +197,7 @@ class Runtime:
                     self._supervisors_done.set()
                     self.started_at = time.time()
                     self.acker = Acker(client)
-                    self._inbox = ReplyInbox(self.keys.reply(self.process_id))
+                    self._inbox = ReplyInbox(self.keys.reply(self.process_id), self.namespace)
                     self.hub = BroadcastHub(client, self._inbox)
                     await services.start(self.hub.run)
                     await services.start(self.acker.run)
@@ -383,6 +384,8 @@ class Runtime:
         if self._agents is None or self.stopping:
             raise RuntimeError("spawn() works inside `async with Runtime(...)`, before it stops")
         check_agent_class(agent_cls)
+        for cls in body_types(agent_cls):
+            message_type(cls)
         name = check_name("agent", agent_cls.__name__ if name is None else name)
         if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
             raise ConfigError(
@@ -454,6 +457,10 @@ class Runtime:
         if code == "BUSYGROUP":
             if check:
                 await check_unread_trimmed(self.client, stream)
+        elif code == "WRONGTYPE":
+            # Not this spawn's failure: its reader sets the mailbox aside (and says so)
+            # until the key is repaired, while every other agent runs on.
+            log.error("mailbox %s: its key is not a stream (%s)", stream, created)
         elif isinstance(created, Exception):
             raise created
         elif not isinstance(info, Exception):
@@ -498,14 +505,18 @@ class Runtime:
     ) -> Any:
         """Send a request and return the handler's return value.
 
-        Raises :class:`~ailf.errors.AskTimeout` (also a TimeoutError) naming the agent
-        after ``timeout`` seconds, and :class:`~ailf.errors.RemoteError` (with the remote
+        ``timeout`` is a finite number of seconds > 0 (:class:`~ailf.errors.ConfigError`
+        otherwise). Raises :class:`~ailf.errors.AskTimeout` (also a TimeoutError) naming
+        the agent after ``timeout`` seconds, and :class:`~ailf.errors.RemoteError` (with the remote
         exception's ``type_name`` and ``message``) when the handler raised. A reply
         arriving after the timeout is dropped. The first ask subscribes this process's
         reply channel: if Redis refuses it (``NOPERM``), the ask raises that
         :class:`~ailf.errors.ResponseError` before sending, and the next ask tries again.
         """
         stream = self.keys.mailbox(check_name("agent", to))
+        number = isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
+        if not (number and 0 < timeout < math.inf):
+            raise ConfigError(f"ask({to!r}): timeout must be seconds > 0, not {timeout!r}")
         max_size = self.settings.max_message_size
 
         async def request(correlation: str) -> None:
@@ -583,8 +594,16 @@ class Runtime:
 
     async def _heartbeat(self) -> None:
         agents = {name: c.replicas for name, c in self._counters.items() if c.replicas}
+        problems = {
+            name: why for reader in self._readers for name, why in reader.problems().items()
+        }
         fields = heartbeat_fields(
-            self.host, self.pid, self.started_at, agents, list(self.statistics().values())
+            self.host,
+            self.pid,
+            self.started_at,
+            agents,
+            list(self.statistics().values()),
+            problems,
         )
         await write_heartbeat(
             self.client,
@@ -596,13 +615,19 @@ class Runtime:
         )
 
     async def _heartbeat_loop(self) -> None:
-        """Heartbeat every ``heartbeat_interval`` seconds, and at once after a spawn or a
-        replica's end — but after each heartbeat, wait ten times as long as it took
-        before the next one, so that spawning 10,000 agents (a heartbeat then takes
-        milliseconds) costs a handful of heartbeats, not one each."""
+        """Heartbeat every ``heartbeat_interval`` seconds, whatever the last one cost, and
+        soon after a spawn or a replica's end, so that other processes (``ailf status``)
+        see it at once. Those extra heartbeats wait ten times as long as the last one
+        took, so that spawning 10,000 agents (a heartbeat then takes milliseconds) costs
+        a handful of heartbeats, not one each; the regular ones never wait for that, so
+        that a heartbeat slowed by a stalled Redis does not make this process look gone.
+        """
+        due = trio.current_time() + self.heartbeat_interval
+        calm_until = 0.0
         while True:
-            with trio.move_on_after(self.heartbeat_interval):
+            with trio.move_on_at(due):
                 await self._announce.wait()
+                await trio.sleep_until(calm_until)
             self._announce = trio.Event()
             if self.stopping:
                 return
@@ -611,7 +636,9 @@ class Runtime:
                 await self._heartbeat()
             except Exception as exc:
                 log.warning("registry heartbeat failed: %s", exc)
-            await trio.sleep(10 * (trio.current_time() - started))
+            now = trio.current_time()
+            due = started + self.heartbeat_interval
+            calm_until = now + 10 * (now - started)
 
     async def wait_idle(
         self,

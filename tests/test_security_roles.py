@@ -1,0 +1,92 @@
+"""The ACL line of each role in docs/security.md gives that role what it needs, and
+nothing a sender could use to stop, impersonate or eavesdrop on the agents."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import trio
+from runtime_helpers import Echo
+
+from ailf import RedisConfig, RedisServer, Runtime
+
+SECURITY = Path(__file__).resolve().parent.parent / "docs" / "security.md"
+PASSWORD = "sender-password"
+
+
+def documented_role(user: str) -> list[str]:
+    """The words after ``ACL SETUSER`` of security.md's line for ``user``, with the
+    password replaced by :data:`PASSWORD`."""
+    line = next(
+        line.strip()
+        for line in SECURITY.read_text().splitlines()
+        if line.strip().startswith(f"ACL SETUSER {user} ")
+    )
+    words = line.split()[2:]
+    return [f">{PASSWORD}" if word.startswith(">") else word for word in words]
+
+
+@pytest.fixture
+def sender(fresh_server: RedisServer) -> Iterator[RedisConfig]:
+    admin = redis.Redis(port=fresh_server.port, decode_responses=True)
+    admin.execute_command("ACL", "SETUSER", *documented_role("shop-sender"))
+    admin.close()
+    yield fresh_server.config.replace(username="shop-sender", password=PASSWORD)
+
+
+async def test_a_sender_sends_and_asks(fresh_server: RedisServer, sender: RedisConfig) -> None:
+    with trio.fail_after(20):
+        async with Runtime(fresh_server.config, namespace="shop") as host:
+            await host.spawn(Echo, name="echo")
+            async with Runtime(sender, namespace="shop") as client:
+                await client.send("echo", 1)
+                assert await client.ask("echo", 2, timeout=5) == 2
+                assert {p.id for p in (await host.registry()).processes} == {
+                    host.process_id,
+                    client.process_id,
+                }
+            assert [p.id for p in (await host.registry()).processes] == [host.process_id]
+
+
+def test_a_sender_cannot_read_delete_or_publish(
+    fresh_server: RedisServer, sender: RedisConfig
+) -> None:
+    admin = redis.Redis(port=fresh_server.port, decode_responses=True)
+    admin.xadd("ailf:shop:mailbox:echo", {"envelope": '{"v":1,"body":1}'})
+    user = redis.Redis(
+        port=fresh_server.port,
+        username="shop-sender",
+        password=PASSWORD,
+        decode_responses=True,
+    )
+    refused = [
+        ("XRANGE", "ailf:shop:mailbox:echo", "-", "+"),
+        ("XREADGROUP", "GROUP", "ailf", "me", "STREAMS", "ailf:shop:mailbox:echo", ">"),
+        ("XREAD", "STREAMS", "ailf:shop:mailbox:echo", "0"),
+        ("XACK", "ailf:shop:mailbox:echo", "ailf", "1-0"),
+        ("XTRIM", "ailf:shop:mailbox:echo", "MAXLEN", "0"),
+        ("XDEL", "ailf:shop:mailbox:echo", "1-0"),
+        ("DEL", "ailf:shop:mailbox:echo"),
+        ("SET", "ailf:shop:mailbox:echo", "x"),
+        ("XADD", "ailf:shop:dead:echo", "*", "envelope", "{}"),
+        ("XADD", "ailf:other:mailbox:echo", "*", "envelope", "{}"),
+        ("PUBLISH", "ailf:shop:topic:news", "{}"),
+        ("PUBLISH", "ailf:shop:reply:somebody", "{}"),
+        ("SUBSCRIBE", "ailf:shop:topic:news"),
+        ("HSET", "ailf:shop:mailbox:echo", "a", "b"),
+        ("SCAN", "0"),
+        ("KEYS", "*"),
+    ]
+    try:
+        for command in refused:
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                user.execute_command(*command)
+        envelope = json.dumps({"v": 1, "body": 2})
+        assert user.xadd("ailf:shop:mailbox:echo", {"envelope": envelope})
+    finally:
+        user.close()
+        admin.close()
