@@ -108,7 +108,9 @@ async def test_ask_timeout_names_the_agent_and_late_replies_are_dropped(
     with trio.fail_after(20):
         async with Runtime(redis_config, namespace="t") as runtime:
             await runtime.spawn(Recorder, name="slow", options=sink)
-            with pytest.raises(AskTimeout, match=r"agent 'slow' in namespace 't' within 0.1 s") as caught:
+            with pytest.raises(
+                AskTimeout, match=r"agent 'slow' in namespace 't' within 0.1 s"
+            ) as caught:
                 await runtime.ask("slow", "hurry", timeout=0.1)
             assert isinstance(caught.value, TimeoutError)
             assert caught.value.agent == "slow" and caught.value.timeout == 0.1

@@ -247,8 +247,6 @@ class AsyncioPubSub(PubSubCommands):
         self._closed = False
         self._failures = 0
         self.reconnects = 0
-        #: Whether the session ever connected: only then are refused credentials retried.
-        self.connected = False
 
     async def __aenter__(self) -> AsyncioPubSub:
         return self
@@ -299,7 +297,6 @@ class AsyncioPubSub(PubSubCommands):
                 await self._pubsub.connect()
             except ResponseError as error:
                 raise_reply_error(error, self._config.address)
-        self.connected = True
 
     async def _restore(self, connection: Any) -> None:
         """Connected again: subscribe again, and resend what awaits an answer."""
@@ -362,12 +359,8 @@ class AsyncioPubSub(PubSubCommands):
                 except ResponseError as error:  # redis-py raises error replies
                     reply = error
             message = self._subscriptions.receive(reply)
-        except AuthenticationError as exc:
-            if not self.connected:
-                raise  # wrong credentials from the start: a mistake, as on trio
-            if not self._closed:  # a password being rotated: retried, as on trio
-                await self._reconnect(exc)
-            return
+        except AuthenticationError:
+            raise  # wrong credentials are not retried, as on trio
         except RedisConnectionError as exc:
             if not self._closed:
                 await self._reconnect(exc)

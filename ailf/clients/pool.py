@@ -34,18 +34,18 @@ async def connect_with_retry(config: RedisConfig, *, forever: bool = False) -> C
     """Open a connection, retrying refused/unreachable with ``config.retry``'s backoff.
 
     Gives up after ``config.retry.attempts`` retries with the last
-    :class:`RedisConnectionError`, unless ``forever``: pub/sub listeners reconnecting,
-    which must outlive a Redis restart (cancel them to stop). Wrong credentials are not
-    retried either, except ``forever``: a listener that was connected meets them while a
-    password is being rotated, and must outlive that too (each refusal is logged).
+    :class:`RedisConnectionError`, unless ``forever`` (pub/sub listeners, which must
+    outlive a Redis restart; cancel them to stop). Wrong credentials are never retried.
     """
     policy = config.retry
     attempt = 0
     while True:
         try:
             return await open_connection(config)
+        except AuthenticationError:
+            raise
         except RedisConnectionError as exc:
-            if not forever and (attempt >= policy.attempts or isinstance(exc, AuthenticationError)):
+            if not forever and attempt >= policy.attempts:
                 raise
             delay = policy.delay(min(attempt, 30))
             log.warning("%s; retrying in %.2f s", exc, delay)

@@ -135,13 +135,20 @@ class BroadcastHub:
         self._wanted: set[str] = set()
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery  # for unsubscribing in the background
+                await self._serve(task_status)
+        finally:
+            self._nursery = None  # listeners detaching later have nothing to unsubscribe
+
+    async def _serve(self, task_status: trio.TaskStatus) -> None:
         failures = 0
         started = False
         while True:
             try:
-                async with self.client.pubsub() as pubsub, trio.open_nursery() as nursery:
+                async with self.client.pubsub() as pubsub:
                     self._pubsub = pubsub
-                    self._nursery = nursery
                     await self._subscribe_again(pubsub)
                     if not started:
                         task_status.started()
@@ -167,9 +174,6 @@ class BroadcastHub:
                     delay,
                 )
                 await trio.sleep(delay)
-            finally:
-                # Listeners detaching meanwhile have nothing left to unsubscribe from.
-                self._nursery = None
 
     async def _subscribe_again(self, pubsub: Any) -> None:
         for channel in sorted(self._wanted):
@@ -240,5 +244,5 @@ class BroadcastHub:
         if channel not in self._listeners and channel in self._pubsub.channels:
             try:
                 await self._pubsub.unsubscribe(channel)
-            except RedisError as exc:  # the session is failing: the next one will not have it
+            except RedisError as exc:  # the session failed: the next one will not have it
                 log.debug("could not unsubscribe %s: %s", channel, exc)
