@@ -193,7 +193,7 @@ class BroadcastHub:
             log.warning("dropped a malformed broadcast on %s: %s", channel, exc)
             return
         for cell in listeners:
-            cell.deliver(message)
+            cell.hear(message)
 
     async def open_inbox(self) -> None:
         """Subscribe the reply channel unless it is, so that a request sent afterwards

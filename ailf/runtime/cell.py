@@ -2,9 +2,15 @@
 
 A :class:`Cell` (Akka's word for the runtime side of an actor) owns one ``Agent``
 instance for one life: the supervisor makes a new cell, with a new instance, for every
-restart. Messages reach it from the mailbox reader and the broadcast hub through a
-plain deque (no trio task and no channel per message); ``concurrency`` worker loops
-drain it, one message at a time each, so the default of one keeps stream order.
+restart. Messages reach it from the mailbox reader and the broadcast hub through two
+plain deques (no trio task and no channel per message); ``concurrency`` worker loops
+drain them, one message at a time each, so the default of one keeps stream order.
+
+Broadcasts go first. The reader fetches mailbox entries a batch ahead, so a broadcast
+queued behind them would wait for the whole batch (seconds, with slow handlers); and a
+queued mailbox entry is safe in Redis while a broadcast exists only here. For the same
+reason a graceful stop drops the queued mailbox entries (they stay pending for whoever
+reads next) but still handles the queued broadcasts, within the grace period.
 
 What happens to a message after its handler:
 
@@ -83,7 +89,8 @@ class Cell:
         self.counters = counters
         self.started = False
         self.in_flight = 0
-        self._queue: deque[Delivery | Message] = deque()
+        self._queue: deque[Delivery] = deque()
+        self._heard: deque[Message] = deque()
         self._lot = trio.lowlevel.ParkingLot()
         self._high_water = 2 * runtime.settings.batch_size
         self._full = False
@@ -109,17 +116,24 @@ class Cell:
 
     # -- fed by the reader and the hub (synchronous) -----------------------------------
 
-    def deliver(self, item: Delivery | Message) -> None:
+    def deliver(self, delivery: Delivery) -> None:
+        """Queue a mailbox entry (from the reader)."""
         queue = self._queue
-        queue.append(item)
+        queue.append(delivery)
         if self._lot:  # a worker is parked waiting for work
             self._lot.unpark()
         if not self._full and len(queue) >= self._high_water:
             self._full = True
             self.reader.set_full(self.binding, True)
 
+    def hear(self, message: Message) -> None:
+        """Queue a broadcast (from the hub), ahead of every queued mailbox entry."""
+        self._heard.append(message)
+        if self._lot:
+            self._lot.unpark()
+
     def busy(self) -> bool:
-        return bool(self._queue) or self.in_flight > 0
+        return bool(self._queue or self._heard) or self.in_flight > 0
 
     # -- lifetime -------------------------------------------------------------------
 
@@ -163,7 +177,8 @@ class Cell:
         return self._normal
 
     def _detach(self) -> None:
-        """Stop receiving: queued entries stay pending in Redis for whoever reads next."""
+        """Stop receiving: queued entries stay pending in Redis for whoever reads next;
+        queued broadcasts are still handled (see the module docstring)."""
         self._closing = True
         self.reader.unbind(self.binding)
         self._queue.clear()
@@ -212,23 +227,25 @@ class Cell:
 
     async def _worker(self) -> None:
         queue = self._queue
+        heard = self._heard
         handled = 0
         while True:
-            if not queue:
-                if self._closing:
-                    return
+            handle: Callable[[Any], Awaitable[None]]
+            if heard:
+                handle, item = self._handle_broadcast, heard.popleft()
+            elif queue:
+                handle, item = self._handle_delivery, queue.popleft()
+                if self._full and len(queue) <= self._high_water // 2:
+                    self._full = False
+                    self.reader.set_full(self.binding, False)
+            elif self._closing:
+                return
+            else:
                 await self._lot.park()
                 continue
-            item = queue.popleft()
-            if self._full and len(queue) <= self._high_water // 2:
-                self._full = False
-                self.reader.set_full(self.binding, False)
             self.in_flight += 1
             try:
-                if type(item) is Delivery:
-                    await self._handle_delivery(item)
-                else:
-                    await self._handle_broadcast(item)
+                await handle(item)
             finally:
                 self.in_flight -= 1
             handled += 1
@@ -321,7 +338,6 @@ class Cell:
                     delivery.delivery_count,
                     max_deliveries,
                     delay,
-                    exc_info=exc,
                 )
         finally:
             current_message_id.reset(token)

@@ -395,7 +395,13 @@ class MailboxReader:
                         await self._set_aside_unreadable()
                         unreadable = False
                     await self._step()
-                    self._failures = 0
+                    if self._failures:
+                        log.info(
+                            "mailbox reader %s: reading again after %d failed attempts",
+                            self.consumer,
+                            self._failures,
+                        )
+                        self._failures = 0
                 except DecodeError as exc:  # an entry that is not UTF-8 text
                     unreadable = True
                     await self._backoff(f"{exc}; dead-lettering the entries that are not text")

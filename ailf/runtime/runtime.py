@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import sniffio
 import trio
 
 from ailf.clients.async_client import AsyncRedisClient
@@ -178,6 +179,16 @@ class Runtime:
     # -- lifetime -------------------------------------------------------------------
 
     async def __aenter__(self) -> Runtime:
+        library = sniffio.current_async_library()
+        if library != "trio":
+            raise RuntimeError(
+                f"the ailf Runtime runs on trio, not on {library}: start it with"
+                " trio.run(main). From"
+                " asyncio code, run it in a thread of its own —"
+                " `await asyncio.to_thread(trio.run, main)` — or use trio-asyncio"
+                " (see docs/concepts.md#trio-and-asyncio); the clients (AsyncRedisClient,"
+                " AsyncRedisPubSub, AsyncRedisStream) work under asyncio directly"
+            )
         if self._cm is not None:
             raise RuntimeError("a Runtime can be entered only once; make a new one")
         self._cm = self._lifecycle()
@@ -203,6 +214,12 @@ class Runtime:
                     await services.start(self.acker.run)
                     await services.start(self._host_readers)
                     await self._heartbeat()
+                    log.info(
+                        "runtime %s started on %s, namespace %r",
+                        self.process_id,
+                        self.config.url,
+                        self.namespace,
+                    )
                     services.start_soon(self._heartbeat_loop)
                     if self.handle_signals:
                         services.start_soon(self._watch_signals)
@@ -218,6 +235,7 @@ class Runtime:
                             self._begin_stop()
                             await self._supervisors_done.wait()
                     await self._leave()
+                    log.info("runtime %s left the registry; closing", self.process_id)
                     services.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             # The nurseries wrap whatever escapes in groups; give back the one exception
@@ -233,6 +251,16 @@ class Runtime:
 
     def _begin_stop(self) -> None:
         """Stop reading and ask every instance to stop; the agents nursery then drains."""
+        if not self.stopping and self.cells:
+            busy = sum(cell.in_flight for cell in self.cells)
+            log.info(
+                "runtime %s stopping: %d instance(s), %d handler(s) in flight, given up to"
+                " %.1f s to finish",
+                self.process_id,
+                len(self.cells),
+                busy,
+                self.grace_period,
+            )
         self.stopping = True
         self.stop_requested.set()
         if self._readers_nursery is not None:
@@ -437,6 +465,13 @@ class Runtime:
             reader = await self._reader(slot)
             counters.replicas += 1
             await self._agents.start(supervise, self, spec, next(numbers), reader)
+        log.info(
+            "spawned %d replica(s) of %s as %r%s",
+            replicas,
+            agent_cls.__qualname__,
+            name,
+            f", hearing {', '.join(all_topics)}" if all_topics else "",
+        )
         self._announce.set()  # other processes (`ailf status`) see the replicas at once
 
     async def _open_mailbox(self, stream: str, *, check: bool) -> None:
