@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
@@ -28,7 +29,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ailf.clients.commands import blocking_reply_timeout
-from ailf.clients.connection import raise_reply_error, tls_unanswered
+from ailf.clients.connection import raise_reply_error, tls_failed, tls_unanswered
 from ailf.clients.pipeline import transaction_replies
 from ailf.clients.pool import reservation_lost
 from ailf.clients.pubsub import PubSubCommands, Request, Subscriptions
@@ -102,8 +103,9 @@ class _TLSConnection(redis.asyncio.SSLConnection):
     redis-py connects and does the TLS handshake in one ``asyncio.open_connection``, so
     a plain port that never answers the handshake reads as a bare "Timeout connecting
     to server". Here TCP connects first (redis-py's own ``_connect``, without TLS), then
-    the stream starts TLS within what is left of ``socket_connect_timeout``, and a
-    timeout there is the same :class:`TLSHandshakeTimeout` as on the other engines.
+    the stream starts TLS within what is left of ``socket_connect_timeout``; a timeout
+    there is the same :class:`TLSHandshakeTimeout` as on the other engines, and a failed
+    handshake the same error saying what to check.
     """
 
     def _connection_arguments(self) -> Mapping[str, Any]:
@@ -124,6 +126,8 @@ class _TLSConnection(redis.asyncio.SSLConnection):
             self._reader = self._writer = None
             if isinstance(exc, TimeoutError):
                 raise tls_unanswered(f"{self.host}:{self.port}", timeout) from None
+            if isinstance(exc, ssl.SSLError):
+                raise tls_failed(f"{self.host}:{self.port}", exc) from exc
             raise
 
 

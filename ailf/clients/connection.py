@@ -38,6 +38,7 @@ __all__ = [
     "TLSHandshakeTimeout",
     "open_connection",
     "raise_reply_error",
+    "tls_failed",
     "tls_unanswered",
 ]
 
@@ -65,6 +66,14 @@ def tls_unanswered(address: str, timeout: float) -> TLSHandshakeTimeout:
         f" within {timeout:g} s (socket_connect_timeout): is it a TLS port? rediss:// URLs"
         " and ssl=True need the port of the server's tls-port setting; a plain port"
         " wants redis://"
+    )
+
+
+def tls_failed(address: str, error: ssl.SSLError) -> RedisConnectionError:
+    """The error for a TLS handshake the server answered, and that failed."""
+    return RedisConnectionError(
+        f"TLS handshake with Redis at {address} failed: {error}; check ssl_ca_certs,"
+        " ssl_certfile/ssl_keyfile and that the server speaks TLS on that port"
     )
 
 
@@ -392,10 +401,7 @@ async def _open_stream(config: RedisConfig) -> trio.abc.Stream:
             await trio.aclose_forcefully(stream)
         cause = exc.__cause__ or exc
         if isinstance(cause, ssl.SSLError):
-            raise RedisConnectionError(
-                f"TLS handshake with Redis at {address} failed: {cause}; check ssl_ca_certs,"
-                " ssl_certfile/ssl_keyfile and that the server speaks TLS on that port"
-            ) from exc
+            raise tls_failed(address, cause) from exc
         raise RedisConnectionError(
             f"cannot connect to Redis at {address}: {_describe(exc)}"
         ) from exc

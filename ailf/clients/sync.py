@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +31,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ailf.clients.commands import blocking_reply_timeout, command_name, is_blocking
-from ailf.clients.connection import tls_unanswered
+from ailf.clients.connection import tls_failed, tls_unanswered
 from ailf.codec import dumps, encode_payload, loads
 from ailf.config import RedisConfig, given_or_from_env
 from ailf.errors import (
@@ -140,18 +141,21 @@ class _TLSConnection(redis.SSLConnection, _TCPConnected):
     ``SSLConnection._connect`` connects TCP through ``super()`` (here
     :class:`_TCPConnected`, which notes it), then does the handshake: a timeout after
     the TCP part is the server not answering TLS, which redis-py would report as a bare
-    "Timeout connecting to server". The same :class:`TLSHandshakeTimeout` as on the
-    async engines says what it most likely is: a plain port.
+    "Timeout connecting to server". The same errors as on the async engines say what
+    happened instead: :class:`TLSHandshakeTimeout` (most likely a plain port), or a
+    failed handshake with what to check.
     """
 
     def _connect(self) -> socket.socket:
         self._tcp_connected = False
         try:
             return super()._connect()
-        except TimeoutError as exc:
+        except (TimeoutError, ssl.SSLError) as exc:
             if not self._tcp_connected:
                 raise
             address = f"{self.host}:{self.port}"
+            if isinstance(exc, ssl.SSLError):
+                raise tls_failed(address, exc) from exc
             raise tls_unanswered(address, self.socket_connect_timeout) from exc
 
 
