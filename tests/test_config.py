@@ -22,6 +22,8 @@ def test_defaults_match_a_local_redis() -> None:
     assert (config.host, config.port, config.db) == ("localhost", 6379, 0)
     assert config.decode_responses is True
     assert config.address == "localhost:6379"
+    # No reply timeout unless asked for (upstream had 5 s): docs/migrating.md says why.
+    assert (config.socket_timeout, config.socket_connect_timeout) == (None, 5.0)
 
 
 @pytest.mark.parametrize(
