@@ -7,6 +7,7 @@ and with the pure-Python RESP parser, against a real throwaway redis-server.
 
 from __future__ import annotations
 
+import math
 import socket
 import time
 import warnings
@@ -333,25 +334,6 @@ def test_health_check_raises_on_wrong_credentials(run) -> None:
         run(body)
 
 
-def test_blocking_commands_outlive_a_shorter_socket_timeout(run, redis_config: RedisConfig) -> None:
-    """socket_timeout bounds a blocking command's reply only beyond the command's own wait."""
-    config = redis_config.replace(socket_timeout=0.1)
-
-    async def body() -> None:
-        async with AsyncRedisClient(config) as client:
-            await client.xgroup_create("s", "g", mkstream=True)
-            started = time.monotonic()
-            assert await client.xreadgroup("g", "c", {"s": ">"}, block=300) == []
-            assert await client.blpop("empty", timeout=0.3) is None
-            assert await client.execute_command("XREAD", "BLOCK", 300, "STREAMS", "s", "$") is None
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.blpop("empty", timeout=0.3).get("k")
-            assert pipe.results == [None, None]
-            assert time.monotonic() - started >= 1.15
-
-    run(body)
-
-
 def test_a_blocking_command_on_a_server_that_stops_answering_times_out(
     run, fresh_server: RedisServer
 ) -> None:
@@ -528,6 +510,22 @@ def test_which_commands_retry_idempotent_may_repeat() -> None:
     assert not is_idempotent(("SET", "k", "v", "get"))
     assert not is_idempotent(("INCR", "k"))
     assert not is_idempotent(("XADD", "s", "*", "a", "b"))
+
+
+def test_how_long_the_reply_of_a_blocking_command_may_take() -> None:
+    """Its own wait (BLOCK in ms, the others' timeouts in s) plus socket_timeout."""
+    from ailf.clients.commands import blocking_reply_timeout as limit
+
+    read = ("XREADGROUP", "GROUP", "g", "c", "COUNT", 1, "block", 2000, "STREAMS", "s", ">")
+    assert limit([read], 5.0) == 7.0
+    assert limit([("BLPOP", "a", "b", 1.5)], 5.0) == 6.5
+    assert limit([("BLMOVE", "a", "b", "LEFT", "RIGHT", "0.5")], 1.0) == 1.5
+    assert limit([("BLMPOP", 2, 1, "l", "LEFT")], 1.0) == 3.0
+    assert limit([("WAIT", 1, 500)], 1.0) == 1.5
+    assert limit([("GET", "k"), ("BLPOP", "a", 1), ("XREAD", "STREAMS", "s", "0")], 2.0) == 3.0
+    assert limit([("BLPOP", "a", 0)], 5.0) == math.inf  # 0 waits for ever
+    assert limit([("BLPOP", "a", "soon")], 5.0) == math.inf  # unreadable: never cut short
+    assert limit([("XREAD", "BLOCK", 100, "STREAMS", "s", "$")], None) == math.inf
 
 
 def test_subscribe_returns_once_confirmed_even_while_another_task_iterates(

@@ -330,3 +330,22 @@ def test_the_sync_client_says_so_too(plain_port: PlainPort) -> None:
     assert time.monotonic() - started < 1.5
     _says_tls_failed(caught.value, plain_port)
     assert client.health_check() is False
+
+
+def test_blocking_commands_outlive_a_shorter_socket_timeout(run, redis_config: RedisConfig) -> None:
+    """socket_timeout bounds a blocking command's reply only beyond the command's own wait
+    (Redis answers a timed-out BLOCK up to ~0.1 s late: the margin is socket_timeout)."""
+    config = redis_config.replace(socket_timeout=0.4)
+
+    async def body() -> None:
+        async with AsyncRedisClient(config) as client:
+            await client.xgroup_create("s", "g", mkstream=True)
+            started = time.monotonic()
+            assert await client.xreadgroup("g", "c", {"s": ">"}, block=800) == []
+            assert await client.execute_command("BLPOP", "empty", 0.8) is None
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.blpop("empty", timeout=0.8).get("k")
+            assert pipe.results == [None, None]
+            assert time.monotonic() - started >= 2.3
+
+    run(body)
