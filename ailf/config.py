@@ -8,6 +8,7 @@ confusing socket error later. Every client, the runtime and the CLI take one.
 from __future__ import annotations
 
 import os
+import re
 import ssl as _ssl
 from collections.abc import Callable
 from typing import Any, Literal
@@ -17,7 +18,7 @@ import attrs
 
 from ailf.errors import ConfigError
 
-__all__ = ["EMBEDDED_URL", "RedisConfig", "RetryPolicy"]
+__all__ = ["EMBEDDED_URL", "RedisConfig", "RetryPolicy", "given_or_from_env", "redact_url"]
 
 #: The URL that means "start a throwaway server for me" (see :mod:`ailf.server`).
 EMBEDDED_URL = "embedded://"
@@ -25,8 +26,21 @@ EMBEDDED_URL = "embedded://"
 CertReqs = Literal["required", "optional", "none"]
 
 
+#: Fields whose values never appear in a message, whatever their type.
+_SECRET_FIELDS = frozenset({"password"})
+
+
 def _fail(field: str, value: object, expected: str, owner: str = "RedisConfig") -> ConfigError:
-    return ConfigError(f"{owner}.{field}: expected {expected}, got {value!r}")
+    return ConfigError(f"{owner}.{field}: expected {expected}, got {_shown(field, value)}")
+
+
+def _shown(field: str, value: object) -> str:
+    """``value`` as an error message may show it: a password never, a URL masked."""
+    if field in _SECRET_FIELDS:
+        return f"a value of type {type(value).__name__} (not shown: it is a password)"
+    if isinstance(value, str) and ("://" in value or "@" in value):
+        return repr(redact_url(value))
+    return repr(value)
 
 
 def _owner(instance: object) -> str:
@@ -135,6 +149,12 @@ class RedisConfig:
     def _check_host(self, attribute: attrs.Attribute, value: object) -> None:
         if not isinstance(value, str) or not value.strip():
             raise _fail(attribute.name, value, "a non-empty host name")
+        if "://" in value or "@" in value:
+            # A URL here would end up, password and all, in every connection error.
+            raise ConfigError(
+                f"RedisConfig.host: expected a host name, got the URL {redact_url(value)!r};"
+                " use RedisConfig.from_url(url)"
+            )
 
     @client_name.validator
     def _check_client_name(self, attribute: attrs.Attribute, value: object) -> None:
@@ -160,7 +180,8 @@ class RedisConfig:
         win over what the URL says.
         """
         if not isinstance(url, str) or not url.strip():
-            raise ConfigError(f"RedisConfig.from_url: expected a Redis URL, got {url!r}")
+            got = repr(url) if isinstance(url, str) else f"a {type(url).__name__}"
+            raise ConfigError(f"RedisConfig.from_url: expected a Redis URL string, got {got}")
         url = url.strip()
         if url in ("embedded", EMBEDDED_URL.rstrip("/"), EMBEDDED_URL):
             return cls(embedded=True, **overrides)
@@ -172,7 +193,7 @@ class RedisConfig:
         kwargs: dict[str, Any] = {}
         if scheme not in ("redis", "rediss", "unix"):
             raise ConfigError(
-                f"RedisConfig.from_url: unsupported scheme {parts.scheme!r} in {_redact(url)!r};"
+                f"RedisConfig.from_url: unsupported scheme {parts.scheme!r} in {redact_url(url)!r};"
                 " use redis://, rediss://, unix:// or embedded://"
             )
         if parts.username:
@@ -181,14 +202,14 @@ class RedisConfig:
             kwargs["password"] = unquote(parts.password)
         if scheme == "unix":
             if not parts.path:
-                raise ConfigError(f"RedisConfig.from_url: no socket path in {_redact(url)!r}")
+                raise ConfigError(f"RedisConfig.from_url: no socket path in {redact_url(url)!r}")
             kwargs["unix_socket_path"] = unquote(parts.path)
         else:
             try:
                 port = parts.port
             except ValueError:
                 raise ConfigError(
-                    f"RedisConfig.from_url: bad port in {_redact(url)!r}; expected 1..65535"
+                    f"RedisConfig.from_url: bad port in {redact_url(url)!r}; expected 1..65535"
                 ) from None
             if parts.hostname:
                 kwargs["host"] = unquote(parts.hostname)
@@ -199,7 +220,7 @@ class RedisConfig:
             if path:
                 if not path.isdigit():
                     raise ConfigError(
-                        f"RedisConfig.from_url: database {path!r} in {_redact(url)!r}"
+                        f"RedisConfig.from_url: database {path!r} in {redact_url(url)!r}"
                         " is not a number"
                     )
                 kwargs["db"] = int(path)
@@ -338,19 +359,38 @@ def given_or_from_env(config: object, owner: str) -> RedisConfig:
     """``config``, or :meth:`RedisConfig.from_env` when it is None: what clients take.
 
     A URL string in place of a config is the common slip; it would otherwise surface as
-    an AttributeError at the first command, far from the line that made it.
+    an AttributeError at the first command, far from the line that made it. The message
+    shows such a URL with its password masked, and anything else by its type alone: it
+    is going to end up in logs.
     """
     if config is None:
         return RedisConfig.from_env()
     if not isinstance(config, RedisConfig):
-        hint = "; use RedisConfig.from_url(url)" if isinstance(config, str) else ""
-        raise ConfigError(f"{owner}: expected a RedisConfig or None, got {config!r}{hint}")
+        if isinstance(config, str):
+            got, hint = repr(redact_url(config)), "; use RedisConfig.from_url(url)"
+        else:
+            got, hint = f"a {type(config).__name__}", ""
+        raise ConfigError(f"{owner}: expected a RedisConfig or None, got {got}{hint}")
     return config
 
 
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+_SECRET_OPTION = re.compile(r"(?i)([?&][^=&#]*(?:pass|secret|token|auth)[^=&#]*=)[^&#]*")
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit for an error message or a log: credentials masked, even in a URL that
+    does not parse.
+
+    Everything between the scheme and the last ``@`` is user information: the user name
+    stays when a ``:`` separates it from a password, the rest becomes ``***`` (a lone
+    token before the ``@`` may be a password, so it goes too). Query options whose names
+    suggest a secret (``password=``, ``token=``…) lose their values.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        scheme, rest = "", url
+    userinfo, at, host_and_more = rest.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        rest = f"{user}:***@{host_and_more}" if colon else f"***@{host_and_more}"
+    return _SECRET_OPTION.sub(r"\1***", f"{scheme}{separator}{rest}")

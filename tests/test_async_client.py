@@ -7,10 +7,32 @@ and with the pure-Python RESP parser, against a real throwaway redis-server.
 
 from __future__ import annotations
 
-import pytest
-from async_helpers import resp_parser_fixture, run_fixture, side_by_side  # noqa: F401
+import math
+import socket
+import time
+import warnings
 
-from ailf import AsyncRedisClient, ConfigError, RedisConfig, ResponseError
+import pytest
+import redis
+from async_helpers import (  # noqa: F401 - fixtures
+    move_on_after,
+    resp_parser_fixture,
+    run_fixture,
+    side_by_side,
+    sleep,
+)
+
+from ailf import (
+    AsyncRedisClient,
+    AuthenticationError,
+    ConfigError,
+    RedisConfig,
+    RedisConnectionError,
+    RedisServer,
+    RedisTimeoutError,
+    ResponseError,
+    WatchError,
+)
 
 pytestmark = pytest.mark.usefixtures("resp_parser")
 
@@ -212,6 +234,138 @@ def test_pipeline_not_sent_when_block_raises(run, redis_config: RedisConfig) -> 
     run(body)
 
 
+def test_commands_left_queued_run_when_the_block_ends(run, redis_config: RedisConfig) -> None:
+    """As with the sync client's pipeline: a queued command is never dropped silently."""
+
+    async def body() -> None:
+        async with AsyncRedisClient(redis_config) as client:
+            async with client.pipeline() as pipe:
+                pipe.set("a", 1).incr("a")
+                assert pipe.queued == 2
+            assert pipe.results == [True, 2] and await client.get("a") == "2"
+
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.incr("a")
+                assert await pipe.execute() == [3]
+                pipe.incr("a").get("a")
+            assert pipe.results == [3, 4, "4"]  # every execute's replies, in order
+
+            async with client.pipeline() as pipe:
+                pipe.set("dropped", 1)
+                await pipe.reset()  # discarding is said out loud
+            assert await client.exists("dropped") == 0
+
+            await client.set("stock", 3)
+            async with client.pipeline() as pipe:
+                await pipe.watch("stock")
+                stock = int(await pipe.get("stock"))
+                pipe.multi()
+                pipe.set("stock", stock - 1)
+            assert pipe.results == [True] and await client.get("stock") == "2"
+
+            with pytest.raises(WatchError):
+                async with client.pipeline() as pipe:
+                    await pipe.watch("stock")
+                    await client.set("stock", 10)  # another writer
+                    pipe.multi()
+                    pipe.set("stock", 0)
+            assert await client.get("stock") == "10"
+
+    run(body)
+
+
+def test_pipeline_not_sent_when_the_block_is_cancelled(run, redis_config: RedisConfig) -> None:
+    async def body() -> None:
+        async with AsyncRedisClient(redis_config) as client:
+
+            async def queue_then_hang() -> None:
+                async with client.pipeline() as pipe:
+                    pipe.set("never", 1)
+                    await sleep(10)
+
+            await move_on_after(0.05, queue_then_hang)
+            assert await client.get("never") is None
+
+    run(body)
+
+
+def test_health_check_and_close_as_upstream_spelled_them(run, redis_config: RedisConfig) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        down = RedisConfig(host="127.0.0.1", port=sock.getsockname()[1])
+
+    async def body() -> None:
+        client = AsyncRedisClient(redis_config)
+        assert await client.health_check() is True  # no async with needed: a probe of its own
+        async with AsyncRedisClient(redis_config) as entered:
+            assert await entered.health_check() is True
+            await entered.close()
+            assert await entered.health_check() is True  # the server, not the client
+        with pytest.raises(RedisConnectionError, match="closed"):
+            await entered.get("k")
+        assert await AsyncRedisClient(down).health_check() is False
+        await client.close()
+
+    run(body)
+
+
+def test_health_check_of_a_hung_server_is_false_and_bounded(run, fresh_server: RedisServer) -> None:
+    config = fresh_server.config.replace(socket_connect_timeout=0.3)
+
+    async def body() -> None:
+        side = redis.Redis(host="127.0.0.1", port=fresh_server.port)
+        side.execute_command("CLIENT", "PAUSE", 1500, "ALL")
+        side.close()
+        started = time.monotonic()
+        assert await AsyncRedisClient(config).health_check() is False
+        assert time.monotonic() - started < 1.2
+
+    run(body)
+
+
+def test_health_check_raises_on_wrong_credentials(run) -> None:
+    with RedisServer(args=["--requirepass", "right"]) as server:
+
+        async def body() -> None:
+            with pytest.raises(AuthenticationError):
+                await AsyncRedisClient(server.config.replace(password="wrong")).health_check()
+            assert await AsyncRedisClient(server.config.replace(password="right")).health_check()
+
+        run(body)
+
+
+def test_a_blocking_command_on_a_server_that_stops_answering_times_out(
+    run, fresh_server: RedisServer
+) -> None:
+    config = fresh_server.config.replace(socket_timeout=0.3)
+
+    async def body() -> None:
+        async with AsyncRedisClient(config) as client:
+            assert await client.blpop("empty", timeout=0.1) is None  # its connection is up
+            side = redis.Redis(host="127.0.0.1", port=fresh_server.port)
+            side.execute_command("CLIENT", "PAUSE", 3000, "ALL")
+            side.close()
+            started = time.monotonic()
+            with pytest.raises(RedisTimeoutError, match="did not answer"):
+                await client.blpop("empty", timeout=0.2)
+            assert time.monotonic() - started < 1.5  # 0.2 s of its own + 0.3 s
+
+    run(body)
+
+
+def test_no_warnings_under_either_library(run, redis_config: RedisConfig) -> None:
+    """redis-py >= 8.2 warns about a sync Retry given to an asyncio client; none is."""
+
+    async def body() -> None:
+        async with AsyncRedisClient(redis_config) as client, client.pubsub() as ps:
+            await ps.subscribe("quiet")
+            await client.ping()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run(body)
+
+
 def test_publish_and_pubsub(run, redis_config: RedisConfig) -> None:
     async def body() -> None:
         async with AsyncRedisClient(redis_config) as client, client.pubsub() as ps:
@@ -356,6 +510,22 @@ def test_which_commands_retry_idempotent_may_repeat() -> None:
     assert not is_idempotent(("SET", "k", "v", "get"))
     assert not is_idempotent(("INCR", "k"))
     assert not is_idempotent(("XADD", "s", "*", "a", "b"))
+
+
+def test_how_long_the_reply_of_a_blocking_command_may_take() -> None:
+    """Its own wait (BLOCK in ms, the others' timeouts in s) plus socket_timeout."""
+    from ailf.clients.commands import blocking_reply_timeout as limit
+
+    read = ("XREADGROUP", "GROUP", "g", "c", "COUNT", 1, "block", 2000, "STREAMS", "s", ">")
+    assert limit([read], 5.0) == 7.0
+    assert limit([("BLPOP", "a", "b", 1.5)], 5.0) == 6.5
+    assert limit([("BLMOVE", "a", "b", "LEFT", "RIGHT", "0.5")], 1.0) == 1.5
+    assert limit([("BLMPOP", 2, 1, "l", "LEFT")], 1.0) == 3.0
+    assert limit([("WAIT", 1, 500)], 1.0) == 1.5
+    assert limit([("GET", "k"), ("BLPOP", "a", 1), ("XREAD", "STREAMS", "s", "0")], 2.0) == 3.0
+    assert limit([("BLPOP", "a", 0)], 5.0) == math.inf  # 0 waits for ever
+    assert limit([("BLPOP", "a", "soon")], 5.0) == math.inf  # unreadable: never cut short
+    assert limit([("XREAD", "BLOCK", 100, "STREAMS", "s", "$")], None) == math.inf
 
 
 def test_subscribe_returns_once_confirmed_even_while_another_task_iterates(

@@ -4,7 +4,10 @@ timeouts, bad addresses, and the structured lifetime of its connections and task
 from __future__ import annotations
 
 import functools
+import socket
+import time
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import pytest
 import redis
@@ -15,13 +18,16 @@ from ailf import (
     AsyncRedisClient,
     AuthenticationError,
     DecodeError,
+    RedisClient,
     RedisConfig,
     RedisConnectionError,
     RedisServer,
     RedisTimeoutError,
     ResponseError,
     RetryPolicy,
+    Runtime,
 )
+from ailf.clients.connection import TLSHandshakeTimeout
 
 NO_RETRY = RetryPolicy(attempts=0)
 
@@ -244,5 +250,102 @@ def test_an_exception_in_the_block_comes_out_as_itself(run, redis_config: RedisC
             async with AsyncRedisClient(redis_config) as client:
                 await client.set("k", "v")
                 raise KeyError("mine")
+
+    run(body)
+
+
+class PlainPort(NamedTuple):
+    port: int
+    mute: bool  # accepts and never answers: the TLS handshake must time out
+
+
+@pytest.fixture(params=["redis-server", "mute listener"])
+def plain_port(request: pytest.FixtureRequest, redis_config: RedisConfig) -> Iterator[PlainPort]:
+    """A port without TLS: a plain redis-server (which waits for the end of a command
+    line, or answers the TLS hello as a bad command, depending on its random bytes), or
+    one that accepts and never answers."""
+    if request.param == "redis-server":
+        yield PlainPort(redis_config.port, mute=False)
+        return
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        yield PlainPort(listener.getsockname()[1], mute=True)
+
+
+def _tls_config(plain: PlainPort) -> RedisConfig:
+    # Quick retries that would run three more attempts, were the TLS failure retried.
+    return RedisConfig(
+        host="127.0.0.1",
+        port=plain.port,
+        ssl=True,
+        ssl_cert_reqs="none",
+        socket_connect_timeout=0.5,
+        retry=RetryPolicy(attempts=3, backoff_initial=0.01, backoff_max=0.01),
+    )
+
+
+def _says_tls_failed(error: BaseException, plain: PlainPort) -> None:
+    message = str(error)
+    assert isinstance(error, RedisConnectionError), repr(error)
+    assert f"TLS handshake with Redis at 127.0.0.1:{plain.port}" in message or (
+        f"Redis at 127.0.0.1:{plain.port} accepted the connection but did not answer the TLS"
+        " handshake within 0.5 s (socket_connect_timeout): is it a TLS port?" in message
+    ), message
+    assert isinstance(error, TLSHandshakeTimeout) or not plain.mute
+
+
+def test_tls_against_a_plain_port_fails_within_the_connect_timeout(
+    run, plain_port: PlainPort
+) -> None:
+    """rediss:// at a plain port: one connect timeout, not one per retry, and a message
+    that says the TLS handshake is what failed (it once took 20.5 s, "timed out")."""
+    config = _tls_config(plain_port)
+
+    async def body() -> None:
+        started = time.monotonic()
+        with pytest.raises(RedisConnectionError) as caught:
+            async with AsyncRedisClient(config) as client:
+                await client.ping()
+        assert time.monotonic() - started < 1.5
+        _says_tls_failed(caught.value, plain_port)
+
+    run(body)
+
+
+async def test_the_runtime_says_so_too(plain_port: PlainPort) -> None:
+    started = time.monotonic()
+    with pytest.raises(RedisConnectionError) as caught:
+        async with Runtime(_tls_config(plain_port)):
+            pass
+    assert time.monotonic() - started < 1.5
+    _says_tls_failed(caught.value, plain_port)
+
+
+def test_the_sync_client_says_so_too(plain_port: PlainPort) -> None:
+    client = RedisClient(_tls_config(plain_port))
+    started = time.monotonic()
+    with pytest.raises(RedisConnectionError) as caught:
+        client.get("k")
+    assert time.monotonic() - started < 1.5
+    _says_tls_failed(caught.value, plain_port)
+    assert client.health_check() is False
+
+
+def test_blocking_commands_outlive_a_shorter_socket_timeout(run, redis_config: RedisConfig) -> None:
+    """socket_timeout bounds a blocking command's reply only beyond the command's own wait
+    (Redis answers a timed-out BLOCK up to ~0.1 s late: the margin is socket_timeout)."""
+    config = redis_config.replace(socket_timeout=0.4)
+
+    async def body() -> None:
+        async with AsyncRedisClient(config) as client:
+            await client.xgroup_create("s", "g", mkstream=True)
+            started = time.monotonic()
+            assert await client.xreadgroup("g", "c", {"s": ">"}, block=800) == []
+            assert await client.execute_command("BLPOP", "empty", 0.8) is None
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.blpop("empty", timeout=0.8).get("k")
+            assert pipe.results == [None, None]
+            assert time.monotonic() - started >= 2.3
 
     run(body)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import redis
+import sniffio
 import trio
 import trio.lowlevel
 from async_helpers import run_fixture, side_by_side, sleep, within  # noqa: F401 - fixtures
@@ -34,6 +35,7 @@ from ailf import (
     RedisConnectionError,
     RedisServer,
     ResponseError,
+    Runtime,
 )
 
 
@@ -596,3 +598,83 @@ def test_subscribing_after_the_session_ended_raises_what_ended_it(
                 await within(5, ps.subscribe("ok2"))
 
     run(body)
+
+
+def test_subscriptions_read_as_a_dict_under_both_libraries(run, redis_config: RedisConfig) -> None:
+    async def body() -> None:
+        async with AsyncRedisPubSub(AsyncRedisClient(redis_config)) as pubsub:
+            await pubsub.subscribe("news", print)
+            assert "news" in pubsub.subscriptions and pubsub.subscriptions["news"] is print
+            assert dict(pubsub.subscriptions) == {"news": print}
+            await pubsub.unsubscribe("news")
+            assert len(pubsub.subscriptions) == 0
+
+    run(body)
+
+
+def _connections_named(server_port: int, name: str, *, subscribed: bool = False) -> int:
+    """How many connections named ``name`` the server has (those subscribed, if asked)."""
+    raw = redis.Redis(host="127.0.0.1", port=server_port, decode_responses=True)
+    try:
+        return sum(
+            client["name"] == name and (not subscribed or "P" in client["flags"])
+            for client in raw.client_list()
+        )
+    finally:
+        raw.close()
+
+
+def test_a_session_left_by_a_cancelled_task_closes_its_connection(
+    run, redis_config: RedisConfig
+) -> None:
+    """Leaving the block while cancelled (a runtime shutting down) closes the socket too;
+    it used to stay open until garbage collection (a ResourceWarning)."""
+    config = redis_config.replace(client_name="cancelled-session")
+
+    def subscribed() -> int:
+        return _connections_named(config.port, "cancelled-session", subscribed=True)
+
+    async def body() -> None:
+        async with AsyncRedisClient(config) as client:
+
+            async def listen() -> None:
+                async with client.pubsub() as session:
+                    await session.subscribe("c")
+                    await sleep(10)
+
+            async def cancel_once_subscribed() -> None:
+                await wait_until(lambda: subscribed() == 1)
+
+            await within(5, _first_of(listen, cancel_once_subscribed))
+            await within(5, wait_until(lambda: subscribed() == 0))
+
+    run(body)
+
+
+async def _first_of(*functions: Any) -> None:
+    """Run the functions side by side until the first returns; cancel the others."""
+    if sniffio.current_async_library() == "trio":
+        async with trio.open_nursery() as nursery:
+            for function in functions:
+
+                async def first(function: Any = function) -> None:
+                    await function()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(first)
+        return
+    tasks = [asyncio.ensure_future(function()) for function in functions]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_an_empty_runtime_leaves_no_connection_open(redis_config: RedisConfig) -> None:
+    """Every connection a Runtime opens is closed when its block ends: one used to leak
+    (the pub/sub session's, closed only by the garbage collector)."""
+    config = redis_config.replace(client_name="empty-runtime")
+    async with Runtime(config, namespace="hygiene"):
+        assert _connections_named(config.port, "empty-runtime") >= 2
+    with trio.fail_after(5):
+        await wait_until(lambda: _connections_named(config.port, "empty-runtime") == 0)

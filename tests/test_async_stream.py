@@ -20,7 +20,7 @@ import pytest
 import trio
 import trio.lowlevel
 import trio.testing
-from async_helpers import run_fixture, sleep  # noqa: F401 - fixtures
+from async_helpers import run_fixture, side_by_side, sleep  # noqa: F401 - fixtures
 from messaging_helpers import (  # noqa: F401 - fixtures
     DEADLINE,
     FAST_RETRY,
@@ -479,5 +479,36 @@ def test_nogroup_recovery_under_both_libraries(run, fresh_server: RedisServer) -
             handled: list[int] = []
             await stream.process(lambda e: handled.append(e["data"]["n"]), max_messages=1)
             assert handled == [2]
+
+    run(body)
+
+
+def test_a_polling_read_moves_on_and_waits_under_both_libraries(
+    run, redis_config: RedisConfig
+) -> None:
+    """The async twin reads as a cursor too, and keeps the upstream names."""
+
+    async def body() -> None:
+        async with AsyncRedisClient(redis_config) as client:
+            await client.delete("polled")
+            stream = AsyncRedisStream("polled", client)
+            assert stream.stream_name == "polled"
+            ids = [await stream.add({"i": i}) for i in range(3)]
+            assert [e["id"] for e in await stream.read(count=2)] == ids[:2]
+            assert [e["id"] for e in await stream.read(count=2, block=1000)] == ids[2:]
+            assert await stream.read(count=2, block=100) == []
+
+            async def add_late() -> str:
+                await sleep(0.1)
+                return await stream.add({"i": 3})
+
+            read, added = await side_by_side(lambda: stream.read(block=5000), add_late)
+            assert [e["id"] for e in read] == [added]
+            assert await stream.read(last_id="$") == []
+            newest = await stream.add({"i": 4})
+            assert [e["id"] for e in await stream.read()] == [newest]
+            assert len(await stream.read(last_id="0")) == 5
+            assert await stream.create_consumer_group("workers", "w1") is True
+            assert await stream.create_consumer_group("workers", "w2") is True
 
     run(body)

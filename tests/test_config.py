@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from ailf import ConfigError, RedisConfig, RetryPolicy
+from ailf import (
+    AsyncRedisClient,
+    AuthenticationError,
+    ConfigError,
+    RedisClient,
+    RedisConfig,
+    RedisServer,
+    RetryPolicy,
+    Runtime,
+)
+from ailf.config import redact_url
 
 
 def test_defaults_match_a_local_redis() -> None:
@@ -12,6 +22,8 @@ def test_defaults_match_a_local_redis() -> None:
     assert (config.host, config.port, config.db) == ("localhost", 6379, 0)
     assert config.decode_responses is True
     assert config.address == "localhost:6379"
+    # No reply timeout unless asked for (upstream had 5 s): docs/migrating.md says why.
+    assert (config.socket_timeout, config.socket_connect_timeout) == (None, 5.0)
 
 
 @pytest.mark.parametrize(
@@ -126,3 +138,82 @@ def test_ssl_context_from_fields() -> None:
     assert RedisConfig().ssl_context() is None
     context = RedisConfig(ssl=True, ssl_cert_reqs="none").ssl_context()
     assert context is not None and context.verify_mode == ssl.CERT_NONE
+
+
+# -- secrets never reach a message ------------------------------------------------------
+
+SECRET_URL = "redis://alice:s3cret-pw@cache.internal:6380/2"
+
+
+@pytest.mark.parametrize("owner", [RedisClient, AsyncRedisClient, Runtime])
+def test_a_url_in_place_of_a_config_is_refused_with_its_password_masked(owner: type) -> None:
+    with pytest.raises(ConfigError) as info:
+        owner(SECRET_URL)
+    message = str(info.value)
+    assert "s3cret" not in message
+    assert f"{owner.__name__}: expected a RedisConfig or None" in message
+    assert "'redis://alice:***@cache.internal:6380/2'" in message
+    assert "use RedisConfig.from_url(url)" in message
+
+
+def test_other_wrong_things_in_place_of_a_config_are_named_by_type_alone() -> None:
+    with pytest.raises(ConfigError, match=r"got a dict$") as info:
+        RedisClient({"password": "s3cret-pw"})  # type: ignore[arg-type]
+    assert "s3cret" not in str(info.value)
+
+
+@pytest.mark.parametrize("password", [12345678, b"s3cret-pw", ["s3cret-pw"]])
+def test_a_password_of_the_wrong_type_is_not_echoed(password: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        RedisConfig(password=password)
+    message = str(info.value)
+    assert "12345678" not in message and "s3cret" not in message
+    assert message.startswith("RedisConfig.password: expected a string or None, got a value")
+
+
+def test_a_url_given_as_the_host_is_refused_masked() -> None:
+    with pytest.raises(ConfigError) as info:
+        RedisConfig(host=SECRET_URL)
+    assert "s3cret" not in str(info.value)
+    assert "use RedisConfig.from_url(url)" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://user:topsecret@h",
+        "redis://:topsecret@h/notanumber",
+        "redis://:topsecret@h:99999",
+        "unix://:topsecret@",
+        "http://h?password=topsecret",
+        b"redis://:topsecret@h",
+    ],
+)
+def test_url_errors_never_show_the_password(url: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        RedisConfig.from_url(url)  # type: ignore[arg-type]
+    assert "topsecret" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://alice:pw@h:1/0", "redis://alice:***@h:1/0"),
+        ("redis://:pw@h", "redis://:***@h"),
+        ("redis://token@h", "redis://***@h"),
+        ("redis://a:p@ss/w?rd@h/0", "redis://a:***@h/0"),  # not even a valid URL
+        ("unix://:pw@/run/redis.sock", "unix://:***@/run/redis.sock"),
+        ("redis://h?db=1&auth_token=pw", "redis://h?db=1&auth_token=***"),
+        ("redis://h:6379/0", "redis://h:6379/0"),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_the_sync_client_on_a_wrong_password_names_no_password() -> None:
+    with RedisServer(args=["--requirepass", "right-pw"]) as server:
+        config = RedisConfig.from_url(f"redis://:wrong-pw@127.0.0.1:{server.port}/0")
+        with pytest.raises(AuthenticationError) as info:
+            RedisClient(config).get("k")
+        assert "wrong-pw" not in str(info.value) and "right-pw" not in str(info.value)

@@ -264,7 +264,7 @@ def python_blocks(path: Path) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", path.read_text(), re.S | re.M)
 
 
-@pytest.mark.parametrize("name", ["messaging.md", "configuration.md"])
+@pytest.mark.parametrize("name", ["messaging.md", "configuration.md", "migrating.md"])
 def test_docs_python_blocks_run(name: str, env: RedisClient) -> None:
     blocks = python_blocks(DOCS / name)
     assert blocks, f"docs/{name} has no python blocks"

@@ -94,6 +94,24 @@ def test_a_bad_channel_or_handler_is_refused_when_subscribing(pubsub: RedisPubSu
     assert pubsub.subscriptions == Subscriptions()
 
 
+def test_subscriptions_read_as_upstreams_dict_of_channel_to_handler(
+    pubsub: RedisPubSub, client: RedisClient
+) -> None:
+    received: queue.Queue[Any] = queue.Queue()
+    pubsub.subscribe("news", received.put)
+    pubsub.psubscribe("agent.*", print)
+    pubsub.run_in_thread()
+    wait_for(lambda: subscribers(client, "news") == 1)
+    assert "news" in pubsub.subscriptions and pubsub.subscriptions["news"] == received.put
+    assert dict(pubsub.subscriptions) == {"news": received.put}
+    assert list(pubsub.subscriptions) == ["news"] and len(pubsub.subscriptions) == 1
+    assert pubsub.subscriptions.patterns == {"agent.*": print}
+    pubsub.unsubscribe("news")
+    assert "news" not in pubsub.subscriptions
+    with pytest.raises(TypeError):  # read-only: subscribe() also tells Redis
+        pubsub.subscriptions["other"] = print  # type: ignore[index]
+
+
 # -- delivery ---------------------------------------------------------------------------
 
 

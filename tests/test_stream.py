@@ -139,6 +139,42 @@ def test_read_from_an_id_with_count_and_block(stream: RedisStream) -> None:
     assert RedisStream("missing", stream.client).read() == []
 
 
+def test_a_polling_read_returns_each_entry_once_and_waits_when_nothing_is_new(
+    stream: RedisStream,
+) -> None:
+    """The upstream library's monitor loop: ``read(count, block)`` over and over."""
+    ids = [stream.add({"i": i}) for i in range(3)]
+    assert [e["id"] for e in stream.read(count=2)] == ids[:2]
+    assert [e["id"] for e in stream.read(count=2, block=1000)] == ids[2:]
+    started = time.monotonic()
+    assert stream.read(count=2, block=200) == []  # nothing new: it waits, once
+    assert time.monotonic() - started >= 0.19
+    late = threading.Timer(0.1, stream.add, [{"i": 3}])
+    late.start()
+    assert [e["data"]["i"] for e in stream.read(block=5000)] == [3]
+    late.join()
+    handed_out = sum(len(stream.read(count=10, block=20)) for _ in range(10))
+    assert handed_out == 0  # a busy loop would hand the same four out again and again
+
+
+def test_an_explicit_last_id_moves_the_reading_position(stream: RedisStream) -> None:
+    old = stream.add({"i": 0})
+    assert stream.read(last_id="$") == []  # only what comes after this call...
+    new = stream.add({"i": 1})
+    assert [e["id"] for e in stream.read()] == [new]  # ...even when added between calls
+    assert [e["id"] for e in stream.read(last_id="0")] == [old, new]  # from the start again
+    assert stream.read() == []
+    fresh = RedisStream("tasks", stream.client)
+    assert [e["id"] for e in fresh.read()] == [old, new]  # a new object starts at "0"
+    assert RedisStream("nothing-yet", stream.client).read(block=50, last_id="$") == []
+
+
+def test_upstream_names_and_returns_keep_working(stream: RedisStream) -> None:
+    assert stream.stream_name == stream.name == "tasks"
+    assert stream.create_consumer_group("workers", "w1") is True
+    assert stream.create_consumer_group("workers", "w2") is True  # it exists: still success
+
+
 def test_maxlen_trims_on_add(client: RedisClient) -> None:
     capped = RedisStream("capped", client, maxlen=10)
     for i in range(500):

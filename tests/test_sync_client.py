@@ -193,6 +193,38 @@ def test_read_timeout_is_a_timeout_error(redis_config: RedisConfig) -> None:
         assert client.set("still", "works")  # the broken connection was not reused
 
 
+def test_blocking_commands_outlive_a_shorter_socket_timeout(redis_config: RedisConfig) -> None:
+    """The stream helpers' blocking reads go through execute_command: they get their own
+    wait plus socket_timeout, not socket_timeout alone."""
+    with RedisClient(redis_config.replace(socket_timeout=0.4)) as client:
+        client.execute_command("XGROUP", "CREATE", "s", "g", "$", "MKSTREAM")
+        started = time.monotonic()
+        read = ("XREADGROUP", "GROUP", "g", "c", "BLOCK", 800, "STREAMS", "s", ">")
+        assert client.execute_command(*read) is None
+        assert client.execute_command("BLPOP", "empty", 0.8) is None
+        assert time.monotonic() - started >= 1.55
+        client.execute_command("RPUSH", "full", "x")
+        assert client.execute_command("BLPOP", "full", 0.3) == ["full", "x"]
+        with pytest.raises(ResponseError) as caught:  # an error reply keeps its connection
+            client.execute_command(
+                "XREADGROUP", "GROUP", "nope", "c", "BLOCK", 10, "STREAMS", "s", ">"
+            )
+        assert caught.value.code == "NOGROUP"
+        assert client.get("still") is None  # and the socket timeout is back to 0.4 s
+
+
+def test_a_blocking_command_on_a_server_that_stops_answering_times_out(
+    fresh_server: RedisServer,
+) -> None:
+    with RedisClient(fresh_server.config.replace(socket_timeout=0.3)) as client:
+        assert client.execute_command("BLPOP", "empty", 0.1) is None
+        client.execute_command("CLIENT", "PAUSE", 3000, "ALL")
+        started = time.monotonic()
+        with pytest.raises(RedisTimeoutError):
+            client.execute_command("BLPOP", "empty", 0.2)
+        assert time.monotonic() - started < 1.5  # 0.2 s of its own + 0.3 s
+
+
 def test_unreachable_server_fails_fast_with_a_clear_message() -> None:
     port = closed_port()
     client = RedisClient(RedisConfig(host="127.0.0.1", port=port, socket_connect_timeout=1.5))

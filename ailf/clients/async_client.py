@@ -24,22 +24,27 @@ from ailf.clients.commands import Commands, Convert, is_idempotent
 from ailf.clients.connection import raise_reply_error
 from ailf.clients.pipeline import Pipeline
 from ailf.config import RedisConfig, given_or_from_env
-from ailf.errors import AuthenticationError, RedisConnectionError, WatchError
+from ailf.errors import AuthenticationError, RedisConnectionError, RedisTimeoutError, WatchError
 
 __all__ = ["AsyncRedisClient"]
 
 
-def _backend_for(config: RedisConfig, nursery: Any) -> Any:
+def _backend_class() -> Any:
+    """The engine for the running async library (imported on first use)."""
     library = sniffio.current_async_library()
     if library == "trio":
         from ailf.clients.trio_backend import TrioBackend
 
-        return TrioBackend(config, nursery)
+        return TrioBackend
     if library == "asyncio":
         from ailf.clients.asyncio_backend import AsyncioBackend
 
-        return AsyncioBackend(config)
+        return AsyncioBackend
     raise RuntimeError(f"AsyncRedisClient runs under trio or asyncio, not {library}")
+
+
+def _backend_for(config: RedisConfig, nursery: Any) -> Any:
+    return _backend_class()(config, nursery)
 
 
 class AsyncRedisClient(Commands):
@@ -121,6 +126,28 @@ class AsyncRedisClient(Commands):
             await stack.aclose()
         elif backend is not None:
             await backend.aclose()
+
+    async def close(self) -> None:
+        """:meth:`aclose` under the name the upstream library's async client used."""
+        await self.aclose()
+
+    async def health_check(self) -> bool:
+        """True when the server answers PING, False when it cannot be reached in time.
+
+        As :meth:`RedisClient.health_check <ailf.clients.sync.RedisClient.health_check>`:
+        the probe is a fresh connection of its own, outside the client's connections (a
+        busy or closed client cannot fail it), not retried, and connecting and the reply
+        get ``socket_connect_timeout`` each, so a hung server reads as down instead of
+        hanging the probe. A server that refuses the credentials is a misconfiguration,
+        not an outage: that raises :class:`~ailf.errors.AuthenticationError`.
+        """
+        try:
+            await _backend_class().probe(self.config)
+        except AuthenticationError:
+            raise
+        except (RedisConnectionError, RedisTimeoutError):
+            return False
+        return True
 
     def _lazy_backend(self) -> Any:
         if self._closed:

@@ -15,18 +15,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import redis.asyncio
 import redis.asyncio.client
 import redis.exceptions
 from redis._parsers import _AsyncHiredisParser, _AsyncRESP2Parser
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from ailf.clients.connection import raise_reply_error
+from ailf.clients.commands import blocking_reply_timeout
+from ailf.clients.connection import raise_reply_error, tls_failed, tls_unanswered
+from ailf.clients.pipeline import transaction_replies
 from ailf.clients.pool import reservation_lost
 from ailf.clients.pubsub import PubSubCommands, Request, Subscriptions
 from ailf.config import RedisConfig
@@ -72,8 +76,15 @@ def _translated(address: str) -> Iterator[None]:
     except redis.exceptions.AuthenticationError as exc:
         raise AuthenticationError(f"Redis at {address} refused the credentials: {exc}") from exc
     except redis.exceptions.TimeoutError as exc:
+        if "connecting" in str(exc):  # socket_connect_timeout: unreachable, as on trio
+            raise RedisConnectionError(
+                f"timed out connecting to Redis at {address} (is the server up? raise"
+                " socket_connect_timeout if it is just slow)"
+            ) from exc
         raise RedisTimeoutError(f"Redis at {address} did not answer in time: {exc}") from exc
     except redis.exceptions.ConnectionError as exc:
+        if isinstance(exc.__cause__, RedisError):  # ailf's own, wrapped by redis-py's connect
+            raise exc.__cause__ from None
         raise RedisConnectionError(f"connection to Redis at {address} failed: {exc}") from exc
     except redis.exceptions.ResponseError as exc:
         raise ResponseError(str(exc)) from exc
@@ -86,6 +97,40 @@ def _translated(address: str) -> Iterator[None]:
         raise RedisConnectionError(f"connection to Redis at {address} failed: {exc}") from exc
 
 
+class _TLSConnection(redis.asyncio.SSLConnection):
+    """redis-py's asyncio TLS connection, saying so when the server does not answer TLS.
+
+    redis-py connects and does the TLS handshake in one ``asyncio.open_connection``, so
+    a plain port that never answers the handshake reads as a bare "Timeout connecting
+    to server". Here TCP connects first (redis-py's own ``_connect``, without TLS), then
+    the stream starts TLS within what is left of ``socket_connect_timeout``; a timeout
+    there is the same :class:`TLSHandshakeTimeout` as on the other engines, and a failed
+    handshake the same error saying what to check.
+    """
+
+    def _connection_arguments(self) -> Mapping[str, Any]:
+        return redis.asyncio.Connection._connection_arguments(self)  # TCP: TLS comes after
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await super()._connect()
+        timeout = self.socket_connect_timeout
+        try:
+            async with asyncio.timeout(max(0.0, timeout - (loop.time() - started))):
+                await self._writer.start_tls(self.ssl_context.get(), server_hostname=self.host)
+        except BaseException as exc:
+            # The failed handshake took the transport from the stream, so redis-py's
+            # disconnect() would wait for a close the stream is never told of.
+            self._writer.transport.close()
+            self._reader = self._writer = None
+            if isinstance(exc, TimeoutError):
+                raise tls_unanswered(f"{self.host}:{self.port}", timeout) from None
+            if isinstance(exc, ssl.SSLError):
+                raise tls_failed(f"{self.host}:{self.port}", exc) from exc
+            raise
+
+
 def _client(config: RedisConfig) -> redis.asyncio.Redis:
     # A blocking pool: past max_connections callers wait, as on trio, instead of failing
     # with "Too many connections".
@@ -95,7 +140,7 @@ def _client(config: RedisConfig) -> redis.asyncio.Redis:
         connection_class = redis.asyncio.UnixDomainSocketConnection
         kwargs.pop("socket_keepalive")
     elif config.ssl:
-        connection_class = redis.asyncio.SSLConnection
+        connection_class = _TLSConnection
     pool = redis.asyncio.BlockingConnectionPool(
         connection_class=connection_class,
         timeout=None,
@@ -112,9 +157,22 @@ def _client(config: RedisConfig) -> redis.asyncio.Redis:
 class AsyncioBackend:
     """Runs commands through ``redis.asyncio``; same interface as the trio backend."""
 
-    def __init__(self, config: RedisConfig) -> None:
+    def __init__(self, config: RedisConfig, nursery: None = None) -> None:
+        # ``nursery`` is the trio engine's; asyncio has none, and both are built alike.
         self._config = config
         self._redis = _client(config)
+
+    @classmethod
+    async def probe(cls, config: RedisConfig) -> None:
+        """Connect afresh on a one-connection pool of its own, PING, and close it.
+
+        The reply is held to ``socket_connect_timeout``, as connecting is.
+        """
+        backend = cls(config.replace(socket_timeout=config.socket_connect_timeout))
+        try:
+            await backend.open()
+        finally:
+            await backend.aclose()
 
     async def open(self) -> None:
         """Connect (and PING) now, so a wrong address or password fails at ``async with``."""
@@ -123,6 +181,9 @@ class AsyncioBackend:
             raise_reply_error(reply, self._config.address)
 
     async def execute(self, args: tuple[Any, ...], blocking: bool) -> Any:
+        if blocking:
+            (reply,) = await self._execute_blocking([args])
+            return reply
         with _translated(self._config.address):
             try:
                 return await self._redis.execute_command(*args)
@@ -132,18 +193,36 @@ class AsyncioBackend:
     async def execute_many(
         self, commands: list[tuple[Any, ...]], blocking: bool, transaction: bool
     ) -> list[Any]:
+        if blocking:
+            if not transaction:
+                return await self._execute_blocking(commands)
+            replies = await self._execute_blocking([("MULTI",), *commands, ("EXEC",)])
+            return transaction_replies(replies)
         with _translated(self._config.address):
             async with self._redis.pipeline(transaction=transaction) as pipe:
                 for args in commands:
                     pipe.execute_command(*args)
                 return await pipe.execute(raise_on_error=False)
 
+    async def _execute_blocking(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Commands with a blocking one among them, on a pool connection held meanwhile.
+
+        redis-py would hold their replies to ``socket_timeout``, failing a
+        ``BLOCK 10000`` read under a 5 s ``socket_timeout``; here they get their own
+        wait plus ``socket_timeout``, as under trio.
+        """
+        reserved = await self.reserve()
+        try:
+            return await reserved.request(commands, blocking=True)
+        finally:
+            await reserved.release()
+
     async def reserve(self) -> AsyncioReservedConnection:
         """A pool connection of the caller's own, for a pipeline's WATCH … EXEC."""
         pool = self._redis.connection_pool
         with _translated(self._config.address):
             connection = await pool.get_connection()
-        return AsyncioReservedConnection(self._config.address, pool, connection)
+        return AsyncioReservedConnection(self._config, pool, connection)
 
     def pubsub(self) -> AsyncioPubSub:
         return AsyncioPubSub(self._config, self._redis)
@@ -163,11 +242,12 @@ class AsyncioReservedConnection:
 
     def __init__(
         self,
-        address: str,
+        config: RedisConfig,
         pool: redis.asyncio.ConnectionPool,
         connection: redis.asyncio.connection.AbstractConnection,
     ) -> None:
-        self._address = address
+        self._address = config.address
+        self._socket_timeout = config.socket_timeout
         self._pool = pool
         self._connection: redis.asyncio.connection.AbstractConnection | None = connection
 
@@ -179,16 +259,18 @@ class AsyncioReservedConnection:
     async def request(self, commands: list[tuple[Any, ...]], blocking: bool = False) -> list[Any]:
         """Send commands in one write; their replies in order (error replies returned).
 
-        ``blocking`` is accepted for the trio twin's sake: redis-py bounds every reply
-        by ``socket_timeout``.
+        Each reply is held to ``socket_timeout``, or, with ``blocking``, to the blocking
+        commands' own wait plus ``socket_timeout``
+        (:func:`~ailf.clients.commands.blocking_reply_timeout`), as under trio.
         """
         connection = self._connection
         if connection is None:
             raise reservation_lost(self._address)
+        limit = blocking_reply_timeout(commands, self._socket_timeout) if blocking else None
         try:
             with _translated(self._address):
                 await connection.send_packed_command(connection.pack_commands(commands))
-                return [await _reply_or_error(connection) for _ in commands]
+                return [await _reply_or_error(connection, limit, self._address) for _ in commands]
         except BaseException:
             try:
                 await connection.disconnect(nowait=True)
@@ -203,9 +285,23 @@ class AsyncioReservedConnection:
             await asyncio.shield(self._pool.release(connection))
 
 
-async def _reply_or_error(connection: redis.asyncio.connection.AbstractConnection) -> Any:
+async def _reply_or_error(
+    connection: redis.asyncio.connection.AbstractConnection, limit: float | None, address: str
+) -> Any:
+    """The next reply (an error reply returned), within ``limit`` seconds if given, else
+    within redis-py's ``socket_timeout``."""
     try:
-        return await connection.read_response()
+        if limit is None:
+            return await connection.read_response()
+        try:
+            async with asyncio.timeout(None if limit == math.inf else limit):
+                # redis-py's own timeout is lifted (math.inf means none) for ours.
+                return await connection.read_response(timeout=math.inf)
+        except TimeoutError:
+            raise RedisTimeoutError(
+                f"Redis at {address} did not answer a blocking"
+                f" command within {limit:g} s (its own wait plus socket_timeout)"
+            ) from None
     except ResponseError as exc:
         return exc
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import chain
 from typing import Any
 
@@ -26,7 +26,9 @@ __all__ = [
     "IDEMPOTENT_COMMANDS",
     "Commands",
     "Convert",
+    "blocking_reply_timeout",
     "command_name",
+    "is_blocking",
     "is_idempotent",
 ]
 
@@ -34,7 +36,7 @@ Convert = Callable[[Any], Any] | None
 
 #: Commands that may wait on the server: they run on a dedicated connection.
 BLOCKING_COMMANDS = frozenset(
-    {"BLPOP", "BRPOP", "BLMOVE", "BRPOPLPUSH", "BZPOPMIN", "BZPOPMAX", "BLMPOP", "WAIT"}
+    {"BLPOP", "BRPOP", "BLMOVE", "BRPOPLPUSH", "BZPOPMIN", "BZPOPMAX", "BLMPOP", "BZMPOP", "WAIT"}
 )
 
 #: Commands that change a connection's state (for every caller sharing it, or handed it
@@ -221,6 +223,56 @@ def _trim_args(
     return args if limit is None else (*args, "LIMIT", limit)
 
 
+def is_blocking(name: str, args: Sequence[Any]) -> bool:
+    """Whether command ``name`` (upper case) with ``args`` may wait on the server:
+    the :data:`BLOCKING_COMMANDS`, and XREAD/XREADGROUP with BLOCK."""
+    if name in BLOCKING_COMMANDS:
+        return True
+    return name in ("XREAD", "XREADGROUP") and any(
+        isinstance(a, (str, bytes)) and _text(a).upper() == "BLOCK" for a in args
+    )
+
+
+def _own_wait(args: Sequence[Any]) -> float:
+    """How long a blocking command may wait on the server by its own arguments, in
+    seconds: ``inf`` when it waits for ever (a timeout of 0), or when its arguments do
+    not say (the safe side: a reply timeout must never cut a legitimate wait short)."""
+    name = _text(args[0]).upper() if isinstance(args[0], (str, bytes)) else ""
+    try:
+        if name in ("XREAD", "XREADGROUP"):
+            words = [_text(a).upper() if isinstance(a, (str, bytes)) else a for a in args]
+            if "BLOCK" not in words:
+                return 0.0
+            value, scale = args[words.index("BLOCK") + 1], 1000
+        elif name == "WAIT":
+            value, scale = args[2], 1000
+        elif name in ("BLMPOP", "BZMPOP"):
+            value, scale = args[1], 1
+        elif name in BLOCKING_COMMANDS:
+            value, scale = args[-1], 1
+        else:
+            return 0.0
+        seconds = float(_text(value)) / scale
+    except (IndexError, ValueError, TypeError):
+        return math.inf
+    return seconds if seconds > 0 else math.inf
+
+
+def blocking_reply_timeout(
+    commands: Sequence[Sequence[Any]], socket_timeout: float | None
+) -> float:
+    """How long to wait for each reply of commands that include blocking ones.
+
+    A blocking command is not cut short by ``socket_timeout``: its reply may take as
+    long as the command's own wait (BLOCK, or BLPOP's timeout), plus ``socket_timeout``
+    for a server that stopped answering. Without a ``socket_timeout``, or for a command
+    that waits for ever, that is ``inf``. All three engines bound blocking commands so.
+    """
+    if socket_timeout is None:
+        return math.inf
+    return max(_own_wait(args) for args in commands) + socket_timeout
+
+
 def is_idempotent(args: tuple[Any, ...]) -> bool:
     """Whether a command may be sent again after a connection broke under it.
 
@@ -255,11 +307,7 @@ class Commands:
         to use instead.
         """
         name = command_name(args)
-        blocking = name in BLOCKING_COMMANDS or (
-            name in ("XREAD", "XREADGROUP")
-            and any(isinstance(a, (str, bytes)) and _text(a).upper() == "BLOCK" for a in args)
-        )
-        return self._command(args, None, blocking)
+        return self._command(args, None, is_blocking(name, args))
 
     # -- connection and keys --------------------------------------------------------
 

@@ -32,7 +32,15 @@ from ailf.errors import (
     ResponseError,
 )
 
-__all__ = ["RECEIVE_SIZE", "Connection", "open_connection", "raise_reply_error"]
+__all__ = [
+    "RECEIVE_SIZE",
+    "Connection",
+    "TLSHandshakeTimeout",
+    "open_connection",
+    "raise_reply_error",
+    "tls_failed",
+    "tls_unanswered",
+]
 
 #: How much the reader asks the socket for at once: large enough that a burst of
 #: pipelined replies is parsed from one chunk.
@@ -40,6 +48,33 @@ RECEIVE_SIZE = 262144
 
 _AUTH_CODES = ("NOAUTH", "WRONGPASS", "NOPERM")
 _IO_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+class TLSHandshakeTimeout(RedisConnectionError):
+    """The server took the TCP connection but did not answer the TLS handshake in time.
+
+    Almost always a ``rediss://`` URL (or ``ssl=True``) pointed at a plain Redis port,
+    which waits for a command instead of answering: connecting again cannot help, so
+    it is never retried. Every engine raises it, with :func:`tls_unanswered`'s message.
+    """
+
+
+def tls_unanswered(address: str, timeout: float) -> TLSHandshakeTimeout:
+    """The error for a TLS handshake that got no answer within ``timeout`` seconds."""
+    return TLSHandshakeTimeout(
+        f"Redis at {address} accepted the connection but did not answer the TLS handshake"
+        f" within {timeout:g} s (socket_connect_timeout): is it a TLS port? rediss:// URLs"
+        " and ssl=True need the port of the server's tls-port setting; a plain port"
+        " wants redis://"
+    )
+
+
+def tls_failed(address: str, error: ssl.SSLError) -> RedisConnectionError:
+    """The error for a TLS handshake the server answered, and that failed."""
+    return RedisConnectionError(
+        f"TLS handshake with Redis at {address} failed: {error}; check ssl_ca_certs,"
+        " ssl_certfile/ssl_keyfile and that the server speaks TLS on that port"
+    )
 
 
 def raise_reply_error(reply: Exception, address: str) -> NoReturn:
@@ -355,6 +390,8 @@ async def _open_stream(config: RedisConfig) -> trio.abc.Stream:
     except trio.TooSlowError:
         if stream is not None:
             await trio.aclose_forcefully(stream)
+        if isinstance(stream, trio.SSLStream):  # connected: the TLS handshake is what hung
+            raise tls_unanswered(address, timeout) from None
         raise RedisConnectionError(
             f"timed out after {timeout} s connecting to Redis at {address}"
             " (is the server up? raise socket_connect_timeout if it is just slow)"
@@ -364,10 +401,7 @@ async def _open_stream(config: RedisConfig) -> trio.abc.Stream:
             await trio.aclose_forcefully(stream)
         cause = exc.__cause__ or exc
         if isinstance(cause, ssl.SSLError):
-            raise RedisConnectionError(
-                f"TLS handshake with Redis at {address} failed: {cause}; check ssl_ca_certs,"
-                " ssl_certfile/ssl_keyfile and that the server speaks TLS on that port"
-            ) from exc
+            raise tls_failed(address, cause) from exc
         raise RedisConnectionError(
             f"cannot connect to Redis at {address}: {_describe(exc)}"
         ) from exc

@@ -65,10 +65,14 @@ class Pipeline(Commands):
             results = await pipe.execute()      # [True, 2]
 
     ``transaction=True`` (redis-py's default) wraps the commands in MULTI/EXEC so they
-    run atomically; ``False`` only pipelines them. If the ``async with`` block raises,
-    nothing is sent. Blocking commands in a pipeline send it over a dedicated
-    connection. Cancelling :meth:`execute` after the write leaves the commands running
-    on the server with their replies discarded, as for single commands.
+    run atomically; ``False`` only pipelines them. Commands still queued when the
+    ``async with`` block ends normally are executed then, as by the sync client's
+    pipeline (their replies land in :attr:`results`, like every ``execute()``'s): a
+    queued command is never dropped without a word. If the block raises, cancellation
+    included, nothing queued is sent; :meth:`reset` discards the queue on purpose.
+    Blocking commands in a pipeline send it over a dedicated connection. Cancelling
+    :meth:`execute` after the write leaves the commands running on the server with
+    their replies discarded, as for single commands.
 
     Check-and-set, as in redis-py::
 
@@ -93,6 +97,8 @@ class Pipeline(Commands):
         self._reserved: _Reserved | None = None
         self._watching = False
         self._explicit_transaction = False
+        #: The replies of every :meth:`execute` of this pipeline, in order.
+        self.results: list[Any] = []
 
     def _command(
         self, args: tuple[Any, ...], convert: Convert = None, blocking: bool = False
@@ -106,11 +112,21 @@ class Pipeline(Commands):
     def __len__(self) -> int:
         return len(self._queue)
 
+    @property
+    def queued(self) -> int:
+        """How many commands wait for :meth:`execute`."""
+        return len(self._queue)
+
     async def __aenter__(self) -> Pipeline:
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.reset()
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        """Execute what is still queued if the block ended normally; reset either way."""
+        try:
+            if exc_type is None and self._queue:
+                await self.execute()
+        finally:
+            await self.reset()
 
     # -- optimistic transactions ----------------------------------------------------
 
@@ -197,7 +213,12 @@ class Pipeline(Commands):
                 blocking=any(blocking for _, _, blocking in queue),
                 transaction=transaction,
             )
-        return _results(replies, queue, raise_on_error)
+        results = _results(replies, queue)
+        self.results.extend(results)
+        first_error = next((r for r in results if isinstance(r, Exception)), None)
+        if first_error is not None and raise_on_error:
+            raise first_error
+        return results
 
     async def _execute_reserved(
         self, reserved: _Reserved, queue: list[_Queued], transaction: bool
@@ -214,15 +235,9 @@ class Pipeline(Commands):
             await self.reset()
 
 
-def _results(replies: list[Any], queue: list[_Queued], raise_on_error: bool) -> list[Any]:
-    results: list[Any] = []
-    first_error: Exception | None = None
-    for reply, (_, convert, _) in zip(replies, queue, strict=True):
-        if isinstance(reply, Exception):
-            first_error = first_error or reply
-            results.append(reply)
-        else:
-            results.append(reply if convert is None else convert(reply))
-    if first_error is not None and raise_on_error:
-        raise first_error
-    return results
+def _results(replies: list[Any], queue: list[_Queued]) -> list[Any]:
+    """Each reply converted as its command asks; error replies stay as they are."""
+    return [
+        reply if convert is None or isinstance(reply, Exception) else convert(reply)
+        for reply, (_, convert, _) in zip(replies, queue, strict=True)
+    ]

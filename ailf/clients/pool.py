@@ -20,7 +20,8 @@ from typing import Any
 
 import trio
 
-from ailf.clients.connection import Connection, open_connection
+from ailf.clients.commands import blocking_reply_timeout
+from ailf.clients.connection import Connection, TLSHandshakeTimeout, open_connection
 from ailf.clients.resp import pack_commands
 from ailf.config import RedisConfig
 from ailf.errors import AuthenticationError, RedisConnectionError
@@ -35,7 +36,10 @@ async def connect_with_retry(config: RedisConfig, *, forever: bool = False) -> C
 
     Gives up after ``config.retry.attempts`` retries with the last
     :class:`RedisConnectionError`, unless ``forever`` (pub/sub listeners, which must
-    outlive a Redis restart; cancel them to stop). Wrong credentials are never retried.
+    outlive a Redis restart; cancel them to stop). Wrong credentials are never retried,
+    and neither, unless ``forever``, is a TLS handshake the server did not answer: a
+    plain port does not learn TLS by being asked again, and four attempts would only
+    make the error four times as slow to arrive.
     """
     policy = config.retry
     attempt = 0
@@ -45,7 +49,8 @@ async def connect_with_retry(config: RedisConfig, *, forever: bool = False) -> C
         except AuthenticationError:
             raise
         except RedisConnectionError as exc:
-            if not forever and attempt >= policy.attempts:
+            final = attempt >= policy.attempts or isinstance(exc, TLSHandshakeTimeout)
+            if not forever and final:
                 raise
             delay = policy.delay(min(attempt, 30))
             log.warning("%s; retrying in %.2f s", exc, delay)
@@ -68,8 +73,9 @@ class ConnectionPool:
         """Run commands on a borrowed connection, in one write; their replies, in order.
 
         Error replies are returned, not raised. ``reply_timeout`` bounds each reply (None:
-        ``socket_timeout``; ``float("inf")`` for blocking commands). Cancellation closes
-        the borrowed connection.
+        ``socket_timeout``; blocking commands pass their own, see
+        :func:`~ailf.clients.commands.blocking_reply_timeout`). Cancellation closes the
+        borrowed connection.
         """
         data = pack_commands(commands)
         connection = await self._acquire()
@@ -157,8 +163,9 @@ class ReservedConnection:
         connection = self._connection
         if connection is None:
             raise reservation_lost(self._address)
+        limit = blocking_reply_timeout(commands, connection.socket_timeout) if blocking else None
         try:
-            return await connection.request(commands, float("inf") if blocking else None)
+            return await connection.request(commands, limit)
         except BaseException:
             try:
                 await connection.aclose()

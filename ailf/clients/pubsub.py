@@ -299,15 +299,22 @@ class PubSub(PubSubCommands):
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection and stop the reader; a second call does nothing."""
+        """Close the connection and stop the reader; a second call does nothing.
+
+        The connection is closed even when leaving the nursery raises, as it does in a
+        task being cancelled (a runtime shutting down): ``Connection.aclose`` closes
+        the socket whether or not it is cancelled.
+        """
         stack, self._stack = self._stack, None
         if stack is None:
             return
-        await stack.aclose()
-        if self._connection is not None:
-            await self._connection.aclose()
-        self._messages_in.close()
-        self._subscriptions.release()
+        try:
+            await stack.aclose()
+        finally:
+            if self._connection is not None:
+                await self._connection.aclose()
+            self._messages_in.close()
+            self._subscriptions.release()
 
     # -- subscribing ----------------------------------------------------------------
 

@@ -15,6 +15,8 @@ turned off so that an unreachable server fails within ``socket_connect_timeout``
 from __future__ import annotations
 
 import math
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +30,8 @@ import redis.exceptions
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ailf.clients.commands import command_name
+from ailf.clients.commands import blocking_reply_timeout, command_name, is_blocking
+from ailf.clients.connection import tls_failed, tls_unanswered
 from ailf.codec import dumps, encode_payload, loads
 from ailf.config import RedisConfig, given_or_from_env
 from ailf.errors import (
@@ -123,6 +126,39 @@ def _expiry_ms(expire: Expiry | None) -> int | None:
     return max(1, round(seconds * 1000))
 
 
+class _TCPConnected(redis.Connection):
+    """redis-py's TCP connection, noting when the TCP part of connecting is done."""
+
+    def _connect(self) -> socket.socket:
+        sock = super()._connect()
+        self._tcp_connected = True
+        return sock
+
+
+class _TLSConnection(redis.SSLConnection, _TCPConnected):
+    """redis-py's TLS connection, saying so when the server does not answer TLS.
+
+    ``SSLConnection._connect`` connects TCP through ``super()`` (here
+    :class:`_TCPConnected`, which notes it), then does the handshake: a timeout after
+    the TCP part is the server not answering TLS, which redis-py would report as a bare
+    "Timeout connecting to server". The same errors as on the async engines say what
+    happened instead: :class:`TLSHandshakeTimeout` (most likely a plain port), or a
+    failed handshake with what to check.
+    """
+
+    def _connect(self) -> socket.socket:
+        self._tcp_connected = False
+        try:
+            return super()._connect()
+        except (TimeoutError, ssl.SSLError) as exc:
+            if not self._tcp_connected:
+                raise
+            address = f"{self.host}:{self.port}"
+            if isinstance(exc, ssl.SSLError):
+                raise tls_failed(address, exc) from exc
+            raise tls_unanswered(address, self.socket_connect_timeout) from exc
+
+
 def _bounded_handshake(connection: redis.connection.AbstractConnection) -> None:
     """redis-py's connection handshake, held to ``socket_connect_timeout``.
 
@@ -214,7 +250,7 @@ class RedisClient(_KeyValueCommands):
                     kwargs["connection_class"] = redis.UnixDomainSocketConnection
                     kwargs.pop("socket_keepalive")
                 elif resolved.ssl:
-                    kwargs["connection_class"] = redis.SSLConnection
+                    kwargs["connection_class"] = _TLSConnection
                 pool = redis.ConnectionPool(
                     retry=Retry(NoBackoff(), 0), redis_connect_func=_bounded_handshake, **kwargs
                 )
@@ -253,8 +289,38 @@ class RedisClient(_KeyValueCommands):
         caller would then inherit (WATCH, SUBSCRIBE, SELECT…), are refused with a
         :class:`ValueError` saying what to use instead, as on the async client.
         """
-        command_name(args)
-        return self.run(self._connect()[1].execute_command, *args)
+        raw = self._connect()[1]
+        if is_blocking(command_name(args), args):
+            return self.run(self._execute_blocking, raw.connection_pool, args)
+        return self.run(raw.execute_command, *args)
+
+    def _execute_blocking(self, pool: redis.ConnectionPool, args: tuple[Any, ...]) -> Any:
+        """A blocking command, its reply held to its own wait plus ``socket_timeout``.
+
+        redis-py would read the reply of ``XREADGROUP … BLOCK 10000`` with the socket's
+        ``socket_timeout`` and fail it under a 5 s one; the connection's socket gets the
+        longer bound (:func:`~ailf.clients.commands.blocking_reply_timeout`) for this
+        command and its own back afterwards, as the async engines do.
+        """
+        config = self._resolved or self.config
+        limit = blocking_reply_timeout([args], config.socket_timeout)
+        connection = pool.get_connection()
+        try:
+            connection.send_command(*args)
+            sock = connection._sock
+            sock.settimeout(None if limit == math.inf else limit)
+            try:
+                return connection.read_response()
+            finally:
+                if connection._sock is sock:  # not disconnected by a failed read
+                    sock.settimeout(config.socket_timeout)
+        except redis.ResponseError:
+            raise  # an error reply: the connection is in step, and reusable
+        except BaseException:
+            connection.disconnect()  # its place in the reply stream is unknown
+            raise
+        finally:
+            pool.release(connection)
 
     def _command(
         self, name: str, *args: Any, decode: Callable[[Any], Any] | None = None, **kwargs: Any

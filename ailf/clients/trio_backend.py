@@ -21,6 +21,8 @@ from typing import Any
 
 import trio
 
+from ailf.clients.commands import blocking_reply_timeout
+from ailf.clients.connection import open_connection
 from ailf.clients.multiplex import SharedConnection
 from ailf.clients.pipeline import transaction_replies
 from ailf.clients.pool import ConnectionPool, ReservedConnection, connect_with_retry
@@ -30,8 +32,6 @@ from ailf.config import RedisConfig
 from ailf.errors import RedisConnectionError
 
 __all__ = ["TrioBackend"]
-
-_FOREVER = float("inf")
 
 
 class TrioBackend:
@@ -46,6 +46,16 @@ class TrioBackend:
         self._connect_attempts = 0
         self._connect_failure: RedisConnectionError | None = None
         self._closed = False
+
+    @staticmethod
+    async def probe(config: RedisConfig) -> None:
+        """Connect afresh, outside the pool and without retrying, then hang up.
+
+        Connecting is held to ``socket_connect_timeout`` and so is the handshake, which
+        ends with a PING: a server that answers it is up.
+        """
+        connection = await open_connection(config)
+        await connection.aclose()
 
     async def open(self) -> None:
         """Connect the shared connection now, so a wrong address fails at ``async with``."""
@@ -66,7 +76,7 @@ class TrioBackend:
 
     async def _execute_elsewhere(self, args: tuple[Any, ...], blocking: bool) -> Any:
         if blocking or self._nursery is None:
-            replies = await self._pool.request([args], _FOREVER if blocking else None)
+            replies = await self._pool.request([args], self._reply_timeout([args], blocking))
             return replies[0]
         shared = await self._reconnect(self._shared)
         return await shared.request(pack_command(args))
@@ -78,7 +88,7 @@ class TrioBackend:
         if transaction:
             commands = [("MULTI",), *commands, ("EXEC",)]
         if blocking or self._nursery is None:
-            replies = await self._pool.request(commands, _FOREVER if blocking else None)
+            replies = await self._pool.request(commands, self._reply_timeout(commands, blocking))
         else:
             shared = self._shared
             if shared is None or not shared.usable():
@@ -88,6 +98,13 @@ class TrioBackend:
             if len(commands) == 1:
                 replies = [replies]
         return transaction_replies(replies) if transaction else replies
+
+    def _reply_timeout(self, commands: list[tuple[Any, ...]], blocking: bool) -> float | None:
+        """None (``socket_timeout``) for ordinary commands; for blocking ones, their own
+        wait plus ``socket_timeout`` (see :func:`~ailf.clients.commands.blocking_reply_timeout`)."""
+        if not blocking:
+            return None
+        return blocking_reply_timeout(commands, self._config.socket_timeout)
 
     async def reserve(self) -> ReservedConnection:
         """A pool connection of the caller's own, for a pipeline's WATCH … EXEC."""

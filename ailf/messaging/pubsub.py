@@ -20,7 +20,7 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Self
 
@@ -102,11 +102,27 @@ class Delivery:
 
 
 @attrs.define
-class Subscriptions:
-    """Which handler serves which channel and pattern: the state a reconnect restores."""
+class Subscriptions(Mapping[str, Handler]):
+    """Which handler serves which channel and pattern: the state a reconnect restores.
+
+    It reads as a mapping of channel to handler — what the upstream library's
+    ``RedisPubSub.subscriptions`` dict was, so ``"news" in pubsub.subscriptions`` and
+    ``pubsub.subscriptions["news"]`` keep working; patterns are in :attr:`patterns`. It
+    is read-only: change it through ``subscribe``, ``psubscribe`` and ``unsubscribe``,
+    which also tell Redis.
+    """
 
     channels: dict[str, Handler] = attrs.field(factory=dict)
     patterns: dict[str, Handler] = attrs.field(factory=dict)
+
+    def __getitem__(self, channel: str) -> Handler:
+        return self.channels[channel]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.channels)
+
+    def __len__(self) -> int:
+        return len(self.channels)
 
     def add(self, name: str, handler: Handler, *, pattern: bool = False) -> None:
         """Serve ``name`` with ``handler``, checked now: a wrong one would otherwise only

@@ -329,10 +329,17 @@ class StreamOperations:
         self.group: str | None = None
         self.consumer: str | None = None
         self._history_from: str | None = None
+        # Where read() without a last_id goes on from: after the last entry it returned.
+        self._read_from = "0"
 
     def __repr__(self) -> str:
         group = f" group={self.group!r} consumer={self.consumer!r}" if self.group else ""
         return f"<{type(self).__name__} {self.name!r}{group}>"
+
+    @property
+    def stream_name(self) -> str:
+        """The stream's key: :attr:`name` under the upstream library's name for it."""
+        return self.name
 
     def _group(self) -> tuple[str, str]:
         if self.group is None or self.consumer is None:
@@ -342,8 +349,19 @@ class StreamOperations:
     def _add_steps(self, data: Mapping[str, Any]) -> Steps[str]:
         return _text((yield xadd_command(self.name, data, self.maxlen)))
 
-    def _read_steps(self, count: int | None, block: int | None, last_id: str) -> Steps[list[Entry]]:
-        return parse_entries(parse_read((yield Read(self.name, last_id, count, block))))
+    def _read_steps(
+        self, count: int | None, block: int | None, last_id: str | None
+    ) -> Steps[list[Entry]]:
+        start = self._read_from if last_id is None else last_id
+        if start == "$":
+            # "$" means "after the newest entry now". Pinned to that entry's id before
+            # reading, so that the next read goes on from there even when this one
+            # returns nothing: an entry added in between is returned then, not skipped.
+            newest = yield ["XREVRANGE", self.name, "+", "-", "COUNT", 1]
+            start = _text(newest[0][0]) if newest else "0-0"
+        raw = parse_read((yield Read(self.name, start, count, block)))
+        self._read_from = _text(raw[-1][0]) if raw else start
+        return parse_entries(raw)
 
     def _length_steps(self) -> Steps[int]:
         return int((yield ["XLEN", self.name]))
@@ -366,7 +384,7 @@ class StreamOperations:
     def _groups_steps(self) -> Steps[list[dict[str, Any]]]:
         return [reply_map(g) for g in (yield ["XINFO", "GROUPS", self.name])]
 
-    def _create_group_steps(self, group: str, consumer: str, start_id: str) -> Steps[None]:
+    def _create_group_steps(self, group: str, consumer: str, start_id: str) -> Steps[bool]:
         try:
             yield ["XGROUP", "CREATE", self.name, group, start_id, "MKSTREAM"]
         except ResponseError as exc:
@@ -374,6 +392,7 @@ class StreamOperations:
                 raise
         self.group, self.consumer = group, consumer
         self._history_from = "0"
+        return True
 
     def _read_group_steps(self, count: int, block: int | None) -> Steps[list[Entry]]:
         group, consumer = self._group()
@@ -541,12 +560,21 @@ class RedisStream(StreamOperations):
         return self._run(self._add_steps(data))
 
     def read(
-        self, count: int | None = None, block: int | None = None, last_id: str = "0"
+        self, count: int | None = None, block: int | None = None, last_id: str | None = None
     ) -> list[Entry]:
-        """Entries after ``last_id`` (``"0"``: from the start; ``"$"``: only new ones).
+        """Up to ``count`` entries after the last one this object returned, oldest first.
 
-        ``block`` waits up to that many milliseconds for an entry when there is none.
-        Plain reading ignores consumer groups and acknowledges nothing.
+        The stream object is a cursor, so a polling loop (``while True:
+        stream.read(count=10, block=1000)``) gets every entry once and, when there is
+        nothing new, waits up to ``block`` milliseconds instead of spinning. The first
+        call starts at the beginning of the stream (``"0"``), as a new consumer group
+        does, so that a reader started after its producer does not skip what was
+        already written.
+
+        ``last_id`` reads after that id instead, and the following calls go on from
+        there: ``"0"`` reads again from the start, ``"$"`` only entries added from now
+        on (the upstream library's default). Plain reading ignores consumer groups and
+        acknowledges nothing.
         """
         return self._run(self._read_steps(count, block, last_id))
 
@@ -574,7 +602,7 @@ class RedisStream(StreamOperations):
 
     # -- consumer groups -------------------------------------------------------------
 
-    def create_consumer_group(self, group: str, consumer: str, start_id: str = "0") -> None:
+    def create_consumer_group(self, group: str, consumer: str, start_id: str = "0") -> bool:
         """Create ``group`` (and the stream, if missing) and read as ``consumer`` from now on.
 
         The default ``start_id="0"`` makes a new group see the entries already in the
@@ -582,6 +610,10 @@ class RedisStream(StreamOperations):
         starts later. Pass ``"$"`` for a group that only sees entries added after it
         was created. Creating a group that exists is not an error (BUSYGROUP is
         success) and leaves its position alone. No dummy entry is ever written.
+
+        Returns True, as the upstream library did on success, so that its idiom ``if
+        not stream.create_consumer_group(...)`` keeps working; a failure raises
+        instead of returning False.
         """
         return self._run(self._create_group_steps(group, consumer, start_id))
 
@@ -779,9 +811,11 @@ class AsyncRedisStream(StreamOperations, OwnedClient):
         return await self._run(self._add_steps(data))
 
     async def read(
-        self, count: int | None = None, block: int | None = None, last_id: str = "0"
+        self, count: int | None = None, block: int | None = None, last_id: str | None = None
     ) -> list[Entry]:
-        """Entries after ``last_id``, without a group. See :meth:`RedisStream.read`."""
+        """Entries after the last one this object returned (or after ``last_id``), without
+        a group; see :meth:`RedisStream.read`. One task at a time reads through an object:
+        the position is the object's."""
         return await self._run(self._read_steps(count, block, last_id))
 
     async def length(self) -> int:
@@ -804,8 +838,8 @@ class AsyncRedisStream(StreamOperations, OwnedClient):
 
     # -- consumer groups -------------------------------------------------------------
 
-    async def create_consumer_group(self, group: str, consumer: str, start_id: str = "0") -> None:
-        """Create the group (MKSTREAM, BUSYGROUP is success) and read as ``consumer``.
+    async def create_consumer_group(self, group: str, consumer: str, start_id: str = "0") -> bool:
+        """Create the group (MKSTREAM, BUSYGROUP is success) and read as ``consumer``; True.
 
         See :meth:`RedisStream.create_consumer_group`.
         """

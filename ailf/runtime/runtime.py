@@ -36,7 +36,7 @@ import trio
 
 from ailf.clients.async_client import AsyncRedisClient
 from ailf.codec import message_type
-from ailf.config import RedisConfig
+from ailf.config import RedisConfig, given_or_from_env
 from ailf.errors import ConfigError, DecodeError, EscalationError, RedisError, ResponseError
 from ailf.runtime.admission import MailboxGate
 from ailf.runtime.agent import Agent, body_types, check_agent_class, structure_options
@@ -116,7 +116,7 @@ class Runtime:
     ) -> None:
         check_setting("heartbeat_interval", heartbeat_interval)
         check_setting("grace_period", grace_period)
-        self.config = config if config is not None else RedisConfig.from_env()
+        self.config = given_or_from_env(config, "Runtime")
         self.keys = Keys(namespace)
         self.namespace = namespace
         self.grace_period = grace_period
