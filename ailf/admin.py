@@ -175,6 +175,8 @@ async def _namespace_status(client: AsyncRedisClient, namespace: str) -> dict[st
 
 def status(config: RedisConfig, namespace: str | None = None) -> dict[str, Any]:
     """Every namespace (or one): live processes, and per agent its backlog and counters."""
+    if namespace is not None:
+        check_name("namespace", namespace)
 
     async def go() -> dict[str, Any]:
         async with AsyncRedisClient(config) as client:

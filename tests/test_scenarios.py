@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from ailf.agents.text import words
 
-from ailf import RedisConfig, RedisServer
+from ailf import Agent, RedisConfig, RedisServer, Runtime
+from ailf.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ROOT / "scenarios"
@@ -289,3 +291,62 @@ def test_a_process_that_keeps_dying_fails_the_run(tmp_path: Path, redis: RedisSe
     assert result.returncode == 1
     assert "process 0 (pid" in result.stdout
     assert "exited with code 3; it died 6 times within 30 s, giving up" in result.stdout
+
+
+def test_replica_numbers_are_unique_across_processes(tmp_path: Path, redis: RedisServer) -> None:
+    """replicas = 5 over processes = 2: process 0 hosts replicas 0-2, process 1 3-4."""
+    (tmp_path / "who_agents.py").write_text(
+        "from ailf import Agent\n\n\n"
+        "class Who(Agent):\n"
+        "    async def on_start(self):\n"
+        "        await self.send('collector', {'replica': self.replica})\n"
+    )
+    file = tmp_path / "who.toml"
+    file.write_text(
+        '[scenario]\nname = "who"\nuntil = "stop"\ntimeout = 30\n'
+        '[[agents]]\nname = "who"\nclass = "who_agents:Who"\nreplicas = 5\nprocesses = 2\n'
+        '[[agents]]\nname = "collector"\nclass = "ailf.agents.counter:Collector"\n'
+        '[agents.options]\nkey = "replica"\nexpect = 5\n'
+    )
+    result = ailf("run", str(file), "--redis", redis.url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "collector: all 5 results collected (0 duplicate deliveries)" in result.stdout
+
+
+async def test_spawn_numbers_replicas_from_first_replica(redis_config: RedisConfig) -> None:
+    seen: list[int] = []
+
+    class Numbered(Agent):
+        async def on_start(self) -> None:
+            seen.append(self.replica)
+
+    with trio.fail_after(20):
+        async with Runtime(redis_config, namespace="numbers") as runtime:
+            await runtime.spawn(Numbered, name="n", replicas=2)
+            await runtime.spawn(Numbered, name="n", replicas=2, first_replica=5)
+            await runtime.spawn(Numbered, name="n")
+            with pytest.raises(ConfigError, match="first_replica must be an integer >= 0"):
+                await runtime.spawn(Numbered, name="n", first_replica=-1)
+    assert seen == [0, 1, 5, 6, 7]
+
+
+def test_a_stray_module_beside_the_scenario_shadows_nothing(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    """attr.py beside the file would be imported for ``attrs`` (ailf's dependency) if the
+    scenario's folder came first on sys.path; the folder still serves its own modules."""
+    (tmp_path / "attr.py").write_text("raise ImportError('the stray attr.py was imported')\n")
+    (tmp_path / "trio.py").write_text("raise ImportError('the stray trio.py was imported')\n")
+    (tmp_path / "own_agents.py").write_text(
+        "from ailf import Agent\n\n\nclass Own(Agent):\n    pass\n"
+    )
+    file = tmp_path / "stray.toml"
+    file.write_text(
+        '[scenario]\nname = "stray"\n'
+        '[[agents]]\nname = "own"\nclass = "own_agents:Own"\nreplicas = 2\nprocesses = 2\n'
+        '[[messages]]\nto = "own"\ncount = 4\n'
+        "[expect.own]\nprocessed = 4\n"
+    )
+    result = ailf("run", str(file), "--redis", redis.url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "the stray" not in result.stderr

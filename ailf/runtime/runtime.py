@@ -365,6 +365,7 @@ class Runtime:
         topics: Iterable[str] = (),
         claim_idle: float | None = None,
         concurrency: int | None = None,
+        first_replica: int | None = None,
     ) -> None:
         """Start ``replicas`` instances of ``agent_cls`` reading the mailbox ``name``.
 
@@ -375,6 +376,11 @@ class Runtime:
         ``on_start`` (or failed it: then its restart policy applies). Spawning the same
         name again adds replicas. Other processes may host replicas of the same name:
         they share the mailbox as competing consumers.
+
+        The new instances' ``self.replica`` numbers count on from this runtime's last
+        one for ``name`` (0, 1, … on the first spawn), or from ``first_replica``: a
+        launcher that spreads one agent's replicas over processes (``ailf run``) gives
+        each process its own range, so that numbers are unique across them.
 
         Raises :class:`~ailf.errors.ResponseError` (code ``NOPERM``) when Redis refuses
         to subscribe one of the topics (the ACL user has no rights on that channel):
@@ -391,6 +397,10 @@ class Runtime:
         claim = agent_cls.claim_idle if claim_idle is None else claim_idle
         if isinstance(claim, bool) or not isinstance(claim, (int, float)) or claim <= 0:
             raise ConfigError(f"spawn({name!r}): claim_idle must be seconds > 0, not {claim!r}")
+        if first_replica is not None and not (type(first_replica) is int and first_replica >= 0):
+            raise ConfigError(
+                f"spawn({name!r}): first_replica must be an integer >= 0, not {first_replica!r}"
+            )
         parallel = agent_cls.concurrency if concurrency is None else concurrency
         if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
             raise ConfigError(f"spawn({name!r}): concurrency must be >= 1, not {parallel!r}")
@@ -427,6 +437,8 @@ class Runtime:
             raise
         counters = self.counters_for(name)
         numbers = self._replica_numbers.setdefault(name, itertools.count())
+        if first_replica is not None:
+            numbers = self._replica_numbers[name] = itertools.count(first_replica)
         used = self._slots.setdefault(name, set())
         for _ in range(replicas):
             slot = next(k for k in itertools.count() if k not in used)

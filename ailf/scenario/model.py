@@ -77,6 +77,11 @@ class AgentSpec:
         share, extra = divmod(self.replicas, self.processes)
         return share + (1 if process < extra else 0)
 
+    def first_replica_in(self, process: int) -> int:
+        """The replica number of process ``process``'s first replica: replicas are
+        numbered 0, 1, … across the scenario's processes, process 0's first."""
+        return sum(self.replicas_in(earlier) for earlier in range(process))
+
 
 @attrs.frozen
 class MessageSpec:

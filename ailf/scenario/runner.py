@@ -214,7 +214,11 @@ class ScenarioRun:
     # -- what workers and tasks report ---------------------------------------------------
 
     def worker_argv(self, index: int, events_fd: int) -> list[str]:
-        argv = [sys.executable, "-m", "ailf", "_worker", str(Path(self.scenario.path).resolve())]
+        # -P: ``python -m`` would put the working directory — the scenario's folder —
+        # first on sys.path, where a stray attr.py would shadow ``attrs`` before ailf
+        # even starts; the worker adds the folder last itself (ailf.scenario.imports).
+        script = str(Path(self.scenario.path).resolve())
+        argv = [sys.executable, "-P", "-m", "ailf", "_worker", script]
         argv += ["--process", str(index), "--events-fd", str(events_fd)]
         if self._only:
             argv += ["--only", *self._only]

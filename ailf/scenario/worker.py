@@ -29,7 +29,8 @@ import trio
 from ailf.config import RedisConfig
 from ailf.errors import AilfError
 from ailf.runtime.runtime import Runtime
-from ailf.scenario.load import import_agent_class, load_scenario
+from ailf.scenario.imports import import_agent_class
+from ailf.scenario.load import load_scenario
 from ailf.scenario.model import Scenario
 
 __all__ = ["REPORT_INTERVAL", "run_worker"]
@@ -89,6 +90,7 @@ async def _serve(scenario: Scenario, process: int, events: _Events) -> None:
                     topics=spec.topics,
                     claim_idle=spec.claim_idle,
                     concurrency=spec.concurrency,
+                    first_replica=spec.first_replica_in(process),
                 )
         events.emit("ready")
         # runtime.stop() — from the runner via stdin, or from an agent — cancels this
