@@ -8,12 +8,15 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 from ailf.agents.text import words
+from messaging_helpers import wait_for
+from process_helpers import children_of, is_running, needs_proc
 
 from ailf import Agent, RedisConfig, RedisServer, Runtime
 from ailf.errors import ConfigError
@@ -260,6 +263,66 @@ def test_ctrl_c_stops_gracefully_with_a_summary_and_exit_130(redis: RedisServer)
     assert run.returncode == 130
     assert "scenario crash-recovery: FAILED — interrupted" in out
     assert "problem: interrupted by SIGINT" in out
+
+
+SLOW_AGENTS = """
+import trio
+from ailf import Agent
+
+
+class Slow(Agent):
+    async def on_message(self, message):
+        print("handler started", flush=True)
+        await trio.sleep(60)
+"""
+
+
+@needs_proc
+def test_a_second_ctrl_c_stops_at_once_and_quietly(tmp_path: Path) -> None:
+    """The first Ctrl-C says what it waits for; the second kills the workers, then stops
+    the embedded server — in that order, so no worker is left talking to a dead Redis."""
+    (tmp_path / "slow_agents.py").write_text(SLOW_AGENTS)
+    file = tmp_path / "slow.toml"
+    file.write_text(
+        '[scenario]\nname = "slow"\ntimeout = 60\n'
+        '[[agents]]\nname = "slow"\nclass = "slow_agents:Slow"\n'
+        '[[messages]]\nto = "slow"\n'
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-m", "ailf", "run", str(file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        assert run.stdout.readline() == "handler started\n"
+        family = [pid for child in children_of(run.pid) for pid in (child, *children_of(child))]
+        assert len(family) >= 2  # the embedded server, the worker (and its own children)
+        run.send_signal(signal.SIGINT)
+        err = ""
+        for line in run.stderr:
+            err += line
+            if "waiting up to" in line:
+                break
+        assert "process 0: waiting up to 10 s for 1 handler in flight: slow[0]" in err
+        started = time.monotonic()
+        run.send_signal(signal.SIGINT)
+        out, rest = run.communicate(timeout=30)
+        elapsed = time.monotonic() - started
+    finally:
+        run.kill()
+        run.wait()
+    assert run.returncode == 130
+    assert elapsed <= 1.0
+    err += rest
+    assert "stopping at once: worker processes killed" in err
+    for noise in ("Traceback", "WARNING", "cannot connect", "ERROR"):
+        assert noise not in err, err
+    assert err.endswith("ailf: interrupted\n")
+    assert out == ""  # no summary after a forced stop
+    wait_for(lambda: not any(is_running(pid) for pid in family), timeout=5)
 
 
 def test_two_kills_of_the_same_process_lose_nothing(tmp_path: Path, redis: RedisServer) -> None:
