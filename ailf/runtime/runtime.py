@@ -50,7 +50,7 @@ from ailf.runtime.mailbox import (
     compare_ids,
     report_unread_trimmed,
 )
-from ailf.runtime.message import ENVELOPE_FIELD, DeadLetter, decode_envelope, encode_envelope
+from ailf.runtime.message import ENVELOPE_FIELD, DeadLetter, encode_envelope
 from ailf.runtime.registry import (
     HEARTBEAT_INTERVAL,
     HEARTBEAT_TTL_INTERVALS,
@@ -555,27 +555,7 @@ class Runtime:
     async def dead_letters(self, name: str, count: int = 100) -> list[DeadLetter]:
         """The oldest ``count`` dead letters of agent ``name``, oldest first."""
         entries = await self.client.xrange(self.keys.dead(check_name("agent", name)), count=count)
-        letters = []
-        for dead_id, fields in entries:
-            envelope = fields.get("envelope", "")
-            try:
-                body = decode_envelope(envelope).body
-            except DecodeError:
-                body = envelope
-            letters.append(
-                DeadLetter(
-                    id=fields.get("id", ""),
-                    body=body,
-                    reason=fields.get("reason", ""),
-                    error_type=fields.get("error_type", ""),
-                    error_message=fields.get("error_message", ""),
-                    delivery_count=int(fields.get("delivery_count") or 0),
-                    envelope=envelope,
-                    failed_at=float(fields.get("failed_at") or 0.0),
-                    dead_letter_id=dead_id,
-                )
-            )
-        return letters
+        return [DeadLetter.from_entry(dead_id, fields) for dead_id, fields in entries]
 
     # -- observing ------------------------------------------------------------------
 

@@ -106,11 +106,14 @@ class Expectation:
     """``[expect.AGENT]``: counters the run must end with, or it fails (exit 1).
 
     Each is compared with the total over every process the agent ran in; ``None`` is
-    not checked. ``processed_at_least`` allows for redeliveries after a crash.
+    not checked. ``processed`` counts broadcasts the agent handled as well as mailbox
+    messages; ``mailbox_processed`` counts mailbox messages alone.
+    ``processed_at_least`` allows for redeliveries after a crash.
     """
 
     processed: int | None = None
     processed_at_least: int | None = None
+    mailbox_processed: int | None = None
     failed: int | None = None
     dead_lettered: int | None = None
 

@@ -33,13 +33,14 @@ from typing import Any
 import attrs
 import trio
 
+from ailf.admin import count_of, describe_dead_letter, leftovers
 from ailf.config import RedisConfig
 from ailf.errors import AilfError, ResponseError
 from ailf.runtime.runtime import Runtime
 from ailf.runtime.statistics import AgentStatistics
 from ailf.runtime.supervisor import unwrap
 from ailf.scenario.model import FaultSpec, MessageSpec, Scenario
-from ailf.scenario.report import Progress, RunReport, check_expectations, combine, count_of
+from ailf.scenario.report import Progress, RunReport, check_expectations, combine
 from ailf.server import RedisServer
 
 __all__ = ["MAX_RESTARTS", "RESTART_PERIOD", "run_scenario"]
@@ -321,6 +322,7 @@ class ScenarioRun:
     async def _run_with(self, config: RedisConfig, started: float) -> RunReport:
         timeout = self.scenario.scenario.timeout
         async with Runtime(config, namespace=self.scenario.namespace) as client:
+            await self._warn_of_leftovers(client)
             async with trio.open_nursery() as workers:
                 for worker in self.workers:
                     workers.start_soon(worker.supervise)
@@ -362,6 +364,18 @@ class ScenarioRun:
             checks=tuple(checks),
             interrupted=self.interrupted is not None,
         )
+
+    async def _warn_of_leftovers(self, client: Runtime) -> None:
+        """Say so when the namespace already holds messages or dead letters (a persistent
+        Redis, an earlier run): this run handles them, and its counters include them."""
+        found = await leftovers(client, [agent.name for agent in self.scenario.agents])
+        if found:
+            namespace = self.scenario.namespace
+            since = "an earlier run" + (" (or a run of this file elsewhere)" if self._only else "")
+            self.note(
+                f"warning: namespace {namespace!r} already holds {found.describe()} from {since};"
+                f" this run handles them and counts them (ailf reset -n {namespace} clears it)"
+            )
 
     def _timeout_problem(self, timeout: float) -> str:
         until = self.scenario.scenario.until
@@ -487,9 +501,7 @@ class ScenarioRun:
                 continue
             letters = await client.dead_letters(name, count=DEAD_LETTERS_SHOWN)
             found[name] = tuple(
-                f"{letter.id}: {letter.reason}"
-                + (f" ({letter.error_type}: {letter.error_message})" if letter.error_type else "")
-                + f"; body {json.dumps(letter.body, default=str)}"
+                f"{describe_dead_letter(letter)}; body {json.dumps(letter.body, default=str)}"
                 for letter in letters
             )
         return found
