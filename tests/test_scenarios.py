@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis as redis_py
 import trio
 from ailf.agents.text import words
 from messaging_helpers import wait_for
@@ -35,8 +36,12 @@ def ailf(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     )
 
 
-def run_json(name: str, redis: RedisServer, *extra: str) -> tuple[int, dict[str, Any], str]:
-    result = ailf("run", str(SCENARIOS / f"{name}.toml"), "--redis", redis.url, "--json", *extra)
+def run_json(
+    name: str, redis: RedisServer, *extra: str, file: Path | None = None
+) -> tuple[int, dict[str, Any], str]:
+    """``ailf run --json`` of a shipped scenario (or of ``file``)."""
+    file = file or SCENARIOS / f"{name}.toml"
+    result = ailf("run", str(file), "--redis", redis.url, "--json", *extra)
     assert result.stdout, result.stderr
     return result.returncode, json.loads(result.stdout), result.stderr
 
@@ -55,6 +60,7 @@ def test_quickstart_with_an_embedded_server() -> None:
     result = ailf("run", "scenarios/quickstart.toml")
     assert result.returncode == 0, result.stderr
     assert "scenario quickstart: ok" in result.stdout
+    assert "(namespace quickstart, 1 process, 0 process restarts, redis " in result.stdout
     assert 'echo: {"lang": "fr", "text": "bonjour"}' in result.stdout
     assert "embedded Redis server started" in result.stderr
     table = result.stdout.split("\n\n")[1].splitlines()
@@ -137,6 +143,12 @@ def test_poison_message_ends_in_the_dead_letter_stream(redis: RedisServer) -> No
     [letter] = summary["dead_letters"]["payments"]
     assert '"poison": true' in letter
     assert "InjectedFailure" in letter
+    # the summary names a dead letter as ailf dlq does: by the id dlq show/redrive/purge take
+    dlq = ("dlq", "list", "payments", "-n", "poison-message", "--redis", redis.url)
+    [listed] = json.loads(ailf(*dlq, "--json").stdout)
+    line = ailf(*dlq).stdout.splitlines()[0]
+    assert line.startswith(f"{listed['dead_letter_id']}  (message {listed['message_id']}, ")
+    assert letter.startswith(f"{line}; body ")
 
 
 def test_request_reply_prints_answers_and_remote_errors(redis: RedisServer) -> None:
@@ -413,3 +425,43 @@ def test_a_stray_module_beside_the_scenario_shadows_nothing(
     result = ailf("run", str(file), "--redis", redis.url)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "the stray" not in result.stderr
+
+
+def test_a_rerun_is_told_of_the_last_runs_leftovers(tmp_path: Path, redis: RedisServer) -> None:
+    raw = redis_py.Redis(port=redis.port)
+    for n in range(2):
+        raw.xadd("ailf:again:mailbox:echo", {"envelope": f'{{"v": 1, "body": {n}}}'})
+    raw.xadd("ailf:again:dead:echo", {"reason": "from before"})
+    raw.close()
+    file = tmp_path / "again.toml"
+    file.write_text(
+        '[scenario]\nname = "again"\n'
+        '[[agents]]\nname = "echo"\nclass = "ailf.agents.echo:Echo"\n'
+        '[[messages]]\nto = "echo"\n'
+    )
+    code, summary, stderr = run_json("again", redis, file=file)
+    assert code == 0, summary["problems"]
+    warning = (
+        "warning: namespace 'again' already holds 2 messages (echo 2) and 1 dead letter (echo 1)"
+        " from an earlier run; this run handles them and counts them"
+        " (ailf reset -n again clears it)"
+    )
+    assert warning in stderr
+    assert warning in summary["events"]
+    assert counters(summary, "echo")["processed"] == 3
+
+
+def test_mailbox_processed_leaves_broadcasts_out(tmp_path: Path, redis: RedisServer) -> None:
+    file = tmp_path / "heard.toml"
+    file.write_text(
+        '[scenario]\nname = "heard"\nuntil = "stop"\ntimeout = 30\n'
+        '[[agents]]\nname = "counter"\nclass = "ailf.agents.counter:Counter"\n'
+        'topics = ["room"]\n[agents.options]\nstop_at = 3\n'
+        '[[messages]]\nto = "counter"\ncount = 2\n'
+        '[[messages]]\ntopic = "room"\n'
+        "[expect.counter]\nprocessed = 3\nmailbox_processed = 2\n"
+    )
+    code, summary, _ = run_json("heard", redis, file=file)
+    assert code == 0, summary["problems"]
+    assert counters(summary, "counter")["mailbox_processed"] == 2
+    assert [check["counter"] for check in summary["checks"]] == ["processed", "mailbox_processed"]
