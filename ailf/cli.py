@@ -1,8 +1,9 @@
 """The ``ailf`` command.
 
-Exit codes: 0 success, 1 a run that failed (or Redis unreachable), 2 bad usage or a bad
-file. Errors go to stderr as one line that says what to fix; no tracebacks for
-expected failures.
+Exit codes: 0 success, 1 a run that failed (or Redis unreachable or refusing), 2 bad
+usage (an argument, a name, a body that cannot be sent) or a bad file, 130 a run
+interrupted by a signal. Errors go to stderr as one line that says what to fix, warnings
+as lines starting ``ailf: warning:``; no tracebacks for expected failures.
 """
 
 from __future__ import annotations
@@ -352,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  ailf server                            # a throwaway Redis, prints its URL\n"
         "  ailf send echo '{\"hi\": 1}' --ask      # ask an agent, print the reply\n"
         "  ailf status                            # namespaces, agents, processes, backlog\n"
-        "  ailf dlq list worker                   # an agent's dead letters\n\n"
+        "  ailf dlq list worker                   # an agent's dead letters\n"
+        "  ailf reset -n work-queue               # empty a namespace (asks first)\n\n"
         "Exit codes: 0 success, 1 failure (a failed run, Redis unreachable), 2 bad usage or file.",
         formatter_class=_RAW,
     )

@@ -27,7 +27,7 @@ from ailf.errors import DecodeError
 from ailf.testing import wait_for_dead_letters
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = ["run", "check", "send", "publish", "status", "dlq", "server"]
+COMMANDS = ["run", "check", "send", "publish", "status", "dlq", "reset", "server"]
 UNREACHABLE = "redis://127.0.0.1:1/0"
 
 
