@@ -155,28 +155,30 @@ def _check(folder: Path, *classes: str, capsys: pytest.CaptureFixture[str]) -> l
     return [line.removeprefix(prefix) for line in lines]
 
 
-def test_an_import_error_names_the_file_and_line(beside: Path, capsys) -> None:
-    (beside / "typo_agents.py").write_text("from ailf import Agent\n\nx = Agnet\n")
-    [line] = _check(beside, "typo_agents:A", capsys=capsys)
-    assert line == (
-        f"agents[0].class: importing 'typo_agents' failed at {beside}/typo_agents.py:3:"
-        " NameError: name 'Agnet' is not defined"
+@pytest.mark.parametrize(
+    ("source", "line", "error"),
+    [
+        ("from ailf import Agent\n\nx = Agnet\n", 3, "NameError: name 'Agnet' is not defined"),
+        # a module it imports is missing, not the agents' module itself
+        (
+            "import surely_not_installed_anywhere\n",
+            1,
+            "ModuleNotFoundError: No module named 'surely_not_installed_anywhere'",
+        ),
+        ("x = 1\ndef (:\n", 2, "SyntaxError: "),
+    ],
+    ids=["NameError", "missing dependency", "SyntaxError"],
+)
+def test_an_import_error_names_the_file_and_line(
+    beside: Path, source: str, line: int, error: str, capsys
+) -> None:
+    module = f"failing_{line}_{error.split(':')[0]}".lower()
+    (beside / f"{module}.py").write_text(source)
+    [found] = _check(beside, f"{module}:A", capsys=capsys)
+    assert found.startswith(
+        f"agents[0].class: importing '{module}' failed at {beside}/{module}.py:{line}: {error}"
     )
-
-
-def test_a_syntax_error_names_the_file_and_line(beside: Path, capsys) -> None:
-    (beside / "syntax_agents.py").write_text("x = 1\ndef (:\n")
-    [line] = _check(beside, "syntax_agents:A", capsys=capsys)
-    assert f"importing 'syntax_agents' failed at {beside}/syntax_agents.py:2: SyntaxError" in line
-
-
-def test_a_missing_dependency_is_not_called_a_missing_module(beside: Path, capsys) -> None:
-    (beside / "needy_agents.py").write_text("import surely_not_installed_anywhere\n")
-    [line] = _check(beside, "needy_agents:A", capsys=capsys)
-    assert line == (
-        f"agents[0].class: importing 'needy_agents' failed at {beside}/needy_agents.py:1:"
-        " ModuleNotFoundError: No module named 'surely_not_installed_anywhere'"
-    )
+    assert "beside the scenario file" not in found
 
 
 def test_a_missing_module_says_where_it_was_looked_for(beside: Path, capsys) -> None:

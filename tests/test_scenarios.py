@@ -51,6 +51,15 @@ def redis(redis_server: RedisServer, redis_config: RedisConfig) -> RedisServer:
     return redis_server  # redis_config flushed it
 
 
+def write_scenario(folder: Path, name: str, toml: str, **modules: str) -> Path:
+    """``folder/name.toml`` holding ``toml``, with ``modules`` (file stem: source) beside it."""
+    for stem, source in modules.items():
+        (folder / f"{stem}.py").write_text(source)
+    file = folder / f"{name}.toml"
+    file.write_text(toml)
+    return file
+
+
 def counters(summary: dict[str, Any], agent: str) -> dict[str, Any]:
     return summary["agents"][agent]
 
@@ -194,17 +203,16 @@ def test_an_unmet_expectation_fails_the_run(tmp_path: Path, redis: RedisServer) 
 
 def test_a_worker_that_cannot_start_fails_the_run(tmp_path: Path, redis: RedisServer) -> None:
     """An agent whose on_start always raises escalates; the run fails, it does not hang."""
-    (tmp_path / "broken_agents.py").write_text(
-        "from ailf import Agent\n\n"
+    file = write_scenario(
+        tmp_path,
+        "broken",
+        '[scenario]\nname = "broken"\ntimeout = 20\n'
+        '[[agents]]\nname = "b"\nclass = "broken_agents:Broken"\n',
+        broken_agents="from ailf import Agent\n\n"
         "class Broken(Agent):\n"
         "    max_restarts = 0\n"
         "    async def on_start(self):\n"
-        "        raise RuntimeError('no database')\n"
-    )
-    file = tmp_path / "broken.toml"
-    file.write_text(
-        '[scenario]\nname = "broken"\ntimeout = 20\n'
-        '[[agents]]\nname = "b"\nclass = "broken_agents:Broken"\n'
+        "        raise RuntimeError('no database')\n",
     )
     result = ailf("run", str(file), "--redis", redis.url)
     assert result.returncode == 1
@@ -254,9 +262,10 @@ def test_scenarios_in_the_docs_run(
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_ctrl_c_stops_gracefully_with_a_summary_and_exit_130(redis: RedisServer) -> None:
-    run = subprocess.Popen(
-        [sys.executable, "-m", "ailf", "run", str(SCENARIOS / "crash-recovery.toml")],
+def interruptible_run(file: Path) -> subprocess.Popen[str]:
+    """``ailf run FILE`` in the background, as Ctrl-C from a terminal would reach it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "ailf", "run", str(file)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -264,6 +273,10 @@ def test_ctrl_c_stops_gracefully_with_a_summary_and_exit_130(redis: RedisServer)
         # a shell's background job would ignore SIGINT; a terminal's would not
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+
+
+def test_ctrl_c_stops_gracefully_with_a_summary_and_exit_130(redis: RedisServer) -> None:
+    run = interruptible_run(SCENARIOS / "crash-recovery.toml")
     try:
         for line in run.stderr:
             if "worker processes ready" in line:
@@ -293,21 +306,15 @@ class Slow(Agent):
 def test_a_second_ctrl_c_stops_at_once_and_quietly(tmp_path: Path) -> None:
     """The first Ctrl-C says what it waits for; the second kills the workers, then stops
     the embedded server — in that order, so no worker is left talking to a dead Redis."""
-    (tmp_path / "slow_agents.py").write_text(SLOW_AGENTS)
-    file = tmp_path / "slow.toml"
-    file.write_text(
+    file = write_scenario(
+        tmp_path,
+        "slow",
         '[scenario]\nname = "slow"\ntimeout = 60\n'
         '[[agents]]\nname = "slow"\nclass = "slow_agents:Slow"\n'
-        '[[messages]]\nto = "slow"\n'
+        '[[messages]]\nto = "slow"\n',
+        slow_agents=SLOW_AGENTS,
     )
-    run = subprocess.Popen(
-        [sys.executable, "-m", "ailf", "run", str(file)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    run = interruptible_run(file)
     try:
         assert run.stdout.readline() == "handler started\n"
         family = [pid for child in children_of(run.pid) for pid in (child, *children_of(child))]
@@ -351,16 +358,15 @@ def test_two_kills_of_the_same_process_lose_nothing(tmp_path: Path, redis: Redis
 
 
 def test_a_process_that_keeps_dying_fails_the_run(tmp_path: Path, redis: RedisServer) -> None:
-    (tmp_path / "dying_agents.py").write_text(
-        "import os\n\nfrom ailf import Agent\n\n\n"
+    file = write_scenario(
+        tmp_path,
+        "dying",
+        '[scenario]\nname = "dying"\ntimeout = 50\n'
+        '[[agents]]\nname = "d"\nclass = "dying_agents:Dying"\n',
+        dying_agents="import os\n\nfrom ailf import Agent\n\n\n"
         "class Dying(Agent):\n"
         "    async def on_start(self):\n"
-        "        os._exit(3)\n"
-    )
-    file = tmp_path / "dying.toml"
-    file.write_text(
-        '[scenario]\nname = "dying"\ntimeout = 50\n'
-        '[[agents]]\nname = "d"\nclass = "dying_agents:Dying"\n'
+        "        os._exit(3)\n",
     )
     result = ailf("run", str(file), "--redis", redis.url)
     assert result.returncode == 1
@@ -370,18 +376,17 @@ def test_a_process_that_keeps_dying_fails_the_run(tmp_path: Path, redis: RedisSe
 
 def test_replica_numbers_are_unique_across_processes(tmp_path: Path, redis: RedisServer) -> None:
     """replicas = 5 over processes = 2: process 0 hosts replicas 0-2, process 1 3-4."""
-    (tmp_path / "who_agents.py").write_text(
-        "from ailf import Agent\n\n\n"
-        "class Who(Agent):\n"
-        "    async def on_start(self):\n"
-        "        await self.send('collector', {'replica': self.replica})\n"
-    )
-    file = tmp_path / "who.toml"
-    file.write_text(
+    file = write_scenario(
+        tmp_path,
+        "who",
         '[scenario]\nname = "who"\nuntil = "stop"\ntimeout = 30\n'
         '[[agents]]\nname = "who"\nclass = "who_agents:Who"\nreplicas = 5\nprocesses = 2\n'
         '[[agents]]\nname = "collector"\nclass = "ailf.agents.counter:Collector"\n'
-        '[agents.options]\nkey = "replica"\nexpect = 5\n'
+        '[agents.options]\nkey = "replica"\nexpect = 5\n',
+        who_agents="from ailf import Agent\n\n\n"
+        "class Who(Agent):\n"
+        "    async def on_start(self):\n"
+        "        await self.send('collector', {'replica': self.replica})\n",
     )
     result = ailf("run", str(file), "--redis", redis.url)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -410,17 +415,16 @@ def test_a_stray_module_beside_the_scenario_shadows_nothing(
 ) -> None:
     """attr.py beside the file would be imported for ``attrs`` (ailf's dependency) if the
     scenario's folder came first on sys.path; the folder still serves its own modules."""
-    (tmp_path / "attr.py").write_text("raise ImportError('the stray attr.py was imported')\n")
-    (tmp_path / "trio.py").write_text("raise ImportError('the stray trio.py was imported')\n")
-    (tmp_path / "own_agents.py").write_text(
-        "from ailf import Agent\n\n\nclass Own(Agent):\n    pass\n"
-    )
-    file = tmp_path / "stray.toml"
-    file.write_text(
+    file = write_scenario(
+        tmp_path,
+        "stray",
         '[scenario]\nname = "stray"\n'
         '[[agents]]\nname = "own"\nclass = "own_agents:Own"\nreplicas = 2\nprocesses = 2\n'
         '[[messages]]\nto = "own"\ncount = 4\n'
-        "[expect.own]\nprocessed = 4\n"
+        "[expect.own]\nprocessed = 4\n",
+        attr="raise ImportError('the stray attr.py was imported')\n",
+        trio="raise ImportError('the stray trio.py was imported')\n",
+        own_agents="from ailf import Agent\n\n\nclass Own(Agent):\n    pass\n",
     )
     result = ailf("run", str(file), "--redis", redis.url)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -433,11 +437,12 @@ def test_a_rerun_is_told_of_the_last_runs_leftovers(tmp_path: Path, redis: Redis
         raw.xadd("ailf:again:mailbox:echo", {"envelope": f'{{"v": 1, "body": {n}}}'})
     raw.xadd("ailf:again:dead:echo", {"reason": "from before"})
     raw.close()
-    file = tmp_path / "again.toml"
-    file.write_text(
+    file = write_scenario(
+        tmp_path,
+        "again",
         '[scenario]\nname = "again"\n'
         '[[agents]]\nname = "echo"\nclass = "ailf.agents.echo:Echo"\n'
-        '[[messages]]\nto = "echo"\n'
+        '[[messages]]\nto = "echo"\n',
     )
     code, summary, stderr = run_json("again", redis, file=file)
     assert code == 0, summary["problems"]
@@ -452,14 +457,15 @@ def test_a_rerun_is_told_of_the_last_runs_leftovers(tmp_path: Path, redis: Redis
 
 
 def test_mailbox_processed_leaves_broadcasts_out(tmp_path: Path, redis: RedisServer) -> None:
-    file = tmp_path / "heard.toml"
-    file.write_text(
+    file = write_scenario(
+        tmp_path,
+        "heard",
         '[scenario]\nname = "heard"\nuntil = "stop"\ntimeout = 30\n'
         '[[agents]]\nname = "counter"\nclass = "ailf.agents.counter:Counter"\n'
         'topics = ["room"]\n[agents.options]\nstop_at = 3\n'
         '[[messages]]\nto = "counter"\ncount = 2\n'
         '[[messages]]\ntopic = "room"\n'
-        "[expect.counter]\nprocessed = 3\nmailbox_processed = 2\n"
+        "[expect.counter]\nprocessed = 3\nmailbox_processed = 2\n",
     )
     code, summary, _ = run_json("heard", redis, file=file)
     assert code == 0, summary["problems"]
