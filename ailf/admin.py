@@ -93,10 +93,18 @@ async def _scan(client: AsyncRedisClient, pattern: str) -> list[str]:
 
 async def _warn_if_never_ran(runtime: Runtime, agent: str, warn: Warn | None) -> None:
     """Warn when no agent ``agent`` ever ran in the namespace: a message to it waits,
-    silently, for an agent that may be misspelt or live in another namespace."""
-    if warn is None or agent in await _agents_that_ran(runtime.client, runtime.keys, [agent]):
+    silently, for an agent that may be misspelt or live in another namespace.
+
+    Only advice: a Redis user that may send but not look (an ACL allowing XADD alone)
+    sends without it."""
+    if warn is None:
         return
-    names = sorted(await _agents_that_ran(runtime.client, runtime.keys))
+    try:
+        if agent in await _agents_that_ran(runtime.client, runtime.keys, [agent]):
+            return
+        names = sorted(await _agents_that_ran(runtime.client, runtime.keys))
+    except ResponseError:
+        return
     there = f"agents that have: {', '.join(names)}" if names else "no agent has"
     warn(
         f"no agent named {agent!r} has ever run in namespace {runtime.namespace!r}"

@@ -660,3 +660,20 @@ async def test_reset_asks_then_empties_a_namespace(
     assert raw.keys("ailf:tidy:*") == []
     assert raw.keys("ailf:kept:*") == ["ailf:kept:mailbox:echo"]
     raw.close()
+
+
+async def test_a_user_that_may_only_send_sends_without_the_check(
+    fresh_server: RedisServer,
+) -> None:
+    """The never-ran warning is advice: a user allowed XADD alone sends all the same."""
+    admin = redis.Redis(port=fresh_server.port)
+    admin.execute_command(
+        "ACL", "SETUSER", "sender", "on", ">pw", "resetkeys", "~ailf:shop:mailbox:*",
+        "resetchannels", "-@all", "+xadd", "+ping", "+hello", "+client|setname", "+select",
+    )  # fmt: skip
+    url = f"redis://sender:pw@127.0.0.1:{fresh_server.port}/0"
+    result = await ailf("send", "echo", "{}", "-n", "shop", "--redis", url)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == b""
+    assert admin.xlen("ailf:shop:mailbox:echo") == 1
+    admin.close()
