@@ -267,10 +267,13 @@ def _cmd_reset(args: argparse.Namespace) -> int:
     found = admin.contents(config, args.namespace)
     what = f"namespace {args.namespace!r} on {config.url}"
     if found.live_processes:
-        raise UsageError(
-            f"{what} has {found.live_processes} live processes (see ailf status -n"
-            f" {args.namespace}); stop them first: reset deletes their mailboxes under them"
+        print(
+            f"ailf: error: {what} has {admin.count_of(found.live_processes, 'live process')}"
+            f" (see ailf status -n {args.namespace}); stop them first: reset would delete"
+            " their mailboxes under them",
+            file=sys.stderr,
         )
+        return EXIT_FAILED
     if not found.keys:
         print(f"{what} is empty already")
         return EXIT_OK
@@ -302,8 +305,6 @@ def _cmd_server(args: argparse.Namespace) -> int:
 
 
 _RAW = argparse.RawDescriptionHelpFormatter
-
-_DLQ_ACTIONS = "list, show, redrive or purge"
 
 _NAMESPACE_HELP = (
     "the namespace (default: AILF_NAMESPACE, else 'default'); a scenario's is its name"
@@ -355,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  ailf status                            # namespaces, agents, processes, backlog\n"
         "  ailf dlq list worker                   # an agent's dead letters\n"
         "  ailf reset -n work-queue               # empty a namespace (asks first)\n\n"
-        "Exit codes: 0 success, 1 failure (a failed run, Redis unreachable), 2 bad usage or file.",
+        "Exit codes: 0 success, 1 failure (a failed run, Redis unreachable), 2 bad usage or file,\n"
+        "130 a run interrupted by Ctrl-C.",
         formatter_class=_RAW,
     )
     parser.add_argument("--version", action="version", version=f"ailf {ailf.__version__}")
@@ -475,7 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
         "  ailf dlq purge worker 1764120000250-0",
     )
     dlq.add_argument(
-        "action", metavar="ACTION", choices=("list", "show", "redrive", "purge"), help=_DLQ_ACTIONS
+        "action",
+        metavar="ACTION",
+        choices=("list", "show", "redrive", "purge"),
+        help="list, show, redrive or purge",
     )
     dlq.add_argument("agent", metavar="AGENT", help="the agent's name")
     # default=[]: argparse otherwise calls a "*" positional required in its errors

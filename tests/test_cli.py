@@ -643,8 +643,8 @@ async def test_reset_asks_then_empties_a_namespace(
         declined = await ailf("reset", *target, stdin=b"n\n")
         confirmed = await ailf("reset", *target, stdin=b"y\n")
         again = await ailf("reset", *target, "--yes")
-    assert busy.returncode == 2
-    assert b"has 1 live processes (see ailf status -n tidy); stop them first" in busy.stderr
+    assert busy.returncode == 1
+    assert b"has 1 live process (see ailf status -n tidy); stop them first" in busy.stderr
     question = (
         "delete 3 keys: 2 mailboxes (2 messages), 1 dead-letter stream (1 dead letter)"
         " of namespace 'tidy' on "

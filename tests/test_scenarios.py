@@ -72,6 +72,7 @@ def test_quickstart_with_an_embedded_server() -> None:
     assert "(namespace quickstart, 1 process, 0 process restarts, redis " in result.stdout
     assert 'echo: {"lang": "fr", "text": "bonjour"}' in result.stdout
     assert "embedded Redis server started" in result.stderr
+    assert "in flight" not in result.stderr  # what a stop waits for: said when it waits
     table = result.stdout.split("\n\n")[1].splitlines()
     assert table[0].split()[:4] == ["agent", "replicas", "received", "processed"]
     assert table[1].split()[:4] == ["echo", "2", "3", "3"]

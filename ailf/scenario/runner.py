@@ -169,8 +169,8 @@ class WorkerProcess:
             self._run.stats_updated()
         elif kind == "stop_requested":
             self._run.finish("stopped by an agent")
-        elif kind == "stopping":
-            self._run.note(_describe_stopping(self.index, event))
+        elif kind == "stopping" and (event.get("in_flight") or self._run.interrupted):
+            self._run.say(_describe_stopping(self.index, event))
         elif kind == "fatal":
             return str(event["error"])
         return None
@@ -277,7 +277,12 @@ class ScenarioRun:
         self._finished.set()
 
     def note(self, text: str) -> None:
+        """A line on stderr that the summary repeats among its events."""
         self._events.append(text)
+        self._progress.note(text)
+
+    def say(self, text: str) -> None:
+        """A line on stderr only: news while it happens, not worth the summary."""
         self._progress.note(text)
 
     def stats_updated(self) -> None:
@@ -407,7 +412,7 @@ class ScenarioRun:
 
     def _force(self) -> None:
         self.forced = True
-        self._progress.note(
+        self.say(
             "stopping at once: worker processes killed; what they held stays pending in Redis"
         )
         for worker in self.workers:
