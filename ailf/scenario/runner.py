@@ -412,9 +412,7 @@ class ScenarioRun:
 
     def _force(self) -> None:
         self.forced = True
-        self.say(
-            "stopping at once: worker processes killed; what they held stays pending in Redis"
-        )
+        self.say("stopping at once: worker processes killed; what they held stays pending in Redis")
         for worker in self.workers:
             worker.kill_now()
         self._run_scope.cancel()
