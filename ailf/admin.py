@@ -1,10 +1,16 @@
-"""Operating a namespace from outside: what ``ailf send``, ``status`` and ``dlq`` do.
+"""Operating a namespace from outside: what ``ailf send``, ``status``, ``dlq`` and ``reset`` do.
 
 Each operation is an async function over a client :class:`~ailf.runtime.Runtime` (one
 that spawns nothing) or a plain :class:`~ailf.clients.async_client.AsyncRedisClient`,
 plus a synchronous wrapper for the command line. Everything read here is in Redis,
 so it works from any host: the registry of live processes (heartbeats), each
 mailbox's consumer group (pending, lag), each dead-letter stream.
+
+Listing what a namespace holds takes ``SCAN``, which a Redis user confined to one
+namespace by its ACL should not have (it lists every key of the database, other
+namespaces' too): without it, ``status`` of a namespace falls back on the registry
+(the agents of live processes) and says so, and what needs the full list — every
+namespace, ``reset`` — fails with ``NOPERM``.
 """
 
 from __future__ import annotations
@@ -19,23 +25,35 @@ import trio
 
 from ailf.clients.async_client import AsyncRedisClient
 from ailf.config import RedisConfig
+from ailf.errors import ResponseError
 from ailf.runtime.keys import GROUP, Keys, check_name
 from ailf.runtime.message import ENVELOPE_FIELD, DeadLetter
-from ailf.runtime.registry import read_registry
+from ailf.runtime.registry import RegistrySnapshot, read_registry
 from ailf.runtime.runtime import Runtime
 from ailf.runtime.supervisor import unwrap
 
 __all__ = [
+    "Leftovers",
+    "NamespaceContents",
     "ask",
+    "contents",
+    "count_of",
+    "dead_letter_json",
     "dead_letters",
+    "describe_dead_letter",
     "format_dead_letters",
     "format_status",
+    "leftovers",
     "publish",
     "purge",
     "redrive",
+    "reset",
     "send",
     "status",
 ]
+
+#: Called with a warning the command line prints (an agent that never ran, say).
+Warn = Callable[[str], None]
 
 
 def _run(async_fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
@@ -45,26 +63,94 @@ def _run(async_fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         raise unwrap(group) from None
 
 
+def count_of(n: int, noun: str) -> str:
+    """``1 process``, ``2 processes``, ``0 messages``, ``3 deliveries``, ``1 dead letter``."""
+    if n == 1:
+        return f"{n} {noun}"
+    if noun.endswith(("s", "x")):
+        return f"{n} {noun}es"
+    if noun.endswith("y") and noun[-2:-1] not in ("a", "e", "o", "u"):
+        return f"{n} {noun[:-1]}ies"
+    return f"{n} {noun}s"
+
+
+async def _scan(client: AsyncRedisClient, pattern: str) -> list[str]:
+    """Every key matching ``pattern``; ResponseError NOPERM if this user may not SCAN.
+
+    Names never hold glob characters (see :mod:`ailf.runtime.keys`), so a pattern made
+    of a prefix and ``*`` matches exactly the keys under that prefix."""
+    found: list[str] = []
+    cursor = 0
+    while True:
+        cursor, keys = await client.scan(cursor, match=pattern, count=1000)
+        found += keys
+        if not cursor:
+            return found
+
+
 # -- messages -------------------------------------------------------------------------------
 
 
-def send(config: RedisConfig, namespace: str, agent: str, body: Any, count: int = 1) -> list[str]:
-    """Add ``body`` to ``agent``'s mailbox ``count`` times; the new entry ids."""
+async def _warn_if_never_ran(runtime: Runtime, agent: str, warn: Warn | None) -> None:
+    """Warn when no agent ``agent`` ever ran in the namespace: a message to it waits,
+    silently, for an agent that may be misspelt or live in another namespace.
+
+    Only advice: a Redis user that may send but not look (an ACL allowing XADD alone)
+    sends without it."""
+    if warn is None:
+        return
+    try:
+        if agent in await _agents_that_ran(runtime.client, runtime.keys, [agent]):
+            return
+        names = sorted(await _agents_that_ran(runtime.client, runtime.keys))
+    except ResponseError:
+        return
+    there = f"agents that have: {', '.join(names)}" if names else "no agent has"
+    warn(
+        f"no agent named {agent!r} has ever run in namespace {runtime.namespace!r}"
+        f" ({there}); the message waits in its mailbox until one does"
+    )
+
+
+def send(
+    config: RedisConfig,
+    namespace: str,
+    agent: str,
+    body: Any,
+    count: int = 1,
+    *,
+    warn: Warn | None = None,
+) -> list[str]:
+    """Add ``body`` to ``agent``'s mailbox ``count`` times; the new entry ids.
+
+    ``warn`` is called first when no agent of that name ever ran in the namespace."""
     check_name("agent", agent)  # before connecting: a bad name is not a Redis problem
 
     async def go() -> list[str]:
         async with Runtime(config, namespace=namespace) as client:
+            await _warn_if_never_ran(client, agent, warn)
             return [await client.send(agent, body) for _ in range(count)]
 
     return _run(go)
 
 
-def ask(config: RedisConfig, namespace: str, agent: str, body: Any, timeout: float) -> Any:
-    """Ask ``agent`` and return its reply; raises the runtime's timeout or remote error."""
+def ask(
+    config: RedisConfig,
+    namespace: str,
+    agent: str,
+    body: Any,
+    timeout: float,
+    *,
+    warn: Warn | None = None,
+) -> Any:
+    """Ask ``agent`` and return its reply; raises the runtime's timeout or remote error.
+
+    ``warn`` is called first when no agent of that name ever ran in the namespace."""
     check_name("agent", agent)
 
     async def go() -> Any:
         async with Runtime(config, namespace=namespace) as client:
+            await _warn_if_never_ran(client, agent, warn)
             return await client.ask(agent, body, timeout=timeout)
 
     return _run(go)
@@ -81,34 +167,53 @@ def publish(config: RedisConfig, namespace: str, topic: str, body: Any) -> int:
     return _run(go)
 
 
-# -- status ---------------------------------------------------------------------------------
+# -- what a namespace holds -----------------------------------------------------------------
 
 
 async def _namespaces(client: AsyncRedisClient) -> list[str]:
     """Every namespace with a mailbox, a dead-letter stream or a live process."""
     found: set[str] = set()
     for marker in (":mailbox:", ":dead:", ":processes"):
-        cursor = 0
-        while True:
-            cursor, keys = await client.scan(cursor, match=f"ailf:*{marker}*", count=1000)
-            for key in keys:
-                found.add(key[len("ailf:") : key.index(marker, len("ailf:"))])
-            if not cursor:
-                break
+        for key in await _scan(client, f"ailf:*{marker}*"):
+            found.add(key[len("ailf:") : key.index(marker, len("ailf:"))])
     return sorted(found)
 
 
-async def _agent_names(client: AsyncRedisClient, keys: Keys) -> set[str]:
-    names: set[str] = set()
-    for kind in ("mailbox", "dead"):
-        cursor = 0
-        prefix = f"{keys.prefix}{kind}:"
-        while True:
-            cursor, found = await client.scan(cursor, match=f"{prefix}*", count=1000)
-            names.update(key[len(prefix) :] for key in found)
-            if not cursor:
-                break
-    return names
+async def _agent_names(
+    client: AsyncRedisClient, keys: Keys, registry: RegistrySnapshot
+) -> tuple[set[str], bool]:
+    """Every agent name with a mailbox, dead letters or a live replica, and whether that
+    is all of them: without the right to SCAN, only the registry's (live) agents."""
+    names = set(registry.agents)
+    try:
+        for kind in ("mailbox", "dead"):
+            prefix = f"{keys.prefix}{kind}:"
+            names.update(key[len(prefix) :] for key in await _scan(client, f"{prefix}*"))
+    except ResponseError as exc:
+        if exc.code != "NOPERM":
+            raise
+        return names, False
+    return names, True
+
+
+async def _agents_that_ran(
+    client: AsyncRedisClient, keys: Keys, names: list[str] | None = None
+) -> set[str]:
+    """Of ``names`` (default: every agent found), those that ever ran: their mailbox has
+    the consumer group every spawn creates, or a live process hosts them."""
+    registry = await read_registry(client, keys)
+    if names is None:
+        names = sorted((await _agent_names(client, keys, registry))[0])
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.xinfo_groups(keys.mailbox(name))
+    replies = await pipe.execute(raise_on_error=False) if names else []
+    return {
+        name
+        for name, groups in zip(names, replies, strict=True)
+        if name in registry.agents
+        or (isinstance(groups, list) and any(g.get("name") == GROUP for g in groups))
+    }
 
 
 async def _mailbox(client: AsyncRedisClient, keys: Keys, agent: str) -> dict[str, Any]:
@@ -140,12 +245,54 @@ def _pairs(reply: Any) -> dict[str, Any]:
     return {str(reply[i]): reply[i + 1] for i in range(0, len(reply) - 1, 2)}
 
 
+def _waiting(mailbox: dict[str, Any]) -> int:
+    """Messages a mailbox still holds for its agent: unread plus pending (every entry
+    when no reader ever came, or Redis cannot tell what is unread)."""
+    if mailbox["pending"] is None or mailbox["lag"] is None:
+        return mailbox["length"]
+    return mailbox["pending"] + mailbox["lag"]
+
+
+@attrs.frozen
+class Leftovers:
+    """What a namespace already holds for some agents: messages waiting in their
+    mailboxes and dead letters, per agent (agents with neither are left out)."""
+
+    messages: dict[str, int]
+    dead_letters: dict[str, int]
+
+    def __bool__(self) -> bool:
+        return bool(self.messages or self.dead_letters)
+
+    def describe(self) -> str:
+        """``12 messages (worker 10, collector 2) and 1 dead letter (payments)``."""
+        parts = []
+        for noun, counts in (("message", self.messages), ("dead letter", self.dead_letters)):
+            if counts:
+                each = ", ".join(f"{name} {n}" for name, n in counts.items())
+                parts.append(f"{count_of(sum(counts.values()), noun)} ({each})")
+        return " and ".join(parts)
+
+
+async def leftovers(client: Runtime, agents: list[str]) -> Leftovers:
+    """What ``agents``' mailboxes and dead-letter streams hold in the runtime's namespace."""
+    messages: dict[str, int] = {}
+    dead: dict[str, int] = {}
+    for name in agents:
+        mailbox = await _mailbox(client.client, client.keys, name)
+        if _waiting(mailbox):
+            messages[name] = _waiting(mailbox)
+        if mailbox["dead_letters"]:
+            dead[name] = mailbox["dead_letters"]
+    return Leftovers(messages, dead)
+
+
 async def _namespace_status(client: AsyncRedisClient, namespace: str) -> dict[str, Any]:
     keys = Keys(namespace)
     # Live processes: whose registry entries have not expired, each after its own TTL.
     registry = await read_registry(client, keys)
     now = time.time()
-    names = await _agent_names(client, keys) | set(registry.agents)
+    names, complete = await _agent_names(client, keys, registry)
     agents = {}
     for name in sorted(names):
         info = registry.agents.get(name)
@@ -170,11 +317,17 @@ async def _namespace_status(client: AsyncRedisClient, namespace: str) -> dict[st
             for p in registry.processes
         ],
         "agents": agents,
+        "complete": complete,
     }
 
 
 def status(config: RedisConfig, namespace: str | None = None) -> dict[str, Any]:
-    """Every namespace (or one): live processes, and per agent its backlog and counters."""
+    """Every namespace (or one): live processes, and per agent its backlog and counters.
+
+    Listing every namespace needs SCAN (ResponseError NOPERM without it); one namespace
+    without SCAN lists the live processes' agents only, with ``"complete": false``."""
+    if namespace is not None:
+        check_name("namespace", namespace)
 
     async def go() -> dict[str, Any]:
         async with AsyncRedisClient(config) as client:
@@ -193,12 +346,17 @@ def format_status(report: dict[str, Any]) -> str:
         return f"no ailf namespaces on {report['redis']}"
     lines = []
     for ns in report["namespaces"]:
-        lines.append(f"namespace {ns['namespace']}  ({len(ns['processes'])} live processes)")
+        live = count_of(len(ns["processes"]), "live process")
+        lines.append(f"namespace {ns['namespace']}  ({live})")
         for p in ns["processes"]:
             agents = ", ".join(f"{name}({n})" for name, n in p["agents"].items()) or "no agents"
             lines.append(
                 f"  process {p['id']}  host {p['host']} pid {p['pid']}"
                 f"  heartbeat {p['heartbeat_age']:.1f}s ago  up {p['uptime']:.0f}s  {agents}"
+            )
+        if not ns["complete"]:
+            lines.append(
+                "  (this Redis user may not SCAN, so only the agents of live processes are listed)"
             )
         header = ("agent", "replicas", "processes", "length", "pending", "lag", "dead")
         rows = [header]
@@ -225,11 +383,109 @@ def format_status(report: dict[str, Any]) -> str:
     return "\n".join(lines).rstrip()
 
 
+# -- resetting a namespace ------------------------------------------------------------------
+
+
+@attrs.frozen
+class NamespaceContents:
+    """Every key of a namespace, and what they hold: what :func:`reset` would delete."""
+
+    namespace: str
+    keys: tuple[str, ...]
+    mailboxes: int
+    messages: int
+    dead_letter_streams: int
+    dead_letters: int
+    live_processes: int
+
+    def describe(self) -> str:
+        """``3 keys: 2 mailboxes (12 messages), 1 dead-letter stream (1 dead letter)``."""
+        other = len(self.keys) - self.mailboxes - self.dead_letter_streams
+        return (
+            f"{count_of(len(self.keys), 'key')}: {count_of(self.mailboxes, 'mailbox')}"
+            f" ({count_of(self.messages, 'message')}),"
+            f" {count_of(self.dead_letter_streams, 'dead-letter stream')}"
+            f" ({count_of(self.dead_letters, 'dead letter')})"
+            + (f", {other} more (registry, wake-ups)" if other else "")
+        )
+
+
+def contents(config: RedisConfig, namespace: str) -> NamespaceContents:
+    """What namespace ``namespace`` holds (needs SCAN: ResponseError NOPERM without it)."""
+    keys = Keys(namespace)
+
+    async def go() -> NamespaceContents:
+        async with AsyncRedisClient(config) as client:
+            found = sorted(await _scan(client, f"{keys.prefix}*"))
+            registry = await read_registry(client, keys)
+            mailboxes = [k for k in found if k.startswith(f"{keys.prefix}mailbox:")]
+            dead = [k for k in found if k.startswith(f"{keys.prefix}dead:")]
+            pipe = client.pipeline(transaction=False)
+            for key in dead:
+                pipe.xlen(key)
+            dead_letters = sum(await pipe.execute()) if dead else 0
+            messages = 0
+            for key in mailboxes:
+                agent = key.removeprefix(f"{keys.prefix}mailbox:")
+                messages += _waiting(await _mailbox(client, keys, agent))
+        return NamespaceContents(
+            namespace=namespace,
+            keys=tuple(found),
+            mailboxes=len(mailboxes),
+            messages=messages,
+            dead_letter_streams=len(dead),
+            dead_letters=dead_letters,
+            live_processes=len(registry.processes),
+        )
+
+    return _run(go)
+
+
+def reset(config: RedisConfig, found: NamespaceContents) -> int:
+    """Delete the keys :func:`contents` found (mailboxes and their groups, dead letters,
+    the registry); how many were deleted. Keys made since are left alone: a namespace
+    in use is not reset, it is stopped first."""
+
+    async def go() -> int:
+        async with AsyncRedisClient(config) as client:
+            deleted = 0
+            for start in range(0, len(found.keys), 500):
+                deleted += await client.unlink(*found.keys[start : start + 500])
+            return deleted
+
+    return _run(go) if found.keys else 0
+
+
 # -- dead letters ---------------------------------------------------------------------------
 
 
-def _letter_json(letter: DeadLetter) -> dict[str, Any]:
-    return attrs.asdict(letter)
+def dead_letter_json(letter: DeadLetter) -> dict[str, Any]:
+    """A dead letter as ``ailf dlq`` prints it with ``--json``: ``dead_letter_id`` is the
+    id to give ``dlq show``, ``redrive`` and ``purge``; ``message_id`` the original
+    mailbox entry's."""
+    data = attrs.asdict(letter)
+    data["message_id"] = data.pop("id")
+    return {"dead_letter_id": data.pop("dead_letter_id"), **data}
+
+
+def describe_dead_letter(letter: DeadLetter) -> str:
+    """One line per dead letter, the same in ``ailf dlq list`` and a run's summary::
+
+    1764120000250-0  (message 1764120000100-0, 2025-11-26 01:20:00, 5 deliveries)
+    handler failed on delivery 5 of 5 — InjectedFailure: poison message
+    """
+    failed = "unknown time"  # missing, or not a number (see DeadLetter.from_entry)
+    if letter.failed_at:
+        try:
+            failed = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(letter.failed_at))
+        except (OverflowError, OSError, ValueError):  # a time no calendar has
+            failed = f"failed_at {letter.failed_at!r}"
+    error = f" — {letter.error_type}: {letter.error_message}" if letter.error_type else ""
+    return (
+        f"{letter.dead_letter_id}  (message {letter.id or '?'}, {failed},"
+        f" {count_of(letter.delivery_count, 'delivery')})"
+        f" {letter.reason or 'no reason given'}{error}"
+    )
 
 
 async def _read_letters(
@@ -249,31 +505,25 @@ def dead_letters(
     *,
     count: int = 100,
     ids: list[str] | None = None,
-) -> list[dict[str, Any]]:
-    """An agent's dead letters, oldest first (only ``ids`` when given), as JSON objects."""
+) -> list[DeadLetter]:
+    """An agent's dead letters, oldest first (only ``ids`` when given: dead-letter ids,
+    or the original message ids)."""
+    check_name("agent", agent)
 
-    async def go() -> list[dict[str, Any]]:
+    async def go() -> list[DeadLetter]:
         async with Runtime(config, namespace=namespace) as client:
-            letters = await _read_letters(client, agent, count if not ids else 1_000_000, ids)
-        return [_letter_json(letter) for letter in letters]
+            return await _read_letters(client, agent, count if not ids else 1_000_000, ids)
 
     return _run(go)
 
 
-def format_dead_letters(agent: str, letters: list[dict[str, Any]]) -> str:
+def format_dead_letters(agent: str, letters: list[DeadLetter]) -> str:
     if not letters:
         return f"no dead letters for {agent}"
     lines = []
     for letter in letters:
-        failed = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(letter["failed_at"]))
-        error = (
-            f" — {letter['error_type']}: {letter['error_message']}" if letter["error_type"] else ""
-        )
-        lines.append(
-            f"{letter['dead_letter_id']}  (message {letter['id']}, {failed},"
-            f" {letter['delivery_count']} deliveries) {letter['reason']}{error}"
-        )
-        lines.append(f"    body: {json.dumps(letter['body'], default=str)[:200]}")
+        lines.append(describe_dead_letter(letter))
+        lines.append(f"    body: {json.dumps(letter.body, default=str)[:200]}")
     return "\n".join(lines)
 
 
@@ -284,6 +534,7 @@ def redrive(config: RedisConfig, namespace: str, agent: str, ids: list[str]) -> 
     are kept; the delivery count starts again at 1. Each move is one MULTI/EXEC, so a
     dead letter is never both redriven and kept, nor dropped. Returns the new entry ids.
     """
+    check_name("agent", agent)
 
     async def go() -> list[str]:
         keys = Keys(namespace)
@@ -302,6 +553,7 @@ def redrive(config: RedisConfig, namespace: str, agent: str, ids: list[str]) -> 
 
 def purge(config: RedisConfig, namespace: str, agent: str, ids: list[str]) -> int:
     """Delete some dead letters (by id), or all of them; how many were deleted."""
+    check_name("agent", agent)
 
     async def go() -> int:
         dead = Keys(namespace).dead(agent)

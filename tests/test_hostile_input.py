@@ -154,6 +154,11 @@ POISON = [
         "not a reply inbox",
     ),
     (
+        "a reply_to holding a glob pattern",
+        json.dumps({"v": 1, "body": 1, "reply_to": KEYS.reply("*"), "correlation": "1"}),
+        "not a reply inbox",
+    ),
+    (
         "a reply_to holding a lone surrogate",
         '{"v":1,"body":1,"correlation":"1","reply_to":"' + KEYS.reply("\\ud800") + '"}',
         "not a reply inbox",

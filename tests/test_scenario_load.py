@@ -4,6 +4,7 @@ scenarios in the docs are run by ``test_scenarios.py``.)"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,80 @@ def test_option_types_only_the_runtime_knows_are_checked_by_the_runtime(
     file.write_text(head + '[agents.options]\nwhen = "yesterday"\n')
     assert main(["check", str(file)]) == 2
     assert "agents[0].options: Stamp options:" in capsys.readouterr().err
+
+
+# -- agent modules that do not import ---------------------------------------------------
+
+
+@pytest.fixture
+def beside(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A scenario folder whose sys.path entry, and modules, go away after the test."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(sys, "modules", dict(sys.modules))
+    return tmp_path
+
+
+def _check(folder: Path, *classes: str, capsys: pytest.CaptureFixture[str]) -> list[str]:
+    agents = "".join(
+        f'[[agents]]\nname = "a{n}"\nclass = "{ref}"\n' for n, ref in enumerate(classes)
+    )
+    file = folder / "s.toml"
+    file.write_text('[scenario]\nname = "s"\n' + agents)
+    assert main(["check", str(file)]) == 2
+    prefix = f"ailf: error: {file}: "
+    lines = capsys.readouterr().err.splitlines()
+    assert all(line.startswith(prefix) for line in lines), lines
+    return [line.removeprefix(prefix) for line in lines]
+
+
+@pytest.mark.parametrize(
+    ("source", "line", "error"),
+    [
+        ("from ailf import Agent\n\nx = Agnet\n", 3, "NameError: name 'Agnet' is not defined"),
+        # a module it imports is missing, not the agents' module itself
+        (
+            "import surely_not_installed_anywhere\n",
+            1,
+            "ModuleNotFoundError: No module named 'surely_not_installed_anywhere'",
+        ),
+        ("x = 1\ndef (:\n", 2, "SyntaxError: "),
+    ],
+    ids=["NameError", "missing dependency", "SyntaxError"],
+)
+def test_an_import_error_names_the_file_and_line(
+    beside: Path, source: str, line: int, error: str, capsys
+) -> None:
+    module = f"failing_{line}_{error.split(':')[0]}".lower()
+    (beside / f"{module}.py").write_text(source)
+    [found] = _check(beside, f"{module}:A", capsys=capsys)
+    assert found.startswith(
+        f"agents[0].class: importing '{module}' failed at {beside}/{module}.py:{line}: {error}"
+    )
+    assert "beside the scenario file" not in found
+
+
+def test_a_missing_module_says_where_it_was_looked_for(beside: Path, capsys) -> None:
+    (beside / "billing_agents.py").write_text("")
+    [line] = _check(beside, "biling_agents:A", capsys=capsys)
+    assert line == (
+        "agents[0].class: no module named 'biling_agents': no biling_agents.py beside the"
+        f" scenario file (in {beside}), nor installed; did you mean 'billing_agents'?"
+    )
+
+
+def test_a_module_shadowed_by_the_standard_library_says_which_file_won(
+    beside: Path, capsys
+) -> None:
+    (beside / "queue.py").write_text("from ailf import Agent\n\nclass Worker(Agent):\n    pass\n")
+    [line] = _check(beside, "queue:Worker", capsys=capsys)
+    assert line.startswith("agents[0].class: module 'queue' has no attribute 'Worker' ('queue' is")
+    assert f"queue.py, which comes before {beside}/queue.py on sys.path; rename" in line
+
+
+def test_a_broken_module_is_reported_once(beside: Path, capsys) -> None:
+    (beside / "broken_once.py").write_text("print('imported')\nraise RuntimeError('boom')\n")
+    lines = _check(beside, "broken_once:A", "ailf.agents.echo:Echo", "broken_once:B", capsys=capsys)
+    assert lines == [
+        f"agents[0].class: importing 'broken_once' failed at {beside}/broken_once.py:2:"
+        " RuntimeError: boom (also agents[2].class)"
+    ]

@@ -8,13 +8,19 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis as redis_py
+import trio
 from ailf.agents.text import words
+from messaging_helpers import wait_for
+from process_helpers import children_of, is_running, needs_proc
 
-from ailf import RedisConfig, RedisServer
+from ailf import Agent, RedisConfig, RedisServer, Runtime
+from ailf.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ROOT / "scenarios"
@@ -30,8 +36,12 @@ def ailf(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     )
 
 
-def run_json(name: str, redis: RedisServer, *extra: str) -> tuple[int, dict[str, Any], str]:
-    result = ailf("run", str(SCENARIOS / f"{name}.toml"), "--redis", redis.url, "--json", *extra)
+def run_json(
+    name: str, redis: RedisServer, *extra: str, file: Path | None = None
+) -> tuple[int, dict[str, Any], str]:
+    """``ailf run --json`` of a shipped scenario (or of ``file``)."""
+    file = file or SCENARIOS / f"{name}.toml"
+    result = ailf("run", str(file), "--redis", redis.url, "--json", *extra)
     assert result.stdout, result.stderr
     return result.returncode, json.loads(result.stdout), result.stderr
 
@@ -39,6 +49,15 @@ def run_json(name: str, redis: RedisServer, *extra: str) -> tuple[int, dict[str,
 @pytest.fixture
 def redis(redis_server: RedisServer, redis_config: RedisConfig) -> RedisServer:
     return redis_server  # redis_config flushed it
+
+
+def write_scenario(folder: Path, name: str, toml: str, **modules: str) -> Path:
+    """``folder/name.toml`` holding ``toml``, with ``modules`` (file stem: source) beside it."""
+    for stem, source in modules.items():
+        (folder / f"{stem}.py").write_text(source)
+    file = folder / f"{name}.toml"
+    file.write_text(toml)
+    return file
 
 
 def counters(summary: dict[str, Any], agent: str) -> dict[str, Any]:
@@ -50,8 +69,10 @@ def test_quickstart_with_an_embedded_server() -> None:
     result = ailf("run", "scenarios/quickstart.toml")
     assert result.returncode == 0, result.stderr
     assert "scenario quickstart: ok" in result.stdout
+    assert "(namespace quickstart, 1 process, 0 process restarts, redis " in result.stdout
     assert 'echo: {"lang": "fr", "text": "bonjour"}' in result.stdout
     assert "embedded Redis server started" in result.stderr
+    assert "in flight" not in result.stderr  # what a stop waits for: said when it waits
     table = result.stdout.split("\n\n")[1].splitlines()
     assert table[0].split()[:4] == ["agent", "replicas", "received", "processed"]
     assert table[1].split()[:4] == ["echo", "2", "3", "3"]
@@ -132,6 +153,12 @@ def test_poison_message_ends_in_the_dead_letter_stream(redis: RedisServer) -> No
     [letter] = summary["dead_letters"]["payments"]
     assert '"poison": true' in letter
     assert "InjectedFailure" in letter
+    # the summary names a dead letter as ailf dlq does: by the id dlq show/redrive/purge take
+    dlq = ("dlq", "list", "payments", "-n", "poison-message", "--redis", redis.url)
+    [listed] = json.loads(ailf(*dlq, "--json").stdout)
+    line = ailf(*dlq).stdout.splitlines()[0]
+    assert line.startswith(f"{listed['dead_letter_id']}  (message {listed['message_id']}, ")
+    assert letter.startswith(f"{line}; body ")
 
 
 def test_request_reply_prints_answers_and_remote_errors(redis: RedisServer) -> None:
@@ -177,17 +204,16 @@ def test_an_unmet_expectation_fails_the_run(tmp_path: Path, redis: RedisServer) 
 
 def test_a_worker_that_cannot_start_fails_the_run(tmp_path: Path, redis: RedisServer) -> None:
     """An agent whose on_start always raises escalates; the run fails, it does not hang."""
-    (tmp_path / "broken_agents.py").write_text(
-        "from ailf import Agent\n\n"
+    file = write_scenario(
+        tmp_path,
+        "broken",
+        '[scenario]\nname = "broken"\ntimeout = 20\n'
+        '[[agents]]\nname = "b"\nclass = "broken_agents:Broken"\n',
+        broken_agents="from ailf import Agent\n\n"
         "class Broken(Agent):\n"
         "    max_restarts = 0\n"
         "    async def on_start(self):\n"
-        "        raise RuntimeError('no database')\n"
-    )
-    file = tmp_path / "broken.toml"
-    file.write_text(
-        '[scenario]\nname = "broken"\ntimeout = 20\n'
-        '[[agents]]\nname = "b"\nclass = "broken_agents:Broken"\n'
+        "        raise RuntimeError('no database')\n",
     )
     result = ailf("run", str(file), "--redis", redis.url)
     assert result.returncode == 1
@@ -237,9 +263,10 @@ def test_scenarios_in_the_docs_run(
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_ctrl_c_stops_gracefully_with_a_summary_and_exit_130(redis: RedisServer) -> None:
-    run = subprocess.Popen(
-        [sys.executable, "-m", "ailf", "run", str(SCENARIOS / "crash-recovery.toml")],
+def interruptible_run(file: Path) -> subprocess.Popen[str]:
+    """``ailf run FILE`` in the background, as Ctrl-C from a terminal would reach it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "ailf", "run", str(file)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -247,6 +274,10 @@ def test_ctrl_c_stops_gracefully_with_a_summary_and_exit_130(redis: RedisServer)
         # a shell's background job would ignore SIGINT; a terminal's would not
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+
+
+def test_ctrl_c_stops_gracefully_with_a_summary_and_exit_130(redis: RedisServer) -> None:
+    run = interruptible_run(SCENARIOS / "crash-recovery.toml")
     try:
         for line in run.stderr:
             if "worker processes ready" in line:
@@ -258,6 +289,60 @@ def test_ctrl_c_stops_gracefully_with_a_summary_and_exit_130(redis: RedisServer)
     assert run.returncode == 130
     assert "scenario crash-recovery: FAILED — interrupted" in out
     assert "problem: interrupted by SIGINT" in out
+
+
+SLOW_AGENTS = """
+import trio
+from ailf import Agent
+
+
+class Slow(Agent):
+    async def on_message(self, message):
+        print("handler started", flush=True)
+        await trio.sleep(60)
+"""
+
+
+@needs_proc
+def test_a_second_ctrl_c_stops_at_once_and_quietly(tmp_path: Path) -> None:
+    """The first Ctrl-C says what it waits for; the second kills the workers, then stops
+    the embedded server — in that order, so no worker is left talking to a dead Redis."""
+    file = write_scenario(
+        tmp_path,
+        "slow",
+        '[scenario]\nname = "slow"\ntimeout = 60\n'
+        '[[agents]]\nname = "slow"\nclass = "slow_agents:Slow"\n'
+        '[[messages]]\nto = "slow"\n',
+        slow_agents=SLOW_AGENTS,
+    )
+    run = interruptible_run(file)
+    try:
+        assert run.stdout.readline() == "handler started\n"
+        family = [pid for child in children_of(run.pid) for pid in (child, *children_of(child))]
+        assert len(family) >= 2  # the embedded server, the worker (and its own children)
+        run.send_signal(signal.SIGINT)
+        err = ""
+        for line in run.stderr:
+            err += line
+            if "waiting up to" in line:
+                break
+        assert "process 0: waiting up to 10 s for 1 handler in flight: slow[0]" in err
+        started = time.monotonic()
+        run.send_signal(signal.SIGINT)
+        out, rest = run.communicate(timeout=30)
+        elapsed = time.monotonic() - started
+    finally:
+        run.kill()
+        run.wait()
+    assert run.returncode == 130
+    assert elapsed <= 1.0
+    err += rest
+    assert "stopping at once: worker processes killed" in err
+    for noise in ("Traceback", "WARNING", "cannot connect", "ERROR"):
+        assert noise not in err, err
+    assert err.endswith("ailf: interrupted\n")
+    assert out == ""  # no summary after a forced stop
+    wait_for(lambda: not any(is_running(pid) for pid in family), timeout=5)
 
 
 def test_two_kills_of_the_same_process_lose_nothing(tmp_path: Path, redis: RedisServer) -> None:
@@ -274,18 +359,116 @@ def test_two_kills_of_the_same_process_lose_nothing(tmp_path: Path, redis: Redis
 
 
 def test_a_process_that_keeps_dying_fails_the_run(tmp_path: Path, redis: RedisServer) -> None:
-    (tmp_path / "dying_agents.py").write_text(
-        "import os\n\nfrom ailf import Agent\n\n\n"
+    file = write_scenario(
+        tmp_path,
+        "dying",
+        '[scenario]\nname = "dying"\ntimeout = 50\n'
+        '[[agents]]\nname = "d"\nclass = "dying_agents:Dying"\n',
+        dying_agents="import os\n\nfrom ailf import Agent\n\n\n"
         "class Dying(Agent):\n"
         "    async def on_start(self):\n"
-        "        os._exit(3)\n"
-    )
-    file = tmp_path / "dying.toml"
-    file.write_text(
-        '[scenario]\nname = "dying"\ntimeout = 50\n'
-        '[[agents]]\nname = "d"\nclass = "dying_agents:Dying"\n'
+        "        os._exit(3)\n",
     )
     result = ailf("run", str(file), "--redis", redis.url)
     assert result.returncode == 1
     assert "process 0 (pid" in result.stdout
     assert "exited with code 3; it died 6 times within 30 s, giving up" in result.stdout
+
+
+def test_replica_numbers_are_unique_across_processes(tmp_path: Path, redis: RedisServer) -> None:
+    """replicas = 5 over processes = 2: process 0 hosts replicas 0-2, process 1 3-4."""
+    file = write_scenario(
+        tmp_path,
+        "who",
+        '[scenario]\nname = "who"\nuntil = "stop"\ntimeout = 30\n'
+        '[[agents]]\nname = "who"\nclass = "who_agents:Who"\nreplicas = 5\nprocesses = 2\n'
+        '[[agents]]\nname = "collector"\nclass = "ailf.agents.counter:Collector"\n'
+        '[agents.options]\nkey = "replica"\nexpect = 5\n',
+        who_agents="from ailf import Agent\n\n\n"
+        "class Who(Agent):\n"
+        "    async def on_start(self):\n"
+        "        await self.send('collector', {'replica': self.replica})\n",
+    )
+    result = ailf("run", str(file), "--redis", redis.url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "collector: all 5 results collected (0 duplicate deliveries)" in result.stdout
+
+
+async def test_spawn_numbers_replicas_from_first_replica(redis_config: RedisConfig) -> None:
+    seen: list[int] = []
+
+    class Numbered(Agent):
+        async def on_start(self) -> None:
+            seen.append(self.replica)
+
+    with trio.fail_after(20):
+        async with Runtime(redis_config, namespace="numbers") as runtime:
+            await runtime.spawn(Numbered, name="n", replicas=2)
+            await runtime.spawn(Numbered, name="n", replicas=2, first_replica=5)
+            await runtime.spawn(Numbered, name="n")
+            with pytest.raises(ConfigError, match="first_replica must be an integer >= 0"):
+                await runtime.spawn(Numbered, name="n", first_replica=-1)
+    assert seen == [0, 1, 5, 6, 7]
+
+
+def test_a_stray_module_beside_the_scenario_shadows_nothing(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    """attr.py beside the file would be imported for ``attrs`` (ailf's dependency) if the
+    scenario's folder came first on sys.path; the folder still serves its own modules."""
+    file = write_scenario(
+        tmp_path,
+        "stray",
+        '[scenario]\nname = "stray"\n'
+        '[[agents]]\nname = "own"\nclass = "own_agents:Own"\nreplicas = 2\nprocesses = 2\n'
+        '[[messages]]\nto = "own"\ncount = 4\n'
+        "[expect.own]\nprocessed = 4\n",
+        attr="raise ImportError('the stray attr.py was imported')\n",
+        trio="raise ImportError('the stray trio.py was imported')\n",
+        own_agents="from ailf import Agent\n\n\nclass Own(Agent):\n    pass\n",
+    )
+    result = ailf("run", str(file), "--redis", redis.url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "the stray" not in result.stderr
+
+
+def test_a_rerun_is_told_of_the_last_runs_leftovers(tmp_path: Path, redis: RedisServer) -> None:
+    raw = redis_py.Redis(port=redis.port)
+    for n in range(2):
+        raw.xadd("ailf:again:mailbox:echo", {"envelope": f'{{"v": 1, "body": {n}}}'})
+    raw.xadd("ailf:again:dead:echo", {"reason": "from before"})
+    raw.close()
+    file = write_scenario(
+        tmp_path,
+        "again",
+        '[scenario]\nname = "again"\n'
+        '[[agents]]\nname = "echo"\nclass = "ailf.agents.echo:Echo"\n'
+        '[[messages]]\nto = "echo"\n',
+    )
+    code, summary, stderr = run_json("again", redis, file=file)
+    assert code == 0, summary["problems"]
+    warning = (
+        "warning: namespace 'again' already holds 2 messages (echo 2) and 1 dead letter (echo 1)"
+        " from an earlier run; this run handles them and counts them"
+        " (ailf reset -n again clears it)"
+    )
+    assert warning in stderr
+    assert warning in summary["events"]
+    assert counters(summary, "echo")["processed"] == 3
+
+
+def test_mailbox_processed_leaves_broadcasts_out(tmp_path: Path, redis: RedisServer) -> None:
+    file = write_scenario(
+        tmp_path,
+        "heard",
+        '[scenario]\nname = "heard"\nuntil = "stop"\ntimeout = 30\n'
+        '[[agents]]\nname = "counter"\nclass = "ailf.agents.counter:Counter"\n'
+        'topics = ["room"]\n[agents.options]\nstop_at = 3\n'
+        '[[messages]]\nto = "counter"\ncount = 2\n'
+        '[[messages]]\ntopic = "room"\n'
+        "[expect.counter]\nprocessed = 3\nmailbox_processed = 2\n",
+    )
+    code, summary, _ = run_json("heard", redis, file=file)
+    assert code == 0, summary["problems"]
+    assert counters(summary, "counter")["mailbox_processed"] == 2
+    assert [check["counter"] for check in summary["checks"]] == ["processed", "mailbox_processed"]

@@ -235,7 +235,10 @@ def test_unreachable_server_fails_fast_with_a_clear_message() -> None:
     message = str(info.value)
     assert f"127.0.0.1:{port}" in message
     assert "connect timeout 1.5 s" in message
-    assert "redis-server running" in message and "AILF_REDIS_URL" in message
+    assert "redis-server running" in message
+    # the config was explicit: the URL is the config's, not AILF_REDIS_URL's
+    assert f"(the config's URL: redis://127.0.0.1:{port}/0)" in message
+    assert "AILF_REDIS_URL" not in message
     assert isinstance(info.value, redis.ConnectionError)
     assert client.health_check() is False
 

@@ -15,6 +15,7 @@ turned off so that an unreachable server fails within ``socket_connect_timeout``
 from __future__ import annotations
 
 import math
+import os
 import socket
 import ssl
 import threading
@@ -37,6 +38,7 @@ from ailf.config import RedisConfig, given_or_from_env
 from ailf.errors import (
     AilfError,
     AuthenticationError,
+    ConfigError,
     RedisConnectionError,
     RedisError,
     RedisTimeoutError,
@@ -48,6 +50,21 @@ __all__ = ["Pipeline", "RedisClient", "translate_error"]
 
 T = TypeVar("T")
 Expiry = float | timedelta
+
+
+def _url_source(config: RedisConfig) -> str:
+    """``AILF_REDIS_URL=<url>`` when the config came from that variable (as far as can be
+    told: it holds this very URL), else ``the config's URL: <url>``: an error about an
+    explicit config must not send its reader to an environment variable."""
+    for name in ("AILF_REDIS_URL", "REDIS_URL"):  # RedisConfig.from_env's order
+        if value := os.environ.get(name):
+            try:
+                if RedisConfig.from_url(value).url == config.url:
+                    return f"{name}={config.url}"
+            except ConfigError:
+                pass
+            break
+    return f"the config's URL: {config.url}"
 
 
 def translate_error(exc: redis.RedisError, config: RedisConfig) -> AilfError:
@@ -73,7 +90,7 @@ def translate_error(exc: redis.RedisError, config: RedisConfig) -> AilfError:
     if isinstance(exc, redis.AuthenticationError):
         return AuthenticationError(
             f"{where} refused the credentials: {exc}; check the username and password"
-            f" in the config or AILF_REDIS_URL (now {config.url})"
+            f" ({_url_source(config)})"
         )
     if isinstance(exc, redis.exceptions.MaxConnectionsError):
         return RedisConnectionError(
@@ -85,7 +102,7 @@ def translate_error(exc: redis.RedisError, config: RedisConfig) -> AilfError:
     ):
         return RedisConnectionError(
             f"cannot talk to {where}: {exc} (connect timeout {config.socket_connect_timeout:g} s)."
-            f" Is redis-server running there? Check AILF_REDIS_URL (now {config.url})."
+            f" Is redis-server running there? ({_url_source(config)})"
         )
     if isinstance(exc, redis.TimeoutError):
         return RedisTimeoutError(

@@ -305,6 +305,7 @@ class Cell:
             current_message_id.reset(token)
         counters.handler_finished(time.perf_counter() - started)
         counters.processed += 1
+        counters.mailbox_processed += 1
         if message.reply_to is not None:
             await self._reply_and_ack(delivery, message, result)
         else:

@@ -17,6 +17,7 @@ Decoding is one ``json.loads`` per entry; everything that does not fit raises
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any, Generic, TypeVar
 
@@ -113,6 +114,44 @@ class DeadLetter:
     envelope: str
     failed_at: float
     dead_letter_id: str = ""
+
+    @classmethod
+    def from_entry(cls, dead_letter_id: str, fields: dict[str, Any]) -> DeadLetter:
+        """Read one entry of a dead-letter stream, whatever its fields hold.
+
+        Anyone allowed to write to the namespace can add entries there, so nothing in
+        one is trusted: a missing or malformed field reads as empty (a time or count
+        that is not a finite number as 0) instead of raising, which would hide every
+        other dead letter of the agent from ``dead_letters()`` and ``ailf dlq``.
+        """
+
+        def text(key: str) -> str:
+            value = fields.get(key)
+            return value if isinstance(value, str) else ""
+
+        def number(key: str) -> float:
+            try:
+                value = float(text(key))
+            except ValueError:
+                return 0.0
+            return value if math.isfinite(value) else 0.0
+
+        envelope = text(ENVELOPE_FIELD)
+        try:
+            body = decode_envelope(envelope).body
+        except DecodeError:
+            body = envelope
+        return cls(
+            id=text("id"),
+            body=body,
+            reason=text("reason"),
+            error_type=text("error_type"),
+            error_message=text("error_message"),
+            delivery_count=int(number("delivery_count")),
+            envelope=envelope,
+            failed_at=number("failed_at"),
+            dead_letter_id=dead_letter_id,
+        )
 
 
 def encode_envelope(

@@ -21,6 +21,7 @@ import itertools
 import logging
 import math
 import os
+import re
 import secrets
 import signal
 import socket
@@ -52,7 +53,7 @@ from ailf.runtime.mailbox import (
     compare_ids,
     report_unread_trimmed,
 )
-from ailf.runtime.message import ENVELOPE_FIELD, DeadLetter, decode_envelope, encode_envelope
+from ailf.runtime.message import ENVELOPE_FIELD, DeadLetter, encode_envelope
 from ailf.runtime.registry import (
     HEARTBEAT_INTERVAL,
     HEARTBEAT_TTL_INTERVALS,
@@ -135,7 +136,10 @@ class Runtime:
         self.host = socket.gethostname()
         self.pid = os.getpid()
         #: This runtime's id in the registry, and the prefix of its consumer names.
-        self.process_id = f"{self.host}:{self.pid}:{secrets.token_hex(3)}"
+        # The host part as a name (an odd hostname must not make the id, which is in the
+        # process's reply inbox, fail Keys.is_reply).
+        host = re.sub(r"[^A-Za-z0-9_.\-]", "-", self.host) or "host"
+        self.process_id = f"{host}:{self.pid}:{secrets.token_hex(3)}"
         self.started_at = 0.0
         self.stopping = False
         self.stop_requested = trio.Event()
@@ -394,6 +398,7 @@ class Runtime:
         topics: Iterable[str] = (),
         claim_idle: float | None = None,
         concurrency: int | None = None,
+        first_replica: int | None = None,
     ) -> None:
         """Start ``replicas`` instances of ``agent_cls`` reading the mailbox ``name``.
 
@@ -404,6 +409,11 @@ class Runtime:
         ``on_start`` (or failed it: then its restart policy applies). Spawning the same
         name again adds replicas. Other processes may host replicas of the same name:
         they share the mailbox as competing consumers.
+
+        The new instances' ``self.replica`` numbers count on from this runtime's last
+        one for ``name`` (0, 1, … on the first spawn), or from ``first_replica``: a
+        launcher that spreads one agent's replicas over processes (``ailf run``) gives
+        each process its own range, so that numbers are unique across them.
 
         Raises :class:`~ailf.errors.ResponseError` (code ``NOPERM``) when Redis refuses
         to subscribe one of the topics (the ACL user has no rights on that channel):
@@ -422,6 +432,10 @@ class Runtime:
         claim = agent_cls.claim_idle if claim_idle is None else claim_idle
         if isinstance(claim, bool) or not isinstance(claim, (int, float)) or claim <= 0:
             raise ConfigError(f"spawn({name!r}): claim_idle must be seconds > 0, not {claim!r}")
+        if first_replica is not None and not (type(first_replica) is int and first_replica >= 0):
+            raise ConfigError(
+                f"spawn({name!r}): first_replica must be an integer >= 0, not {first_replica!r}"
+            )
         parallel = agent_cls.concurrency if concurrency is None else concurrency
         if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
             raise ConfigError(f"spawn({name!r}): concurrency must be >= 1, not {parallel!r}")
@@ -458,6 +472,8 @@ class Runtime:
             raise
         counters = self.counters_for(name)
         numbers = self._replica_numbers.setdefault(name, itertools.count())
+        if first_replica is not None:
+            numbers = self._replica_numbers[name] = itertools.count(first_replica)
         used = self._slots.setdefault(name, set())
         for _ in range(replicas):
             slot = next(k for k in itertools.count() if k not in used)
@@ -589,27 +605,7 @@ class Runtime:
     async def dead_letters(self, name: str, count: int = 100) -> list[DeadLetter]:
         """The oldest ``count`` dead letters of agent ``name``, oldest first."""
         entries = await self.client.xrange(self.keys.dead(check_name("agent", name)), count=count)
-        letters = []
-        for dead_id, fields in entries:
-            envelope = fields.get("envelope", "")
-            try:
-                body = decode_envelope(envelope).body
-            except DecodeError:
-                body = envelope
-            letters.append(
-                DeadLetter(
-                    id=fields.get("id", ""),
-                    body=body,
-                    reason=fields.get("reason", ""),
-                    error_type=fields.get("error_type", ""),
-                    error_message=fields.get("error_message", ""),
-                    delivery_count=int(fields.get("delivery_count") or 0),
-                    envelope=envelope,
-                    failed_at=float(fields.get("failed_at") or 0.0),
-                    dead_letter_id=dead_id,
-                )
-            )
-        return letters
+        return [DeadLetter.from_entry(dead_id, fields) for dead_id, fields in entries]
 
     # -- observing ------------------------------------------------------------------
 

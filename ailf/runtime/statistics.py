@@ -24,9 +24,11 @@ class AgentStatistics:
     process (``cluster_statistics()``). Latencies are handler durations in seconds.
 
     ``received`` counts mailbox messages and broadcasts handed to a handler (or found
-    undecodable), ``processed`` handlers that returned, ``failed`` handlers that raised,
-    ``retried`` redeliveries scheduled after a failure, ``dead_lettered`` messages given
-    up on. In cluster figures the percentiles are the worst process's.
+    undecodable), ``processed`` handlers that returned — for mailbox messages and
+    broadcasts alike; ``mailbox_processed`` counts the mailbox messages among them —
+    ``failed`` handlers that raised, ``retried`` redeliveries scheduled after a failure,
+    ``dead_lettered`` messages given up on. In cluster figures the percentiles are the
+    worst process's.
 
     ``replicas`` counts the instances running; once the runtime has stopped, those that
     ran when it began to stop (so a final snapshot still says how the agent was run).
@@ -39,6 +41,7 @@ class AgentStatistics:
     failed: int = 0
     retried: int = 0
     dead_lettered: int = 0
+    mailbox_processed: int = 0
     latency_p50: float = 0.0
     latency_p99: float = 0.0
     latency_mean: float = 0.0
@@ -66,7 +69,15 @@ class AgentStatistics:
 
 _FIELDS = tuple(field.name for field in attrs.fields(AgentStatistics))
 #: The plain counters: kept by :class:`Counters`, summed across processes as they are.
-COUNTS = ("replicas", "received", "processed", "failed", "retried", "dead_lettered")
+COUNTS = (
+    "replicas",
+    "received",
+    "processed",
+    "failed",
+    "retried",
+    "dead_lettered",
+    "mailbox_processed",
+)
 
 
 def _percentile(ordered: list[float], fraction: float) -> float:
@@ -86,6 +97,7 @@ class Counters:
     failed: int = 0
     retried: int = 0
     dead_lettered: int = 0
+    mailbox_processed: int = 0
     total_latency: float = 0.0
     handled: int = 0
     samples: deque[float] = attrs.field(factory=lambda: deque(maxlen=SAMPLES))

@@ -11,16 +11,15 @@ giving up, as one :class:`~ailf.errors.ScenarioError`:
    declare, classes that do not import or are not agents, options that do not fit
    the class's ``Options``, more processes than replicas, non-positive timeouts...
 
-The scenario file's own directory is put on ``sys.path`` (as the runner does for its
-worker processes), so ``class = "my_agents:Worker"`` finds ``my_agents.py`` beside it.
+The scenario file's own directory is put last on ``sys.path`` (as the runner does for
+its worker processes), so ``class = "my_agents:Worker"`` finds ``my_agents.py`` beside
+it; :mod:`ailf.scenario.imports` explains why last, and what an import error says.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
-import sys
 import tomllib
 import types
 from collections.abc import Callable
@@ -46,12 +45,11 @@ from cattrs.gen import make_dict_structure_fn, override
 
 from ailf.config import RedisConfig
 from ailf.errors import ConfigError, ScenarioError
+from ailf.runtime.keys import check_name
+from ailf.scenario.imports import AgentModuleError, add_scenario_folder, import_agent_class
 from ailf.scenario.model import Scenario
 
-__all__ = ["import_agent_class", "load_scenario", "parse_scenario", "structure_strict"]
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_CLASS_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+__all__ = ["load_scenario", "parse_scenario", "structure_strict"]
 
 
 class _Mismatch(Exception):
@@ -251,47 +249,33 @@ def structure_strict(data: Any, cls: type, path: str = "") -> tuple[Any, list[st
 # -- meaning --------------------------------------------------------------------------------
 
 
-def import_agent_class(reference: str) -> type:
-    """Import ``"module:Class"``; raises ``ValueError`` saying what went wrong."""
-    from ailf.runtime.agent import Agent
+def _folder(path: str) -> Path | None:
+    """The folder of the scenario file at ``path``; None for text that came from no file."""
+    file = Path(path)
+    return file.resolve().parent if file.is_file() else None
 
-    if not _CLASS_REF.match(reference):
-        example = '"ailf.agents.echo:Echo"'
-        raise ValueError(f'expected "module:Class" (e.g. {example}), found {reference!r}')
-    module_name, class_name = reference.split(":")
+
+def _check_name(kind: str, value: str, path: str) -> list[str]:
+    """The runtime's own rule for names (:func:`~ailf.runtime.keys.check_name`), so that
+    a file ``ailf check`` accepts never fails at spawn."""
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise ValueError(
-            f"cannot import {module_name!r} ({exc}); is it installed, or beside the scenario file?"
-        ) from None
-    except Exception as exc:
-        raise ValueError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
-    cls = getattr(module, class_name, None)
-    if cls is None:
-        raise ValueError(f"module {module_name!r} has no attribute {class_name!r}")
-    if not isinstance(cls, type) or not issubclass(cls, Agent):
-        raise ValueError(f"{reference} is not an agent class (a subclass of ailf.Agent)")
-    return cls
-
-
-def _check_name(value: str, path: str, what: str) -> list[str]:
-    if _NAME.match(value):
-        return []
-    return [
-        f"{path}: expected {what} made of letters, digits, '_', '.' and '-'"
-        f" (no spaces or ':'), found {_show(value)}"
-    ]
+        check_name(kind, value)
+    except ConfigError as exc:
+        return [f"{path}: {exc}"]
+    return []
 
 
 def _check_agents(scenario: Scenario, raw: dict[str, Any]) -> tuple[list[str], set[str]]:
     problems: list[str] = []
     topics: set[str] = set()
     seen: dict[str, int] = {}
+    #: Modules that failed to import, and where in ``problems`` that was reported.
+    broken: dict[str, int] = {}
+    beside = _folder(scenario.path)
     raw_agents = raw.get("agents") or []
     for index, spec in enumerate(scenario.agents):
         path = f"agents[{index}]"
-        problems += _check_name(spec.name, f"{path}.name", "an agent name")
+        problems += _check_name("agent", spec.name, f"{path}.name")
         if spec.name in seen:
             problems.append(
                 f"{path}.name: duplicate agent name {_show(spec.name)}"
@@ -314,10 +298,18 @@ def _check_agents(scenario: Scenario, raw: dict[str, Any]) -> tuple[list[str], s
                 f"{path}.concurrency: expected an integer >= 1, found {spec.concurrency}"
             )
         for position, topic in enumerate(spec.topics):
-            problems += _check_name(topic, f"{path}.topics[{position}]", "a topic name")
+            problems += _check_name("topic", topic, f"{path}.topics[{position}]")
         topics.update(spec.topics)
+        module = spec.class_.partition(":")[0]
+        if module in broken:  # reported once, with every agent that uses it
+            problems[broken[module]] += f" (also {path}.class)"
+            continue
         try:
-            cls = import_agent_class(spec.class_)
+            cls = import_agent_class(spec.class_, beside)
+        except AgentModuleError as exc:
+            broken[exc.module] = len(problems)
+            problems.append(f"{path}.class: {exc}")
+            continue
         except ValueError as exc:
             problems.append(f"{path}.class: {exc}")
             continue
@@ -416,10 +408,10 @@ def _check(scenario: Scenario, raw: dict[str, Any]) -> list[str]:
     if not settings.name.strip():
         problems.append('scenario.name: expected a non-empty name, found ""')
     elif settings.namespace is not None:
-        problems += _check_name(settings.namespace, "scenario.namespace", "a namespace")
+        problems += _check_name("namespace", settings.namespace, "scenario.namespace")
     else:
         problems += _check_name(
-            settings.name, "scenario.name", "a name usable as the namespace (or set namespace)"
+            "namespace", settings.name, "scenario.name (also the namespace, unless set)"
         )
     if not settings.timeout > 0:
         problems.append(f"scenario.timeout: expected seconds > 0, found {settings.timeout}")
@@ -469,8 +461,8 @@ def parse_scenario(text: str, path: str = "<scenario>") -> Scenario:
 def load_scenario(path: str | Path) -> Scenario:
     """Read, parse and check a scenario file (see the module docstring).
 
-    Puts the file's directory on ``sys.path`` first, so that agent classes defined
-    beside the scenario import.
+    Puts the file's directory last on ``sys.path``, so that agent classes defined
+    beside the scenario import (see :mod:`ailf.scenario.imports`).
     """
     file = Path(path)
     try:
@@ -479,7 +471,5 @@ def load_scenario(path: str | Path) -> Scenario:
         raise ScenarioError(str(path), ["no such file"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ScenarioError(str(path), [f"cannot read it: {exc}"]) from None
-    folder = str(file.resolve().parent)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
+    add_scenario_folder(file.resolve().parent)
     return parse_scenario(text, str(path))

@@ -77,6 +77,11 @@ class AgentSpec:
         share, extra = divmod(self.replicas, self.processes)
         return share + (1 if process < extra else 0)
 
+    def first_replica_in(self, process: int) -> int:
+        """The replica number of process ``process``'s first replica: replicas are
+        numbered 0, 1, … across the scenario's processes, process 0's first."""
+        return sum(self.replicas_in(earlier) for earlier in range(process))
+
 
 @attrs.frozen
 class MessageSpec:
@@ -101,11 +106,14 @@ class Expectation:
     """``[expect.AGENT]``: counters the run must end with, or it fails (exit 1).
 
     Each is compared with the total over every process the agent ran in; ``None`` is
-    not checked. ``processed_at_least`` allows for redeliveries after a crash.
+    not checked. ``processed`` counts broadcasts the agent handled as well as mailbox
+    messages; ``mailbox_processed`` counts mailbox messages alone.
+    ``processed_at_least`` allows for redeliveries after a crash.
     """
 
     processed: int | None = None
     processed_at_least: int | None = None
+    mailbox_processed: int | None = None
     failed: int | None = None
     dead_lettered: int | None = None
 

@@ -14,10 +14,11 @@ from typing import Any, TextIO
 
 import attrs
 
+from ailf.admin import count_of
 from ailf.runtime.statistics import AgentStatistics
 from ailf.scenario.model import Scenario
 
-__all__ = ["Check", "Progress", "RunReport", "check_expectations", "combine", "count_of"]
+__all__ = ["Check", "Progress", "RunReport", "check_expectations", "combine"]
 
 
 def combine(snapshots: Iterable[dict[str, AgentStatistics]]) -> dict[str, AgentStatistics]:
@@ -79,6 +80,8 @@ class RunReport:
     elapsed: float
     agents: tuple[AgentStatistics, ...]
     processes: int
+    #: Worker processes restarted after they died (an agent instance restarted by its
+    #: supervisor inside a process is not one: the process lived on).
     restarts: int = 0
     problems: tuple[str, ...] = ()
     events: tuple[str, ...] = ()
@@ -103,7 +106,7 @@ class RunReport:
         lines = [
             f"scenario {self.scenario}: {verdict} — {self.outcome} after {self.elapsed:.1f} s"
             f" (namespace {self.namespace}, {count_of(self.processes, 'process')},"
-            f" {count_of(self.restarts, 'restart')}, redis {self.redis})",
+            f" {count_of(self.restarts, 'process restart')}, redis {self.redis})",
             "",
             _table(self.agents),
         ]
@@ -123,11 +126,6 @@ class RunReport:
         if self.problems:
             lines += ["", *(f"problem: {problem}" for problem in self.problems)]
         return "\n".join(lines)
-
-
-def count_of(n: int, noun: str) -> str:
-    """``1 process``, ``2 processes``, ``0 messages``."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('s') else 's'}"
 
 
 _COLUMNS = (

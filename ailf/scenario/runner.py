@@ -21,6 +21,7 @@ The run sends its messages once every worker is ready, then ends when the scenar
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import signal
@@ -32,13 +33,14 @@ from typing import Any
 import attrs
 import trio
 
+from ailf.admin import count_of, describe_dead_letter, leftovers
 from ailf.config import RedisConfig
 from ailf.errors import AilfError, ResponseError
 from ailf.runtime.runtime import Runtime
 from ailf.runtime.statistics import AgentStatistics
 from ailf.runtime.supervisor import unwrap
 from ailf.scenario.model import FaultSpec, MessageSpec, Scenario
-from ailf.scenario.report import Progress, RunReport, check_expectations, combine, count_of
+from ailf.scenario.report import Progress, RunReport, check_expectations, combine
 from ailf.server import RedisServer
 
 __all__ = ["MAX_RESTARTS", "RESTART_PERIOD", "run_scenario"]
@@ -51,6 +53,21 @@ RESTART_PERIOD = 30.0
 STOP_GRACE = 15.0
 #: How many dead letters per agent the summary shows.
 DEAD_LETTERS_SHOWN = 5
+
+
+def _describe_stopping(index: int, event: dict[str, Any]) -> str:
+    """A worker's answer to ``stop``: the handlers it waits for, and for how long at most."""
+    handlers: dict[str, int] = event.get("in_flight", {})
+    if not handlers:
+        return f"process {index}: no handler in flight; stopping"
+    total = sum(handlers.values())
+    which = ", ".join(
+        instance if count == 1 else f"{instance} ({count})" for instance, count in handlers.items()
+    )
+    return (
+        f"process {index}: waiting up to {event.get('grace_period', 0):g} s for"
+        f" {count_of(total, 'handler')} in flight: {which}"
+    )
 
 
 def _describe_exit(code: int | None) -> str:
@@ -77,6 +94,7 @@ class WorkerProcess:
         self.alive = False
         self.pid: int | None = None
         self._stopping = False
+        self._forced = False
         self._process: trio.Process | None = None
         self._crashes: collections.deque[float] = collections.deque()
 
@@ -122,7 +140,9 @@ class WorkerProcess:
         finally:
             os.close(write_fd)
         self.pid = self._process.pid
-        if self._stopping:  # stop() came while this incarnation was starting
+        if self._forced:  # kill_now() came while this incarnation was starting
+            self._kill_group(self._process)
+        elif self._stopping:  # stop() came while this incarnation was starting
             await self._ask_to_stop(self._process)
         self.snapshots.append({})
         fatal: str | None = None
@@ -149,6 +169,8 @@ class WorkerProcess:
             self._run.stats_updated()
         elif kind == "stop_requested":
             self._run.finish("stopped by an agent")
+        elif kind == "stopping" and (event.get("in_flight") or self._run.interrupted):
+            self._run.say(_describe_stopping(self.index, event))
         elif kind == "fatal":
             return str(event["error"])
         return None
@@ -169,6 +191,22 @@ class WorkerProcess:
             return None
         process.send_signal(signal.SIGKILL)
         return process.pid
+
+    def kill_now(self) -> None:
+        """A forced stop: SIGKILL the worker and whatever it started, restart nothing.
+
+        What its handlers held stays pending in Redis, as after any crash."""
+        self._stopping = self._forced = True
+        if self._process is not None:
+            self._kill_group(self._process)
+
+    @staticmethod
+    def _kill_group(process: trio.Process) -> None:
+        # The worker leads its own session (start_new_session), so its group is its pid
+        # and holds whatever its agents started.
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):  # the whole group is gone already
+                os.killpg(process.pid, signal.SIGKILL)
 
     async def stop(self) -> None:
         """Ask the worker to stop gracefully; SIGKILL it after :data:`STOP_GRACE` seconds."""
@@ -210,11 +248,18 @@ class ScenarioRun:
         self._stats_changed = trio.Event()
         #: The signal that interrupted the run, if one did.
         self.interrupted: str | None = None
+        #: Set by a second signal: the workers were killed, the run ends at once.
+        self.forced = False
+        self._run_scope = trio.CancelScope()
 
     # -- what workers and tasks report ---------------------------------------------------
 
     def worker_argv(self, index: int, events_fd: int) -> list[str]:
-        argv = [sys.executable, "-m", "ailf", "_worker", str(Path(self.scenario.path).resolve())]
+        # -P: ``python -m`` would put the working directory — the scenario's folder —
+        # first on sys.path, where a stray attr.py would shadow ``attrs`` before ailf
+        # even starts; the worker adds the folder last itself (ailf.scenario.imports).
+        script = str(Path(self.scenario.path).resolve())
+        argv = [sys.executable, "-P", "-m", "ailf", "_worker", script]
         argv += ["--process", str(index), "--events-fd", str(events_fd)]
         if self._only:
             argv += ["--only", *self._only]
@@ -232,7 +277,12 @@ class ScenarioRun:
         self._finished.set()
 
     def note(self, text: str) -> None:
+        """A line on stderr that the summary repeats among its events."""
         self._events.append(text)
+        self._progress.note(text)
+
+    def say(self, text: str) -> None:
+        """A line on stderr only: news while it happens, not worth the summary."""
         self._progress.note(text)
 
     def stats_updated(self) -> None:
@@ -246,25 +296,38 @@ class ScenarioRun:
     # -- the run -------------------------------------------------------------------------
 
     async def main(self) -> RunReport:
+        """The whole run; raises KeyboardInterrupt after a forced stop (a second signal)."""
         started = trio.current_time()
+        report: RunReport | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_signals)
+            with self._run_scope:
+                report = await self._serve_and_run(started)
+            nursery.cancel_scope.cancel()
+        if report is None:  # forced: the run scope was cancelled
+            raise KeyboardInterrupt
+        return report
+
+    async def _serve_and_run(self, started: float) -> RunReport:
+        async with trio.open_nursery() as server_nursery:
             url = self._url
             if url is None:
-                server = await nursery.start(RedisServer().serve)
+                server = await server_nursery.start(RedisServer().serve)
                 url = server.url
                 self._progress.note(f"embedded Redis server started at {url}")
             config = RedisConfig.from_url(url)
             self.child_env = {**os.environ, "AILF_REDIS_URL": url}
             try:
-                report = await self._run_with(config, started)
+                return await self._run_with(config, started)
             finally:
-                nursery.cancel_scope.cancel()
-        return report
+                # Only now, with every worker gone: workers that outlived their Redis
+                # would spend their grace period failing to reach it, and say so.
+                server_nursery.cancel_scope.cancel()
 
     async def _run_with(self, config: RedisConfig, started: float) -> RunReport:
         timeout = self.scenario.scenario.timeout
         async with Runtime(config, namespace=self.scenario.namespace) as client:
+            await self._warn_of_leftovers(client)
             async with trio.open_nursery() as workers:
                 for worker in self.workers:
                     workers.start_soon(worker.supervise)
@@ -307,6 +370,18 @@ class ScenarioRun:
             interrupted=self.interrupted is not None,
         )
 
+    async def _warn_of_leftovers(self, client: Runtime) -> None:
+        """Say so when the namespace already holds messages or dead letters (a persistent
+        Redis, an earlier run): this run handles them, and its counters include them."""
+        found = await leftovers(client, [agent.name for agent in self.scenario.agents])
+        if found:
+            namespace = self.scenario.namespace
+            since = "an earlier run" + (" (or a run of this file elsewhere)" if self._only else "")
+            self.note(
+                f"warning: namespace {namespace!r} already holds {found.describe()} from {since};"
+                f" this run handles them and counts them (ailf reset -n {namespace} clears it)"
+            )
+
     def _timeout_problem(self, timeout: float) -> str:
         until = self.scenario.scenario.until
         waiting = {
@@ -318,15 +393,29 @@ class ScenarioRun:
         return f"timed out after {timeout:g} s waiting for {waiting} (until = {until!r})"
 
     async def _watch_signals(self) -> None:
-        """Ctrl-C or SIGTERM ends the run gracefully, with a summary; a second one forces."""
+        """Ctrl-C or SIGTERM ends the run gracefully, with a summary; a second one forces:
+        the workers are killed, then the embedded server stops, and nothing more is said."""
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
+                if self.forced:
+                    continue  # stopping already, as fast as it can
                 if self.interrupted:
-                    raise KeyboardInterrupt
+                    self._force()
+                    continue
                 self.interrupted = signal.Signals(signum).name
                 self.fail(f"interrupted by {self.interrupted}")
                 self._outcome = "interrupted"
-                self._progress.note("stopping the workers gracefully; press Ctrl-C again to force")
+                self._progress.note(
+                    "stopping the workers: handlers in flight may finish"
+                    " (press Ctrl-C again to stop at once)"
+                )
+
+    def _force(self) -> None:
+        self.forced = True
+        self.say("stopping at once: worker processes killed; what they held stays pending in Redis")
+        for worker in self.workers:
+            worker.kill_now()
+        self._run_scope.cancel()
 
     async def _drive(self, client: Runtime) -> None:
         async with trio.open_nursery() as tasks:
@@ -415,9 +504,7 @@ class ScenarioRun:
                 continue
             letters = await client.dead_letters(name, count=DEAD_LETTERS_SHOWN)
             found[name] = tuple(
-                f"{letter.id}: {letter.reason}"
-                + (f" ({letter.error_type}: {letter.error_message})" if letter.error_type else "")
-                + f"; body {json.dumps(letter.body, default=str)}"
+                f"{describe_dead_letter(letter)}; body {json.dumps(letter.body, default=str)}"
                 for letter in letters
             )
         return found

@@ -9,6 +9,8 @@ object per line:
 - ``{"event": "stats", "agents": {name: counters}}`` every :data:`REPORT_INTERVAL`
   seconds, and once more after the runtime stopped;
 - ``{"event": "stop_requested"}`` when an agent called ``runtime.stop()``;
+- ``{"event": "stopping", "in_flight": {"worker[3]": 1}, "grace_period": 10.0}`` when
+  told to stop: the handlers it lets finish, for at most that many seconds;
 - ``{"event": "fatal", "error": "..."}`` when the runtime failed for good (an
   escalated supervision failure, an unreachable Redis).
 
@@ -29,7 +31,8 @@ import trio
 from ailf.config import RedisConfig
 from ailf.errors import AilfError
 from ailf.runtime.runtime import Runtime
-from ailf.scenario.load import import_agent_class, load_scenario
+from ailf.scenario.imports import import_agent_class
+from ailf.scenario.load import load_scenario
 from ailf.scenario.model import Scenario
 
 __all__ = ["REPORT_INTERVAL", "run_worker"]
@@ -55,8 +58,8 @@ class _Events:
         self.emit("stats", agents={s.name: s.to_json() for s in runtime.statistics().values()})
 
 
-async def _watch_stdin(runtime: Runtime, stopped_by_runner: list[bool]) -> None:
-    """Stop the runtime on ``stop`` or at the end of stdin."""
+async def _watch_stdin(runtime: Runtime, events: _Events, stopped_by_runner: list[bool]) -> None:
+    """Stop the runtime on ``stop`` or at the end of stdin, saying what it waits for."""
     async with trio.lowlevel.FdStream(os.dup(sys.stdin.fileno())) as stdin:
         buffered = b""
         while b"stop" not in buffered:
@@ -65,7 +68,17 @@ async def _watch_stdin(runtime: Runtime, stopped_by_runner: list[bool]) -> None:
                 break
             buffered += chunk
     stopped_by_runner.append(True)
+    events.emit("stopping", in_flight=_in_flight(runtime), grace_period=runtime.grace_period)
     runtime.stop()
+
+
+def _in_flight(runtime: Runtime) -> dict[str, int]:
+    """``{"worker[3]": 1}``: the instances with handlers running, and how many each."""
+    return {
+        f"{cell.spec.name}[{cell.replica}]": cell.in_flight
+        for cell in sorted(runtime.cells, key=lambda cell: (cell.spec.name, cell.replica))
+        if cell.in_flight
+    }
 
 
 async def _report(runtime: Runtime, events: _Events) -> None:
@@ -89,12 +102,13 @@ async def _serve(scenario: Scenario, process: int, events: _Events) -> None:
                     topics=spec.topics,
                     claim_idle=spec.claim_idle,
                     concurrency=spec.concurrency,
+                    first_replica=spec.first_replica_in(process),
                 )
         events.emit("ready")
         # runtime.stop() — from the runner via stdin, or from an agent — cancels this
         # body, and with it these two tasks; the runtime then shuts down gracefully.
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_stdin, runtime, stopped_by_runner)
+            nursery.start_soon(_watch_stdin, runtime, events, stopped_by_runner)
             nursery.start_soon(_report, runtime, events)
     events.stats(runtime)
     if not stopped_by_runner:
