@@ -28,6 +28,7 @@ from ailf.errors import RemoteError as RemoteError
 from ailf.errors import ResponseError as ResponseError
 from ailf.errors import ScenarioError as ScenarioError
 from ailf.errors import SupervisionError as SupervisionError
+from ailf.errors import TLSHandshakeTimeout as TLSHandshakeTimeout
 from ailf.errors import WatchError as WatchError
 from ailf.messaging.pubsub import AsyncRedisPubSub as AsyncRedisPubSub
 from ailf.messaging.pubsub import RedisPubSub as RedisPubSub
@@ -77,6 +78,7 @@ __all__ = [
     "Runtime",
     "ScenarioError",
     "SupervisionError",
+    "TLSHandshakeTimeout",
     "WatchError",
     "__version__",
     "message_type",

@@ -223,6 +223,9 @@ async def _mailbox(client: AsyncRedisClient, keys: Keys, agent: str) -> dict[str
     pipe.execute_command("XLEN", keys.dead(agent))
     pipe.execute_command("XINFO", "GROUPS", stream)
     length, dead, groups = await pipe.execute(raise_on_error=False)
+    problem = None
+    if isinstance(length, ResponseError) and length.code == "WRONGTYPE":
+        problem = f"its key holds something else than a stream; nothing reads it (DEL {stream})"
     pending: int | None = None
     lag: int | None = None
     if isinstance(groups, list):
@@ -236,6 +239,7 @@ async def _mailbox(client: AsyncRedisClient, keys: Keys, agent: str) -> dict[str
         "pending": pending,
         "lag": lag,
         "dead_letters": dead if isinstance(dead, int) else 0,
+        "problem": problem,
     }
 
 
@@ -294,13 +298,16 @@ async def _namespace_status(client: AsyncRedisClient, namespace: str) -> dict[st
     now = time.time()
     names, complete = await _agent_names(client, keys, registry)
     agents = {}
+    reported = {name: why for p in registry.processes for name, why in p.problems.items()}
     for name in sorted(names):
         info = registry.agents.get(name)
         stats = registry.statistics.get(name)
+        mailbox = await _mailbox(client, keys, name)
         agents[name] = {
             "replicas": info.replicas if info else 0,
             "processes": len(info.processes) if info else 0,
-            **await _mailbox(client, keys, name),
+            **mailbox,
+            "problem": mailbox["problem"] or reported.get(name),
             "statistics": stats.to_json() if stats else None,
         }
     return {
@@ -379,6 +386,9 @@ def format_status(report: dict[str, Any]) -> str:
                 for i, (c, w) in enumerate(zip(row, widths, strict=True))
             ]
             lines.append("  " + "  ".join(cells))
+        for name, a in ns["agents"].items():
+            if a["problem"]:
+                lines.append(f"  agent {name}: mailbox not read: {a['problem']}")
         lines.append("")
     return "\n".join(lines).rstrip()
 

@@ -6,9 +6,12 @@
      ├── ConfigError                 a bad RedisConfig value or URL (also a ValueError)
      ├── RedisError                  something went wrong talking to Redis (also redis.RedisError)
      │    ├── RedisConnectionError   unreachable, refused, or lost mid-command
-     │    │                          (also redis.ConnectionError)
+     │    │    │                     (also redis.ConnectionError)
+     │    │    ├── AuthenticationError   wrong username/password
+     │    │    │                         (also redis.AuthenticationError)
+     │    │    └── TLSHandshakeTimeout   the server took the connection but did not
+     │    │                              answer the TLS handshake (a plain port?)
      │    ├── RedisTimeoutError      no reply within socket_timeout (also redis.TimeoutError)
-     │    ├── AuthenticationError    wrong username/password (also redis.AuthenticationError)
      │    ├── ResponseError          the server answered with an error reply; ``.code`` holds
      │    │                          its first word, e.g. ``"NOGROUP"`` (also redis.ResponseError)
      │    └── WatchError             a key watched by a pipeline changed before EXEC, so the
@@ -58,6 +61,7 @@ __all__ = [
     "ResponseError",
     "ScenarioError",
     "SupervisionError",
+    "TLSHandshakeTimeout",
     "WatchError",
 ]
 
@@ -88,6 +92,15 @@ class RedisTimeoutError(RedisError, _redis_exc.TimeoutError):
 
 class AuthenticationError(RedisConnectionError, _redis_exc.AuthenticationError):
     """The server refused the username or password."""
+
+
+class TLSHandshakeTimeout(RedisConnectionError):
+    """The server took the TCP connection but did not answer the TLS handshake in time.
+
+    Almost always a ``rediss://`` URL (or ``ssl=True``) pointed at a plain Redis port,
+    which waits for a command instead of answering: connecting again cannot help, so
+    it is never retried.
+    """
 
 
 class ResponseError(RedisError, _redis_exc.ResponseError):

@@ -26,8 +26,8 @@ from ailf import (
     ResponseError,
     RetryPolicy,
     Runtime,
+    TLSHandshakeTimeout,
 )
-from ailf.clients.connection import TLSHandshakeTimeout
 
 NO_RETRY = RetryPolicy(attempts=0)
 

@@ -13,6 +13,7 @@ import json
 import secrets
 import shutil
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -415,6 +416,11 @@ async def test_a_mailbox_key_of_the_wrong_type_stalls_only_its_agent(
                 await trio.sleep(0.05)
         assert await problems(runtime) == {"a": "its key holds a string, not a stream"}
         assert "agent 'a' reads nothing from it" in caplog.text
+        status = await trio.run_process(
+            [sys.executable, "-m", "ailf", "status", "-n", NS, "--redis", redis_config.url],
+            capture_stdout=True,
+        )
+        assert b"agent a: mailbox not read: its key holds something else" in status.stdout
         client.delete(KEYS.mailbox("a"))  # repaired: a reads again
         with trio.fail_after(10):
             assert await runtime.ask("a", 2, timeout=5) == 2

@@ -4,6 +4,8 @@ nothing a sender could use to stop, impersonate or eavesdrop on the agents."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,3 +92,36 @@ def test_a_sender_cannot_read_delete_or_publish(
     finally:
         user.close()
         admin.close()
+
+
+async def test_the_operator_lists_resets_and_reads_dead_letters(fresh_server: RedisServer) -> None:
+    admin = redis.Redis(port=fresh_server.port, decode_responses=True)
+    admin.execute_command("ACL", "SETUSER", *documented_role("ailf-operator"))
+    admin.xadd("ailf:shop:mailbox:echo", {"envelope": '{"v":1,"body":1}'})
+    admin.xadd("ailf:shop:dead:echo", {"id": "1-0", "reason": "r", "envelope": "{}"})
+    admin.set("other:secret", "s")
+    url = f"redis://ailf-operator:{PASSWORD}@127.0.0.1:{fresh_server.port}/0"
+
+    async def ailf(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return await trio.run_process(
+            [sys.executable, "-m", "ailf", *args, "--redis", url],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+
+    status = await ailf("status")
+    assert status.returncode == 0, status.stderr
+    assert b"namespace shop" in status.stdout
+    listed = await ailf("dlq", "list", "echo", "-n", "shop")
+    assert listed.returncode == 0, listed.stderr
+    reset = await ailf("reset", "-n", "shop", "--yes")
+    assert reset.returncode == 0, reset.stderr
+    assert admin.keys("ailf:shop:*") == []
+    user = redis.Redis(
+        port=fresh_server.port, username="ailf-operator", password=PASSWORD, decode_responses=True
+    )
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        user.get("other:secret")
+    user.close()
+    admin.close()

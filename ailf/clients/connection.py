@@ -30,12 +30,12 @@ from ailf.errors import (
     RedisConnectionError,
     RedisTimeoutError,
     ResponseError,
+    TLSHandshakeTimeout,
 )
 
 __all__ = [
     "RECEIVE_SIZE",
     "Connection",
-    "TLSHandshakeTimeout",
     "open_connection",
     "raise_reply_error",
     "tls_failed",
@@ -48,15 +48,6 @@ RECEIVE_SIZE = 262144
 
 _AUTH_CODES = ("NOAUTH", "WRONGPASS", "NOPERM")
 _IO_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
-
-
-class TLSHandshakeTimeout(RedisConnectionError):
-    """The server took the TCP connection but did not answer the TLS handshake in time.
-
-    Almost always a ``rediss://`` URL (or ``ssl=True``) pointed at a plain Redis port,
-    which waits for a command instead of answering: connecting again cannot help, so
-    it is never retried. Every engine raises it, with :func:`tls_unanswered`'s message.
-    """
 
 
 def tls_unanswered(address: str, timeout: float) -> TLSHandshakeTimeout:

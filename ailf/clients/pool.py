@@ -21,10 +21,10 @@ from typing import Any
 import trio
 
 from ailf.clients.commands import blocking_reply_timeout
-from ailf.clients.connection import Connection, TLSHandshakeTimeout, open_connection
+from ailf.clients.connection import Connection, open_connection
 from ailf.clients.resp import pack_commands
 from ailf.config import RedisConfig
-from ailf.errors import AuthenticationError, RedisConnectionError
+from ailf.errors import AuthenticationError, RedisConnectionError, TLSHandshakeTimeout
 
 __all__ = ["ConnectionPool", "ReservedConnection", "connect_with_retry", "reservation_lost"]
 

@@ -39,6 +39,7 @@ from ailf.errors import (
     DecodeError,
     RedisConnectionError,
     RedisError,
+    RedisTimeoutError,
     ResponseError,
 )
 from ailf.runtime.keys import GROUP
@@ -258,7 +259,7 @@ class Acker:
             try:
                 await pipe.execute(raise_on_error=False)
                 return
-            except RedisConnectionError as exc:
+            except (RedisConnectionError, RedisTimeoutError) as exc:
                 if attempt == 3:
                     count = sum(len(ids) for ids in batch.values())
                     log.warning("dropped %d acks (they will be redelivered): %s", count, exc)
@@ -411,7 +412,7 @@ class MailboxReader:
                     recreate = exc.code == "NOGROUP"
                     why = "consumer group missing, re-creating it" if recreate else "error reply"
                     await self._backoff(f"{why} ({exc})")
-                except RedisConnectionError as exc:
+                except (RedisConnectionError, RedisTimeoutError) as exc:
                     await self._backoff(f"Redis unreachable ({exc})")
                     for binding in self.bindings.values():
                         binding.backlog, binding.backlog_from = True, "0"
