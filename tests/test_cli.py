@@ -564,14 +564,11 @@ async def test_a_malformed_dead_letter_is_listed_with_the_others(
 
 
 def _codec_error(value: object) -> Exception | None:
-    """What ailf's codec raises encoding ``value`` for the wire, if anything. Making it
-    raise DecodeError for what it cannot encode (and encode lone surrogates) is the
-    runtime side's change; the command line's part is to turn DecodeError into one line
-    and exit code 2, which these tests hold it to once the codec does its part."""
+    """What ailf's codec raises encoding ``value`` for the wire, if anything."""
     from ailf.codec import dumps
 
     try:
-        dumps(value).encode()
+        dumps(value)
     except Exception as exc:
         return exc
     return None
@@ -591,8 +588,8 @@ async def test_a_body_the_codec_refuses_is_one_line_and_exit_2(
     nested: list = []
     for _ in range(984):
         nested = [nested]
-    if not isinstance(_codec_error(nested), DecodeError):
-        pytest.xfail("ailf.codec.dumps does not raise DecodeError for a body nested this deep")
+    if not isinstance(_codec_error(nested), DecodeError):  # it depends on the stack's depth
+        pytest.skip("this interpreter encodes a body nested 985 deep: nothing to refuse")
     with trio.fail_after(30):
         async with Runtime(redis_config, namespace="bodies") as rt:
             await rt.spawn(Echo, name="echo")
@@ -615,8 +612,6 @@ async def test_a_body_the_codec_refuses_is_one_line_and_exit_2(
 async def test_a_lone_surrogate_travels(
     redis_server: RedisServer, redis_config: RedisConfig
 ) -> None:
-    if _codec_error("\ud800") is not None:
-        pytest.xfail("ailf.codec.dumps does not encode a lone surrogate yet")
     with trio.fail_after(30):
         async with Runtime(redis_config, namespace="bodies") as rt:
             await rt.spawn(Echo, name="echo")
