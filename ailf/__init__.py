@@ -6,8 +6,8 @@ The public API is re-exported here; ``tests/test_public_api.py`` checks ``__all_
 from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
-from ailf.clients.async_client import AsyncRedisClient as AsyncRedisClient
-from ailf.clients.sync import RedisClient as RedisClient
+from ailf.clients import AsyncRedisClient as AsyncRedisClient
+from ailf.clients import RedisClient as RedisClient
 from ailf.codec import message_type as message_type
 from ailf.config import EMBEDDED_URL as EMBEDDED_URL
 from ailf.config import RedisConfig as RedisConfig
@@ -30,10 +30,10 @@ from ailf.errors import ScenarioError as ScenarioError
 from ailf.errors import SupervisionError as SupervisionError
 from ailf.errors import TLSHandshakeTimeout as TLSHandshakeTimeout
 from ailf.errors import WatchError as WatchError
-from ailf.messaging.pubsub import AsyncRedisPubSub as AsyncRedisPubSub
-from ailf.messaging.pubsub import RedisPubSub as RedisPubSub
-from ailf.messaging.stream import AsyncRedisStream as AsyncRedisStream
-from ailf.messaging.stream import RedisStream as RedisStream
+from ailf.messaging import AsyncRedisPubSub as AsyncRedisPubSub
+from ailf.messaging import AsyncRedisStream as AsyncRedisStream
+from ailf.messaging import RedisPubSub as RedisPubSub
+from ailf.messaging import RedisStream as RedisStream
 from ailf.runtime import Agent as Agent
 from ailf.runtime import AgentStatistics as AgentStatistics
 from ailf.runtime import DeadLetter as DeadLetter

@@ -119,8 +119,8 @@ def _print_json(value: Any) -> None:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from ailf.admin import count_of
-    from ailf.scenario.load import load_scenario
+    from ailf._admin import count_of
+    from ailf.scenario._load import load_scenario
 
     try:
         scenario = load_scenario(args.file)
@@ -142,8 +142,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from ailf.scenario.load import load_scenario
-    from ailf.scenario.runner import run_scenario
+    from ailf.scenario._load import load_scenario
+    from ailf.scenario._runner import run_scenario
 
     scenario = load_scenario(args.file)
     unknown = sorted(set(args.only or ()) - {agent.name for agent in scenario.agents})
@@ -163,7 +163,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from ailf.scenario.worker import run_worker
+    from ailf.scenario._worker import run_worker
 
     return run_worker(
         args.file,
@@ -174,7 +174,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_send(args: argparse.Namespace) -> int:
-    from ailf import admin
+    from ailf import _admin as admin
 
     body = _json_argument(args.body)
     config = _redis_config(args)
@@ -198,7 +198,7 @@ def _cmd_send(args: argparse.Namespace) -> int:
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
-    from ailf import admin
+    from ailf import _admin as admin
 
     body = _json_argument(args.body)
     config = _redis_config(args)
@@ -218,7 +218,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from ailf import admin
+    from ailf import _admin as admin
 
     status = admin.status(_redis_config(args), args.namespace)
     if args.json:
@@ -229,7 +229,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_dlq(args: argparse.Namespace) -> int:
-    from ailf import admin
+    from ailf import _admin as admin
 
     config = _redis_config(args)
     if args.action == "list":
@@ -261,7 +261,7 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
 
 
 def _cmd_reset(args: argparse.Namespace) -> int:
-    from ailf import admin
+    from ailf import _admin as admin
 
     config = _redis_config(args)
     found = admin.contents(config, args.namespace)

@@ -34,7 +34,7 @@ Fixtures:
 - ``ailf_namespace``: a namespace unique to the test.
 - ``ailf_runtime_options``: keyword arguments for the test runtime; override this
   fixture to change them (the defaults retry failed messages after 10 ms, not 100 ms).
-- ``ailf_runtime`` (async): a running :class:`~ailf.runtime.runtime.Runtime` in that
+- ``ailf_runtime`` (async): a running :class:`~ailf.runtime._runtime.Runtime` in that
   namespace, stopped gracefully after the test.
 
 Helpers, to await instead of sleeping: :func:`wait_drained` and
@@ -52,8 +52,8 @@ import pytest
 import trio
 
 from ailf.config import RedisConfig
-from ailf.runtime.message import DeadLetter
-from ailf.runtime.runtime import Runtime
+from ailf.runtime._message import DeadLetter
+from ailf.runtime._runtime import Runtime
 from ailf.server import RedisServer
 
 __all__ = ["wait_drained", "wait_for_dead_letters"]

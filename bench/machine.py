@@ -16,7 +16,7 @@ import redis
 import trio
 
 from ailf import RedisConfig
-from ailf.clients.resp import parser_name
+from ailf.clients._resp import parser_name
 
 
 def _version(name: str) -> str | None:

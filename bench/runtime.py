@@ -40,7 +40,7 @@ import redis.asyncio
 import trio
 
 from ailf import Agent, Message, RedisConfig, RedisServer, Runtime
-from ailf.runtime.message import encode_envelope
+from ailf.runtime._message import encode_envelope
 from bench.machine import describe, machine
 from bench.process import ROOT
 

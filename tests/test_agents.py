@@ -20,7 +20,7 @@ from ailf.agents.ticker import Ticker
 from ailf.agents.worker import Worker
 
 from ailf import RedisConfig, RemoteError, Runtime
-from ailf.scenario.load import structure_strict
+from ailf.scenario._load import structure_strict
 from ailf.testing import wait_drained, wait_for_dead_letters
 
 

@@ -37,7 +37,7 @@ from ailf import (
     RedisServer,
     ResponseError,
 )
-from ailf.messaging.stream import NO_GROUP_MESSAGE, Entry, Read, StreamOperations
+from ailf.messaging._stream import NO_GROUP_MESSAGE, Entry, Read, StreamOperations
 
 
 @pytest.fixture

@@ -30,8 +30,8 @@ from ailf import (
     RedisServer,
     WatchError,
 )
-from ailf.clients.pipeline import Pipeline
-from ailf.clients.sync import Pipeline as SyncPipeline
+from ailf.clients._pipeline import Pipeline
+from ailf.clients._sync import Pipeline as SyncPipeline
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from ailf.codec import decode_body, loads, message_type
 from ailf.errors import DecodeError, MessageTooLarge
-from ailf.runtime.message import (
+from ailf.runtime._message import (
     Message,
     decode_envelope,
     decode_reply,

@@ -35,7 +35,7 @@ from ailf import (
     RemoteError,
     Runtime,
 )
-from ailf.runtime.keys import GROUP, Keys
+from ailf.runtime._keys import GROUP, Keys
 
 NS = "hostile"
 KEYS = Keys(NS)

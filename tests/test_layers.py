@@ -19,7 +19,7 @@ LAYERS = {
     "ailf.messaging": 3,
     "ailf.runtime": 4,
     "ailf.scenario": 5,
-    "ailf.admin": 5,
+    "ailf._admin": 5,
     "ailf.cli": 5,
     "ailf.testing": 5,
     "ailf.__main__": 5,

@@ -1,4 +1,4 @@
-"""One rule for agent, topic and namespace names (``ailf.runtime.keys.check_name``), with
+"""One rule for agent, topic and namespace names (``ailf.runtime._keys.check_name``), with
 one message, wherever a name comes in: the scenario loader, ``ailf send`` and
 ``ailf publish``, and the runtime's ``spawn``, ``send`` and ``Runtime(namespace=...)``."""
 
@@ -11,8 +11,8 @@ from ailf.agents.echo import Echo
 from ailf import RedisConfig, Runtime
 from ailf.cli import main
 from ailf.errors import ConfigError, ScenarioError
-from ailf.runtime.keys import MAX_NAME_LENGTH, check_name
-from ailf.scenario.load import parse_scenario
+from ailf.runtime._keys import MAX_NAME_LENGTH, check_name
+from ailf.scenario._load import parse_scenario
 
 UNREACHABLE = "redis://127.0.0.1:1/0"
 GOOD = ["a", "A1", "work-queue", "v1.2_beta", "0day", "x" * MAX_NAME_LENGTH]

@@ -19,7 +19,7 @@ from ailf import (
     RedisPubSub,
     RedisServer,
 )
-from ailf.messaging.pubsub import Subscriptions, decode_payload
+from ailf.messaging._pubsub import Subscriptions, decode_payload
 
 
 def subscribers(client: RedisClient, channel: str) -> int:

@@ -33,8 +33,8 @@ from ailf import (
     RedisServer,
     Runtime,
 )
-from ailf.clients.connection import open_connection
-from ailf.runtime.keys import GROUP
+from ailf.clients._connection import open_connection
+from ailf.runtime._keys import GROUP
 
 
 def child(server: RedisServer, **spec: Any) -> AbstractContextManager[subprocess.Popen[str]]:

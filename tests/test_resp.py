@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ailf import ResponseError
-from ailf.clients import resp
-from ailf.clients.resp import (
+from ailf.clients import _resp as resp
+from ailf.clients._resp import (
     NOT_ENOUGH,
     ProtocolError,
     PythonParser,

@@ -15,8 +15,8 @@ import trio
 
 from ailf import AskTimeout, MessageTooLarge, RedisConfig, RemoteError
 from ailf.runtime import Agent, Message, Runtime
-from ailf.runtime.keys import GROUP
-from ailf.runtime.registry import read_registry
+from ailf.runtime._keys import GROUP
+from ailf.runtime._registry import read_registry
 
 
 @attrs.frozen
@@ -351,7 +351,7 @@ async def test_spawn_and_stop_reach_the_registry_without_waiting_for_a_heartbeat
 async def test_a_process_is_live_while_its_own_entry_lasts(redis_config: RedisConfig) -> None:
     """Readers (`ailf status` included) need not know a process's heartbeat interval:
     an old heartbeat of a slow-beating process still counts until its entry expires."""
-    from ailf.admin import status
+    from ailf._admin import status
 
     with trio.fail_after(10):
         async with Runtime(redis_config, namespace="t", heartbeat_interval=30) as runtime:

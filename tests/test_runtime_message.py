@@ -11,9 +11,9 @@ import pytest
 from ailf.codec import message_type
 from ailf.errors import ConfigError, DecodeError, MessageTooLarge
 from ailf.runtime import Runtime
-from ailf.runtime.agent import Agent, structure_options
-from ailf.runtime.keys import Keys
-from ailf.runtime.message import (
+from ailf.runtime._agent import Agent, structure_options
+from ailf.runtime._keys import Keys
+from ailf.runtime._message import (
     decode_envelope,
     decode_reply,
     encode_envelope,

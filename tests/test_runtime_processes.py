@@ -20,7 +20,7 @@ from runtime_helpers import Echo, child_runtime, ready
 
 from ailf import AskTimeout, RedisConfig, RedisConnectionError, RedisServer
 from ailf.runtime import Runtime
-from ailf.runtime.keys import GROUP
+from ailf.runtime._keys import GROUP
 
 
 def child(config: RedisConfig, **spec: Any) -> AbstractContextManager[subprocess.Popen[str]]:

@@ -14,7 +14,7 @@ import trio
 
 from ailf import EscalationError, RedisConfig
 from ailf.runtime import Agent, Message, Runtime
-from ailf.runtime.keys import GROUP
+from ailf.runtime._keys import GROUP
 
 
 @attrs.frozen

@@ -11,8 +11,8 @@ import pytest
 
 from ailf.cli import main
 from ailf.errors import ScenarioError
-from ailf.scenario.load import parse_scenario
-from ailf.scenario.model import AgentSpec
+from ailf.scenario._load import parse_scenario
+from ailf.scenario._model import AgentSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD = sorted((ROOT / "tests" / "scenarios_bad").glob("*.toml"))

@@ -27,7 +27,7 @@ from ailf import (
     ResponseError,
     RetryPolicy,
 )
-from ailf.messaging.stream import (
+from ailf.messaging._stream import (
     NO_GROUP_MESSAGE,
     LoopBackoff,
     PendingEntry,

@@ -6,7 +6,7 @@ outlives the block, and leaving it closes every connection at once. Under asynci
 same class runs on ``redis.asyncio``. Which one is decided when the client is entered
 (or first used), from the running async library.
 
-The command methods come from :class:`~ailf.clients.commands.Commands` and return
+The command methods come from :class:`~ailf.clients._commands.Commands` and return
 redis-py's shapes; see ``docs/clients.md`` for the cancellation contract, pipelining,
 blocking commands and reconnection.
 """
@@ -20,9 +20,9 @@ from typing import Any
 
 import sniffio
 
-from ailf.clients.commands import Commands, Convert, is_idempotent
-from ailf.clients.connection import raise_reply_error
-from ailf.clients.pipeline import Pipeline
+from ailf.clients._commands import Commands, Convert, is_idempotent
+from ailf.clients._connection import raise_reply_error
+from ailf.clients._pipeline import Pipeline
 from ailf.config import RedisConfig, given_or_from_env
 from ailf.errors import AuthenticationError, RedisConnectionError, RedisTimeoutError, WatchError
 
@@ -33,11 +33,11 @@ def _backend_class() -> Any:
     """The engine for the running async library (imported on first use)."""
     library = sniffio.current_async_library()
     if library == "trio":
-        from ailf.clients.trio_backend import TrioBackend
+        from ailf.clients._trio_backend import TrioBackend
 
         return TrioBackend
     if library == "asyncio":
-        from ailf.clients.asyncio_backend import AsyncioBackend
+        from ailf.clients._asyncio_backend import AsyncioBackend
 
         return AsyncioBackend
     raise RuntimeError(f"AsyncRedisClient runs under trio or asyncio, not {library}")
@@ -58,7 +58,7 @@ class AsyncRedisClient(Commands):
 
     ``retry_idempotent=True`` retries commands that are safe to repeat (reads, SET
     without NX/XX/GET, DEL, HSET, XACK…, see
-    :func:`~ailf.clients.commands.is_idempotent`) when the connection fails under them,
+    :func:`~ailf.clients._commands.is_idempotent`) when the connection fails under them,
     with ``config.retry``'s backoff. Other commands, and all commands by default, fail
     with :class:`~ailf.errors.RedisConnectionError`: they may or may not have run.
 
@@ -134,7 +134,7 @@ class AsyncRedisClient(Commands):
     async def health_check(self) -> bool:
         """True when the server answers PING, False when it cannot be reached in time.
 
-        As :meth:`RedisClient.health_check <ailf.clients.sync.RedisClient.health_check>`:
+        As :meth:`RedisClient.health_check <ailf.clients._sync.RedisClient.health_check>`:
         the probe is a fresh connection of its own, outside the client's connections (a
         busy or closed client cannot fail it), not retried, and connecting and the reply
         get ``socket_connect_timeout`` each, so a hung server reads as down instead of
@@ -203,7 +203,7 @@ class AsyncRedisClient(Commands):
         return await backend.reserve()
 
     def pipeline(self, transaction: bool = True) -> Pipeline:
-        """A :class:`~ailf.clients.pipeline.Pipeline` on this client (MULTI/EXEC if asked)."""
+        """A :class:`~ailf.clients._pipeline.Pipeline` on this client (MULTI/EXEC if asked)."""
         return Pipeline(self, transaction)
 
     async def transaction(

@@ -49,7 +49,7 @@ def import_agent_class(reference: str, beside: Path | None = None) -> type:
     name. Raises :class:`AgentModuleError` when the module does not import, and
     ``ValueError`` when the class is missing or not an agent; both say what to fix.
     """
-    from ailf.runtime.agent import Agent
+    from ailf.runtime._agent import Agent
 
     if not _CLASS_REF.match(reference):
         example = '"ailf.agents.echo:Echo"'

@@ -11,8 +11,8 @@ each operation once — ``read_group``'s history-then-new logic, ``claim_idle``'
 XAUTOCLAIM walk, the whole processing loop — as a generator of steps (commands to
 send, a handler to call, a pause), in the way httpx drives its sync and async
 clients from one body. :class:`RedisStream` performs the steps with blocking calls on
-a :class:`~ailf.clients.sync.RedisClient`; :class:`AsyncRedisStream` awaits them on an
-:class:`~ailf.clients.async_client.AsyncRedisClient`. So both send the same commands,
+a :class:`~ailf.clients._sync.RedisClient`; :class:`AsyncRedisStream` awaits them on an
+:class:`~ailf.clients._async_client.AsyncRedisClient`. So both send the same commands,
 read replies the same way and recover alike, by construction.
 
 Field values are stored as JSON, one field at a time, so that ``{"priority": 1}``
@@ -31,8 +31,8 @@ from typing import Any, Protocol, TypeVar
 
 import attrs
 
-from ailf.clients.async_client import AsyncRedisClient
-from ailf.clients.sync import RedisClient
+from ailf.clients._async_client import AsyncRedisClient
+from ailf.clients._sync import RedisClient
 from ailf.codec import dumps, loads
 from ailf.config import RetryPolicy
 from ailf.errors import (
@@ -42,8 +42,8 @@ from ailf.errors import (
     RedisTimeoutError,
     ResponseError,
 )
-from ailf.messaging import asynclib
-from ailf.messaging.asynclib import OwnedClient
+from ailf.messaging import _asynclib as asynclib
+from ailf.messaging._asynclib import OwnedClient
 
 __all__ = [
     "NO_GROUP_MESSAGE",
@@ -754,7 +754,7 @@ class LoopBackoff:
 
 
 class AsyncRedisStream(StreamOperations, OwnedClient):
-    """:class:`RedisStream` on an :class:`~ailf.clients.async_client.AsyncRedisClient`.
+    """:class:`RedisStream` on an :class:`~ailf.clients._async_client.AsyncRedisClient`.
 
     The same methods, arguments and return values, awaited; under trio or asyncio,
     whichever the client runs on. Every method sends exactly the commands its sync

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING
 import trio
 
 from ailf.errors import ConfigError, MailboxFull
-from ailf.runtime.keys import GROUP
+from ailf.runtime._keys import GROUP
 
 if TYPE_CHECKING:
-    from ailf.clients.async_client import AsyncRedisClient
+    from ailf.clients._async_client import AsyncRedisClient
 
 __all__ = ["MailboxGate", "mailbox_backlog"]
 

@@ -13,7 +13,7 @@ giving up, as one :class:`~ailf.errors.ScenarioError`:
 
 The scenario file's own directory is put last on ``sys.path`` (as the runner does for
 its worker processes), so ``class = "my_agents:Worker"`` finds ``my_agents.py`` beside
-it; :mod:`ailf.scenario.imports` explains why last, and what an import error says.
+it; :mod:`ailf.scenario._imports` explains why last, and what an import error says.
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ from cattrs.gen import make_dict_structure_fn, override
 
 from ailf.config import RedisConfig
 from ailf.errors import ConfigError, ScenarioError
-from ailf.runtime.keys import check_name
-from ailf.scenario.imports import AgentModuleError, add_scenario_folder, import_agent_class
-from ailf.scenario.model import Scenario
+from ailf.runtime._keys import check_name
+from ailf.scenario._imports import AgentModuleError, add_scenario_folder, import_agent_class
+from ailf.scenario._model import Scenario
 
 __all__ = ["load_scenario", "parse_scenario", "structure_strict"]
 
@@ -256,7 +256,7 @@ def _folder(path: str) -> Path | None:
 
 
 def _check_name(kind: str, value: str, path: str) -> list[str]:
-    """The runtime's own rule for names (:func:`~ailf.runtime.keys.check_name`), so that
+    """The runtime's own rule for names (:func:`~ailf.runtime._keys.check_name`), so that
     a file ``ailf check`` accepts never fails at spawn."""
     try:
         check_name(kind, value)
@@ -326,7 +326,7 @@ def _check_agents(scenario: Scenario, raw: dict[str, Any]) -> tuple[list[str], s
 
 def _runtime_option_problems(cls: type, options: dict[str, Any], path: str) -> list[str]:
     """What the runtime itself says about the options: it structures them at spawn."""
-    from ailf.runtime.agent import structure_options
+    from ailf.runtime._agent import structure_options
 
     try:
         structure_options(cls, options)
@@ -462,7 +462,7 @@ def load_scenario(path: str | Path) -> Scenario:
     """Read, parse and check a scenario file (see the module docstring).
 
     Puts the file's directory last on ``sys.path``, so that agent classes defined
-    beside the scenario import (see :mod:`ailf.scenario.imports`).
+    beside the scenario import (see :mod:`ailf.scenario._imports`).
     """
     file = Path(path)
     try:

@@ -31,8 +31,8 @@ import redis.exceptions
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ailf.clients.commands import blocking_reply_timeout, command_name, is_blocking
-from ailf.clients.connection import tls_failed, tls_unanswered
+from ailf.clients._commands import blocking_reply_timeout, command_name, is_blocking
+from ailf.clients._connection import tls_failed, tls_unanswered
 from ailf.codec import dumps, encode_payload, loads
 from ailf.config import RedisConfig, given_or_from_env
 from ailf.errors import (
@@ -316,7 +316,7 @@ class RedisClient(_KeyValueCommands):
 
         redis-py would read the reply of ``XREADGROUP … BLOCK 10000`` with the socket's
         ``socket_timeout`` and fail it under a 5 s one; the connection's socket gets the
-        longer bound (:func:`~ailf.clients.commands.blocking_reply_timeout`) for this
+        longer bound (:func:`~ailf.clients._commands.blocking_reply_timeout`) for this
         command and its own back afterwards, as the async engines do.
         """
         config = self._resolved or self.config

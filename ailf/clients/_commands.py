@@ -3,8 +3,8 @@
 Each method builds the command's arguments and names the function that turns the raw
 RESP2 reply into the shape redis-py returns (``hgetall`` a dict, ``xreadgroup`` a list of
 ``[stream, [(id, fields), ...]]``...), then hands both to ``self._command``. On
-:class:`~ailf.clients.async_client.AsyncRedisClient` that returns an awaitable of the
-converted reply; on :class:`~ailf.clients.pipeline.Pipeline` it queues the command and
+:class:`~ailf.clients._async_client.AsyncRedisClient` that returns an awaitable of the
+converted reply; on :class:`~ailf.clients._pipeline.Pipeline` it queues the command and
 returns the pipeline, so calls chain as in redis-py (or, between ``pipe.watch()`` and
 ``pipe.multi()``, runs it at once and returns an awaitable). Replies are ``str`` when the
 config's ``decode_responses`` is true (the default) and ``bytes`` otherwise.

@@ -20,9 +20,9 @@ from typing import Any
 
 import trio
 
-from ailf.clients.commands import blocking_reply_timeout
-from ailf.clients.connection import Connection, open_connection
-from ailf.clients.resp import pack_commands
+from ailf.clients._commands import blocking_reply_timeout
+from ailf.clients._connection import Connection, open_connection
+from ailf.clients._resp import pack_commands
 from ailf.config import RedisConfig
 from ailf.errors import AuthenticationError, RedisConnectionError, TLSHandshakeTimeout
 
@@ -74,7 +74,7 @@ class ConnectionPool:
 
         Error replies are returned, not raised. ``reply_timeout`` bounds each reply (None:
         ``socket_timeout``; blocking commands pass their own, see
-        :func:`~ailf.clients.commands.blocking_reply_timeout`). Cancellation closes the
+        :func:`~ailf.clients._commands.blocking_reply_timeout`). Cancellation closes the
         borrowed connection.
         """
         data = pack_commands(commands)

@@ -1,7 +1,7 @@
 """Run a scenario: worker processes, supervised; messages; the end condition; the summary.
 
 The runner itself hosts no agent. It starts ``scenario.process_count`` worker processes
-(``python -m ailf _worker``, see :mod:`ailf.scenario.worker`); process *i* spawns its
+(``python -m ailf _worker``, see :mod:`ailf.scenario._worker`); process *i* spawns its
 share of the replicas of every agent with more than *i* processes. A worker reports
 to the runner over a pipe, one JSON line per event (``ready``, ``stats``,
 ``stop_requested``, ``fatal``), and is told to stop by ``stop`` on its stdin (or by
@@ -33,14 +33,14 @@ from typing import Any
 import attrs
 import trio
 
-from ailf.admin import count_of, describe_dead_letter, leftovers
+from ailf._admin import count_of, describe_dead_letter, leftovers
 from ailf.config import RedisConfig
 from ailf.errors import AilfError, ResponseError
-from ailf.runtime.runtime import Runtime
-from ailf.runtime.statistics import AgentStatistics
-from ailf.runtime.supervisor import unwrap
-from ailf.scenario.model import FaultSpec, MessageSpec, Scenario
-from ailf.scenario.report import Progress, RunReport, check_expectations, combine
+from ailf.runtime._runtime import Runtime
+from ailf.runtime._statistics import AgentStatistics
+from ailf.runtime._supervisor import unwrap
+from ailf.scenario._model import FaultSpec, MessageSpec, Scenario
+from ailf.scenario._report import Progress, RunReport, check_expectations, combine
 from ailf.server import RedisServer
 
 __all__ = ["MAX_RESTARTS", "RESTART_PERIOD", "run_scenario"]
@@ -257,7 +257,7 @@ class ScenarioRun:
     def worker_argv(self, index: int, events_fd: int) -> list[str]:
         # -P: ``python -m`` would put the working directory — the scenario's folder —
         # first on sys.path, where a stray attr.py would shadow ``attrs`` before ailf
-        # even starts; the worker adds the folder last itself (ailf.scenario.imports).
+        # even starts; the worker adds the folder last itself (ailf.scenario._imports).
         script = str(Path(self.scenario.path).resolve())
         argv = [sys.executable, "-P", "-m", "ailf", "_worker", script]
         argv += ["--process", str(index), "--events-fd", str(events_fd)]

@@ -30,10 +30,10 @@ import trio
 
 from ailf.config import RedisConfig
 from ailf.errors import AilfError
-from ailf.runtime.runtime import Runtime
-from ailf.scenario.imports import import_agent_class
-from ailf.scenario.load import load_scenario
-from ailf.scenario.model import Scenario
+from ailf.runtime._runtime import Runtime
+from ailf.scenario._imports import import_agent_class
+from ailf.scenario._load import load_scenario
+from ailf.scenario._model import Scenario
 
 __all__ = ["REPORT_INTERVAL", "run_worker"]
 

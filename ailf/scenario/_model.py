@@ -1,6 +1,6 @@
 """What a scenario file says, as frozen attrs records.
 
-A scenario file is TOML; :mod:`ailf.scenario.load` turns it into a :class:`Scenario`
+A scenario file is TOML; :mod:`ailf.scenario._load` turns it into a :class:`Scenario`
 and checks it, so every record here is known to be consistent by the time the runner
 sees it. The TOML keys are the field names, except ``class`` (``class_`` here, since
 ``class`` is a Python keyword; ``metadata["toml"]`` names the key, and ``False`` there

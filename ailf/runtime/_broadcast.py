@@ -28,11 +28,11 @@ import attrs
 import trio
 
 from ailf.errors import AskTimeout, DecodeError, RedisError, RemoteError, ResponseError
-from ailf.runtime.message import Reply, decode_envelope, decode_reply
+from ailf.runtime._message import Reply, decode_envelope, decode_reply
 
 if TYPE_CHECKING:
-    from ailf.clients.async_client import AsyncRedisClient
-    from ailf.runtime.cell import Cell
+    from ailf.clients._async_client import AsyncRedisClient
+    from ailf.runtime._cell import Cell
 
 __all__ = ["BroadcastHub", "ReplyInbox"]
 

@@ -14,9 +14,9 @@ from typing import Any, TextIO
 
 import attrs
 
-from ailf.admin import count_of
-from ailf.runtime.statistics import AgentStatistics
-from ailf.scenario.model import Scenario
+from ailf._admin import count_of
+from ailf.runtime._statistics import AgentStatistics
+from ailf.scenario._model import Scenario
 
 __all__ = ["Check", "Progress", "RunReport", "check_expectations", "combine"]
 

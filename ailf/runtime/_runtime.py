@@ -35,16 +35,16 @@ from typing import Any
 import sniffio
 import trio
 
-from ailf.clients.async_client import AsyncRedisClient
+from ailf.clients._async_client import AsyncRedisClient
 from ailf.codec import message_type
 from ailf.config import RedisConfig, given_or_from_env
 from ailf.errors import ConfigError, DecodeError, EscalationError, RedisError, ResponseError
-from ailf.runtime.admission import MailboxGate
-from ailf.runtime.agent import Agent, body_types, check_agent_class, structure_options
-from ailf.runtime.broadcast import BroadcastHub, ReplyInbox
-from ailf.runtime.cell import AgentSpec, Cell
-from ailf.runtime.keys import GROUP, Keys, check_name
-from ailf.runtime.mailbox import (
+from ailf.runtime._admission import MailboxGate
+from ailf.runtime._agent import Agent, body_types, check_agent_class, structure_options
+from ailf.runtime._broadcast import BroadcastHub, ReplyInbox
+from ailf.runtime._cell import AgentSpec, Cell
+from ailf.runtime._keys import GROUP, Keys, check_name
+from ailf.runtime._mailbox import (
     Acker,
     MailboxReader,
     MailboxSettings,
@@ -53,8 +53,8 @@ from ailf.runtime.mailbox import (
     compare_ids,
     report_unread_trimmed,
 )
-from ailf.runtime.message import ENVELOPE_FIELD, DeadLetter, encode_envelope
-from ailf.runtime.registry import (
+from ailf.runtime._message import ENVELOPE_FIELD, DeadLetter, encode_envelope
+from ailf.runtime._registry import (
     HEARTBEAT_INTERVAL,
     HEARTBEAT_TTL_INTERVALS,
     RegistrySnapshot,
@@ -62,8 +62,8 @@ from ailf.runtime.registry import (
     read_registry,
     write_heartbeat,
 )
-from ailf.runtime.statistics import AgentStatistics, Counters
-from ailf.runtime.supervisor import supervise, unwrap
+from ailf.runtime._statistics import AgentStatistics, Counters
+from ailf.runtime._supervisor import supervise, unwrap
 
 __all__ = ["Runtime"]
 
@@ -88,9 +88,9 @@ class Runtime:
       (MessageTooLarge) and dead-lettered when received.
     - ``mailbox_limit``: backlog (unread plus pending entries) at which ``send`` and
       ``ask`` wait for room, up to ``send_timeout`` seconds, then raise MailboxFull
-      (None, the default: no limit; see ailf/runtime/admission.py).
+      (None, the default: no limit; see ailf/runtime/_admission.py).
     - ``heartbeat_interval``: seconds between registry heartbeats; the entry expires
-      after ``HEARTBEAT_TTL_INTERVALS`` (3) of them (see ailf/runtime/registry.py).
+      after ``HEARTBEAT_TTL_INTERVALS`` (3) of them (see ailf/runtime/_registry.py).
     - ``retry_backoff``/``retry_backoff_max``: seconds before redelivering a failed
       message, doubling per delivery.
     - ``stale_consumer_after``: seconds idle before a consumer holding nothing is

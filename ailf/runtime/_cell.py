@@ -36,10 +36,10 @@ import trio
 
 from ailf.codec import dumps
 from ailf.errors import DecodeError, RedisError
-from ailf.runtime.agent import Agent, AgentLog, current_message_id, is_sync_handler
-from ailf.runtime.keys import GROUP, check_name
-from ailf.runtime.mailbox import Binding, Delivery, MailboxReader
-from ailf.runtime.message import (
+from ailf.runtime._agent import Agent, AgentLog, current_message_id, is_sync_handler
+from ailf.runtime._keys import GROUP, check_name
+from ailf.runtime._mailbox import Binding, Delivery, MailboxReader
+from ailf.runtime._message import (
     ENVELOPE_FIELD,
     Message,
     decode_envelope,
@@ -49,10 +49,10 @@ from ailf.runtime.message import (
     too_large,
     wire_text,
 )
-from ailf.runtime.statistics import Counters
+from ailf.runtime._statistics import Counters
 
 if TYPE_CHECKING:
-    from ailf.runtime.runtime import Runtime
+    from ailf.runtime._runtime import Runtime
 
 __all__ = ["AgentSpec", "Cell"]
 

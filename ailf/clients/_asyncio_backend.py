@@ -1,9 +1,9 @@
-"""The asyncio engine behind :class:`~ailf.clients.async_client.AsyncRedisClient`.
+"""The asyncio engine behind :class:`~ailf.clients._async_client.AsyncRedisClient`.
 
 Under asyncio the client delegates to ``redis.asyncio`` (a pool of connections, one per
 concurrent command), with two adjustments so that both engines look the same from
 above: replies come back raw (redis-py's response callbacks are switched off, because
-:class:`~ailf.clients.commands.Commands` converts them, once, for both engines), and
+:class:`~ailf.clients._commands.Commands` converts them, once, for both engines), and
 errors are ailf's (error replies are parsed straight into
 :class:`~ailf.errors.ResponseError` keeping their code, other redis-py errors are
 translated at this boundary). redis-py's own retries are off: retrying is the client's
@@ -28,11 +28,11 @@ from redis._parsers import _AsyncHiredisParser, _AsyncRESP2Parser
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from ailf.clients.commands import blocking_reply_timeout
-from ailf.clients.connection import raise_reply_error, tls_failed, tls_unanswered
-from ailf.clients.pipeline import transaction_replies
-from ailf.clients.pool import reservation_lost
-from ailf.clients.pubsub import PubSubCommands, Request, Subscriptions
+from ailf.clients._commands import blocking_reply_timeout
+from ailf.clients._connection import raise_reply_error, tls_failed, tls_unanswered
+from ailf.clients._pipeline import transaction_replies
+from ailf.clients._pool import reservation_lost
+from ailf.clients._pubsub import PubSubCommands, Request, Subscriptions
 from ailf.config import RedisConfig
 from ailf.errors import (
     AuthenticationError,
@@ -61,7 +61,7 @@ class _PythonParser(_AsyncRESP2Parser):
 
 
 def _parser_class() -> type:
-    from ailf.clients.resp import parser_name
+    from ailf.clients._resp import parser_name
 
     return _HiredisParser if parser_name() == "hiredis" else _PythonParser
 
@@ -235,7 +235,7 @@ class AsyncioBackend:
 
 
 class AsyncioReservedConnection:
-    """:class:`~ailf.clients.pool.ReservedConnection`'s asyncio twin, on a redis.asyncio
+    """:class:`~ailf.clients._pool.ReservedConnection`'s asyncio twin, on a redis.asyncio
     pool connection: the same requests, and the same rule that a connection on which
     anything failed, cancellation included, is disconnected and never reused as it is.
     """
@@ -261,7 +261,7 @@ class AsyncioReservedConnection:
 
         Each reply is held to ``socket_timeout``, or, with ``blocking``, to the blocking
         commands' own wait plus ``socket_timeout``
-        (:func:`~ailf.clients.commands.blocking_reply_timeout`), as under trio.
+        (:func:`~ailf.clients._commands.blocking_reply_timeout`), as under trio.
         """
         connection = self._connection
         if connection is None:
@@ -320,12 +320,12 @@ class _RedisPubSub(redis.asyncio.client.PubSub):
 
 
 class AsyncioPubSub(PubSubCommands):
-    """:class:`~ailf.clients.pubsub.PubSub`'s asyncio twin, over ``redis.asyncio``'s
+    """:class:`~ailf.clients._pubsub.PubSub`'s asyncio twin, over ``redis.asyncio``'s
     connection handling.
 
     Same names, same message dicts, same promise that ``subscribe()`` returns once the
     server confirmed the subscription, and the same handling of a refused one (see
-    :class:`~ailf.clients.pubsub.Subscriptions`, which both keep). One task at a time
+    :class:`~ailf.clients._pubsub.Subscriptions`, which both keep). One task at a time
     reads the connection: the iterating task or one waiting for its confirmation,
     whichever needed a reply first; the others wait for it to read (messages it meets
     on the way are kept for the iterator). A lost

@@ -33,8 +33,8 @@ import outcome
 import trio
 from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_rescheduled
 
-from ailf.clients.connection import Connection
-from ailf.clients.resp import NOT_ENOUGH, ProtocolError
+from ailf.clients._connection import Connection
+from ailf.clients._resp import NOT_ENOUGH, ProtocolError
 from ailf.errors import RedisConnectionError, RedisTimeoutError
 
 __all__ = ["SharedConnection"]

@@ -1,6 +1,6 @@
 """What the async twins need from the running async library, under trio or asyncio.
 
-:class:`~ailf.clients.async_client.AsyncRedisClient` runs under trio natively and under
+:class:`~ailf.clients._async_client.AsyncRedisClient` runs under trio natively and under
 asyncio through ``redis.asyncio``; the async pub/sub and stream classes above it follow
 suit. They need three things that the two libraries spell differently — a pause that an
 event can cut short, a block that ``stop()`` can end, and a client they may own — and
@@ -18,7 +18,7 @@ from typing import Any, Protocol, Self, TypeVar
 import sniffio
 import trio
 
-from ailf.clients.async_client import AsyncRedisClient
+from ailf.clients._async_client import AsyncRedisClient
 from ailf.config import RedisConfig
 
 __all__ = ["OwnedClient", "StopScope", "given_client", "pause"]

@@ -31,9 +31,9 @@ from typing import Any, Protocol
 
 import trio
 
-from ailf.clients.connection import Connection, raise_reply_error
-from ailf.clients.pool import connect_with_retry
-from ailf.clients.resp import pack_command, pack_commands
+from ailf.clients._connection import Connection, raise_reply_error
+from ailf.clients._pool import connect_with_retry
+from ailf.clients._resp import pack_command, pack_commands
 from ailf.config import RedisConfig
 from ailf.errors import DecodeError, RedisConnectionError, RedisTimeoutError, ResponseError
 

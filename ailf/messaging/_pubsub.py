@@ -2,7 +2,7 @@
 
 Pub/sub is fan-out and best-effort: every subscriber connected when a message is
 published gets it; a subscriber that is disconnected at that moment never will. For
-work that must not be lost, use a stream (:mod:`ailf.messaging.stream`).
+work that must not be lost, use a stream (:mod:`ailf.messaging._stream`).
 
 The pure half — :func:`decode_payload`; :class:`Subscriptions`, which turns an
 incoming message into a :class:`Delivery` for the right handler; and
@@ -29,8 +29,8 @@ import redis
 import redis.client
 import trio
 
-from ailf.clients.async_client import AsyncRedisClient
-from ailf.clients.sync import RedisClient
+from ailf.clients._async_client import AsyncRedisClient
+from ailf.clients._sync import RedisClient
 from ailf.codec import loads
 from ailf.config import RetryPolicy
 from ailf.errors import (
@@ -40,8 +40,8 @@ from ailf.errors import (
     RedisTimeoutError,
     ResponseError,
 )
-from ailf.messaging import asynclib
-from ailf.messaging.asynclib import OwnedClient
+from ailf.messaging import _asynclib as asynclib
+from ailf.messaging._asynclib import OwnedClient
 
 __all__ = [
     "AsyncRedisPubSub",
@@ -431,7 +431,7 @@ class RedisPubSub:
 
 
 class AsyncRedisPubSub(OwnedClient):
-    """:class:`RedisPubSub` on an :class:`~ailf.clients.async_client.AsyncRedisClient`.
+    """:class:`RedisPubSub` on an :class:`~ailf.clients._async_client.AsyncRedisClient`.
 
     The same methods, awaited where they talk to Redis, under trio or asyncio. Handlers
     may be plain functions or ``async def``; they run one at a time in the task that

@@ -2,7 +2,7 @@
 
 A process reads every mailbox it hosts through a few :class:`MailboxReader` loops, not
 one per agent: an XREADGROUP names one group and one consumer for all its streams, so
-all mailboxes share the group :data:`~ailf.runtime.keys.GROUP`, and reader number *k*
+all mailboxes share the group :data:`~ailf.runtime._keys.GROUP`, and reader number *k*
 of a process (consumer ``{process}/{k}``) reads for the *k*-th local replica of every
 agent. One reader therefore serves 10,000 single-replica agents on one connection.
 
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from ailf.clients.async_client import AsyncRedisClient
+from ailf.clients._async_client import AsyncRedisClient
 from ailf.errors import (
     ConfigError,
     DecodeError,
@@ -42,10 +42,10 @@ from ailf.errors import (
     RedisTimeoutError,
     ResponseError,
 )
-from ailf.runtime.keys import GROUP
+from ailf.runtime._keys import GROUP
 
 if TYPE_CHECKING:
-    from ailf.runtime.cell import Cell
+    from ailf.runtime._cell import Cell
 
 __all__ = ["Acker", "Binding", "Delivery", "MailboxReader", "MailboxSettings"]
 

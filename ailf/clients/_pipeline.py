@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ailf.clients.commands import Commands, Convert
-from ailf.clients.connection import raise_reply_error
+from ailf.clients._commands import Commands, Convert
+from ailf.clients._connection import raise_reply_error
 from ailf.errors import RedisConnectionError, RedisError, RedisTimeoutError, WatchError
 
 if TYPE_CHECKING:
-    from ailf.clients.async_client import AsyncRedisClient
+    from ailf.clients._async_client import AsyncRedisClient
 
 __all__ = ["Pipeline", "transaction_replies"]
 
@@ -24,7 +24,7 @@ _Queued = tuple[tuple[Any, ...], Convert, bool]
 
 class _Reserved(Protocol):
     """What a backend's ``reserve()`` gives a watching pipeline: one connection of its own
-    (:class:`~ailf.clients.pool.ReservedConnection` under trio, its asyncio twin)."""
+    (:class:`~ailf.clients._pool.ReservedConnection` under trio, its asyncio twin)."""
 
     @property
     def closed(self) -> bool: ...

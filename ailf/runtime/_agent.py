@@ -21,11 +21,11 @@ import cattrs
 
 from ailf.codec import converter
 from ailf.errors import ConfigError
-from ailf.runtime.message import Message
+from ailf.runtime._message import Message
 
 if TYPE_CHECKING:
-    from ailf.runtime.cell import Cell
-    from ailf.runtime.runtime import Runtime
+    from ailf.runtime._cell import Cell
+    from ailf.runtime._runtime import Runtime
 
 __all__ = [
     "RESTART_POLICIES",

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ailf.codec import dumps, loads
-from ailf.runtime.statistics import AgentStatistics
+from ailf.runtime._statistics import AgentStatistics
 
 if TYPE_CHECKING:
-    from ailf.clients.async_client import AsyncRedisClient
-    from ailf.runtime.keys import Keys
+    from ailf.clients._async_client import AsyncRedisClient
+    from ailf.runtime._keys import Keys
 
 __all__ = [
     "HEARTBEAT_INTERVAL",

@@ -1,7 +1,7 @@
 """Operating a namespace from outside: what ``ailf send``, ``status``, ``dlq`` and ``reset`` do.
 
 Each operation is an async function over a client :class:`~ailf.runtime.Runtime` (one
-that spawns nothing) or a plain :class:`~ailf.clients.async_client.AsyncRedisClient`,
+that spawns nothing) or a plain :class:`~ailf.clients._async_client.AsyncRedisClient`,
 plus a synchronous wrapper for the command line. Everything read here is in Redis,
 so it works from any host: the registry of live processes (heartbeats), each
 mailbox's consumer group (pending, lag), each dead-letter stream.
@@ -23,14 +23,14 @@ from typing import Any
 import attrs
 import trio
 
-from ailf.clients.async_client import AsyncRedisClient
+from ailf.clients._async_client import AsyncRedisClient
 from ailf.config import RedisConfig
 from ailf.errors import ResponseError
-from ailf.runtime.keys import GROUP, Keys, check_name
-from ailf.runtime.message import ENVELOPE_FIELD, DeadLetter
-from ailf.runtime.registry import RegistrySnapshot, read_registry
-from ailf.runtime.runtime import Runtime
-from ailf.runtime.supervisor import unwrap
+from ailf.runtime._keys import GROUP, Keys, check_name
+from ailf.runtime._message import ENVELOPE_FIELD, DeadLetter
+from ailf.runtime._registry import RegistrySnapshot, read_registry
+from ailf.runtime._runtime import Runtime
+from ailf.runtime._supervisor import unwrap
 
 __all__ = [
     "Leftovers",
@@ -77,7 +77,7 @@ def count_of(n: int, noun: str) -> str:
 async def _scan(client: AsyncRedisClient, pattern: str) -> list[str]:
     """Every key matching ``pattern``; ResponseError NOPERM if this user may not SCAN.
 
-    Names never hold glob characters (see :mod:`ailf.runtime.keys`), so a pattern made
+    Names never hold glob characters (see :mod:`ailf.runtime._keys`), so a pattern made
     of a prefix and ``*`` matches exactly the keys under that prefix."""
     found: list[str] = []
     cursor = 0

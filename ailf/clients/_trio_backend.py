@@ -1,9 +1,9 @@
-"""The trio engine behind :class:`~ailf.clients.async_client.AsyncRedisClient`.
+"""The trio engine behind :class:`~ailf.clients._async_client.AsyncRedisClient`.
 
 With a nursery (``async with AsyncRedisClient(...)``), ordinary commands share one
-:class:`~ailf.clients.multiplex.SharedConnection` whose reader and writer tasks live in
+:class:`~ailf.clients._multiplex.SharedConnection` whose reader and writer tasks live in
 that nursery; blocking commands borrow dedicated connections from a bounded
-:class:`~ailf.clients.pool.ConnectionPool`. When the shared connection breaks, the
+:class:`~ailf.clients._pool.ConnectionPool`. When the shared connection breaks, the
 commands in flight fail and the next command opens a new one, with backoff.
 
 Without a nursery (a client used without ``async with``) there can be no background
@@ -21,13 +21,13 @@ from typing import Any
 
 import trio
 
-from ailf.clients.commands import blocking_reply_timeout
-from ailf.clients.connection import open_connection
-from ailf.clients.multiplex import SharedConnection
-from ailf.clients.pipeline import transaction_replies
-from ailf.clients.pool import ConnectionPool, ReservedConnection, connect_with_retry
-from ailf.clients.pubsub import PubSub
-from ailf.clients.resp import pack_command, pack_commands
+from ailf.clients._commands import blocking_reply_timeout
+from ailf.clients._connection import open_connection
+from ailf.clients._multiplex import SharedConnection
+from ailf.clients._pipeline import transaction_replies
+from ailf.clients._pool import ConnectionPool, ReservedConnection, connect_with_retry
+from ailf.clients._pubsub import PubSub
+from ailf.clients._resp import pack_command, pack_commands
 from ailf.config import RedisConfig
 from ailf.errors import RedisConnectionError
 
@@ -101,7 +101,7 @@ class TrioBackend:
 
     def _reply_timeout(self, commands: list[tuple[Any, ...]], blocking: bool) -> float | None:
         """None (``socket_timeout``) for ordinary commands; for blocking ones, their own
-        wait plus ``socket_timeout`` (see :func:`~ailf.clients.commands.blocking_reply_timeout`)."""
+        wait plus ``socket_timeout`` (see :func:`blocking_reply_timeout`)."""
         if not blocking:
             return None
         return blocking_reply_timeout(commands, self._config.socket_timeout)

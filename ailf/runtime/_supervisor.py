@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING
 import trio
 
 from ailf.errors import EscalationError
-from ailf.runtime.cell import AgentSpec, Cell
-from ailf.runtime.mailbox import MailboxReader
+from ailf.runtime._cell import AgentSpec, Cell
+from ailf.runtime._mailbox import MailboxReader
 
 if TYPE_CHECKING:
-    from ailf.runtime.runtime import Runtime
+    from ailf.runtime._runtime import Runtime
 
 __all__ = ["RESTART_BACKOFF", "supervise"]
 

@@ -4,7 +4,7 @@ A :class:`Connection` is used in one of two ways. A *dedicated* connection belon
 one task at a time, which sends a command and reads its reply itself (blocking
 commands, pub/sub, clients used without ``async with``). A *shared* connection is
 driven by the single writer task and single reader task of
-:class:`~ailf.clients.multiplex.SharedConnection`, which many tasks use at once.
+:class:`~ailf.clients._multiplex.SharedConnection`, which many tasks use at once.
 
 Every I/O failure is translated here, once, into :class:`~ailf.errors.RedisConnectionError`
 naming the server's address, so callers never see a bare ``OSError`` or
@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 
 import trio
 
-from ailf.clients.resp import NOT_ENOUGH, Parser, ProtocolError, make_parser, pack_commands
+from ailf.clients._resp import NOT_ENOUGH, Parser, ProtocolError, make_parser, pack_commands
 from ailf.config import RedisConfig
 from ailf.errors import (
     AuthenticationError,
