@@ -595,7 +595,7 @@ SLOT_COUNT = 16384
 
 def _raw_link(port: int | None) -> redis.Redis:
     """A redis-py connection that returns replies as they come (no parsing callbacks)."""
-    link = redis.Redis(port=port, decode_responses=True)
+    link = redis.Redis(port=port, decode_responses=True, protocol=2)
     link.response_callbacks.clear()
     return link
 
