@@ -39,7 +39,13 @@ import trio
 from ailf.config import RedisConfig
 from ailf.errors import ConfigError, EmbeddedServerError
 
-__all__ = ["RedisServer", "find_server_binary", "shared_server", "supports_tls"]
+__all__ = [
+    "RedisServer",
+    "find_server_binary",
+    "resolve_embedded",
+    "shared_server",
+    "supports_tls",
+]
 
 _BINARY_NAMES = ("redis-server", "valkey-server")
 
@@ -435,3 +441,22 @@ def shared_server() -> RedisServer:
             _shared = RedisServer().start()
             atexit.register(_shared.close)
         return _shared
+
+
+def resolve_embedded(config: RedisConfig) -> RedisConfig:
+    """The config to connect with: an ``embedded://`` one becomes the shared server's
+    address (starting it, if it is not running), any other is returned as it is.
+
+    Both clients call it when they first connect, not when they are built: a config is
+    a value, and building a client never does I/O. Call it yourself to hand the real
+    address to another process, which would otherwise start a server of its own.
+    """
+    if not config.embedded:
+        return config
+    server = shared_server().config
+    return config.replace(
+        embedded=False,
+        host=server.host,
+        port=server.port,
+        unix_socket_path=server.unix_socket_path,
+    )

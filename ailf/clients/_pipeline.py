@@ -1,39 +1,47 @@
-"""Pipelines: queue commands, send them in one write, get all replies back at once.
+"""Pipelines, for both faces: queue commands, send them in one write, get every reply back.
 
-A pipeline is also how the async client does optimistic transactions (WATCH), with
-redis-py's names: ``await pipe.watch(*keys)`` reserves a connection of the pipeline's
-own and runs commands at once on it until ``pipe.multi()``; what comes after is queued
-and sent by ``execute()`` as MULTI … EXEC on that same connection.
+A pipeline is also how both clients do optimistic transactions (WATCH), with redis-py's
+names: ``pipe.watch(*keys)`` reserves a connection of the pipeline's own and runs
+commands at once on it until ``pipe.multi()``; what comes after is queued and sent by
+``execute()`` as MULTI … EXEC on that same connection.
+
+What a pipeline decides — what to queue, when a command runs at once, how MULTI/EXEC
+wrap the queue and what their replies mean, which reply belongs to which command, when
+to raise — is written once, in :class:`PipelineQueue`, which does no I/O.
+:class:`Pipeline` (the sync client's) and :class:`AsyncPipeline` (the async client's) only
+send and receive, each with its own face's calls, in a few lines apiece: the shape of
+httpx's two clients over one set of models, with the logic that must match in one place.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
+from ailf.clients._backend import AsyncReserved, SyncReserved
 from ailf.clients._commands import Commands, Convert
-from ailf.clients._connection import raise_reply_error
-from ailf.errors import RedisConnectionError, RedisError, RedisTimeoutError, WatchError
+from ailf.clients._errors import in_pipeline, raise_reply_error, watched_key_changed
+from ailf.errors import RedisConnectionError, RedisError, RedisTimeoutError
 
 if TYPE_CHECKING:
     from ailf.clients._async_client import AsyncRedisClient
+    from ailf.clients._sync import RedisClient
 
-__all__ = ["Pipeline", "transaction_replies"]
+__all__ = ["AsyncPipeline", "Pipeline", "PipelineQueue", "transaction_replies"]
 
-_Queued = tuple[tuple[Any, ...], Convert, bool]
+#: A queued command: its arguments (None: no round trip, see Commands), how to convert
+#: its reply, and whether it may block on the server.
+_Queued = tuple[tuple[Any, ...] | None, Convert, bool]
+_Command = tuple[Any, ...]
 
 
-class _Reserved(Protocol):
-    """What a backend's ``reserve()`` gives a watching pipeline: one connection of its own
-    (:class:`~ailf.clients._pool.ReservedConnection` under trio, its asyncio twin)."""
+class _Sending(NamedTuple):
+    """A queue on its way: the commands queued, those sent (MULTI/EXEC included), whether
+    any may block, and whether MULTI/EXEC wrap them."""
 
-    @property
-    def closed(self) -> bool: ...
-
-    async def request(
-        self, commands: list[tuple[Any, ...]], blocking: bool = False
-    ) -> list[Any]: ...
-
-    async def release(self) -> None: ...
+    queue: list[_Queued]
+    sent: list[_Command]
+    blocking: bool
+    transaction: bool
 
 
 def transaction_replies(replies: list[Any]) -> list[Any]:
@@ -48,40 +56,248 @@ def transaction_replies(replies: list[Any]) -> list[Any]:
         refused = [reply for reply in replies[1:-1] if isinstance(reply, Exception)]
         raise refused[0] if refused else executed
     if executed is None:
-        raise WatchError(
-            "a watched key changed before EXEC, so the transaction did not run;"
-            " read the keys again and retry (client.transaction() does)"
-        )
+        raise watched_key_changed()
     return executed
 
 
-class Pipeline(Commands):
-    """Commands queued on a client, sent together by :meth:`execute`.
+class PipelineQueue(Commands):
+    """The queue and state of a pipeline, and every decision about them; no I/O.
 
-    Command methods return the pipeline (they are not awaited), so calls chain::
+    Command methods queue and return the pipeline, so calls chain
+    (``pipe.set("a", 1).incr("a")``). From :meth:`watch` until :meth:`multi` they run at
+    once instead, on the pipeline's reserved connection, and return their replies (an
+    awaitable of them, on the async face). ``transaction=True`` (redis-py's default)
+    wraps what is queued in MULTI/EXEC, so that it runs atomically.
+    """
+
+    def __init__(self, address: str, transaction: bool = True) -> None:
+        self._address = address
+        self._transaction = transaction
+        self._queue: list[_Queued] = []
+        self._watching = False
+        self._explicit_transaction = False
+        #: The replies of every :meth:`execute` of this pipeline, in order.
+        self.results: list[Any] = []
+
+    def _command(
+        self, args: tuple[Any, ...] | None, convert: Convert = None, blocking: bool = False
+    ) -> Any:
+        """Queue the command and return the pipeline, or, while watching, run it now."""
+        if self._watching and not self._explicit_transaction:
+            return self._immediate(args, convert, blocking)
+        self._queue.append((args, convert, blocking))
+        return self
+
+    def _immediate(self, args: tuple[Any, ...] | None, convert: Convert, blocking: bool) -> Any:
+        raise NotImplementedError
+
+    def command(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Queue the command method ``name``: ``pipe.command("incr", "counter")`` is
+        ``pipe.incr("counter")``. For a command without a method, use
+        ``pipe.execute_command("ZADD", "scores", 1, "ada")``."""
+        method = getattr(Commands, name, None)
+        if name.startswith("_") or not callable(method):
+            raise AttributeError(
+                f"no command method {name!r}; use pipe.execute_command({name.upper()!r}, ...)"
+            )
+        return method(self, *args, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    @property
+    def queued(self) -> int:
+        """How many commands wait for ``execute()``."""
+        return len(self._queue)
+
+    def multi(self) -> None:
+        """End immediate execution after ``watch()``: commands queue for MULTI/EXEC again."""
+        if self._explicit_transaction:
+            raise RedisError("pipe.multi() was called already: MULTI cannot be nested")
+        if self._queue:
+            raise RedisError("pipe.multi() after commands were queued: call it right after watch()")
+        self._explicit_transaction = True
+
+    # -- the pure steps both faces take ---------------------------------------------
+
+    def _watch_command(self, names: tuple[Any, ...]) -> _Command:
+        if self._explicit_transaction:
+            raise RedisError("pipe.watch() after pipe.multi(): WATCH must come before MULTI")
+        if not names:
+            raise ValueError("watch needs at least one key")
+        return ("WATCH", *names)
+
+    def _converted(self, reply: Any, convert: Convert) -> Any:
+        """A reply run at once: an error reply raised, the rest converted."""
+        if isinstance(reply, Exception):
+            raise_reply_error(reply, self._address)
+        return reply if convert is None else convert(reply)
+
+    def _forget(self) -> bool:
+        """Empty the queue and end MULTI; whether it was watching (and still is, on the
+        server, until UNWATCH or EXEC)."""
+        self._queue.clear()
+        self._explicit_transaction = False
+        watching, self._watching = self._watching, False
+        return watching
+
+    def _take(self) -> _Sending:
+        """The queue, handed over for sending (the pipeline is empty afterwards)."""
+        queue, self._queue = self._queue, []
+        transaction = self._transaction or self._explicit_transaction
+        sent = [args for args, _, _ in queue if args is not None]
+        if transaction and (sent or self._watching):  # an empty EXEC still checks a WATCH
+            sent = [("MULTI",), *sent, ("EXEC",)]
+        else:
+            transaction = False
+        return _Sending(queue, sent, any(blocking for _, _, blocking in queue), transaction)
+
+    def _finish(self, sending: _Sending, replies: list[Any]) -> list[Any]:
+        """Each queued command's converted reply (error replies as they are), appended to
+        :attr:`results`; EXEC's verdict applied first (WatchError, EXECABORT)."""
+        if sending.transaction:
+            self._watching = False  # EXEC ends every WATCH, whatever it answered
+            replies = transaction_replies(replies)
+        answers = iter(replies)
+        results = []
+        for args, convert, _ in sending.queue:
+            reply = None if args is None else next(answers)
+            if convert is not None and not isinstance(reply, Exception):
+                reply = convert(reply)
+            results.append(reply)
+        self.results.extend(results)
+        return results
+
+    @staticmethod
+    def _raise_first_error(sending: _Sending, results: list[Any]) -> None:
+        queue = sending.queue
+        for index, (result, (args, _, _)) in enumerate(zip(results, queue, strict=True)):
+            if isinstance(result, Exception):
+                raise in_pipeline(result, index, args or ())
+
+
+class Pipeline(PipelineQueue):
+    """Commands queued on a :class:`~ailf.clients._sync.RedisClient`, sent together.
+
+    ::
+
+        with client.pipeline() as pipe:
+            pipe.set("a", "1").incr("counter")
+            pipe.get_json("config")
+        pipe.results  # [True, 1, {...}]
+
+    Commands still queued when the ``with`` block ends normally are executed then (their
+    replies land in :attr:`results`, like every :meth:`execute`'s); if the block raises,
+    nothing queued is sent. :meth:`reset` discards the queue on purpose. Check-and-set::
+
+        with client.pipeline() as pipe:
+            pipe.watch("balance")
+            balance = int(pipe.get("balance"))   # runs at once: the pipe is watching
+            pipe.multi()
+            pipe.set("balance", balance + 10)    # queued again
+            pipe.execute()                       # WatchError if it changed
+
+    A pipeline belongs to one thread at a time (the client is shared; pipelines are not).
+    """
+
+    def __init__(self, client: RedisClient, transaction: bool = True) -> None:
+        super().__init__(client.address, transaction)
+        self._client = client
+        self._reserved: SyncReserved | None = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        """Execute what is still queued if the block ended normally; reset either way."""
+        try:
+            if exc_type is None and self._queue:
+                self.execute()
+        finally:
+            self.reset()
+
+    def _immediate(self, args: tuple[Any, ...] | None, convert: Convert, blocking: bool) -> Any:
+        assert self._reserved is not None  # watching means reserved
+        if args is None:
+            return self._converted(None, convert)
+        (reply,) = self._reserved.request([args], blocking)
+        return self._converted(reply, convert)
+
+    def watch(self, *names: Any) -> bool:
+        """WATCH keys on a connection reserved for this pipeline; commands then run at once.
+
+        EXEC fails with :class:`~ailf.errors.WatchError` if any of them changes before it.
+        """
+        command = self._watch_command(names)
+        if self._reserved is None:
+            self._reserved = self._client._reserve()
+        self._converted(self._reserved.request([command])[0], None)
+        self._watching = True
+        return True
+
+    def unwatch(self) -> bool:
+        """UNWATCH every key; the pipeline keeps its connection until execute() or reset()."""
+        if self._watching and self._reserved is not None:
+            self._converted(self._reserved.request([("UNWATCH",)])[0], None)
+            self._watching = False
+        return True
+
+    def reset(self) -> None:
+        """Forget queued commands; UNWATCH and give back a connection :meth:`watch` took."""
+        watching = self._forget()
+        reserved, self._reserved = self._reserved, None
+        if reserved is None:
+            return
+        try:
+            if watching and not reserved.closed:
+                reserved.request([("UNWATCH",)])
+        except (RedisConnectionError, RedisTimeoutError):
+            pass  # closed by the failed request: the server dropped the WATCH with it
+        finally:
+            reserved.release()
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        """Send every queued command in one write; their converted replies, in order.
+
+        With ``raise_on_error`` (the default) the first error reply is raised as
+        :class:`~ailf.errors.ResponseError` (naming the command) after all commands ran;
+        otherwise error replies take their command's place in the list. After
+        :meth:`watch`, the transaction runs on the watching connection and raises
+        :class:`~ailf.errors.WatchError` if a watched key changed; the connection is
+        given back either way.
+        """
+        sending = self._take()
+        sent, reserved = sending.sent, self._reserved
+        try:
+            if reserved is not None:
+                replies = reserved.request(sent, sending.blocking) if sent else []
+            else:
+                self._explicit_transaction = False
+                replies = self._client._execute_many(sent, sending.blocking) if sent else []
+            results = self._finish(sending, replies)
+        finally:
+            if reserved is not None:
+                self.reset()
+        if raise_on_error:
+            self._raise_first_error(sending, results)
+        return results
+
+
+class AsyncPipeline(PipelineQueue):
+    """Commands queued on an :class:`~ailf.clients._async_client.AsyncRedisClient`.
+
+    :class:`Pipeline`, awaited: command methods queue (they are not awaited), and
+    ``await pipe.execute()`` sends them::
 
         async with client.pipeline() as pipe:
             pipe.set("a", 1).incr("a")
             results = await pipe.execute()      # [True, 2]
 
-    ``transaction=True`` (redis-py's default) wraps the commands in MULTI/EXEC so they
-    run atomically; ``False`` only pipelines them. Commands still queued when the
-    ``async with`` block ends normally are executed then, as by the sync client's
-    pipeline (their replies land in :attr:`results`, like every ``execute()``'s): a
-    queued command is never dropped without a word. If the block raises, cancellation
-    included, nothing queued is sent; :meth:`reset` discards the queue on purpose.
-    Blocking commands in a pipeline send it over a dedicated connection. Cancelling
-    :meth:`execute` after the write leaves the commands running on the server with
-    their replies discarded, as for single commands.
-
-    Check-and-set, as in redis-py::
-
-        async with client.pipeline() as pipe:
-            await pipe.watch("balance")
-            balance = int(await pipe.get("balance"))   # runs at once, awaited
-            pipe.multi()
-            pipe.set("balance", balance + 10)          # queued again
-            await pipe.execute()                       # WatchError if it changed
+    Commands still queued when the ``async with`` block ends normally are executed
+    then, as by the sync client's pipeline; if the block raises, cancellation included,
+    nothing queued is sent. Blocking commands in a pipeline send it over a dedicated
+    connection. Cancelling :meth:`execute` after the write leaves the commands running
+    on the server with their replies discarded, as for single commands.
 
     From :meth:`watch` until :meth:`multi`, command methods run at once on the
     pipeline's reserved connection and return awaitables of their replies. The
@@ -91,33 +307,11 @@ class Pipeline(Commands):
     """
 
     def __init__(self, client: AsyncRedisClient, transaction: bool = True) -> None:
+        super().__init__(client.address, transaction)
         self._client = client
-        self._transaction = transaction
-        self._queue: list[_Queued] = []
-        self._reserved: _Reserved | None = None
-        self._watching = False
-        self._explicit_transaction = False
-        #: The replies of every :meth:`execute` of this pipeline, in order.
-        self.results: list[Any] = []
+        self._reserved: AsyncReserved | None = None
 
-    def _command(
-        self, args: tuple[Any, ...], convert: Convert = None, blocking: bool = False
-    ) -> Any:
-        """Queue the command and return the pipeline, or, while watching, run it now."""
-        if self._watching and not self._explicit_transaction:
-            return self._immediate(args, convert, blocking)
-        self._queue.append((args, convert, blocking))
-        return self
-
-    def __len__(self) -> int:
-        return len(self._queue)
-
-    @property
-    def queued(self) -> int:
-        """How many commands wait for :meth:`execute`."""
-        return len(self._queue)
-
-    async def __aenter__(self) -> Pipeline:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
@@ -128,46 +322,33 @@ class Pipeline(Commands):
         finally:
             await self.reset()
 
-    # -- optimistic transactions ----------------------------------------------------
+    async def _immediate(
+        self, args: tuple[Any, ...] | None, convert: Convert, blocking: bool
+    ) -> Any:
+        assert self._reserved is not None  # watching means reserved
+        if args is None:
+            return self._converted(None, convert)
+        (reply,) = await self._reserved.request([args], blocking)
+        return self._converted(reply, convert)
 
     async def watch(self, *names: Any) -> bool:
         """WATCH keys on a connection reserved for this pipeline; commands then run at once.
 
-        EXEC fails with :class:`~ailf.errors.WatchError` if any of them changes before
-        it. Raises :class:`~ailf.errors.RedisError` after :meth:`multi`.
+        EXEC fails with :class:`~ailf.errors.WatchError` if any of them changes before it.
         """
-        if self._explicit_transaction:
-            raise RedisError("pipe.watch() after pipe.multi(): WATCH must come before MULTI")
-        if not names:
-            raise ValueError("watch needs at least one key")
+        command = self._watch_command(names)
         if self._reserved is None:
             self._reserved = await self._client._reserve()
-        await self._immediate(("WATCH", *names), None, False)
+        self._converted((await self._reserved.request([command]))[0], None)
         self._watching = True
         return True
 
     async def unwatch(self) -> bool:
         """UNWATCH every key; the pipeline keeps its connection until execute() or reset()."""
-        if self._watching:
-            await self._immediate(("UNWATCH",), None, False)
+        if self._watching and self._reserved is not None:
+            self._converted((await self._reserved.request([("UNWATCH",)]))[0], None)
             self._watching = False
         return True
-
-    def multi(self) -> None:
-        """End immediate execution after :meth:`watch`: commands queue for MULTI/EXEC again."""
-        if self._explicit_transaction:
-            raise RedisError("pipe.multi() was called already: MULTI cannot be nested")
-        if self._queue:
-            raise RedisError("pipe.multi() after commands were queued: call it right after watch()")
-        self._explicit_transaction = True
-
-    async def _immediate(self, args: tuple[Any, ...], convert: Convert, blocking: bool) -> Any:
-        (reply,) = await self._reserved.request([args], blocking)
-        if isinstance(reply, Exception):
-            raise_reply_error(reply, self._client.config.address)
-        return reply if convert is None else convert(reply)
-
-    # -- sending --------------------------------------------------------------------
 
     async def reset(self) -> None:
         """Forget queued commands; UNWATCH and give back a connection :meth:`watch` took.
@@ -175,9 +356,7 @@ class Pipeline(Commands):
         If the UNWATCH cannot be done (the connection broke, or this task is being
         cancelled), the connection is closed, which ends its WATCH just as well.
         """
-        self._queue.clear()
-        self._explicit_transaction = False
-        watching, self._watching = self._watching, False
+        watching = self._forget()
         reserved, self._reserved = self._reserved, None
         if reserved is None:
             return
@@ -192,52 +371,20 @@ class Pipeline(Commands):
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         """Send every queued command in one write; their converted replies, in order.
 
-        With ``raise_on_error`` (the default) the first error reply is raised as
-        :class:`~ailf.errors.ResponseError` after all commands ran; otherwise error
-        replies take their command's place in the list. After :meth:`watch`, the
-        transaction runs on the watching connection and raises
-        :class:`~ailf.errors.WatchError` if a watched key changed. The pipeline is
-        empty (and its connection given back) afterwards either way.
+        As :meth:`Pipeline.execute`, awaited.
         """
-        queue, self._queue = self._queue, []
-        transaction = self._transaction or self._explicit_transaction
-        reserved = self._reserved
-        if reserved is not None:
-            replies = await self._execute_reserved(reserved, queue, transaction)
-        else:
-            self._explicit_transaction = False
-            if not queue:
-                return []
-            replies = await self._client._execute_many(
-                [args for args, _, _ in queue],
-                blocking=any(blocking for _, _, blocking in queue),
-                transaction=transaction,
-            )
-        results = _results(replies, queue)
-        self.results.extend(results)
-        first_error = next((r for r in results if isinstance(r, Exception)), None)
-        if first_error is not None and raise_on_error:
-            raise first_error
-        return results
-
-    async def _execute_reserved(
-        self, reserved: _Reserved, queue: list[_Queued], transaction: bool
-    ) -> list[Any]:
-        """MULTI, the queue and EXEC on the watching connection; then reset() either way."""
-        commands = [args for args, _, _ in queue]
+        sending = self._take()
+        sent, reserved = sending.sent, self._reserved
         try:
-            if not transaction:
-                return await reserved.request(commands) if commands else []
-            replies = await reserved.request([("MULTI",), *commands, ("EXEC",)])
-            self._watching = False  # EXEC ends every WATCH, whatever it answered
-            return transaction_replies(replies)
+            if reserved is not None:
+                replies = await reserved.request(sent, sending.blocking) if sent else []
+            else:
+                self._explicit_transaction = False
+                replies = await self._client._execute_many(sent, sending.blocking) if sent else []
+            results = self._finish(sending, replies)
         finally:
-            await self.reset()
-
-
-def _results(replies: list[Any], queue: list[_Queued]) -> list[Any]:
-    """Each reply converted as its command asks; error replies stay as they are."""
-    return [
-        reply if convert is None or isinstance(reply, Exception) else convert(reply)
-        for reply, (_, convert, _) in zip(replies, queue, strict=True)
-    ]
+            if reserved is not None:
+                await self.reset()
+        if raise_on_error:
+            self._raise_first_error(sending, results)
+        return results
