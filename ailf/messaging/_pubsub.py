@@ -4,8 +4,8 @@ Pub/sub is fan-out and best-effort: every subscriber connected when a message is
 published gets it; a subscriber that is disconnected at that moment never will. For
 work that must not be lost, use a stream (:mod:`ailf.messaging._stream`).
 
-The pure half — :func:`decode_payload`; :class:`Subscriptions`, which turns an
-incoming message into a :class:`Delivery` for the right handler; and
+The pure half — :func:`decode_payload`; :class:`HandlerTable`, which turns an
+incoming message into a :class:`PubSubDelivery` for the right handler; and
 :class:`ListenerBackoff`, which paces reconnects — does no I/O and is shared with the
 async twin. The sync half, :class:`RedisPubSub`, listens on one
 connection in the calling thread or a thread of its own, and keeps listening across a
@@ -42,14 +42,15 @@ from ailf.errors import (
 )
 from ailf.messaging import _asynclib as asynclib
 from ailf.messaging._asynclib import OwnedClient
+from ailf.messaging._router import ChannelRouter
 
 __all__ = [
     "AsyncRedisPubSub",
-    "Delivery",
     "Handler",
+    "HandlerTable",
     "ListenerBackoff",
+    "PubSubDelivery",
     "RedisPubSub",
-    "Subscriptions",
     "decode_payload",
 ]
 
@@ -87,8 +88,8 @@ def decode_payload(data: str | bytes) -> Any:
 
 
 @attrs.frozen
-class Delivery:
-    """One message on its way to its handler."""
+class PubSubDelivery:
+    """One pub/sub message on its way to one of its handlers."""
 
     handler: Handler
     channel: str
@@ -101,55 +102,113 @@ class Delivery:
         log.exception("handler for channel %r%s raised; still listening", self.channel, via)
 
 
-@attrs.define
-class Subscriptions(Mapping[str, Handler]):
+class HandlerTable(Mapping[str, Handler]):
     """Which handler serves which channel and pattern: the state a reconnect restores.
 
     It reads as a mapping of channel to handler — what the upstream library's
     ``RedisPubSub.subscriptions`` dict was, so ``"news" in pubsub.subscriptions`` and
-    ``pubsub.subscriptions["news"]`` keep working; patterns are in :attr:`patterns`. It
-    is read-only: change it through ``subscribe``, ``psubscribe`` and ``unsubscribe``,
-    which also tell Redis.
+    ``pubsub.subscriptions["news"]`` keep working; :attr:`channels` and :attr:`patterns`
+    are dicts of each. It is read-only to its users: they change it through
+    ``subscribe``, ``psubscribe`` and ``unsubscribe``, which also tell Redis. Underneath,
+    one :class:`~ailf.messaging._router.ChannelRouter` for channels and one for patterns
+    say when a name becomes wanted or unwanted, and who hears a message.
     """
 
-    channels: dict[str, Handler] = attrs.field(factory=dict)
-    patterns: dict[str, Handler] = attrs.field(factory=dict)
+    def __init__(
+        self,
+        channels: Mapping[str, Handler] | None = None,
+        patterns: Mapping[str, Handler] | None = None,
+    ) -> None:
+        self._routers: dict[bool, ChannelRouter[Handler]] = {
+            False: ChannelRouter(),
+            True: ChannelRouter(),
+        }
+        for name, handler in (channels or {}).items():
+            self.add(name, handler)
+        for name, handler in (patterns or {}).items():
+            self.add(name, handler, pattern=True)
+
+    def _table(self, pattern: bool) -> dict[str, Handler]:
+        router = self._routers[pattern]
+        return {name: router.dispatch(name)[0] for name in router}
+
+    @property
+    def channels(self) -> dict[str, Handler]:
+        """Channel → handler (a copy)."""
+        return self._table(False)
+
+    @property
+    def patterns(self) -> dict[str, Handler]:
+        """Pattern → handler (a copy)."""
+        return self._table(True)
 
     def __getitem__(self, channel: str) -> Handler:
-        return self.channels[channel]
+        handlers = self._routers[False].dispatch(channel)
+        if not handlers:
+            raise KeyError(channel)
+        return handlers[0]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.channels)
+        return iter(self._routers[False])
 
     def __len__(self) -> int:
-        return len(self.channels)
+        return len(self._routers[False])
 
-    def add(self, name: str, handler: Handler, *, pattern: bool = False) -> None:
-        """Serve ``name`` with ``handler``, checked now: a wrong one would otherwise only
-        show up as a logged failure per message, in the listener."""
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, HandlerTable):
+            return NotImplemented
+        return (self.channels, self.patterns) == (other.channels, other.patterns)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"HandlerTable(channels={self.channels!r}, patterns={self.patterns!r})"
+
+    def handler(self, name: str, *, pattern: bool = False) -> Handler | None:
+        """The handler serving ``name``, or None."""
+        handlers = self._routers[pattern].dispatch(name)
+        return handlers[0] if handlers else None
+
+    def add(self, name: str, handler: Handler, *, pattern: bool = False) -> bool:
+        """Serve ``name`` with ``handler`` (in place of any before); True when ``name``
+        was not served before, so that Redis must be told.
+
+        Checked now: a wrong one would otherwise only show up as a logged failure per
+        message, in the listener.
+        """
         kind = "pattern" if pattern else "channel"
         if not isinstance(name, str) or not name:
             raise ValueError(f"{kind}: expected a non-empty string, got {name!r}")
         if not callable(handler):
             raise TypeError(f"handler for {kind} {name!r}: expected a callable, got {handler!r}")
-        (self.patterns if pattern else self.channels)[name] = handler
+        router = self._routers[pattern]
+        before = self.handler(name, pattern=pattern)
+        wanted = router.add(name, handler)  # added first, so that name stays wanted
+        if before is not None and before != handler:
+            router.remove(name, before)
+        return wanted
+
+    def remove(self, name: str, *, pattern: bool = False) -> bool:
+        """Stop serving ``name``; True when it was served (Redis must be told)."""
+        handler = self.handler(name, pattern=pattern)
+        return handler is not None and self._routers[pattern].remove(name, handler)
 
     def route(
         self, kind: str | bytes, channel: str | bytes, data: Any, pattern: str | bytes | None = None
-    ) -> Delivery | None:
+    ) -> PubSubDelivery | None:
         """The delivery for a ``message``/``pmessage``, or None (confirmations, strays)."""
         kind, channel = _text(kind), _text(channel)
         if kind == "message":
-            handler = self.channels.get(channel)
+            handlers = self._routers[False].dispatch(channel)
             pattern = None
         elif kind == "pmessage" and pattern is not None:
             pattern = _text(pattern)
-            handler = self.patterns.get(pattern)
+            handlers = self._routers[True].dispatch(pattern)
         else:
             return None
-        if handler is None:
+        if not handlers:
             return None
-        return Delivery(handler, channel, decode_payload(data), pattern)
+        return PubSubDelivery(handlers[0], channel, decode_payload(data), pattern)
 
 
 @attrs.define
@@ -195,7 +254,7 @@ class RedisPubSub:
     def __init__(self, client: RedisClient | None = None) -> None:
         client = asynclib.given_client(client, RedisClient, type(self).__name__)
         self.client = client if client is not None else RedisClient()
-        self.subscriptions = Subscriptions()
+        self.subscriptions = HandlerTable()
         # The lock guards the redis-py PubSub object. The listener holds it while it
         # waits for a message (up to _POLL_SECONDS); other threads announce themselves
         # in _waiters first, and the listener lets them go before it waits again, so
@@ -217,21 +276,21 @@ class RedisPubSub:
     def subscribe(self, channel: str, handler: Handler) -> None:
         """Call ``handler(payload)`` for each message on ``channel`` (replacing any before)."""
         with self._exclusive():
-            self.subscriptions.add(channel, handler)
-            self._send("subscribe", channel)
+            if self.subscriptions.add(channel, handler):
+                self._send("subscribe", channel)
 
     def psubscribe(self, pattern: str, handler: Handler) -> None:
         """Call ``handler(payload)`` for messages on channels matching ``pattern`` (glob)."""
         with self._exclusive():
-            self.subscriptions.add(pattern, handler, pattern=True)
-            self._send("psubscribe", pattern)
+            if self.subscriptions.add(pattern, handler, pattern=True):
+                self._send("psubscribe", pattern)
 
     def unsubscribe(self, channel: str) -> None:
         """Stop handling ``channel`` (or a pattern given to :meth:`psubscribe`)."""
         with self._exclusive():
-            if self.subscriptions.patterns.pop(channel, None) is not None:
+            if self.subscriptions.remove(channel, pattern=True):
                 self._send("punsubscribe", channel)
-            if self.subscriptions.channels.pop(channel, None) is not None:
+            if self.subscriptions.remove(channel):
                 self._send("unsubscribe", channel)
 
     @contextmanager
@@ -378,7 +437,7 @@ class RedisPubSub:
         if not refused:
             raise refusal
         for name, pattern in refused:
-            (subs.patterns if pattern else subs.channels).pop(name, None)
+            subs.remove(name, pattern=pattern)
         log.warning(
             "%s: Redis refused %s (%s); listening goes on without them",
             self,
@@ -405,7 +464,7 @@ class RedisPubSub:
         finally:
             probe.close()
 
-    def _next_delivery(self) -> Delivery | None:
+    def _next_delivery(self) -> PubSubDelivery | None:
         with self._waiters_changed:
             self._waiters_changed.wait_for(lambda: not self._waiters, timeout=_POLL_SECONDS)
         with self._lock:
@@ -455,7 +514,7 @@ class AsyncRedisPubSub(OwnedClient):
 
     def __init__(self, client: AsyncRedisClient | None = None) -> None:
         super().__init__(client)
-        self.subscriptions = Subscriptions()
+        self.subscriptions = HandlerTable()
         self._session: Any = None
         self._subscribed = False
         self._scope = asynclib.StopScope()
@@ -497,30 +556,31 @@ class AsyncRedisPubSub(OwnedClient):
         await self._add(pattern, handler, pattern=True)
 
     async def _add(self, name: str, handler: Handler, *, pattern: bool) -> None:
-        table = self.subscriptions.patterns if pattern else self.subscriptions.channels
-        before = table.get(name)
-        self.subscriptions.add(name, handler, pattern=pattern)
+        before = self.subscriptions.handler(name, pattern=pattern)
+        wanted = self.subscriptions.add(name, handler, pattern=pattern)
         session = self._session
         if session is None:
             return
         try:
+            # Sent even for a name subscribed already, to return once Redis confirmed
+            # (a SUBSCRIBE of another task may still be on its way).
             await (session.psubscribe if pattern else session.subscribe)(name)
         except ResponseError:
             # Refused: not subscribed, so not restored on a reconnect either (it would
             # be refused again, and end the listener). A handler that was already
             # serving the name keeps it: its subscription stands.
-            if before is None:
-                table.pop(name, None)
-            else:
-                table[name] = before
+            if wanted:
+                self.subscriptions.remove(name, pattern=pattern)
+            elif before is not None:
+                self.subscriptions.add(name, before, pattern=pattern)
             raise
 
     async def unsubscribe(self, channel: str) -> None:
         """Stop handling ``channel`` (or a pattern given to :meth:`psubscribe`)."""
         session = self._session
-        if self.subscriptions.patterns.pop(channel, None) is not None and session is not None:
+        if self.subscriptions.remove(channel, pattern=True) and session is not None:
             await session.punsubscribe(channel)
-        if self.subscriptions.channels.pop(channel, None) is not None and session is not None:
+        if self.subscriptions.remove(channel) and session is not None:
             await session.unsubscribe(channel)
 
     # -- listening -------------------------------------------------------------------
@@ -598,7 +658,7 @@ class AsyncRedisPubSub(OwnedClient):
             f"the pub/sub session with Redis at {self.client.config.address} ended"
         )
 
-    async def _deliver(self, delivery: Delivery) -> None:
+    async def _deliver(self, delivery: PubSubDelivery) -> None:
         self._handling = True
         try:
             result = delivery.handler(delivery.payload)
