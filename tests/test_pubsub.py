@@ -19,7 +19,7 @@ from ailf import (
     RedisPubSub,
     RedisServer,
 )
-from ailf.messaging._pubsub import HandlerTable, decode_payload
+from ailf.messaging._handlers import HandlerTable, decode_payload
 
 
 def subscribers(client: RedisClient, channel: str) -> int:

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import sniffio
 
-from ailf.clients._backend import AsyncBackend, AsyncReserved
-from ailf.clients._commands import Commands, Convert, is_idempotent
+from ailf.clients._backend import AsyncBackend, AsyncReserved, PubSubSession
+from ailf.clients._command_kinds import is_idempotent
+from ailf.clients._commands import Commands, Convert
 from ailf.clients._errors import raise_reply_error
 from ailf.clients._pipeline import AsyncPipeline
 from ailf.config import RedisConfig, given_or_from_env
@@ -82,7 +83,7 @@ class AsyncRedisClient(Commands):
 
     ``retry_idempotent=True`` retries commands that are safe to repeat (reads, SET
     without NX/XX/GET, DEL, HSET, XACK…, see
-    :func:`~ailf.clients._commands.is_idempotent`) when the connection fails under them,
+    :func:`~ailf.clients._command_kinds.is_idempotent`) when the connection fails under them,
     with ``config.retry``'s backoff. Other commands, and all commands by default, fail
     with :class:`~ailf.errors.RedisConnectionError`: they may or may not have run.
 
@@ -278,7 +279,7 @@ class AsyncRedisClient(Commands):
                     if watch_delay is not None and watch_delay > 0:
                         await (self._backend or self._lazy_backend()).sleep(watch_delay)
 
-    def pubsub(self) -> Any:
+    def pubsub(self) -> PubSubSession:
         """A pub/sub session on a dedicated connection: ``async with client.pubsub() as ps``."""
         backend = self._backend or self._lazy_backend()
         return backend.pubsub()

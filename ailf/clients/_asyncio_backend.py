@@ -28,7 +28,7 @@ from redis._parsers import _AsyncHiredisParser, _AsyncRESP2Parser
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from ailf.clients._commands import blocking_reply_timeout
+from ailf.clients._command_kinds import blocking_reply_timeout
 from ailf.clients._errors import (
     REDIS_PY_ERRORS,
     raise_from_redis_py,
@@ -235,7 +235,7 @@ class AsyncioReservedConnection:
 
         Each reply is held to ``socket_timeout``, or, with ``blocking``, to the blocking
         commands' own wait plus ``socket_timeout``
-        (:func:`~ailf.clients._commands.blocking_reply_timeout`), as under trio.
+        (:func:`~ailf.clients._command_kinds.blocking_reply_timeout`), as under trio.
         """
         connection = self._connection
         if connection is None:

@@ -23,10 +23,11 @@ Every engine keeps the same promises:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from types import TracebackType
+from typing import Any, Protocol, Self
 
-__all__ = ["AsyncBackend", "AsyncReserved", "SyncBackend", "SyncReserved"]
+__all__ = ["AsyncBackend", "AsyncReserved", "PubSubSession", "SyncBackend", "SyncReserved"]
 
 Command = tuple[Any, ...]
 
@@ -83,6 +84,43 @@ class SyncBackend(Protocol):
         ...
 
 
+class PubSubSession(Protocol):
+    """A pub/sub session on a dedicated connection, as both async engines give it
+    (:class:`~ailf.clients._pubsub.PubSub` under trio, its asyncio twin):
+    ``async with client.pubsub() as ps:``; see ``docs/clients.md``."""
+
+    reconnects: int
+
+    @property
+    def channels(self) -> set[Any]: ...
+
+    @property
+    def patterns(self) -> set[Any]: ...
+
+    async def subscribe(self, *channels: Any) -> None: ...
+
+    async def psubscribe(self, *patterns: Any) -> None: ...
+
+    async def unsubscribe(self, *channels: Any) -> None: ...
+
+    async def punsubscribe(self, *patterns: Any) -> None: ...
+
+    async def get_message(self, timeout: float | None = None) -> dict[str, Any] | None: ...  # noqa: ASYNC109
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
 class AsyncBackend(Protocol):
     """The engine under :class:`~ailf.clients._async_client.AsyncRedisClient`."""
 
@@ -98,7 +136,7 @@ class AsyncBackend(Protocol):
         """A connection of the caller's own, for a pipeline's WATCH … EXEC."""
         ...
 
-    def pubsub(self) -> Any:
+    def pubsub(self) -> PubSubSession:
         """A pub/sub session on a dedicated connection (``async with``)."""
         ...
 

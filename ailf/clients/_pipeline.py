@@ -5,17 +5,19 @@ names: ``pipe.watch(*keys)`` reserves a connection of the pipeline's own and run
 commands at once on it until ``pipe.multi()``; what comes after is queued and sent by
 ``execute()`` as MULTI … EXEC on that same connection.
 
-What a pipeline decides — what to queue, when a command runs at once, how MULTI/EXEC
-wrap the queue and what their replies mean, which reply belongs to which command, when
-to raise — is written once, in :class:`PipelineQueue`, which does no I/O.
-:class:`Pipeline` (the sync client's) and :class:`AsyncPipeline` (the async client's) only
-send and receive, each with its own face's calls, in a few lines apiece: the shape of
-httpx's two clients over one set of models, with the logic that must match in one place.
+Everything a pipeline does is written once, in :class:`PipelineQueue`: what to queue,
+when a command runs at once, how MULTI/EXEC wrap the queue and what their replies mean,
+which reply belongs to which command, when to raise, and the order of the calls to the
+engine — as generators that yield each call's outcome to wait for. :class:`Pipeline`
+(the sync client's) and :class:`AsyncPipeline` (the async client's) only drive those
+steps, one blocking and one awaiting, the way one ``auth_flow`` generator serves both of
+httpx's clients: hand-written mirrors drift, one body cannot.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple, Self
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any, Self
 
 from ailf.clients._backend import AsyncReserved, SyncReserved
 from ailf.clients._commands import Commands, Convert
@@ -32,16 +34,8 @@ __all__ = ["AsyncPipeline", "Pipeline", "PipelineQueue", "transaction_replies"]
 #: its reply, and whether it may block on the server.
 _Queued = tuple[tuple[Any, ...] | None, Convert, bool]
 _Command = tuple[Any, ...]
-
-
-class _Sending(NamedTuple):
-    """A queue on its way: the commands queued, those sent (MULTI/EXEC included), whether
-    any may block, and whether MULTI/EXEC wrap them."""
-
-    queue: list[_Queued]
-    sent: list[_Command]
-    blocking: bool
-    transaction: bool
+#: A pipeline operation as steps (see PipelineQueue): yields what to wait for.
+_Steps = Generator[Any, Any, Any]
 
 
 def transaction_replies(replies: list[Any]) -> list[Any]:
@@ -79,6 +73,9 @@ class PipelineQueue(Commands):
         #: The replies of every :meth:`execute` of this pipeline, in order.
         self.results: list[Any] = []
 
+    _client: RedisClient | AsyncRedisClient
+    _reserved: SyncReserved | AsyncReserved | None
+
     def _command(
         self, args: tuple[Any, ...] | None, convert: Convert = None, blocking: bool = False
     ) -> Any:
@@ -88,7 +85,8 @@ class PipelineQueue(Commands):
         self._queue.append((args, convert, blocking))
         return self
 
-    def _immediate(self, args: tuple[Any, ...] | None, convert: Convert, blocking: bool) -> Any:
+    def _immediate(self, args: _Command | None, convert: Convert, blocking: bool) -> Any:
+        """Run a command on the reserved connection now (the face drives the steps)."""
         raise NotImplementedError
 
     def command(self, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -118,31 +116,61 @@ class PipelineQueue(Commands):
             raise RedisError("pipe.multi() after commands were queued: call it right after watch()")
         self._explicit_transaction = True
 
-    # -- the pure steps both faces take ---------------------------------------------
+    # -- what both faces do, as steps ---------------------------------------------------
+    #
+    # Each operation that talks to Redis is a generator that yields what the face must
+    # wait for — the result of a call on the reserved connection or on the client — and
+    # is sent it back: a value on the sync face (the call already ran), an awaitable on
+    # the async face (its driver awaits it, or throws its exception in). So the logic of
+    # watch, reset and execute is written once; :func:`_drive` and :func:`_drive_async`
+    # are the two faces' loops.
 
-    def _watch_command(self, names: tuple[Any, ...]) -> _Command:
+    def _immediate_steps(self, args: _Command | None, convert: Convert, blocking: bool) -> _Steps:
+        reserved = self._reserved
+        assert reserved is not None  # watching means reserved
+        if args is None:
+            return self._converted(None, convert)
+        (reply,) = yield reserved.request([args], blocking)
+        return self._converted(reply, convert)
+
+    def _watch_steps(self, names: tuple[Any, ...]) -> _Steps:
         if self._explicit_transaction:
             raise RedisError("pipe.watch() after pipe.multi(): WATCH must come before MULTI")
         if not names:
             raise ValueError("watch needs at least one key")
-        return ("WATCH", *names)
+        if self._reserved is None:
+            self._reserved = yield self._client._reserve()
+        yield from self._immediate_steps(("WATCH", *names), None, False)
+        self._watching = True
+        return True
 
-    def _converted(self, reply: Any, convert: Convert) -> Any:
-        """A reply run at once: an error reply raised, the rest converted."""
-        if isinstance(reply, Exception):
-            raise_reply_error(reply, self._address)
-        return reply if convert is None else convert(reply)
+    def _unwatch_steps(self) -> _Steps:
+        if self._watching:
+            yield from self._immediate_steps(("UNWATCH",), None, False)
+            self._watching = False
+        return True
 
-    def _forget(self) -> bool:
-        """Empty the queue and end MULTI; whether it was watching (and still is, on the
-        server, until UNWATCH or EXEC)."""
+    def _reset_steps(self) -> _Steps:
+        """Empty the queue, end MULTI, and give back a connection ``watch()`` took, after
+        an UNWATCH if it is still watching. If the UNWATCH cannot be done (the connection
+        broke, or the caller is being cancelled), the connection is closed instead,
+        which ends its WATCH just as well."""
         self._queue.clear()
         self._explicit_transaction = False
         watching, self._watching = self._watching, False
-        return watching
+        reserved, self._reserved = self._reserved, None
+        if reserved is None:
+            return None
+        try:
+            if watching and not reserved.closed:
+                yield reserved.request([("UNWATCH",)])
+        except (RedisConnectionError, RedisTimeoutError):
+            pass  # closed by the failed request: the server dropped the WATCH with it
+        finally:
+            yield reserved.release()
+        return None
 
-    def _take(self) -> _Sending:
-        """The queue, handed over for sending (the pipeline is empty afterwards)."""
+    def _execute_steps(self, raise_on_error: bool) -> _Steps:
         queue, self._queue = self._queue, []
         transaction = self._transaction or self._explicit_transaction
         sent = [args for args, _, _ in queue if args is not None]
@@ -150,17 +178,39 @@ class PipelineQueue(Commands):
             sent = [("MULTI",), *sent, ("EXEC",)]
         else:
             transaction = False
-        return _Sending(queue, sent, any(blocking for _, _, blocking in queue), transaction)
+        blocking = any(blocking for _, _, blocking in queue)
+        reserved = self._reserved
+        try:
+            if reserved is not None:
+                replies = (yield reserved.request(sent, blocking)) if sent else []
+            else:
+                self._explicit_transaction = False
+                replies = (yield self._client._execute_many(sent, blocking)) if sent else []
+            if transaction:
+                self._watching = False  # EXEC ends every WATCH, whatever it answered
+                replies = transaction_replies(replies)
+        finally:
+            if reserved is not None:
+                yield from self._reset_steps()
+        results = self._results(queue, replies)
+        if raise_on_error:
+            for index, (result, (args, _, _)) in enumerate(zip(results, queue, strict=True)):
+                if isinstance(result, Exception):
+                    raise in_pipeline(result, index, args or ())
+        return results
 
-    def _finish(self, sending: _Sending, replies: list[Any]) -> list[Any]:
+    def _converted(self, reply: Any, convert: Convert) -> Any:
+        """A reply run at once: an error reply raised, the rest converted."""
+        if isinstance(reply, Exception):
+            raise_reply_error(reply, self._address)
+        return reply if convert is None else convert(reply)
+
+    def _results(self, queue: list[_Queued], replies: list[Any]) -> list[Any]:
         """Each queued command's converted reply (error replies as they are), appended to
-        :attr:`results`; EXEC's verdict applied first (WatchError, EXECABORT)."""
-        if sending.transaction:
-            self._watching = False  # EXEC ends every WATCH, whatever it answered
-            replies = transaction_replies(replies)
+        :attr:`results`."""
         answers = iter(replies)
         results = []
-        for args, convert, _ in sending.queue:
+        for args, convert, _ in queue:
             reply = None if args is None else next(answers)
             if convert is not None and not isinstance(reply, Exception):
                 reply = convert(reply)
@@ -168,12 +218,31 @@ class PipelineQueue(Commands):
         self.results.extend(results)
         return results
 
-    @staticmethod
-    def _raise_first_error(sending: _Sending, results: list[Any]) -> None:
-        queue = sending.queue
-        for index, (result, (args, _, _)) in enumerate(zip(results, queue, strict=True)):
-            if isinstance(result, Exception):
-                raise in_pipeline(result, index, args or ())
+
+def _drive(steps: _Steps) -> Any:
+    """Run steps on the sync face: each yielded value is the result of a call that ran."""
+    reply = None
+    try:
+        while True:
+            reply = steps.send(reply)
+    except StopIteration as done:
+        return done.value
+
+
+async def _drive_async(steps: _Steps) -> Any:
+    """Run steps on the async face: await each yielded awaitable, and send its result in
+    (or throw its exception in, cancellation included, so the steps' ``finally`` runs)."""
+    reply: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = steps.throw(error) if error is not None else steps.send(reply)
+        except StopIteration as done:
+            return done.value
+        try:
+            reply, error = await step, None
+        except BaseException as exc:
+            reply, error = None, exc
 
 
 class Pipeline(PipelineQueue):
@@ -202,7 +271,7 @@ class Pipeline(PipelineQueue):
 
     def __init__(self, client: RedisClient, transaction: bool = True) -> None:
         super().__init__(client.address, transaction)
-        self._client = client
+        self._client: RedisClient = client
         self._reserved: SyncReserved | None = None
 
     def __enter__(self) -> Self:
@@ -216,45 +285,24 @@ class Pipeline(PipelineQueue):
         finally:
             self.reset()
 
-    def _immediate(self, args: tuple[Any, ...] | None, convert: Convert, blocking: bool) -> Any:
-        assert self._reserved is not None  # watching means reserved
-        if args is None:
-            return self._converted(None, convert)
-        (reply,) = self._reserved.request([args], blocking)
-        return self._converted(reply, convert)
+    def _immediate(self, args: _Command | None, convert: Convert, blocking: bool) -> Any:
+        return _drive(self._immediate_steps(args, convert, blocking))
 
     def watch(self, *names: Any) -> bool:
         """WATCH keys on a connection reserved for this pipeline; commands then run at once.
 
         EXEC fails with :class:`~ailf.errors.WatchError` if any of them changes before it.
+        Raises :class:`~ailf.errors.RedisError` after :meth:`multi`.
         """
-        command = self._watch_command(names)
-        if self._reserved is None:
-            self._reserved = self._client._reserve()
-        self._converted(self._reserved.request([command])[0], None)
-        self._watching = True
-        return True
+        return _drive(self._watch_steps(names))
 
     def unwatch(self) -> bool:
         """UNWATCH every key; the pipeline keeps its connection until execute() or reset()."""
-        if self._watching and self._reserved is not None:
-            self._converted(self._reserved.request([("UNWATCH",)])[0], None)
-            self._watching = False
-        return True
+        return _drive(self._unwatch_steps())
 
     def reset(self) -> None:
         """Forget queued commands; UNWATCH and give back a connection :meth:`watch` took."""
-        watching = self._forget()
-        reserved, self._reserved = self._reserved, None
-        if reserved is None:
-            return
-        try:
-            if watching and not reserved.closed:
-                reserved.request([("UNWATCH",)])
-        except (RedisConnectionError, RedisTimeoutError):
-            pass  # closed by the failed request: the server dropped the WATCH with it
-        finally:
-            reserved.release()
+        _drive(self._reset_steps())
 
     def execute(self, raise_on_error: bool = True) -> list[Any]:
         """Send every queued command in one write; their converted replies, in order.
@@ -266,21 +314,7 @@ class Pipeline(PipelineQueue):
         :class:`~ailf.errors.WatchError` if a watched key changed; the connection is
         given back either way.
         """
-        sending = self._take()
-        sent, reserved = sending.sent, self._reserved
-        try:
-            if reserved is not None:
-                replies = reserved.request(sent, sending.blocking) if sent else []
-            else:
-                self._explicit_transaction = False
-                replies = self._client._execute_many(sent, sending.blocking) if sent else []
-            results = self._finish(sending, replies)
-        finally:
-            if reserved is not None:
-                self.reset()
-        if raise_on_error:
-            self._raise_first_error(sending, results)
-        return results
+        return _drive(self._execute_steps(raise_on_error))
 
 
 class AsyncPipeline(PipelineQueue):
@@ -308,7 +342,7 @@ class AsyncPipeline(PipelineQueue):
 
     def __init__(self, client: AsyncRedisClient, transaction: bool = True) -> None:
         super().__init__(client.address, transaction)
-        self._client = client
+        self._client: AsyncRedisClient = client
         self._reserved: AsyncReserved | None = None
 
     async def __aenter__(self) -> Self:
@@ -322,69 +356,22 @@ class AsyncPipeline(PipelineQueue):
         finally:
             await self.reset()
 
-    async def _immediate(
-        self, args: tuple[Any, ...] | None, convert: Convert, blocking: bool
-    ) -> Any:
-        assert self._reserved is not None  # watching means reserved
-        if args is None:
-            return self._converted(None, convert)
-        (reply,) = await self._reserved.request([args], blocking)
-        return self._converted(reply, convert)
+    async def _immediate(self, args: _Command | None, convert: Convert, blocking: bool) -> Any:
+        return await _drive_async(self._immediate_steps(args, convert, blocking))
 
     async def watch(self, *names: Any) -> bool:
-        """WATCH keys on a connection reserved for this pipeline; commands then run at once.
-
-        EXEC fails with :class:`~ailf.errors.WatchError` if any of them changes before it.
-        """
-        command = self._watch_command(names)
-        if self._reserved is None:
-            self._reserved = await self._client._reserve()
-        self._converted((await self._reserved.request([command]))[0], None)
-        self._watching = True
-        return True
+        """:meth:`Pipeline.watch`, awaited."""
+        return await _drive_async(self._watch_steps(names))
 
     async def unwatch(self) -> bool:
-        """UNWATCH every key; the pipeline keeps its connection until execute() or reset()."""
-        if self._watching and self._reserved is not None:
-            self._converted((await self._reserved.request([("UNWATCH",)]))[0], None)
-            self._watching = False
-        return True
+        """:meth:`Pipeline.unwatch`, awaited."""
+        return await _drive_async(self._unwatch_steps())
 
     async def reset(self) -> None:
-        """Forget queued commands; UNWATCH and give back a connection :meth:`watch` took.
-
-        If the UNWATCH cannot be done (the connection broke, or this task is being
-        cancelled), the connection is closed, which ends its WATCH just as well.
-        """
-        watching = self._forget()
-        reserved, self._reserved = self._reserved, None
-        if reserved is None:
-            return
-        try:
-            if watching and not reserved.closed:
-                await reserved.request([("UNWATCH",)])
-        except (RedisConnectionError, RedisTimeoutError):
-            pass  # closed by the failed request: the server dropped the WATCH with it
-        finally:
-            await reserved.release()
+        """:meth:`Pipeline.reset`, awaited. If the UNWATCH cannot be done (the connection
+        broke, or this task is being cancelled), the connection is closed instead."""
+        await _drive_async(self._reset_steps())
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
-        """Send every queued command in one write; their converted replies, in order.
-
-        As :meth:`Pipeline.execute`, awaited.
-        """
-        sending = self._take()
-        sent, reserved = sending.sent, self._reserved
-        try:
-            if reserved is not None:
-                replies = await reserved.request(sent, sending.blocking) if sent else []
-            else:
-                self._explicit_transaction = False
-                replies = await self._client._execute_many(sent, sending.blocking) if sent else []
-            results = self._finish(sending, replies)
-        finally:
-            if reserved is not None:
-                await self.reset()
-        if raise_on_error:
-            self._raise_first_error(sending, results)
-        return results
+        """:meth:`Pipeline.execute`, awaited."""
+        return await _drive_async(self._execute_steps(raise_on_error))

@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from ailf.clients._commands import blocking_reply_timeout
+from ailf.clients._command_kinds import blocking_reply_timeout
 from ailf.clients._connection import Connection, open_connection
 from ailf.clients._errors import reservation_lost
 from ailf.clients._resp import pack_commands
@@ -75,7 +75,7 @@ class ConnectionPool:
 
         Error replies are returned, not raised. ``reply_timeout`` bounds each reply (None:
         ``socket_timeout``; blocking commands pass their own, see
-        :func:`~ailf.clients._commands.blocking_reply_timeout`). Cancellation closes the
+        :func:`~ailf.clients._command_kinds.blocking_reply_timeout`). Cancellation closes the
         borrowed connection.
         """
         data = pack_commands(commands)

@@ -32,7 +32,7 @@ import redis.exceptions
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ailf.clients._commands import blocking_reply_timeout
+from ailf.clients._command_kinds import blocking_reply_timeout
 from ailf.clients._errors import (
     REDIS_PY_ERRORS,
     raise_from_redis_py,
@@ -150,24 +150,16 @@ class RedisPyBackend:
     def execute(self, args: Command, blocking: bool) -> Any:
         if blocking:
             return self._blocking([args])[0]
-        data = pack_command(args)  # a DataError here leaves the pool alone
-        pool = self.pool
-        try:
-            connection = pool.get_connection()
-        except REDIS_PY_ERRORS as exc:
-            raise_from_redis_py(exc, self.config)
-        try:
-            connection.send_packed_command((data,), check_health=False)
-            return _read(connection)
-        except REDIS_PY_ERRORS as exc:  # redis-py disconnected it already
-            raise_from_redis_py(exc, self.config)
-        finally:
-            pool.release(connection)
+        return self._request(pack_command(args), (args,))[0]
 
     def execute_many(self, commands: Sequence[Command], blocking: bool) -> list[Any]:
         if blocking:
             return self._blocking(commands)
-        data = pack_commands(commands)
+        return self._request(pack_commands(commands), commands)
+
+    def _request(self, data: bytes, commands: Sequence[Command]) -> list[Any]:
+        """Send packed ``commands`` on a pool connection; their replies. (Packed first: a
+        DataError then leaves the pool alone.)"""
         pool = self.pool
         try:
             connection = pool.get_connection()
@@ -176,7 +168,7 @@ class RedisPyBackend:
         try:
             connection.send_packed_command((data,), check_health=False)
             return _read_all(connection, commands)
-        except REDIS_PY_ERRORS as exc:
+        except REDIS_PY_ERRORS as exc:  # redis-py disconnected it already
             raise_from_redis_py(exc, self.config)
         finally:
             pool.release(connection)
@@ -240,7 +232,7 @@ class RedisPyReserved:
         """Send commands in one write; their replies in order (error replies returned).
 
         With ``blocking``, each reply may take the commands' own wait plus
-        ``socket_timeout`` (:func:`~ailf.clients._commands.blocking_reply_timeout`):
+        ``socket_timeout`` (:func:`~ailf.clients._command_kinds.blocking_reply_timeout`):
         redis-py would hold it to ``socket_timeout`` alone, failing a ``BLOCK 10000``
         read under a 5 s one. The socket gets its own timeout back afterwards.
         """

@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from ailf.clients._commands import blocking_reply_timeout
+from ailf.clients._command_kinds import blocking_reply_timeout
 from ailf.clients._connection import open_connection
 from ailf.clients._multiplex import SharedConnection
 from ailf.clients._pool import ConnectionPool, ReservedConnection, connect_with_retry

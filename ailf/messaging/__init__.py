@@ -4,7 +4,8 @@ The public names are exported here; the modules behind them are private:
 
 ``_stream``        RedisStream and AsyncRedisStream: each performs the steps below
 ``_stream_steps``  every stream operation once, as steps on the command surface (no I/O)
-``_pubsub``        RedisPubSub and AsyncRedisPubSub, over one HandlerTable
+``_pubsub``        RedisPubSub and AsyncRedisPubSub: each listens its own way
+``_handlers``      what both share: payloads, HandlerTable (name → handler), backoff
 ``_router``        ChannelRouter: channel → listeners, shared with the runtime's hub
 ``_asynclib``      what the async twins need from trio or asyncio
 """
