@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import sniffio
@@ -236,7 +236,7 @@ class AsyncRedisClient(Commands):
                 error = exc
         raise error
 
-    async def _execute_many(self, commands: list[tuple[Any, ...]], blocking: bool) -> list[Any]:
+    async def _execute_many(self, commands: Sequence[tuple[Any, ...]], blocking: bool) -> list[Any]:
         backend = self._backend or self._lazy_backend()
         return await backend.execute_many(commands, blocking)
 

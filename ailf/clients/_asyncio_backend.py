@@ -133,7 +133,7 @@ def _client(config: RedisConfig) -> redis.asyncio.Redis:
 class AsyncioBackend:
     """Runs commands through ``redis.asyncio``; same interface as the trio backend."""
 
-    def __init__(self, config: RedisConfig, nursery: None = None) -> None:
+    def __init__(self, config: RedisConfig, nursery: object = None) -> None:
         # ``nursery`` is the trio engine's; asyncio has none, and both are built alike.
         self._config = config
         self._redis = _client(config)

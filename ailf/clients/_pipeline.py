@@ -16,19 +16,22 @@ httpx's clients: hand-written mirrors drift, one body cannot.
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from typing import TYPE_CHECKING, Any, Self
+from collections.abc import Awaitable, Generator, Sequence
+from typing import Any, Protocol, Self
 
 from ailf.clients._backend import AsyncReserved, SyncReserved
 from ailf.clients._commands import Commands, Convert
 from ailf.clients._errors import in_pipeline, raise_reply_error, watched_key_changed
 from ailf.errors import RedisConnectionError, RedisError, RedisTimeoutError
 
-if TYPE_CHECKING:
-    from ailf.clients._async_client import AsyncRedisClient
-    from ailf.clients._sync import RedisClient
-
-__all__ = ["AsyncPipeline", "Pipeline", "PipelineQueue", "transaction_replies"]
+__all__ = [
+    "AsyncHost",
+    "AsyncPipeline",
+    "Pipeline",
+    "PipelineQueue",
+    "SyncHost",
+    "transaction_replies",
+]
 
 #: A queued command: its arguments (None: no round trip, see Commands), how to convert
 #: its reply, and whether it may block on the server.
@@ -36,6 +39,31 @@ _Queued = tuple[tuple[Any, ...] | None, Convert, bool]
 _Command = tuple[Any, ...]
 #: A pipeline operation as steps (see PipelineQueue): yields what to wait for.
 _Steps = Generator[Any, Any, Any]
+
+
+class SyncHost(Protocol):
+    """What a :class:`Pipeline` needs of its client (:class:`~ailf.clients._sync.RedisClient`)."""
+
+    @property
+    def address(self) -> str: ...
+
+    def _execute_many(self, commands: Sequence[_Command], blocking: bool) -> list[Any]: ...
+
+    def _reserve(self) -> SyncReserved: ...
+
+
+class AsyncHost(Protocol):
+    """What an :class:`AsyncPipeline` needs of its client
+    (:class:`~ailf.clients._async_client.AsyncRedisClient`)."""
+
+    @property
+    def address(self) -> str: ...
+
+    def _execute_many(
+        self, commands: Sequence[_Command], blocking: bool
+    ) -> Awaitable[list[Any]]: ...
+
+    def _reserve(self) -> Awaitable[AsyncReserved]: ...
 
 
 def transaction_replies(replies: list[Any]) -> list[Any]:
@@ -73,7 +101,7 @@ class PipelineQueue(Commands):
         #: The replies of every :meth:`execute` of this pipeline, in order.
         self.results: list[Any] = []
 
-    _client: RedisClient | AsyncRedisClient
+    _client: SyncHost | AsyncHost
     _reserved: SyncReserved | AsyncReserved | None
 
     def _command(
@@ -269,9 +297,9 @@ class Pipeline(PipelineQueue):
     A pipeline belongs to one thread at a time (the client is shared; pipelines are not).
     """
 
-    def __init__(self, client: RedisClient, transaction: bool = True) -> None:
+    def __init__(self, client: SyncHost, transaction: bool = True) -> None:
         super().__init__(client.address, transaction)
-        self._client: RedisClient = client
+        self._client: SyncHost = client
         self._reserved: SyncReserved | None = None
 
     def __enter__(self) -> Self:
@@ -340,9 +368,9 @@ class AsyncPipeline(PipelineQueue):
     anything fails on it, cancellation included, it is closed instead.
     """
 
-    def __init__(self, client: AsyncRedisClient, transaction: bool = True) -> None:
+    def __init__(self, client: AsyncHost, transaction: bool = True) -> None:
         super().__init__(client.address, transaction)
-        self._client: AsyncRedisClient = client
+        self._client: AsyncHost = client
         self._reserved: AsyncReserved | None = None
 
     async def __aenter__(self) -> Self:

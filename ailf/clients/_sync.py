@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Self, TypeVar
 
 import redis
@@ -84,7 +84,7 @@ class RedisClient(Commands):
             raise_reply_error(reply, backend.config.address)
         return reply if convert is None else convert(reply)
 
-    def _execute_many(self, commands: list[tuple[Any, ...]], blocking: bool) -> list[Any]:
+    def _execute_many(self, commands: Sequence[tuple[Any, ...]], blocking: bool) -> list[Any]:
         return self._engine().execute_many(commands, blocking)
 
     def _reserve(self) -> SyncReserved:

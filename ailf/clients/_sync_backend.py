@@ -79,7 +79,7 @@ class _TLSConnection(redis.SSLConnection, _TCPConnected):
             address = f"{self.host}:{self.port}"
             if isinstance(exc, ssl.SSLError):
                 raise tls_failed(address, exc) from exc
-            raise tls_unanswered(address, self.socket_connect_timeout) from exc
+            raise tls_unanswered(address, self.socket_connect_timeout or 0) from exc
 
 
 def _bounded_handshake(connection: redis.connection.AbstractConnection) -> None:
@@ -91,6 +91,7 @@ def _bounded_handshake(connection: redis.connection.AbstractConnection) -> None:
     forever. Connecting means handshaking too, so the connect timeout bounds both.
     """
     sock = connection._sock
+    assert sock is not None  # called by connect(), once the socket is open
     sock.settimeout(connection.socket_connect_timeout)
     try:
         connection.on_connect()
@@ -115,7 +116,7 @@ def _pool(config: RedisConfig) -> redis.ConnectionPool:
     )
 
 
-def _read(connection: redis.connection.AbstractConnection) -> Any:
+def _read(connection: redis.connection.Connection) -> Any:
     """The next reply; an error reply returned as ailf's ResponseError (the connection
     is in step after one, and reusable)."""
     try:
@@ -124,9 +125,7 @@ def _read(connection: redis.connection.AbstractConnection) -> Any:
         return reply_error(exc)
 
 
-def _read_all(
-    connection: redis.connection.AbstractConnection, commands: Sequence[Command]
-) -> list[Any]:
+def _read_all(connection: redis.connection.Connection, commands: Sequence[Command]) -> list[Any]:
     replies = [_read(connection) for _ in commands]
     executed = replies[-1]
     if commands[-1] == ("EXEC",) and isinstance(executed, list):
@@ -218,11 +217,11 @@ class RedisPyReserved:
         self,
         config: RedisConfig,
         pool: redis.ConnectionPool,
-        connection: redis.connection.AbstractConnection,
+        connection: redis.connection.Connection,
     ) -> None:
         self._config = config
         self._pool = pool
-        self._connection: redis.connection.AbstractConnection | None = connection
+        self._connection: redis.connection.Connection | None = connection
 
     @property
     def closed(self) -> bool:
@@ -247,6 +246,7 @@ class RedisPyReserved:
                 return _read_all(connection, commands)
             limit = blocking_reply_timeout(commands, socket_timeout)
             sock = connection._sock
+            assert sock is not None  # connected: the command was just sent
             sock.settimeout(None if limit == math.inf else limit)
             try:
                 return _read_all(connection, commands)
