@@ -29,6 +29,7 @@ import redis.client
 import trio
 
 from ailf.clients._async_client import AsyncRedisClient
+from ailf.clients._backend import PubSubSession
 from ailf.clients._sync import RedisClient
 from ailf.errors import (
     AuthenticationError,
@@ -326,7 +327,7 @@ class AsyncRedisPubSub(OwnedClient):
     def __init__(self, client: AsyncRedisClient | None = None) -> None:
         super().__init__(client)
         self.subscriptions = HandlerTable()
-        self._session: Any = None
+        self._session: PubSubSession | None = None
         self._subscribed = False
         self._scope = asynclib.StopScope()
         self._listening = False
