@@ -16,6 +16,7 @@ from ailf.errors import AilfError as AilfError
 from ailf.errors import AskTimeout as AskTimeout
 from ailf.errors import AuthenticationError as AuthenticationError
 from ailf.errors import ConfigError as ConfigError
+from ailf.errors import DataError as DataError
 from ailf.errors import DecodeError as DecodeError
 from ailf.errors import EmbeddedServerError as EmbeddedServerError
 from ailf.errors import EscalationError as EscalationError
@@ -57,6 +58,7 @@ __all__ = [
     "AsyncRedisStream",
     "AuthenticationError",
     "ConfigError",
+    "DataError",
     "DeadLetter",
     "DecodeError",
     "EmbeddedServerError",

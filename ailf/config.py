@@ -114,9 +114,9 @@ class RedisConfig:
     ailf.errors.ConfigError: RedisConfig.port: expected an integer in 1..65535, got 0
 
     ``unix_socket_path`` replaces host and port when set. ``embedded=True`` means "no
-    server of mine: start a throwaway one"; clients resolve it through
-    :func:`ailf.server.shared_server` on first use. The password never appears in
-    ``repr()``.
+    server of mine: start a throwaway one": a value like any other here, which the
+    clients resolve when they first connect (:func:`ailf.server.resolve_embedded`). A
+    config never does I/O. The password never appears in ``repr()``.
     """
 
     host: str = attrs.field(default="localhost")
@@ -262,21 +262,6 @@ class RedisConfig:
     def replace(self, **changes: Any) -> RedisConfig:
         """A copy with some fields changed (validated again)."""
         return attrs.evolve(self, **changes)
-
-    def resolve(self) -> RedisConfig:
-        """The config to actually connect with: ``embedded`` becomes the shared server's."""
-        if not self.embedded:
-            return self
-        from ailf.server import shared_server
-
-        server_config = shared_server().config
-        return attrs.evolve(
-            self,
-            embedded=False,
-            host=server_config.host,
-            port=server_config.port,
-            unix_socket_path=server_config.unix_socket_path,
-        )
 
     def ssl_context(self) -> _ssl.SSLContext | None:
         """An :class:`ssl.SSLContext` built from the TLS fields, or None without TLS."""

@@ -14,6 +14,9 @@
      │    ├── RedisTimeoutError      no reply within socket_timeout (also redis.TimeoutError)
      │    ├── ResponseError          the server answered with an error reply; ``.code`` holds
      │    │                          its first word, e.g. ``"NOGROUP"`` (also redis.ResponseError)
+     │    ├── DataError              a command's arguments cannot go to Redis (a None value, a
+     │    │                          NaN expiry, no fields): nothing was sent (also
+     │    │                          redis.DataError, TypeError and ValueError)
      │    └── WatchError             a key watched by a pipeline changed before EXEC, so the
      │                               transaction did not run (also redis.WatchError)
      ├── EmbeddedServerError         the embedded redis-server could not be found or started
@@ -32,9 +35,10 @@
 
 Why the Redis errors also derive from redis-py's: code written against redis-py
 (``except redis.ConnectionError``) keeps working when it moves to ailf's clients, and
-code written against ailf can catch everything with ``except AilfError``. The sync
-client translates redis-py's exceptions into these at its boundary, the trio client
-raises them directly, so the same ``except`` clause works for both faces.
+code written against ailf can catch everything with ``except AilfError``. Both clients
+raise them, whichever engine runs the command: redis-py's exceptions and socket errors
+are translated in one place (``ailf.clients._errors``), so the same ``except`` clause
+works for both faces.
 
 A missing key is never an error: it is ``None``. A broken connection is never ``None``:
 it is a :class:`RedisConnectionError`.
@@ -49,6 +53,7 @@ __all__ = [
     "AskTimeout",
     "AuthenticationError",
     "ConfigError",
+    "DataError",
     "DecodeError",
     "EmbeddedServerError",
     "EscalationError",
@@ -114,6 +119,18 @@ class ResponseError(RedisError, _redis_exc.ResponseError):
     def code(self) -> str:
         text = str(self)
         return text.split(" ", 1)[0] if text else ""
+
+
+class DataError(RedisError, _redis_exc.DataError, TypeError, ValueError):
+    """A command's arguments cannot be sent to Redis as they are; nothing was sent.
+
+    A value of a type Redis cannot hold (``None``, a dict: encode it with
+    ``ailf.codec.dumps``, or use ``set_json``), an expiry that is not a positive finite
+    number of seconds, an ``xadd`` without fields. Also :class:`redis.DataError`, what
+    redis-py raises for the same mistakes, and :class:`TypeError` and :class:`ValueError`,
+    what Python code checks a bad argument with: each of those ``except`` clauses
+    catches it.
+    """
 
 
 class WatchError(RedisError, _redis_exc.WatchError):

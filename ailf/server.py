@@ -45,6 +45,7 @@ __all__ = [
     "RedisClusterServer",
     "RedisServer",
     "find_server_binary",
+    "resolve_embedded",
     "shared_server",
     "supports_tls",
 ]
@@ -443,6 +444,25 @@ def shared_server() -> RedisServer:
             _shared = RedisServer().start()
             atexit.register(_shared.close)
         return _shared
+
+
+def resolve_embedded(config: RedisConfig) -> RedisConfig:
+    """The config to connect with: an ``embedded://`` one becomes the shared server's
+    address (starting it, if it is not running), any other is returned as it is.
+
+    Both clients call it when they first connect, not when they are built: a config is
+    a value, and building a client never does I/O. Call it yourself to hand the real
+    address to another process, which would otherwise start a server of its own.
+    """
+    if not config.embedded:
+        return config
+    server = shared_server().config
+    return config.replace(
+        embedded=False,
+        host=server.host,
+        port=server.port,
+        unix_socket_path=server.unix_socket_path,
+    )
 
 
 def _cluster_ports(count: int) -> list[int]:

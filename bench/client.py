@@ -5,7 +5,9 @@ Three workloads, each with its baseline measured in the same run:
 * 50 tasks sharing one AsyncRedisClient (trio), GET/SET mixed, against redis-py
   asyncio with a pool and 50 tasks;
 * one task, one command at a time, against redis-py sync;
-* XADD in pipelines of 100 (no MULTI/EXEC), against redis-py sync pipelines.
+* XADD in pipelines of 100 (no MULTI/EXEC), against redis-py sync pipelines;
+* the same two on the sync ``RedisClient``, against the same baselines: it runs the
+  same command surface as the async client, over redis-py's connection pool.
 
 Run ``python -m bench.client`` (``--runs 5`` to repeat; the table reports the best and
 the median of the runs). Each run alternates four short segments of ailf and of its
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import statistics
 import time
 from collections.abc import Callable
@@ -25,7 +28,7 @@ import redis
 import redis.asyncio
 import trio
 
-from ailf import AsyncRedisClient, RedisConfig, RedisServer
+from ailf import AsyncRedisClient, RedisClient, RedisConfig, RedisServer
 from bench.machine import describe, machine
 
 TASKS = 50
@@ -89,6 +92,16 @@ async def ailf_sequential(config: RedisConfig, operations: int) -> float:
         return _ops_per_second(operations // 2 * 2, started)
 
 
+def ailf_sync_sequential(config: RedisConfig, operations: int) -> float:
+    with RedisClient(config) as client:
+        client.get("bench:seq")  # connects
+        started = time.perf_counter()
+        for _ in range(operations // 2):
+            client.set("bench:seq", "value")
+            client.get("bench:seq")
+        return _ops_per_second(operations // 2 * 2, started)
+
+
 def redis_py_sequential(config: RedisConfig, operations: int) -> float:
     client = redis.Redis(**config.redis_py_kwargs())
     try:
@@ -119,6 +132,17 @@ async def ailf_xadd_pipelines(config: RedisConfig, operations: int) -> float:
         return _ops_per_second(operations // BATCH * BATCH, started)
 
 
+def ailf_sync_xadd_pipelines(config: RedisConfig, operations: int) -> float:
+    with RedisClient(config) as client:
+        client.delete("bench:stream")
+        started = time.perf_counter()
+        for _ in range(operations // BATCH):
+            with client.pipeline(transaction=False) as pipe:
+                for _ in range(BATCH):
+                    pipe.xadd("bench:stream", FIELDS, maxlen=100_000)
+        return _ops_per_second(operations // BATCH * BATCH, started)
+
+
 def redis_py_xadd_pipelines(config: RedisConfig, operations: int) -> float:
     client = redis.Redis(**config.redis_py_kwargs())
     try:
@@ -138,7 +162,7 @@ def redis_py_xadd_pipelines(config: RedisConfig, operations: int) -> float:
 
 
 def _measure(kind: str, function: Callable, config: RedisConfig, operations: int) -> float:
-    if kind == "trio":
+    if kind == "trio" and inspect.iscoroutinefunction(function):
         return trio.run(function, config, operations)
     if kind == "asyncio":
         return asyncio.run(function(config, operations))
@@ -153,9 +177,10 @@ def alternate(
     count: int,
     segments: int = SEGMENTS,
 ) -> tuple[float, float]:
-    """Run ``base`` and ``ours`` (a trio function) in ``segments`` short segments of
-    ``count`` operations each, taking turns, so that a burst of load from elsewhere
-    falls on both sides; (ailf ops/s, baseline ops/s) over all the segments."""
+    """Run ``base`` and ``ours`` (a trio function, or a plain one for the sync client) in
+    ``segments`` short segments of ``count`` operations each, taking turns, so that a
+    burst of load from elsewhere falls on both sides; (ailf ops/s, baseline ops/s) over
+    all the segments."""
     base_time = our_time = 0.0
     for _ in range(segments):
         base_time += count / _measure(base_kind, base, config, count)
@@ -173,6 +198,14 @@ WORKLOADS = [
      redis_py_xadd_pipelines, "sync", 200_000, 2.0),
 ]  # fmt: skip
 
+#: The sync RedisClient against the same baselines (not in ``python -m bench``'s suite).
+SYNC_WORKLOADS = [
+    ("sync RedisClient, 1 command at a time", ailf_sync_sequential, "redis-py sync",
+     redis_py_sequential, "sync", 40_000, 1.0),
+    ("sync RedisClient, XADD pipelines of 100", ailf_sync_xadd_pipelines,
+     "redis-py sync pipelines", redis_py_xadd_pipelines, "sync", 200_000, 1.0),
+]  # fmt: skip
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(
@@ -187,7 +220,9 @@ def main() -> None:
         config = server.config
         print(describe(machine(config)))
         rows = []
-        for name, ours, base_name, base, base_kind, operations, target in WORKLOADS:
+        for name, ours, base_name, base, base_kind, operations, target in (
+            WORKLOADS + SYNC_WORKLOADS
+        ):
             count = int(operations * arguments.scale) // SEGMENTS
             ratios, ours_rates, base_rates = [], [], []
             for _ in range(arguments.runs):

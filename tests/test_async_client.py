@@ -501,7 +501,7 @@ def test_raw_blocking_read_runs_on_its_own_connection(run, redis_config: RedisCo
 
 
 def test_which_commands_retry_idempotent_may_repeat() -> None:
-    from ailf.clients._commands import is_idempotent
+    from ailf.clients._command_kinds import is_idempotent
 
     assert is_idempotent(("GET", "k"))
     assert is_idempotent(("SET", "k", "v", "EX", 10))
@@ -514,7 +514,7 @@ def test_which_commands_retry_idempotent_may_repeat() -> None:
 
 def test_how_long_the_reply_of_a_blocking_command_may_take() -> None:
     """Its own wait (BLOCK in ms, the others' timeouts in s) plus socket_timeout."""
-    from ailf.clients._commands import blocking_reply_timeout as limit
+    from ailf.clients._command_kinds import blocking_reply_timeout as limit
 
     read = ("XREADGROUP", "GROUP", "g", "c", "COUNT", 1, "block", 2000, "STREAMS", "s", ">")
     assert limit([read], 5.0) == 7.0

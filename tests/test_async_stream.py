@@ -37,7 +37,7 @@ from ailf import (
     RedisServer,
     ResponseError,
 )
-from ailf.messaging._stream import NO_GROUP_MESSAGE, Entry, Read, StreamOperations
+from ailf.messaging._stream_steps import NO_GROUP_MESSAGE, Entry, Read, StreamOperations
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_a_group_read_that_never_returned_is_followed_by_a_history_read() -> Non
     next(steps)
     assert steps.send([]) == Read("s", ">", 10, 100, "g", "c")
     with pytest.raises(StopIteration):
-        steps.send([["s", [["1-0", ["n", "1"]]]]])
+        steps.send([["s", [("1-0", {"n": "1"})]]])
     assert next(operations._read_group_steps(10, 100)).last_id == ">"  # it returned
 
 

@@ -30,8 +30,7 @@ from ailf import (
     RedisServer,
     WatchError,
 )
-from ailf.clients._pipeline import Pipeline
-from ailf.clients._sync import Pipeline as SyncPipeline
+from ailf.clients._pipeline import AsyncPipeline, Pipeline
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -44,7 +43,7 @@ def other(redis_config: RedisConfig) -> Iterator[redis.Redis]:
     client.close()
 
 
-async def _connection_id(pipe: Pipeline) -> int:
+async def _connection_id(pipe: AsyncPipeline) -> int:
     """The server's id for the pipeline's reserved connection (only while watching)."""
     return await pipe.execute_command("CLIENT", "ID")
 
@@ -188,7 +187,7 @@ def test_transaction_retries_until_no_watched_key_changed(
             await client.set("counter", 0)
             attempts = 0
 
-            async def double(pipe: Pipeline) -> int:
+            async def double(pipe: AsyncPipeline) -> int:
                 nonlocal attempts
                 attempts += 1
                 value = int(await pipe.get("counter"))
@@ -204,7 +203,7 @@ def test_transaction_retries_until_no_watched_key_changed(
             assert attempts == 3 and seen == 2
             assert await client.get("counter") == "5"
 
-            def sync_func(pipe: Pipeline) -> None:
+            def sync_func(pipe: AsyncPipeline) -> None:
                 pipe.multi()
                 pipe.incr("counter")
 
@@ -218,7 +217,7 @@ def test_transaction_without_async_with(run, redis_config: RedisConfig) -> None:
         client = AsyncRedisClient(redis_config)
         try:
 
-            async def add(pipe: Pipeline) -> None:
+            async def add(pipe: AsyncPipeline) -> None:
                 value = int(await pipe.get("n") or 0)
                 pipe.multi()
                 pipe.set("n", value + 1)
@@ -366,7 +365,7 @@ def test_sync_transaction_retries(sync_client: RedisClient, other: redis.Redis) 
     other.set("counter", 0)
     attempts = 0
 
-    def double(pipe: SyncPipeline) -> int:
+    def double(pipe: Pipeline) -> int:
         nonlocal attempts
         attempts += 1
         value = int(pipe.get("counter"))
@@ -401,14 +400,14 @@ def test_sync_connection_lost_while_watching_is_a_connection_error(
 ) -> None:
     with sync_client.pipeline() as pipe:
         pipe.watch("k")
-        other.client_kill_filter(_id=pipe.command("client_id"))
+        other.client_kill_filter(_id=pipe.execute_command("CLIENT", "ID"))
         with pytest.raises(RedisConnectionError):
             pipe.get("k")
 
 
 def test_sync_and_async_faces_have_the_same_names() -> None:
     names = {"watch", "unwatch", "multi", "execute", "reset"}
-    assert names <= set(dir(Pipeline)) & set(dir(SyncPipeline))
+    assert names <= set(dir(AsyncPipeline)) & set(dir(Pipeline))
     assert {"pipeline", "transaction"} <= set(dir(AsyncRedisClient)) & set(dir(RedisClient))
 
 

@@ -19,7 +19,7 @@ from ailf import (
     RedisPubSub,
     RedisServer,
 )
-from ailf.messaging._pubsub import Subscriptions, decode_payload
+from ailf.messaging._handlers import HandlerTable, decode_payload
 
 
 def subscribers(client: RedisClient, channel: str) -> int:
@@ -70,7 +70,7 @@ def test_subscriptions_route_messages_to_their_handlers() -> None:
     def on_channel(payload: Any) -> None: ...
     def on_pattern(payload: Any) -> None: ...
 
-    subs = Subscriptions(channels={"news": on_channel}, patterns={"user.*": on_pattern})
+    subs = HandlerTable(channels={"news": on_channel}, patterns={"user.*": on_pattern})
     delivery = subs.route("message", b"news", '{"x": 1}')
     assert delivery is not None
     assert (delivery.handler, delivery.channel, delivery.payload) == (on_channel, "news", {"x": 1})
@@ -91,7 +91,7 @@ def test_a_bad_channel_or_handler_is_refused_when_subscribing(pubsub: RedisPubSu
         pubsub.subscribe("news", "print")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="pattern: expected a non-empty string, got ''"):
         pubsub.psubscribe("", print)
-    assert pubsub.subscriptions == Subscriptions()
+    assert pubsub.subscriptions == HandlerTable()
 
 
 def test_subscriptions_read_as_upstreams_dict_of_channel_to_handler(

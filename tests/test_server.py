@@ -127,8 +127,8 @@ async def test_serve_inside_a_nursery() -> None:
 
 def test_embedded_config_resolves_to_the_shared_server() -> None:
     code = (
-        "from ailf import RedisConfig; import redis;"
-        "c = RedisConfig.from_url('embedded://').resolve();"
+        "from ailf import RedisConfig; from ailf.server import resolve_embedded; import redis;"
+        "c = resolve_embedded(RedisConfig.from_url('embedded://'));"
         "assert not c.embedded;"
         "print(redis.Redis(host=c.host, port=c.port).ping())"
     )

@@ -27,19 +27,19 @@ from ailf import (
     ResponseError,
     RetryPolicy,
 )
-from ailf.messaging._stream import (
+from ailf.messaging._stream_steps import (
     NO_GROUP_MESSAGE,
+    Call,
     LoopBackoff,
     PendingEntry,
     PendingSummary,
+    StreamOperations,
     decode_fields,
     encode_fields,
-    parse_entries,
-    parse_pending_entries,
-    parse_pending_summary,
-    parse_read,
-    reply_map,
-    xadd_command,
+    entries_of,
+    info_of,
+    pending_entries_of,
+    pending_summary_of,
 )
 
 
@@ -59,10 +59,10 @@ def stream(client: RedisClient) -> RedisStream:
 
 def test_fields_round_trip_with_their_types() -> None:
     data = {"n": 1, "f": 0.5, "s": "text", "b": False, "none": None, "deep": {"l": [1, "2"]}}
-    flat = encode_fields(data)
-    assert flat[:2] == ["n", "1"]
-    assert decode_fields(flat) == data
-    assert decode_fields([b"n", b"1", b"s", b"plain words"]) == {"n": 1, "s": "plain words"}
+    fields = encode_fields(data)
+    assert list(fields.items())[:1] == [("n", "1")]
+    assert decode_fields(fields) == data
+    assert decode_fields({b"n": b"1", b"s": b"plain words"}) == {"n": 1, "s": "plain words"}
     assert decode_fields({"k": "[1]"}) == {"k": [1]}
 
 
@@ -73,20 +73,36 @@ def test_encode_fields_rejects_what_xadd_cannot_take() -> None:
         encode_fields({1: "x"})  # type: ignore[dict-item]
 
 
-def test_command_builders_and_reply_parsers() -> None:
-    assert xadd_command("s", {"a": 1}, 100) == ["XADD", "s", "MAXLEN", "~", 100, "*", "a", "1"]
-    assert xadd_command("s", {"a": 1}, None) == ["XADD", "s", "*", "a", "1"]
-    entries = [["1-0", ["a", "1"]], ["2-0", None]]
-    assert parse_entries(entries) == [{"id": "1-0", "data": {"a": 1}}]
-    assert parse_read([["s", entries]]) == entries
-    assert parse_read({"s": entries}) == entries  # RESP3 shape
-    assert parse_read(None) == []
-    assert parse_pending_summary([2, "1-0", "2-0", [["w1", "2"]]]) == PendingSummary(
-        2, "1-0", "2-0", {"w1": 2}
+def test_steps_call_the_surface_and_shape_its_replies() -> None:
+    """The steps name the command surface's methods, whose replies are parsed already:
+    the stream helpers only turn them into entry dicts and records."""
+    operations = StreamOperations("s", 100)
+    steps = operations._add_steps({"a": 1})
+    assert next(steps) == Call("xadd", ("s", {"a": "1"}), {"maxlen": 100})
+    assert next(StreamOperations("s", None)._add_steps({"a": 1})) == Call(
+        "xadd", ("s", {"a": "1"}), {"maxlen": None}
     )
-    assert parse_pending_summary([0, None, None, None]) == PendingSummary(0, None, None, {})
-    assert parse_pending_entries([["1-0", "w1", 5, 2]]) == [PendingEntry("1-0", "w1", 5, 2)]
-    assert reply_map([b"name", b"g", "pending", 3]) == {"name": "g", "pending": 3}
+    entries = [("1-0", {"a": "1"}), ("2-0", None)]
+    assert entries_of(entries) == [{"id": "1-0", "data": {"a": 1}}]
+    assert entries_of([]) == []
+    summary = {
+        "pending": 2,
+        "min": "1-0",
+        "max": "2-0",
+        "consumers": [{"name": "w1", "pending": 2}],
+    }
+    assert pending_summary_of(summary) == PendingSummary(2, "1-0", "2-0", {"w1": 2})
+    empty = {"pending": 0, "min": None, "max": None, "consumers": []}
+    assert pending_summary_of(empty) == PendingSummary(0, None, None, {})
+    pending = [
+        {"message_id": "1-0", "consumer": "w1", "time_since_delivered": 5, "times_delivered": 2}
+    ]
+    assert pending_entries_of(pending) == [PendingEntry("1-0", "w1", 5, 2)]
+    assert info_of({"name": b"g", "pending": 3, "first-entry": None}) == {
+        "name": "g",
+        "pending": 3,
+        "first-entry": None,
+    }
 
 
 def test_loop_backoff_paces_and_logs(caplog: pytest.LogCaptureFixture) -> None:

@@ -6,30 +6,45 @@ outlives the block, and leaving it closes every connection at once. Under asynci
 same class runs on ``redis.asyncio``. Which one is decided when the client is entered
 (or first used), from the running async library.
 
-The command methods come from :class:`~ailf.clients._commands.Commands` and return
-redis-py's shapes; see ``docs/clients.md`` for the cancellation contract, pipelining,
-blocking commands and reconnection.
+The command methods come from :class:`~ailf.clients._commands.Commands`, which the sync
+:class:`~ailf.clients._sync.RedisClient` runs too, and return redis-py's shapes; see
+``docs/clients.md`` for the cancellation contract, pipelining, blocking commands and
+reconnection.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import sniffio
 
-from ailf.clients._commands import Commands, Convert, is_idempotent
-from ailf.clients._connection import raise_reply_error
-from ailf.clients._pipeline import Pipeline
+from ailf.clients._backend import AsyncBackend, AsyncReserved, PubSubSession
+from ailf.clients._command_kinds import is_idempotent
+from ailf.clients._commands import Commands, Convert
+from ailf.clients._errors import raise_reply_error
+from ailf.clients._pipeline import AsyncPipeline
 from ailf.config import RedisConfig, given_or_from_env
 from ailf.errors import AuthenticationError, RedisConnectionError, RedisTimeoutError, WatchError
+from ailf.server import resolve_embedded
+
+if TYPE_CHECKING:
+    import trio
 
 __all__ = ["AsyncRedisClient"]
 
 
-def _backend_class() -> Any:
+class _BackendClass(Protocol):
+    """What :func:`_backend_class` returns: TrioBackend or AsyncioBackend, the class."""
+
+    def __call__(self, config: RedisConfig, nursery: trio.Nursery | None) -> AsyncBackend: ...
+
+    async def probe(self, config: RedisConfig) -> None: ...
+
+
+def _backend_class() -> _BackendClass:
     """The engine for the running async library (imported on first use)."""
     library = sniffio.current_async_library()
     if library == "trio":
@@ -43,8 +58,18 @@ def _backend_class() -> Any:
     raise RuntimeError(f"AsyncRedisClient runs under trio or asyncio, not {library}")
 
 
-def _backend_for(config: RedisConfig, nursery: Any) -> Any:
-    return _backend_class()(config, nursery)
+async def _resolved(config: RedisConfig) -> RedisConfig:
+    """:func:`~ailf.server.resolve_embedded`, in a worker thread when it may start the
+    shared server, so that the event loop goes on meanwhile."""
+    if not config.embedded:
+        return config
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        return await trio.to_thread.run_sync(resolve_embedded, config)
+    import asyncio
+
+    return await asyncio.to_thread(resolve_embedded, config)
 
 
 class AsyncRedisClient(Commands):
@@ -58,7 +83,7 @@ class AsyncRedisClient(Commands):
 
     ``retry_idempotent=True`` retries commands that are safe to repeat (reads, SET
     without NX/XX/GET, DEL, HSET, XACK…, see
-    :func:`~ailf.clients._commands.is_idempotent`) when the connection fails under them,
+    :func:`~ailf.clients._command_kinds.is_idempotent`) when the connection fails under them,
     with ``config.retry``'s backoff. Other commands, and all commands by default, fail
     with :class:`~ailf.errors.RedisConnectionError`: they may or may not have run.
 
@@ -78,20 +103,29 @@ class AsyncRedisClient(Commands):
     def __init__(
         self, config: RedisConfig | None = None, *, retry_idempotent: bool = False
     ) -> None:
-        self.config = given_or_from_env(config, type(self).__name__).resolve()
+        self.config = given_or_from_env(config, type(self).__name__)
         self.retry_idempotent = retry_idempotent
-        self._backend: Any = None
+        self._connect_to: RedisConfig | None = None  # the config resolved, once connecting
+        self._backend: AsyncBackend | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._closed = False
 
     def __repr__(self) -> str:
         return f"<AsyncRedisClient {self.config.url}>"
 
+    @property
+    def address(self) -> str:
+        """Where the client connects (``host:port`` or the socket path): what its errors
+        name. For an embedded config, the shared server's, once connected."""
+        return (self._connect_to or self.config).address
+
     # -- lifetime -------------------------------------------------------------------
 
     async def __aenter__(self) -> AsyncRedisClient:
         if self._stack is not None or self._closed:
             raise RuntimeError("an AsyncRedisClient can be entered once; create a new one")
+        if self._connect_to is None:
+            self._connect_to = await _resolved(self.config)
         stack = contextlib.AsyncExitStack()
         nursery = None
         if sniffio.current_async_library() == "trio":
@@ -99,7 +133,7 @@ class AsyncRedisClient(Commands):
 
             nursery = await stack.enter_async_context(trio.open_nursery())
             stack.callback(nursery.cancel_scope.cancel)
-        backend = _backend_for(self.config, nursery)
+        backend = _backend_class()(self._connect_to, nursery)
         stack.push_async_callback(backend.aclose)
         try:
             await backend.open()
@@ -142,27 +176,34 @@ class AsyncRedisClient(Commands):
         not an outage: that raises :class:`~ailf.errors.AuthenticationError`.
         """
         try:
-            await _backend_class().probe(self.config)
+            await _backend_class().probe(await _resolved(self.config))
         except AuthenticationError:
             raise
         except (RedisConnectionError, RedisTimeoutError):
             return False
         return True
 
-    def _lazy_backend(self) -> Any:
+    def _lazy_backend(self) -> AsyncBackend:
+        """The engine of a client used without ``async with``: no nursery, so every
+        command borrows a pool connection. An embedded config is resolved here, in the
+        event loop's thread: this is the one path that may start the shared server
+        without handing that to a worker thread (``async with`` does)."""
         if self._closed:
             raise RedisConnectionError(
-                f"this AsyncRedisClient for Redis at {self.config.address} is closed;"
-                " create a new one"
+                f"this AsyncRedisClient for Redis at {self.address} is closed; create a new one"
             )
-        self._backend = _backend_for(self.config, None)
+        if self._connect_to is None:
+            self._connect_to = resolve_embedded(self.config)
+        self._backend = _backend_class()(self._connect_to, None)
         return self._backend
 
     # -- running commands -----------------------------------------------------------
 
     async def _command(
-        self, args: tuple[Any, ...], convert: Convert = None, blocking: bool = False
+        self, args: tuple[Any, ...] | None, convert: Convert = None, blocking: bool = False
     ) -> Any:
+        if args is None:
+            return convert(None) if convert is not None else None
         backend = self._backend or self._lazy_backend()
         try:
             reply = await backend.execute(args, blocking)
@@ -173,11 +214,15 @@ class AsyncRedisClient(Commands):
                 raise
             reply = await self._retry(backend, args, blocking, exc)
         if isinstance(reply, Exception):
-            raise_reply_error(reply, self.config.address)
+            raise_reply_error(reply, self.address)
         return reply if convert is None else convert(reply)
 
     async def _retry(
-        self, backend: Any, args: tuple[Any, ...], blocking: bool, error: RedisConnectionError
+        self,
+        backend: AsyncBackend,
+        args: tuple[Any, ...],
+        blocking: bool,
+        error: RedisConnectionError,
     ) -> Any:
         """Send an idempotent command again, with backoff; the last error if all fail."""
         policy = self.config.retry
@@ -191,24 +236,23 @@ class AsyncRedisClient(Commands):
                 error = exc
         raise error
 
-    async def _execute_many(
-        self, commands: list[tuple[Any, ...]], blocking: bool, transaction: bool
-    ) -> list[Any]:
+    async def _execute_many(self, commands: Sequence[tuple[Any, ...]], blocking: bool) -> list[Any]:
         backend = self._backend or self._lazy_backend()
-        return await backend.execute_many(commands, blocking, transaction)
+        return await backend.execute_many(commands, blocking)
 
-    async def _reserve(self) -> Any:
+    async def _reserve(self) -> AsyncReserved:
         """A pool connection of a pipeline's own, for its WATCH … EXEC."""
         backend = self._backend or self._lazy_backend()
         return await backend.reserve()
 
-    def pipeline(self, transaction: bool = True) -> Pipeline:
-        """A :class:`~ailf.clients._pipeline.Pipeline` on this client (MULTI/EXEC if asked)."""
-        return Pipeline(self, transaction)
+    def pipeline(self, transaction: bool = True) -> AsyncPipeline:
+        """An :class:`~ailf.clients._pipeline.AsyncPipeline` on this client (MULTI/EXEC if
+        asked): ``async with client.pipeline() as pipe:``."""
+        return AsyncPipeline(self, transaction)
 
     async def transaction(
         self,
-        func: Callable[[Pipeline], Any],
+        func: Callable[[AsyncPipeline], Any],
         *watches: Any,
         value_from_callable: bool = False,
         watch_delay: float | None = None,
@@ -235,7 +279,7 @@ class AsyncRedisClient(Commands):
                     if watch_delay is not None and watch_delay > 0:
                         await (self._backend or self._lazy_backend()).sleep(watch_delay)
 
-    def pubsub(self) -> Any:
+    def pubsub(self) -> PubSubSession:
         """A pub/sub session on a dedicated connection: ``async with client.pubsub() as ps``."""
         backend = self._backend or self._lazy_backend()
         return backend.pubsub()

@@ -6,8 +6,8 @@ above: replies come back raw (redis-py's response callbacks are switched off, be
 :class:`~ailf.clients._commands.Commands` converts them, once, for both engines), and
 errors are ailf's (error replies are parsed straight into
 :class:`~ailf.errors.ResponseError` keeping their code, other redis-py errors are
-translated at this boundary). redis-py's own retries are off: retrying is the client's
-decision (``retry_idempotent``).
+translated by :func:`~ailf.clients._errors.from_redis_py`, as on the sync engine).
+redis-py's own retries are off: retrying is the client's decision (``retry_idempotent``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import logging
 import math
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio
@@ -28,20 +28,18 @@ from redis._parsers import _AsyncHiredisParser, _AsyncRESP2Parser
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from ailf.clients._commands import blocking_reply_timeout
-from ailf.clients._connection import raise_reply_error, tls_failed, tls_unanswered
-from ailf.clients._pipeline import transaction_replies
-from ailf.clients._pool import reservation_lost
-from ailf.clients._pubsub import PubSubCommands, Request, Subscriptions
-from ailf.config import RedisConfig
-from ailf.errors import (
-    AuthenticationError,
-    DecodeError,
-    RedisConnectionError,
-    RedisError,
-    RedisTimeoutError,
-    ResponseError,
+from ailf.clients._command_kinds import blocking_reply_timeout
+from ailf.clients._errors import (
+    REDIS_PY_ERRORS,
+    raise_from_redis_py,
+    raise_reply_error,
+    reservation_lost,
+    tls_failed,
+    tls_unanswered,
 )
+from ailf.clients._pubsub import PubSubCommands, Request, SubscriptionState
+from ailf.config import RedisConfig
+from ailf.errors import AuthenticationError, RedisConnectionError, RedisTimeoutError, ResponseError
 
 __all__ = ["AsyncioBackend", "AsyncioPubSub"]
 
@@ -67,34 +65,12 @@ def _parser_class() -> type:
 
 
 @contextlib.contextmanager
-def _translated(address: str) -> Iterator[None]:
+def _translated(config: RedisConfig) -> Iterator[None]:
     """redis-py's exceptions in, ailf's out (ailf's own pass through untouched)."""
     try:
         yield
-    except RedisError:
-        raise
-    except redis.exceptions.AuthenticationError as exc:
-        raise AuthenticationError(f"Redis at {address} refused the credentials: {exc}") from exc
-    except redis.exceptions.TimeoutError as exc:
-        if "connecting" in str(exc):  # socket_connect_timeout: unreachable, as on trio
-            raise RedisConnectionError(
-                f"timed out connecting to Redis at {address} (is the server up? raise"
-                " socket_connect_timeout if it is just slow)"
-            ) from exc
-        raise RedisTimeoutError(f"Redis at {address} did not answer in time: {exc}") from exc
-    except redis.exceptions.ConnectionError as exc:
-        if isinstance(exc.__cause__, RedisError):  # ailf's own, wrapped by redis-py's connect
-            raise exc.__cause__ from None
-        raise RedisConnectionError(f"connection to Redis at {address} failed: {exc}") from exc
-    except redis.exceptions.ResponseError as exc:
-        raise ResponseError(str(exc)) from exc
-    except UnicodeDecodeError as exc:
-        raise DecodeError(
-            f"a reply from Redis at {address} is not valid UTF-8 ({exc});"
-            " use decode_responses=False for binary values"
-        ) from exc
-    except (OSError, asyncio.IncompleteReadError) as exc:
-        raise RedisConnectionError(f"connection to Redis at {address} failed: {exc}") from exc
+    except REDIS_PY_ERRORS as exc:
+        raise_from_redis_py(exc, config)
 
 
 class _TLSConnection(redis.asyncio.SSLConnection):
@@ -157,7 +133,7 @@ def _client(config: RedisConfig) -> redis.asyncio.Redis:
 class AsyncioBackend:
     """Runs commands through ``redis.asyncio``; same interface as the trio backend."""
 
-    def __init__(self, config: RedisConfig, nursery: None = None) -> None:
+    def __init__(self, config: RedisConfig, nursery: object = None) -> None:
         # ``nursery`` is the trio engine's; asyncio has none, and both are built alike.
         self._config = config
         self._redis = _client(config)
@@ -184,27 +160,22 @@ class AsyncioBackend:
         if blocking:
             (reply,) = await self._execute_blocking([args])
             return reply
-        with _translated(self._config.address):
+        with _translated(self._config):
             try:
                 return await self._redis.execute_command(*args)
             except ResponseError as exc:
                 return exc
 
-    async def execute_many(
-        self, commands: list[tuple[Any, ...]], blocking: bool, transaction: bool
-    ) -> list[Any]:
+    async def execute_many(self, commands: Sequence[tuple[Any, ...]], blocking: bool) -> list[Any]:
         if blocking:
-            if not transaction:
-                return await self._execute_blocking(commands)
-            replies = await self._execute_blocking([("MULTI",), *commands, ("EXEC",)])
-            return transaction_replies(replies)
-        with _translated(self._config.address):
-            async with self._redis.pipeline(transaction=transaction) as pipe:
+            return await self._execute_blocking(commands)
+        with _translated(self._config):
+            async with self._redis.pipeline(transaction=False) as pipe:
                 for args in commands:
                     pipe.execute_command(*args)
                 return await pipe.execute(raise_on_error=False)
 
-    async def _execute_blocking(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async def _execute_blocking(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Commands with a blocking one among them, on a pool connection held meanwhile.
 
         redis-py would hold their replies to ``socket_timeout``, failing a
@@ -220,7 +191,7 @@ class AsyncioBackend:
     async def reserve(self) -> AsyncioReservedConnection:
         """A pool connection of the caller's own, for a pipeline's WATCH … EXEC."""
         pool = self._redis.connection_pool
-        with _translated(self._config.address):
+        with _translated(self._config):
             connection = await pool.get_connection()
         return AsyncioReservedConnection(self._config, pool, connection)
 
@@ -246,6 +217,7 @@ class AsyncioReservedConnection:
         pool: redis.asyncio.ConnectionPool,
         connection: redis.asyncio.connection.AbstractConnection,
     ) -> None:
+        self._config = config
         self._address = config.address
         self._socket_timeout = config.socket_timeout
         self._pool = pool
@@ -256,19 +228,21 @@ class AsyncioReservedConnection:
         """True once released, or disconnected by a failed request."""
         return self._connection is None
 
-    async def request(self, commands: list[tuple[Any, ...]], blocking: bool = False) -> list[Any]:
+    async def request(
+        self, commands: Sequence[tuple[Any, ...]], blocking: bool = False
+    ) -> list[Any]:
         """Send commands in one write; their replies in order (error replies returned).
 
         Each reply is held to ``socket_timeout``, or, with ``blocking``, to the blocking
         commands' own wait plus ``socket_timeout``
-        (:func:`~ailf.clients._commands.blocking_reply_timeout`), as under trio.
+        (:func:`~ailf.clients._command_kinds.blocking_reply_timeout`), as under trio.
         """
         connection = self._connection
         if connection is None:
             raise reservation_lost(self._address)
         limit = blocking_reply_timeout(commands, self._socket_timeout) if blocking else None
         try:
-            with _translated(self._address):
+            with _translated(self._config):
                 await connection.send_packed_command(connection.pack_commands(commands))
                 return [await _reply_or_error(connection, limit, self._address) for _ in commands]
         except BaseException:
@@ -325,7 +299,7 @@ class AsyncioPubSub(PubSubCommands):
 
     Same names, same message dicts, same promise that ``subscribe()`` returns once the
     server confirmed the subscription, and the same handling of a refused one (see
-    :class:`~ailf.clients._pubsub.Subscriptions`, which both keep). One task at a time
+    :class:`~ailf.clients._pubsub.SubscriptionState`, which both keep). One task at a time
     reads the connection: the iterating task or one waiting for its confirmation,
     whichever needed a reply first; the others wait for it to read (messages it meets
     on the way are kept for the iterator). A lost
@@ -336,7 +310,7 @@ class AsyncioPubSub(PubSubCommands):
     def __init__(self, config: RedisConfig, client: redis.asyncio.Redis) -> None:
         self._config = config
         self._pubsub = _RedisPubSub(client, self._restore)
-        self._subscriptions = Subscriptions(config.address)
+        self._subscriptions = SubscriptionState(config.address)
         self._kept: deque[dict[str, Any]] = deque()
         self._progress = asyncio.Event()
         self._reading = False
@@ -364,7 +338,7 @@ class AsyncioPubSub(PubSubCommands):
         # await between: the order of pending commands is the order on the wire.
         request = self._subscriptions.request(command, names)
         packed = connection.pack_command(command, *names)
-        with contextlib.suppress(RedisConnectionError), _translated(self._config.address):
+        with contextlib.suppress(RedisConnectionError), _translated(self._config):
             # A broken connection is the reader's to mend: reconnecting sends every
             # pending command again, this one included.
             await connection.send_packed_command(packed, check_health=False)
@@ -388,7 +362,7 @@ class AsyncioPubSub(PubSubCommands):
     async def _connect(self) -> None:
         """Connect if not connected (and _restore); an error reply while connecting (wrong
         credentials) raises as a failed handshake does on trio."""
-        with _translated(self._config.address):
+        with _translated(self._config):
             try:
                 await self._pubsub.connect()
             except ResponseError as error:
@@ -449,7 +423,7 @@ class AsyncioPubSub(PubSubCommands):
                 # reply while connecting (a changed password) ends the session as on
                 # trio instead of passing for the answer to a subscription.
                 await self._connect()
-            with _translated(self._config.address):
+            with _translated(self._config):
                 try:
                     reply = await self._pubsub.parse_response(block=wait is None, timeout=wait)
                 except ResponseError as error:  # redis-py raises error replies

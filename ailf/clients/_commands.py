@@ -1,106 +1,38 @@
-"""The Redis commands, written once for the async client and its pipeline.
+"""The Redis commands, written once for both clients and both pipelines.
 
 Each method builds the command's arguments and names the function that turns the raw
 RESP2 reply into the shape redis-py returns (``hgetall`` a dict, ``xreadgroup`` a list of
-``[stream, [(id, fields), ...]]``...), then hands both to ``self._command``. On
-:class:`~ailf.clients._async_client.AsyncRedisClient` that returns an awaitable of the
-converted reply; on :class:`~ailf.clients._pipeline.Pipeline` it queues the command and
-returns the pipeline, so calls chain as in redis-py (or, between ``pipe.watch()`` and
-``pipe.multi()``, runs it at once and returns an awaitable). Replies are ``str`` when the
-config's ``decode_responses`` is true (the default) and ``bytes`` otherwise.
+``[stream, [(id, fields), ...]]``...), then hands both to ``self._command``. That is the
+one thing a face provides: :class:`~ailf.clients._sync.RedisClient` runs the command now
+and returns the converted reply; :class:`~ailf.clients._async_client.AsyncRedisClient`
+returns an awaitable of it; the pipelines of both
+(:class:`~ailf.clients._pipeline.Pipeline`, :class:`~ailf.clients._pipeline.AsyncPipeline`)
+queue the command and return the pipeline, so calls chain as in redis-py (or, between
+``pipe.watch()`` and ``pipe.multi()``, run it at once). So names, arguments, argument
+checks and reply shapes are the same on every face by construction; the test suite
+walks both clients to keep it so. Replies are ``str`` when the config's
+``decode_responses`` is true (the default) and ``bytes`` otherwise.
+
+A command whose arguments cannot be sent raises :class:`~ailf.errors.DataError` before
+anything is sent (also ``redis.DataError``, ``TypeError`` and ``ValueError``).
 """
 
 from __future__ import annotations
 
 import datetime
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from itertools import chain
 from typing import Any
 
 from ailf import codec
+from ailf.clients._command_kinds import command_name, is_blocking
+from ailf.errors import DataError
 
-__all__ = [
-    "BLOCKING_COMMANDS",
-    "CONNECTION_STATE_COMMANDS",
-    "IDEMPOTENT_COMMANDS",
-    "Commands",
-    "Convert",
-    "blocking_reply_timeout",
-    "command_name",
-    "is_blocking",
-    "is_idempotent",
-]
+__all__ = ["Commands", "Convert"]
 
+#: What turns a command's raw reply into its method's shape; None keeps the reply as is.
 Convert = Callable[[Any], Any] | None
-
-#: Commands that may wait on the server: they run on a dedicated connection.
-BLOCKING_COMMANDS = frozenset(
-    {"BLPOP", "BRPOP", "BLMOVE", "BRPOPLPUSH", "BZPOPMIN", "BZPOPMAX", "BLMPOP", "BZMPOP", "WAIT"}
-)
-
-#: Commands that change a connection's state (for every caller sharing it, or handed it
-#: next from a pool), and what to use instead; see :func:`command_name`.
-CONNECTION_STATE_COMMANDS = {
-    **dict.fromkeys(
-        ("SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE"),
-        "use a pub/sub session: `async with client.pubsub() as ps:` on AsyncRedisClient,"
-        " or RedisPubSub/AsyncRedisPubSub from ailf.messaging",
-    ),
-    **dict.fromkeys(
-        ("MULTI", "EXEC", "DISCARD"),
-        "use client.pipeline(transaction=True), which sends MULTI/EXEC in one write",
-    ),
-    **dict.fromkeys(
-        ("WATCH", "UNWATCH"),
-        "use client.pipeline().watch(key), then multi() and execute(), or"
-        " client.transaction(func, key): they hold one connection from WATCH to EXEC",
-    ),
-    "SELECT": "set RedisConfig.db (or /db in the URL) and open another client",
-    "AUTH": "set RedisConfig.username and RedisConfig.password",
-    "HELLO": "the client speaks RESP2 and negotiates the connection itself",
-    "RESET": "open another client",
-    "QUIT": "close the client (the end of its `async with` block, aclose(), or close())",
-    "MONITOR": "use redis-cli MONITOR",
-}
-
-
-def command_name(args: tuple[Any, ...]) -> str:
-    """The upper-cased name of a raw command, refusing what would break a shared
-    connection: a :class:`ValueError` saying what to use instead."""
-    if not args:
-        raise ValueError("execute_command needs a command name")
-    name = _text(args[0]).upper() if isinstance(args[0], (str, bytes)) else str(args[0])
-    advice = CONNECTION_STATE_COMMANDS.get(name)
-    if advice is None and name == "CLIENT" and len(args) > 1:
-        sub = _text(args[1]).upper() if isinstance(args[1], (str, bytes)) else ""
-        if sub == "REPLY":
-            name, advice = (
-                "CLIENT REPLY",
-                (
-                    "every command's reply is how the client tells its callers apart; to send"
-                    " many commands at once, use client.pipeline(transaction=False)"
-                ),
-            )
-    if advice is not None:
-        raise ValueError(f"{name} is not allowed on a shared client: {advice}")
-    return name
-
-
-#: Commands whose effect is the same if sent twice: the only ones ``retry_idempotent``
-#: retries (see :func:`is_idempotent`). A retried DEL, XACK, SREM… may report a smaller
-#: count than the first attempt would have, since that attempt may have done the work.
-IDEMPOTENT_COMMANDS = frozenset(
-    {
-        "PING", "ECHO", "GET", "MGET", "EXISTS", "TTL", "PTTL", "TYPE", "STRLEN", "KEYS",
-        "SCAN", "DBSIZE", "HGET", "HMGET", "HGETALL", "HKEYS", "HVALS", "HLEN", "HEXISTS",
-        "LRANGE", "LLEN", "SMEMBERS", "SISMEMBER", "SCARD", "XRANGE", "XREVRANGE", "XLEN",
-        "XINFO", "XPENDING", "SET", "MSET", "DEL", "UNLINK", "HSET", "HDEL", "EXPIRE",
-        "PEXPIRE", "SADD", "SREM", "XACK", "XDEL",
-    }
-)  # fmt: skip
-
-_CONDITIONAL_SET = frozenset({"NX", "XX", "GET"})
 
 _OK = ("OK", b"OK")
 _chain = chain.from_iterable
@@ -196,16 +128,36 @@ def _json_or_none(reply: Any) -> Any:
     return None if reply is None else codec.loads(reply)
 
 
-def _seconds(value: float | datetime.timedelta) -> float:
+def _seconds(value: float | datetime.timedelta, name: str = "time") -> float:
     seconds = value.total_seconds() if isinstance(value, datetime.timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise DataError(f"{name}: expected a number of seconds or a timedelta, got {value!r}")
     if isinstance(seconds, float) and not math.isfinite(seconds):
-        raise ValueError(f"expected a finite number of seconds, got {value!r}")
+        raise DataError(f"{name}: expected a finite number of seconds, got {value!r}")
     return seconds
+
+
+def _expiry(name: str, value: float | datetime.timedelta, unit: int) -> list[Any]:
+    """SET's ``EX seconds``, or ``PX milliseconds`` when the expiry is not whole seconds or
+    was given in milliseconds (``value`` counts seconds when ``unit`` is 1, milliseconds
+    when it is 1000; a timedelta is a timedelta)."""
+    if isinstance(value, datetime.timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        seconds = math.nan
+    else:
+        seconds = value / unit
+    if not 0 < seconds < math.inf:  # NaN fails the comparison too
+        finite = "" if math.isfinite(seconds) else " (expected a finite number of seconds)"
+        raise DataError(f"{name}: expected seconds > 0 or a timedelta, got {value!r}{finite}")
+    if unit == 1 and seconds == int(seconds):
+        return ["EX", int(seconds)]
+    return ["PX", max(1, round(seconds * 1000))]
 
 
 def _stream_args(streams: Mapping[Any, Any]) -> list[Any]:
     if not isinstance(streams, Mapping) or not streams:
-        raise TypeError(f"streams: expected a non-empty dict of stream name -> id, got {streams!r}")
+        raise DataError(f"streams: expected a non-empty dict of stream name -> id, got {streams!r}")
     return ["STREAMS", *streams.keys(), *streams.values()]
 
 
@@ -213,7 +165,7 @@ def _trim_args(
     maxlen: int | None, minid: Any, approximate: bool, limit: int | None
 ) -> tuple[Any, ...]:
     if maxlen is not None and minid is not None:
-        raise ValueError("give maxlen or minid, not both")
+        raise DataError("give maxlen or minid, not both")
     if maxlen is not None:
         args: tuple[Any, ...] = ("MAXLEN", "~" if approximate else "=", maxlen)
     elif minid is not None:
@@ -223,76 +175,19 @@ def _trim_args(
     return args if limit is None else (*args, "LIMIT", limit)
 
 
-def is_blocking(name: str, args: Sequence[Any]) -> bool:
-    """Whether command ``name`` (upper case) with ``args`` may wait on the server:
-    the :data:`BLOCKING_COMMANDS`, and XREAD/XREADGROUP with BLOCK."""
-    if name in BLOCKING_COMMANDS:
-        return True
-    return name in ("XREAD", "XREADGROUP") and any(
-        isinstance(a, (str, bytes)) and _text(a).upper() == "BLOCK" for a in args
-    )
-
-
-def _own_wait(args: Sequence[Any]) -> float:
-    """How long a blocking command may wait on the server by its own arguments, in
-    seconds: ``inf`` when it waits for ever (a timeout of 0), or when its arguments do
-    not say (the safe side: a reply timeout must never cut a legitimate wait short)."""
-    name = _text(args[0]).upper() if isinstance(args[0], (str, bytes)) else ""
-    try:
-        if name in ("XREAD", "XREADGROUP"):
-            words = [_text(a).upper() if isinstance(a, (str, bytes)) else a for a in args]
-            if "BLOCK" not in words:
-                return 0.0
-            value, scale = args[words.index("BLOCK") + 1], 1000
-        elif name == "WAIT":
-            value, scale = args[2], 1000
-        elif name in ("BLMPOP", "BZMPOP"):
-            value, scale = args[1], 1
-        elif name in BLOCKING_COMMANDS:
-            value, scale = args[-1], 1
-        else:
-            return 0.0
-        seconds = float(_text(value)) / scale
-    except (IndexError, ValueError, TypeError):
-        return math.inf
-    return seconds if seconds > 0 else math.inf
-
-
-def blocking_reply_timeout(
-    commands: Sequence[Sequence[Any]], socket_timeout: float | None
-) -> float:
-    """How long to wait for each reply of commands that include blocking ones.
-
-    A blocking command is not cut short by ``socket_timeout``: its reply may take as
-    long as the command's own wait (BLOCK, or BLPOP's timeout), plus ``socket_timeout``
-    for a server that stopped answering. Without a ``socket_timeout``, or for a command
-    that waits for ever, that is ``inf``. All three engines bound blocking commands so.
-    """
-    if socket_timeout is None:
-        return math.inf
-    return max(_own_wait(args) for args in commands) + socket_timeout
-
-
-def is_idempotent(args: tuple[Any, ...]) -> bool:
-    """Whether a command may be sent again after a connection broke under it.
-
-    SET qualifies only without NX, XX or GET, whose replies depend on what the first
-    attempt did.
-    """
-    name = _text(args[0]).upper() if isinstance(args[0], (str, bytes)) else ""
-    if name not in IDEMPOTENT_COMMANDS:
-        return False
-    if name == "SET":
-        options = {_text(a).upper() for a in args[3:] if isinstance(a, (str, bytes))}
-        return not options & _CONDITIONAL_SET
-    return True
-
-
 class Commands:
-    """Redis commands as methods; subclasses provide ``_command(args, convert, blocking)``."""
+    """Redis commands as methods; each face provides ``_command(args, convert, blocking)``.
+
+    ``_command`` sends ``args`` (or queues them), and hands back ``convert(reply)``: at
+    once, as an awaitable, or, queued, once the pipeline executes. An error reply raises
+    :class:`~ailf.errors.ResponseError` (pipelines: see their ``execute``). ``args`` is
+    None for a command that needs no round trip (``mget([])``): the reply is then
+    ``convert(None)``. ``blocking`` marks a command that may wait on the server, which
+    the engines run on a connection of its own.
+    """
 
     def _command(
-        self, args: tuple[Any, ...], convert: Convert = None, blocking: bool = False
+        self, args: tuple[Any, ...] | None, convert: Convert = None, blocking: bool = False
     ) -> Any:
         raise NotImplementedError
 
@@ -321,7 +216,11 @@ class Commands:
         return self._command(("GET", name))
 
     def mget(self, keys: Any, *args: Any) -> Any:
+        """MGET; no keys at all is ``[]`` without a round trip, as in redis-py (Redis
+        itself refuses an MGET of nothing)."""
         names = [keys] if isinstance(keys, (str, bytes)) else list(keys)
+        if not names and not args:
+            return self._command(None, _no_values)
         return self._command(("MGET", *names, *args))
 
     def set(
@@ -336,17 +235,19 @@ class Commands:
         keepttl: bool = False,
         get: bool = False,
     ) -> Any:
-        """SET; ``expire`` is an alias of ``ex`` (seconds, float or timedelta)."""
+        """SET; ``expire`` is an alias of ``ex`` (seconds, float or timedelta).
+
+        An expiry that is not whole seconds is sent in milliseconds (``PX``), so
+        ``expire=2.5`` keeps its half second; it must be > 0 and finite
+        (:class:`~ailf.errors.DataError` otherwise, before anything is sent).
+        """
         args: list[Any] = ["SET", name, value]
-        seconds = ex if ex is not None else expire
-        if seconds is not None:
-            seconds = _seconds(seconds)
-            if seconds == int(seconds):
-                args += ["EX", int(seconds)]
-            else:
-                args += ["PX", int(seconds * 1000)]
+        if ex is not None:
+            args += _expiry("ex", ex, 1)
+        elif expire is not None:
+            args += _expiry("expire", expire, 1)
         if px is not None:
-            args += ["PX", int(_seconds(px) * 1000) if isinstance(px, datetime.timedelta) else px]
+            args += _expiry("px", px, 1000)
         if nx:
             args.append("NX")
         if xx:
@@ -413,12 +314,17 @@ class Commands:
 
     # -- JSON values (guide style) --------------------------------------------------
 
-    def set_json(self, name: Any, value: Any, expire: float | None = None) -> Any:
-        """Store ``value`` as JSON text (through :mod:`ailf.codec`)."""
-        return self.set(name, codec.dumps(value), ex=expire)
+    def set_json(
+        self, name: Any, value: Any, expire: float | datetime.timedelta | None = None
+    ) -> Any:
+        """Store ``value`` as JSON text (through :mod:`ailf.codec`): nested dicts, lists,
+        numbers and booleans survive, attrs instances as their fields; ``expire`` as in
+        :meth:`set`."""
+        return self.set(name, codec.dumps(value), expire=expire)
 
     def get_json(self, name: Any) -> Any:
-        """The JSON value stored at ``name``, or None if the key is missing."""
+        """The JSON value stored at ``name``, or None if the key is missing;
+        :class:`~ailf.errors.DecodeError` if it is not JSON."""
         return self._command(("GET", name), _json_or_none)
 
     # -- hashes ---------------------------------------------------------------------
@@ -439,7 +345,7 @@ class Commands:
         if items:
             args += list(items)
         if len(args) == 2:
-            raise ValueError(f"hset {name!r}: give key and value, mapping, or items")
+            raise DataError(f"hset {name!r}: give key and value, mapping, or items")
         return self._command(tuple(args))
 
     def hget(self, name: Any, key: Any) -> Any:
@@ -535,7 +441,7 @@ class Commands:
     ) -> Any:
         """XADD; returns the new entry's id. ``maxlen``/``minid`` trim in the same call."""
         if not fields:
-            raise ValueError(f"xadd {name!r}: fields must be a non-empty dict")
+            raise DataError(f"xadd {name!r}: fields must be a non-empty dict")
         if maxlen is None and minid is None and not nomkstream:
             return self._command(("XADD", name, id, *_chain(fields.items())))
         return self._command(
@@ -687,7 +593,7 @@ class Commands:
         limit: int | None = None,
     ) -> Any:
         if maxlen is None and minid is None:
-            raise ValueError(f"xtrim {name!r}: give maxlen or minid")
+            raise DataError(f"xtrim {name!r}: give maxlen or minid")
         return self._command(("XTRIM", name, *_trim_args(maxlen, minid, approximate, limit)))
 
     def xlen(self, name: Any) -> Any:
@@ -707,6 +613,10 @@ class Commands:
 
     def xdel(self, name: Any, *ids: Any) -> Any:
         return self._command(("XDEL", name, *ids))
+
+
+def _no_values(_: None) -> list[Any]:
+    return []
 
 
 def _is_ok_or_pong(reply: Any) -> bool:

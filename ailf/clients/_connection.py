@@ -6,8 +6,9 @@ commands, pub/sub, clients used without ``async with``). A *shared* connection i
 driven by the single writer task and single reader task of
 :class:`~ailf.clients._multiplex.SharedConnection`, which many tasks use at once.
 
-Every I/O failure is translated here, once, into :class:`~ailf.errors.RedisConnectionError`
-naming the server's address, so callers never see a bare ``OSError`` or
+Every I/O failure is caught here, once, and becomes a
+:class:`~ailf.errors.RedisConnectionError` naming the server's address (its message
+built by :mod:`ailf.clients._errors`), so callers never see a bare ``OSError`` or
 ``trio.BrokenResourceError``.
 """
 
@@ -18,29 +19,26 @@ import select
 import socket
 import ssl
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 import trio
 
+from ailf.clients._errors import (
+    cannot_connect,
+    connect_timed_out,
+    connection_lost,
+    credentials_refused,
+    not_resp,
+    not_utf8,
+    password_required,
+    tls_failed,
+    tls_unanswered,
+)
 from ailf.clients._resp import NOT_ENOUGH, Parser, ProtocolError, make_parser, pack_commands
 from ailf.config import RedisConfig
-from ailf.errors import (
-    AuthenticationError,
-    DecodeError,
-    RedisConnectionError,
-    RedisTimeoutError,
-    ResponseError,
-    TLSHandshakeTimeout,
-)
+from ailf.errors import DecodeError, RedisConnectionError, RedisTimeoutError, ResponseError
 
-__all__ = [
-    "RECEIVE_SIZE",
-    "Connection",
-    "open_connection",
-    "raise_reply_error",
-    "tls_failed",
-    "tls_unanswered",
-]
+__all__ = ["RECEIVE_SIZE", "Connection", "open_connection"]
 
 #: How much the reader asks the socket for at once: large enough that a burst of
 #: pipelined replies is parsed from one chunk.
@@ -48,60 +46,6 @@ RECEIVE_SIZE = 262144
 
 _AUTH_CODES = ("NOAUTH", "WRONGPASS", "NOPERM")
 _IO_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
-
-
-def tls_unanswered(address: str, timeout: float) -> TLSHandshakeTimeout:
-    """The error for a TLS handshake that got no answer within ``timeout`` seconds."""
-    return TLSHandshakeTimeout(
-        f"Redis at {address} accepted the connection but did not answer the TLS handshake"
-        f" within {timeout:g} s (socket_connect_timeout): is it a TLS port? rediss:// URLs"
-        " and ssl=True need the port of the server's tls-port setting; a plain port"
-        " wants redis://"
-    )
-
-
-def tls_failed(address: str, error: ssl.SSLError) -> RedisConnectionError:
-    """The error for a TLS handshake the server answered, and that failed."""
-    return RedisConnectionError(
-        f"TLS handshake with Redis at {address} failed: {error}; check ssl_ca_certs,"
-        " ssl_certfile/ssl_keyfile and that the server speaks TLS on that port"
-    )
-
-
-def raise_reply_error(reply: Exception, address: str) -> NoReturn:
-    """Raise a reply that is an error (a ResponseError, or a DecodeError for bad UTF-8).
-
-    NOAUTH and WRONGPASS become :class:`AuthenticationError`, which says what to set.
-    """
-    if isinstance(reply, ResponseError) and reply.code == "NOAUTH":
-        raise _password_required(address)
-    if isinstance(reply, ResponseError) and reply.code == "WRONGPASS":
-        raise AuthenticationError(
-            f"Redis at {address} refused the credentials: {reply}; check"
-            " RedisConfig.username and RedisConfig.password (or the URL's user:password@)"
-        )
-    raise reply
-
-
-def _password_required(address: str) -> AuthenticationError:
-    return AuthenticationError(
-        f"Redis at {address} requires a password: set RedisConfig.password"
-        " (and RedisConfig.username for an ACL user), or put user:password@ in the URL"
-    )
-
-
-def connection_lost(address: str, exc: BaseException | None = None) -> RedisConnectionError:
-    """The error every caller sees when the socket to ``address`` breaks."""
-    if exc is None:
-        return RedisConnectionError(f"Redis at {address} closed the connection")
-    return RedisConnectionError(f"connection to Redis at {address} lost: {_describe(exc)}")
-
-
-def _describe(exc: BaseException) -> str:
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(exc, trio.BrokenResourceError) and cause is not None:
-        return f"{type(cause).__name__}: {cause}"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _socket_of(stream: trio.abc.Stream) -> Any:
@@ -290,18 +234,12 @@ class Connection:
 
     def decode_error(self, exc: UnicodeDecodeError) -> DecodeError:
         """What a reply that is not UTF-8 becomes (the parser has consumed it)."""
-        return DecodeError(
-            f"a reply from Redis at {self.address} is not valid UTF-8 ({exc});"
-            " use decode_responses=False for binary values"
-        )
+        return not_utf8(self.address, exc)
 
     def protocol_error(self, exc: ProtocolError) -> RedisConnectionError:
         """What garbage on the wire becomes; the connection is done for."""
         self.closed = True
-        return RedisConnectionError(
-            f"Redis at {self.address} sent bytes that are not RESP ({exc});"
-            " the connection was closed"
-        )
+        return not_resp(self.address, exc)
 
     async def read_reply(self, reply_timeout: float | None = None) -> Any:
         """Wait for the next reply (an error reply is returned, not raised).
@@ -383,19 +321,14 @@ async def _open_stream(config: RedisConfig) -> trio.abc.Stream:
             await trio.aclose_forcefully(stream)
         if isinstance(stream, trio.SSLStream):  # connected: the TLS handshake is what hung
             raise tls_unanswered(address, timeout) from None
-        raise RedisConnectionError(
-            f"timed out after {timeout} s connecting to Redis at {address}"
-            " (is the server up? raise socket_connect_timeout if it is just slow)"
-        ) from None
+        raise connect_timed_out(address, timeout) from None
     except _IO_ERRORS as exc:
         if stream is not None:
             await trio.aclose_forcefully(stream)
         cause = exc.__cause__ or exc
         if isinstance(cause, ssl.SSLError):
             raise tls_failed(address, cause) from exc
-        raise RedisConnectionError(
-            f"cannot connect to Redis at {address}: {_describe(exc)}"
-        ) from exc
+        raise cannot_connect(address, exc) from exc
     except BaseException:
         if stream is not None:
             await trio.aclose_forcefully(stream)
@@ -421,17 +354,14 @@ async def _handshake(connection: Connection, config: RedisConfig) -> None:
         if not isinstance(reply, ResponseError):
             continue
         if reply.code == "NOAUTH":
-            raise _password_required(connection.address)
+            raise password_required(connection.address)
         if reply.code == "LOADING":  # restarted, reading its AOF/RDB: not up yet, retry
             raise RedisConnectionError(
                 f"Redis at {connection.address} is still loading its dataset: {reply}"
             )
         if command[0] == "AUTH" or reply.code in _AUTH_CODES:
             user = config.username or "default"
-            raise AuthenticationError(
-                f"Redis at {connection.address} refused to authenticate user {user!r}: {reply};"
-                " check RedisConfig.username and RedisConfig.password"
-            )
+            raise credentials_refused(connection.address, reply, user=user)
         raise ResponseError(
             f"{reply} (during {' '.join(map(str, command[:2]))} on connect to {config.address})"
         )

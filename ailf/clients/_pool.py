@@ -20,13 +20,14 @@ from typing import Any
 
 import trio
 
-from ailf.clients._commands import blocking_reply_timeout
+from ailf.clients._command_kinds import blocking_reply_timeout
 from ailf.clients._connection import Connection, open_connection
+from ailf.clients._errors import reservation_lost
 from ailf.clients._resp import pack_commands
 from ailf.config import RedisConfig
 from ailf.errors import AuthenticationError, RedisConnectionError, TLSHandshakeTimeout
 
-__all__ = ["ConnectionPool", "ReservedConnection", "connect_with_retry", "reservation_lost"]
+__all__ = ["ConnectionPool", "ReservedConnection", "connect_with_retry"]
 
 log = logging.getLogger("ailf.clients")
 
@@ -74,7 +75,7 @@ class ConnectionPool:
 
         Error replies are returned, not raised. ``reply_timeout`` bounds each reply (None:
         ``socket_timeout``; blocking commands pass their own, see
-        :func:`~ailf.clients._commands.blocking_reply_timeout`). Cancellation closes the
+        :func:`~ailf.clients._command_kinds.blocking_reply_timeout`). Cancellation closes the
         borrowed connection.
         """
         data = pack_commands(commands)
@@ -126,14 +127,6 @@ class ConnectionPool:
         idle, self._idle = self._idle, []
         for connection in idle:
             await connection.aclose()
-
-
-def reservation_lost(address: str) -> RedisConnectionError:
-    """What a pipeline's command gets once its reserved connection is gone."""
-    return RedisConnectionError(
-        f"the connection to Redis at {address} reserved by this pipeline was lost or"
-        " given back (and any WATCH with it); reset() it and watch again"
-    )
 
 
 class ReservedConnection:

@@ -16,7 +16,7 @@ pub/sub is best-effort.
 When Redis refuses a subscription (``NOPERM``: the ACL user may not use that channel),
 the refusal fails that call alone: :meth:`PubSub.subscribe` raises the
 :class:`~ailf.errors.ResponseError`, the refused names leave ``channels``, and every
-other subscription goes on. :class:`Subscriptions`, the bookkeeping behind this, is
+other subscription goes on. :class:`SubscriptionState`, the bookkeeping behind this, is
 shared with the asyncio engine's session.
 """
 
@@ -31,13 +31,14 @@ from typing import Any, Protocol
 
 import trio
 
-from ailf.clients._connection import Connection, raise_reply_error
+from ailf.clients._connection import Connection
+from ailf.clients._errors import raise_reply_error
 from ailf.clients._pool import connect_with_retry
 from ailf.clients._resp import pack_command, pack_commands
 from ailf.config import RedisConfig
 from ailf.errors import DecodeError, RedisConnectionError, RedisTimeoutError, ResponseError
 
-__all__ = ["PubSub", "PubSubCommands", "Request", "Subscriptions"]
+__all__ = ["PubSub", "PubSubCommands", "Request", "SubscriptionState"]
 
 log = logging.getLogger("ailf.clients")
 
@@ -90,7 +91,7 @@ class Request:
         return self.unanswered <= 0 or self.error is not None
 
 
-class Subscriptions:
+class SubscriptionState:
     """What a pub/sub session is subscribed to, and its commands not yet answered.
 
     ``channels`` and ``patterns`` change when a command is sent, not when it is
@@ -224,9 +225,9 @@ class Subscriptions:
 
 class PubSubCommands:
     """What both engines' pub/sub sessions offer (the trio :class:`PubSub` and its asyncio
-    twin), over a :class:`Subscriptions` and the ``_send_and_confirm`` each provides."""
+    twin), over a :class:`SubscriptionState` and the ``_send_and_confirm`` each provides."""
 
-    _subscriptions: Subscriptions
+    _subscriptions: SubscriptionState
 
     async def _send_and_confirm(self, command: str, names: tuple[Any, ...]) -> None:
         raise NotImplementedError
@@ -274,7 +275,7 @@ class PubSub(PubSubCommands):
 
     def __init__(self, config: RedisConfig) -> None:
         self._config = config
-        self._subscriptions = Subscriptions(config.address)
+        self._subscriptions = SubscriptionState(config.address)
         self._connection: Connection | None = None
         self._send_lock = trio.Lock()
         self._stack: contextlib.AsyncExitStack | None = None

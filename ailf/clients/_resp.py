@@ -22,7 +22,7 @@ import os
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from ailf.errors import ResponseError
+from ailf.errors import DataError, ResponseError
 
 try:
     import hiredis
@@ -72,23 +72,25 @@ def encode_arg(value: Any) -> bytes:
     """One command argument as bytes, the way redis-py encodes it.
 
     Floats use ``repr`` so that they survive the round trip; booleans are refused, as
-    in redis-py, because ``True`` would silently become ``"True"`` on the server.
+    in redis-py, because ``True`` would silently become ``"True"`` on the server. What
+    cannot be an argument raises :class:`~ailf.errors.DataError` (redis-py raises its
+    own ``DataError`` there; ours is that one too, and a ``TypeError``).
     """
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
         return value.encode()
     if isinstance(value, bool):
-        raise TypeError(f"Redis argument {value!r}: convert booleans to int, bytes or str first")
+        raise DataError(f"Redis argument {value!r}: convert booleans to int, bytes or str first")
     if isinstance(value, int):
         return str(value).encode()
     if isinstance(value, float):
         return repr(value).encode()
     if isinstance(value, (bytearray, memoryview)):
         return bytes(value)
-    raise TypeError(
+    raise DataError(
         f"Redis argument {value!r} of type {type(value).__name__}: expected bytes, str, int"
-        " or float (encode JSON with ailf.codec.dumps first)"
+        " or float (use set_json, or encode JSON with ailf.codec.dumps first)"
     )
 
 

@@ -16,15 +16,14 @@ for its WATCH … MULTI/EXEC, since connection state cannot live on the shared o
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import trio
 
-from ailf.clients._commands import blocking_reply_timeout
+from ailf.clients._command_kinds import blocking_reply_timeout
 from ailf.clients._connection import open_connection
 from ailf.clients._multiplex import SharedConnection
-from ailf.clients._pipeline import transaction_replies
 from ailf.clients._pool import ConnectionPool, ReservedConnection, connect_with_retry
 from ailf.clients._pubsub import PubSub
 from ailf.clients._resp import pack_command, pack_commands
@@ -81,12 +80,8 @@ class TrioBackend:
         shared = await self._reconnect(self._shared)
         return await shared.request(pack_command(args))
 
-    async def execute_many(
-        self, commands: list[tuple[Any, ...]], blocking: bool, transaction: bool
-    ) -> list[Any]:
-        """Raw replies of commands sent in one write, MULTI/EXEC around them if asked."""
-        if transaction:
-            commands = [("MULTI",), *commands, ("EXEC",)]
+    async def execute_many(self, commands: Sequence[tuple[Any, ...]], blocking: bool) -> list[Any]:
+        """Raw replies of commands sent in one write."""
         if blocking or self._nursery is None:
             replies = await self._pool.request(commands, self._reply_timeout(commands, blocking))
         else:
@@ -97,9 +92,9 @@ class TrioBackend:
             replies = await shared.request(data, len(commands))
             if len(commands) == 1:
                 replies = [replies]
-        return transaction_replies(replies) if transaction else replies
+        return replies
 
-    def _reply_timeout(self, commands: list[tuple[Any, ...]], blocking: bool) -> float | None:
+    def _reply_timeout(self, commands: Sequence[tuple[Any, ...]], blocking: bool) -> float | None:
         """None (``socket_timeout``) for ordinary commands; for blocking ones, their own
         wait plus ``socket_timeout`` (see :func:`blocking_reply_timeout`)."""
         if not blocking:

@@ -4,10 +4,10 @@ Pub/sub is fan-out and best-effort: every subscriber connected when a message is
 published gets it; a subscriber that is disconnected at that moment never will. For
 work that must not be lost, use a stream (:mod:`ailf.messaging._stream`).
 
-The pure half — :func:`decode_payload`; :class:`Subscriptions`, which turns an
-incoming message into a :class:`Delivery` for the right handler; and
-:class:`ListenerBackoff`, which paces reconnects — does no I/O and is shared with the
-async twin. The sync half, :class:`RedisPubSub`, listens on one
+The pure half, in :mod:`ailf.messaging._handlers` — payload decoding, the
+:class:`~ailf.messaging._handlers.HandlerTable` that routes each message to its handler,
+and the pacing of reconnects — does no I/O and is shared by both classes here. The
+sync one, :class:`RedisPubSub`, listens on one
 connection in the calling thread or a thread of its own, and keeps listening across a
 server restart: it reconnects with backoff, subscribes to everything again, and logs
 both (logger ``ailf.pubsub``). The async half, :class:`AsyncRedisPubSub`, routes and
@@ -20,167 +20,38 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Self
 
-import attrs
 import redis
 import redis.client
 import trio
 
 from ailf.clients._async_client import AsyncRedisClient
+from ailf.clients._backend import PubSubSession
 from ailf.clients._sync import RedisClient
-from ailf.codec import loads
-from ailf.config import RetryPolicy
 from ailf.errors import (
     AuthenticationError,
-    DecodeError,
     RedisConnectionError,
     RedisTimeoutError,
     ResponseError,
 )
 from ailf.messaging import _asynclib as asynclib
 from ailf.messaging._asynclib import OwnedClient
+from ailf.messaging._handlers import (
+    Handler,
+    HandlerTable,
+    ListenerBackoff,
+    PubSubDelivery,
+)
 
-__all__ = [
-    "AsyncRedisPubSub",
-    "Delivery",
-    "Handler",
-    "ListenerBackoff",
-    "RedisPubSub",
-    "Subscriptions",
-    "decode_payload",
-]
+__all__ = ["AsyncRedisPubSub", "RedisPubSub"]
 
 log = logging.getLogger("ailf.pubsub")
 
-#: A handler receives the decoded payload: a dict or list for JSON, else the string.
-Handler = Callable[[Any], Any]
-
 # How long one wait for a message lasts: the bound on how late stop() is noticed.
 _POLL_SECONDS = 0.1
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def decode_payload(data: str | bytes) -> Any:
-    """A payload as handlers see it: JSON objects and arrays decoded, anything else as is.
-
-    Only objects and arrays are decoded, so that a string payload such as ``"42"`` or
-    ``"true"`` reaches the handler as the string that was published.
-    """
-    text = data
-    if isinstance(data, bytes):
-        try:
-            text = data.decode()
-        except UnicodeDecodeError:
-            return data
-    if text[:1] in ("{", "["):
-        try:
-            return loads(text)
-        except DecodeError:
-            pass
-    return text
-
-
-@attrs.frozen
-class Delivery:
-    """One message on its way to its handler."""
-
-    handler: Handler
-    channel: str
-    payload: Any
-    pattern: str | None = None
-
-    def log_failure(self) -> None:
-        """Log the exception being handled as this handler's failure (call in ``except``)."""
-        via = f" (pattern {self.pattern!r})" if self.pattern else ""
-        log.exception("handler for channel %r%s raised; still listening", self.channel, via)
-
-
-@attrs.define
-class Subscriptions(Mapping[str, Handler]):
-    """Which handler serves which channel and pattern: the state a reconnect restores.
-
-    It reads as a mapping of channel to handler — what the upstream library's
-    ``RedisPubSub.subscriptions`` dict was, so ``"news" in pubsub.subscriptions`` and
-    ``pubsub.subscriptions["news"]`` keep working; patterns are in :attr:`patterns`. It
-    is read-only: change it through ``subscribe``, ``psubscribe`` and ``unsubscribe``,
-    which also tell Redis.
-    """
-
-    channels: dict[str, Handler] = attrs.field(factory=dict)
-    patterns: dict[str, Handler] = attrs.field(factory=dict)
-
-    def __getitem__(self, channel: str) -> Handler:
-        return self.channels[channel]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.channels)
-
-    def __len__(self) -> int:
-        return len(self.channels)
-
-    def add(self, name: str, handler: Handler, *, pattern: bool = False) -> None:
-        """Serve ``name`` with ``handler``, checked now: a wrong one would otherwise only
-        show up as a logged failure per message, in the listener."""
-        kind = "pattern" if pattern else "channel"
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"{kind}: expected a non-empty string, got {name!r}")
-        if not callable(handler):
-            raise TypeError(f"handler for {kind} {name!r}: expected a callable, got {handler!r}")
-        (self.patterns if pattern else self.channels)[name] = handler
-
-    def route(
-        self, kind: str | bytes, channel: str | bytes, data: Any, pattern: str | bytes | None = None
-    ) -> Delivery | None:
-        """The delivery for a ``message``/``pmessage``, or None (confirmations, strays)."""
-        kind, channel = _text(kind), _text(channel)
-        if kind == "message":
-            handler = self.channels.get(channel)
-            pattern = None
-        elif kind == "pmessage" and pattern is not None:
-            pattern = _text(pattern)
-            handler = self.patterns.get(pattern)
-        else:
-            return None
-        if handler is None:
-            return None
-        return Delivery(handler, channel, decode_payload(data), pattern)
-
-
-@attrs.define
-class ListenerBackoff:
-    """How a listener paces its reconnects, and what it logs: shared by both listeners.
-
-    :meth:`lost` after a failed round returns the pause before the next attempt (the
-    policy's growing delays, without end: a listener exists to listen); :meth:`listening`
-    after a good one. A loss is logged once as a warning, the retries at debug level,
-    and the recovery once.
-    """
-
-    listener: str
-    policy: RetryPolicy
-    failures: int = 0
-
-    def lost(self, exc: Exception) -> float:
-        delay = self.policy.delay(self.failures)
-        if not self.failures:
-            log.warning("%s lost its connection (%s); reconnecting", self.listener, exc)
-        else:
-            log.debug("reconnect attempt %d failed (%s); next in %.2fs", self.failures, exc, delay)
-        self.failures += 1
-        return delay
-
-    def listening(self) -> None:
-        if self.failures:
-            log.info(
-                "%s reconnected and re-subscribed after %d attempts", self.listener, self.failures
-            )
-            self.failures = 0
 
 
 class RedisPubSub:
@@ -195,7 +66,7 @@ class RedisPubSub:
     def __init__(self, client: RedisClient | None = None) -> None:
         client = asynclib.given_client(client, RedisClient, type(self).__name__)
         self.client = client if client is not None else RedisClient()
-        self.subscriptions = Subscriptions()
+        self.subscriptions = HandlerTable()
         # The lock guards the redis-py PubSub object. The listener holds it while it
         # waits for a message (up to _POLL_SECONDS); other threads announce themselves
         # in _waiters first, and the listener lets them go before it waits again, so
@@ -217,21 +88,21 @@ class RedisPubSub:
     def subscribe(self, channel: str, handler: Handler) -> None:
         """Call ``handler(payload)`` for each message on ``channel`` (replacing any before)."""
         with self._exclusive():
-            self.subscriptions.add(channel, handler)
-            self._send("subscribe", channel)
+            if self.subscriptions.add(channel, handler):
+                self._send("subscribe", channel)
 
     def psubscribe(self, pattern: str, handler: Handler) -> None:
         """Call ``handler(payload)`` for messages on channels matching ``pattern`` (glob)."""
         with self._exclusive():
-            self.subscriptions.add(pattern, handler, pattern=True)
-            self._send("psubscribe", pattern)
+            if self.subscriptions.add(pattern, handler, pattern=True):
+                self._send("psubscribe", pattern)
 
     def unsubscribe(self, channel: str) -> None:
         """Stop handling ``channel`` (or a pattern given to :meth:`psubscribe`)."""
         with self._exclusive():
-            if self.subscriptions.patterns.pop(channel, None) is not None:
+            if self.subscriptions.remove(channel, pattern=True):
                 self._send("punsubscribe", channel)
-            if self.subscriptions.channels.pop(channel, None) is not None:
+            if self.subscriptions.remove(channel):
                 self._send("unsubscribe", channel)
 
     @contextmanager
@@ -378,7 +249,7 @@ class RedisPubSub:
         if not refused:
             raise refusal
         for name, pattern in refused:
-            (subs.patterns if pattern else subs.channels).pop(name, None)
+            subs.remove(name, pattern=pattern)
         log.warning(
             "%s: Redis refused %s (%s); listening goes on without them",
             self,
@@ -405,7 +276,7 @@ class RedisPubSub:
         finally:
             probe.close()
 
-    def _next_delivery(self) -> Delivery | None:
+    def _next_delivery(self) -> PubSubDelivery | None:
         with self._waiters_changed:
             self._waiters_changed.wait_for(lambda: not self._waiters, timeout=_POLL_SECONDS)
         with self._lock:
@@ -455,8 +326,8 @@ class AsyncRedisPubSub(OwnedClient):
 
     def __init__(self, client: AsyncRedisClient | None = None) -> None:
         super().__init__(client)
-        self.subscriptions = Subscriptions()
-        self._session: Any = None
+        self.subscriptions = HandlerTable()
+        self._session: PubSubSession | None = None
         self._subscribed = False
         self._scope = asynclib.StopScope()
         self._listening = False
@@ -497,30 +368,31 @@ class AsyncRedisPubSub(OwnedClient):
         await self._add(pattern, handler, pattern=True)
 
     async def _add(self, name: str, handler: Handler, *, pattern: bool) -> None:
-        table = self.subscriptions.patterns if pattern else self.subscriptions.channels
-        before = table.get(name)
-        self.subscriptions.add(name, handler, pattern=pattern)
+        before = self.subscriptions.handler(name, pattern=pattern)
+        wanted = self.subscriptions.add(name, handler, pattern=pattern)
         session = self._session
         if session is None:
             return
         try:
+            # Sent even for a name subscribed already, to return once Redis confirmed
+            # (a SUBSCRIBE of another task may still be on its way).
             await (session.psubscribe if pattern else session.subscribe)(name)
         except ResponseError:
             # Refused: not subscribed, so not restored on a reconnect either (it would
             # be refused again, and end the listener). A handler that was already
             # serving the name keeps it: its subscription stands.
-            if before is None:
-                table.pop(name, None)
-            else:
-                table[name] = before
+            if wanted:
+                self.subscriptions.remove(name, pattern=pattern)
+            elif before is not None:
+                self.subscriptions.add(name, before, pattern=pattern)
             raise
 
     async def unsubscribe(self, channel: str) -> None:
         """Stop handling ``channel`` (or a pattern given to :meth:`psubscribe`)."""
         session = self._session
-        if self.subscriptions.patterns.pop(channel, None) is not None and session is not None:
+        if self.subscriptions.remove(channel, pattern=True) and session is not None:
             await session.punsubscribe(channel)
-        if self.subscriptions.channels.pop(channel, None) is not None and session is not None:
+        if self.subscriptions.remove(channel) and session is not None:
             await session.unsubscribe(channel)
 
     # -- listening -------------------------------------------------------------------
@@ -598,7 +470,7 @@ class AsyncRedisPubSub(OwnedClient):
             f"the pub/sub session with Redis at {self.client.config.address} ended"
         )
 
-    async def _deliver(self, delivery: Delivery) -> None:
+    async def _deliver(self, delivery: PubSubDelivery) -> None:
         self._handling = True
         try:
             result = delivery.handler(delivery.payload)

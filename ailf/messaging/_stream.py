@@ -3,512 +3,42 @@
 A stream is durable and ordered; a consumer group shares its entries among consumers
 so that each entry is handled by one of them, and stays *pending* until acknowledged.
 
-The module is written in layers that do no I/O, and two thin faces that do. The pure
-layer builds command arguments and parses replies (``*_command`` and ``parse_*``
-functions, :func:`encode_fields`, :func:`decode_fields`) and paces a processing loop
-through failures (:class:`LoopBackoff`). Above it, :class:`StreamOperations` writes
-each operation once — ``read_group``'s history-then-new logic, ``claim_idle``'s
-XAUTOCLAIM walk, the whole processing loop — as a generator of steps (commands to
-send, a handler to call, a pause), in the way httpx drives its sync and async
-clients from one body. :class:`RedisStream` performs the steps with blocking calls on
-a :class:`~ailf.clients._sync.RedisClient`; :class:`AsyncRedisStream` awaits them on an
-:class:`~ailf.clients._async_client.AsyncRedisClient`. So both send the same commands,
-read replies the same way and recover alike, by construction.
-
-Field values are stored as JSON, one field at a time, so that ``{"priority": 1}``
-reads back as the int 1. Entries written by other programs keep working: a value that
-is not valid JSON reads back as the string it is.
+Each operation — ``read_group``'s history-then-new logic, ``claim_idle``'s XAUTOCLAIM
+walk, the whole processing loop — is written once, as steps, in
+:mod:`ailf.messaging._stream_steps`, which does no I/O. The two classes here only
+perform the steps: :class:`RedisStream` with blocking calls on a
+:class:`~ailf.clients._sync.RedisClient`, :class:`AsyncRedisStream` awaiting them on an
+:class:`~ailf.clients._async_client.AsyncRedisClient`. Both clients run one command
+surface, so both faces send the same commands, get the same parsed replies and recover
+alike, by construction.
 """
 
 from __future__ import annotations
 
 import inspect
-import logging
 import threading
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from typing import Any, Protocol, TypeVar
-
-import attrs
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from ailf.clients._async_client import AsyncRedisClient
 from ailf.clients._sync import RedisClient
-from ailf.codec import dumps, loads
-from ailf.config import RetryPolicy
-from ailf.errors import (
-    AuthenticationError,
-    DecodeError,
-    RedisConnectionError,
-    RedisTimeoutError,
-    ResponseError,
-)
 from ailf.messaging import _asynclib as asynclib
 from ailf.messaging._asynclib import OwnedClient
+from ailf.messaging._stream_steps import (
+    Entry,
+    Handle,
+    Pause,
+    PendingEntry,
+    PendingSummary,
+    Step,
+    StepRunner,
+    Steps,
+    StreamOperations,
+)
 
-__all__ = [
-    "NO_GROUP_MESSAGE",
-    "AsyncRedisStream",
-    "Handle",
-    "LoopBackoff",
-    "Pause",
-    "PendingEntry",
-    "PendingSummary",
-    "Read",
-    "RedisStream",
-    "StepRunner",
-    "StreamOperations",
-    "autoclaim_command",
-    "decode_fields",
-    "deleted_ids",
-    "encode_fields",
-    "is_group_lost",
-    "log_handler_failure",
-    "parse_autoclaim",
-    "parse_entries",
-    "parse_pending_entries",
-    "parse_pending_summary",
-    "parse_read",
-    "read_command",
-    "readgroup_command",
-    "reply_map",
-    "xadd_command",
-]
-
-log = logging.getLogger("ailf.stream")
-
-#: The ValueError message when a group operation is called before a group is set.
-NO_GROUP_MESSAGE = "No consumer group set. Call create_consumer_group first."
-
-#: An entry as every read method returns it: ``{"id": "1715…-0", "data": {...}}``.
-Entry = dict[str, Any]
-
-
-# -- the pure half: entries ----------------------------------------------------------
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def encode_fields(data: Mapping[str, Any]) -> list[str]:
-    """Flatten ``data`` into XADD's ``field value ...`` with every value as JSON."""
-    if not isinstance(data, Mapping) or not data:
-        raise ValueError(f"a stream entry must be a non-empty dict of fields, got {data!r}")
-    flat: list[str] = []
-    for field, value in data.items():
-        if not isinstance(field, str):
-            raise ValueError(f"stream field names must be strings, got {field!r}")
-        flat += [field, dumps(value)]
-    return flat
-
-
-def _field_value(raw: str | bytes) -> Any:
-    try:
-        return loads(raw)
-    except DecodeError:
-        if isinstance(raw, bytes):
-            try:
-                return raw.decode()
-            except UnicodeDecodeError:
-                return raw
-        return raw
-
-
-def _pairs(reply: Sequence[Any] | Mapping[Any, Any]) -> Iterable[tuple[Any, Any]]:
-    if isinstance(reply, Mapping):
-        return reply.items()
-    return zip(reply[::2], reply[1::2], strict=True)
-
-
-def decode_fields(flat: Sequence[str | bytes] | Mapping[Any, Any]) -> dict[str, Any]:
-    """The entry's fields as a dict, each value decoded from JSON where it is JSON."""
-    return {_text(field): _field_value(value) for field, value in _pairs(flat)}
-
-
-def parse_entries(reply: Sequence[Any] | None) -> list[Entry]:
-    """``[[id, [field, value, ...]], ...]`` as entry dicts, deleted entries left out."""
-    return [
-        {"id": _text(entry_id), "data": decode_fields(fields)}
-        for entry_id, fields in reply or ()
-        if fields is not None
-    ]
-
-
-def deleted_ids(reply: Sequence[Any] | None) -> list[str]:
-    """Ids in a reply whose entries were deleted (trimmed) while they were pending."""
-    return [_text(entry_id) for entry_id, fields in reply or () if fields is None]
-
-
-def parse_read(reply: Any) -> list[Any]:
-    """The raw entries of the single stream an XREAD/XREADGROUP reply is about."""
-    if not reply:
-        return []
-    streams = reply.values() if isinstance(reply, Mapping) else (e for _, e in reply)
-    return [entry for entries in streams for entry in entries or ()]
-
-
-def reply_map(reply: Sequence[Any] | Mapping[Any, Any]) -> dict[str, Any]:
-    """A flat ``[key, value, key, value]`` reply (or a RESP3 map) as a dict of str keys."""
-    return {_text(k): _text(v) if isinstance(v, bytes) else v for k, v in _pairs(reply)}
-
-
-# -- the pure half: commands and replies -----------------------------------------------
-
-
-def xadd_command(name: str, data: Mapping[str, Any], maxlen: int | None) -> list[Any]:
-    trim = ["MAXLEN", "~", maxlen] if maxlen is not None else []
-    return ["XADD", name, *trim, "*", *encode_fields(data)]
-
-
-def _count_block(count: int | None, block: int | None) -> list[Any]:
-    args: list[Any] = []
-    if count is not None:
-        args += ["COUNT", count]
-    if block is not None:
-        args += ["BLOCK", block]
-    return args
-
-
-def read_command(name: str, last_id: str, count: int | None, block: int | None) -> list[Any]:
-    return ["XREAD", *_count_block(count, block), "STREAMS", name, last_id]
-
-
-def readgroup_command(
-    name: str, group: str, consumer: str, last_id: str, count: int | None, block: int | None
-) -> list[Any]:
-    return [
-        "XREADGROUP", "GROUP", group, consumer,
-        *_count_block(count, block), "STREAMS", name, last_id,
-    ]  # fmt: skip
-
-
-def autoclaim_command(
-    name: str, group: str, consumer: str, min_idle_ms: int, start: str, count: int
-) -> list[Any]:
-    return ["XAUTOCLAIM", name, group, consumer, min_idle_ms, start, "COUNT", count]
-
-
-def parse_autoclaim(reply: Sequence[Any]) -> tuple[str, list[Entry]]:
-    """XAUTOCLAIM's reply as (next start id, claimed entries still in the stream)."""
-    return _text(reply[0]), parse_entries(reply[1])
-
-
-@attrs.frozen
-class PendingSummary:
-    """A group's pending entries in brief: how many, the id range, and who holds them."""
-
-    count: int
-    min_id: str | None
-    max_id: str | None
-    consumers: dict[str, int]
-
-
-@attrs.frozen
-class PendingEntry:
-    """One delivered, unacknowledged entry: who has it, for how long, how often delivered."""
-
-    id: str
-    consumer: str
-    idle_ms: int
-    deliveries: int
-
-
-def parse_pending_summary(reply: Sequence[Any]) -> PendingSummary:
-    count, low, high, consumers = reply
-    return PendingSummary(
-        count=int(count),
-        min_id=_text(low) if low is not None else None,
-        max_id=_text(high) if high is not None else None,
-        consumers={_text(name): int(n) for name, n in consumers or ()},
-    )
-
-
-def parse_pending_entries(reply: Sequence[Any]) -> list[PendingEntry]:
-    return [
-        PendingEntry(id=_text(i), consumer=_text(c), idle_ms=int(idle), deliveries=int(n))
-        for i, c, idle, n in reply or ()
-    ]
-
-
-# -- the shared half: each operation once, as steps that a driver runs -----------------
-#
-# Every operation is a generator that yields the steps it needs — a command (a list of
-# arguments), a Read, a Handle or a Pause — and receives each step's result, or has its
-# exception thrown in, at the yield. RedisStream runs the steps with blocking calls and
-# AsyncRedisStream awaits them; what to send, how to parse, when to acknowledge, back
-# off or re-create a group is decided here, once, for both.
-
-
-@attrs.frozen
-class Read:
-    """XREAD, or XREADGROUP when ``group`` is set: the step that may block on the server."""
-
-    name: str
-    last_id: str
-    count: int | None
-    block: int | None
-    group: str | None = None
-    consumer: str | None = None
-
-    def command(self) -> list[Any]:
-        if self.group is None or self.consumer is None:
-            return read_command(self.name, self.last_id, self.count, self.block)
-        return readgroup_command(
-            self.name, self.group, self.consumer, self.last_id, self.count, self.block
-        )
-
-
-@attrs.frozen
-class Handle:
-    """Call the processing loop's handler on ``entry``."""
-
-    entry: Entry
-
-
-@attrs.frozen
-class Pause:
-    """Wait ``seconds`` before going on, or less if the loop is told to stop."""
-
-    seconds: float
-
+__all__ = ["AsyncRedisStream", "RedisStream"]
 
 T = TypeVar("T")
-Step = list[Any] | Read | Handle | Pause
-#: An operation as steps: yields each step, receives its result, returns the outcome.
-Steps = Generator[Step, Any, T]
-
-
-class StopFlag(Protocol):
-    """What the processing loop asks of its stop event: threading, trio or asyncio's."""
-
-    def is_set(self) -> bool: ...
-
-
-class StepRunner:
-    """Feeds a step generator each step's outcome: the one loop both drivers share.
-
-    ``while (step := runner.next_step()) is not None: with runner.outcome(): runner.reply
-    = perform(step)`` — the result of a step is sent in, its exception thrown in, and
-    :attr:`result` is the generator's return value once it is done.
-    """
-
-    def __init__(self, steps: Steps[Any]) -> None:
-        self.steps = steps
-        self.reply: Any = None
-        self.error: Exception | None = None
-        self.result: Any = None
-
-    def next_step(self) -> Step | None:
-        reply, error = self.reply, self.error
-        self.reply = self.error = None
-        try:
-            return self.steps.throw(error) if error is not None else self.steps.send(reply)
-        except StopIteration as done:
-            self.result = done.value
-            return None
-
-    @contextmanager
-    def outcome(self) -> Iterator[None]:
-        try:
-            yield
-        except Exception as exc:
-            self.error = exc
-
-
-class StreamOperations:
-    """The state of one stream reader and its operations as steps, for both faces."""
-
-    def __init__(self, name: str, maxlen: int | None) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"name: expected the stream's key, a non-empty string, got {name!r}")
-        bad_type = isinstance(maxlen, bool) or not isinstance(maxlen, int)
-        if maxlen is not None and (bad_type or maxlen < 1):
-            raise ValueError(f"maxlen: expected an integer >= 1 or None, got {maxlen!r}")
-        self.name = name
-        self.maxlen = maxlen
-        self.group: str | None = None
-        self.consumer: str | None = None
-        self._history_from: str | None = None
-        # Where read() without a last_id goes on from: after the last entry it returned.
-        self._read_from = "0"
-
-    def __repr__(self) -> str:
-        group = f" group={self.group!r} consumer={self.consumer!r}" if self.group else ""
-        return f"<{type(self).__name__} {self.name!r}{group}>"
-
-    @property
-    def stream_name(self) -> str:
-        """The stream's key: :attr:`name` under the upstream library's name for it."""
-        return self.name
-
-    def _group(self) -> tuple[str, str]:
-        if self.group is None or self.consumer is None:
-            raise ValueError(NO_GROUP_MESSAGE)
-        return self.group, self.consumer
-
-    def _add_steps(self, data: Mapping[str, Any]) -> Steps[str]:
-        return _text((yield xadd_command(self.name, data, self.maxlen)))
-
-    def _read_steps(
-        self, count: int | None, block: int | None, last_id: str | None
-    ) -> Steps[list[Entry]]:
-        start = self._read_from if last_id is None else last_id
-        if start == "$":
-            # "$" means "after the newest entry now". Pinned to that entry's id before
-            # reading, so that the next read goes on from there even when this one
-            # returns nothing: an entry added in between is returned then, not skipped.
-            newest = yield ["XREVRANGE", self.name, "+", "-", "COUNT", 1]
-            start = _text(newest[0][0]) if newest else "0-0"
-        raw = parse_read((yield Read(self.name, start, count, block)))
-        self._read_from = _text(raw[-1][0]) if raw else start
-        return parse_entries(raw)
-
-    def _length_steps(self) -> Steps[int]:
-        return int((yield ["XLEN", self.name]))
-
-    def _trim_steps(self, maxlen: int | None, minid: str | None, approximate: bool) -> Steps[int]:
-        if (maxlen is None) == (minid is None):
-            raise ValueError("trim: pass exactly one of maxlen= or minid=")
-        strategy = ["MAXLEN", maxlen] if maxlen is not None else ["MINID", minid]
-        op = ["~"] if approximate else []
-        return int((yield ["XTRIM", self.name, strategy[0], *op, strategy[1]]))
-
-    def _info_steps(self) -> Steps[dict[str, Any]]:
-        info = reply_map((yield ["XINFO", "STREAM", self.name]))
-        for key in ("first-entry", "last-entry"):
-            if info.get(key):
-                found = parse_entries([info[key]])
-                info[key] = found[0] if found else None
-        return info
-
-    def _groups_steps(self) -> Steps[list[dict[str, Any]]]:
-        return [reply_map(g) for g in (yield ["XINFO", "GROUPS", self.name])]
-
-    def _create_group_steps(self, group: str, consumer: str, start_id: str) -> Steps[bool]:
-        try:
-            yield ["XGROUP", "CREATE", self.name, group, start_id, "MKSTREAM"]
-        except ResponseError as exc:
-            if exc.code != "BUSYGROUP":
-                raise
-        self.group, self.consumer = group, consumer
-        self._history_from = "0"
-        return True
-
-    def _read_group_steps(self, count: int, block: int | None) -> Steps[list[Entry]]:
-        group, consumer = self._group()
-        while self._history_from is not None:
-            history = Read(self.name, self._history_from, count, None, group, consumer)
-            raw = parse_read((yield history))
-            if not raw:
-                self._history_from = None
-                break
-            self._history_from = _text(raw[-1][0])
-            yield from self._acknowledge_steps(*deleted_ids(raw))
-            entries = parse_entries(raw)
-            if entries:
-                return entries
-        # Until the read returns, count on history: a read that fails or is cancelled
-        # after it was sent may have delivered entries to this consumer that it never
-        # returned, and the next call must pick them up.
-        self._history_from = "0"
-        reply = yield Read(self.name, ">", count, block, group, consumer)
-        self._history_from = None
-        return parse_entries(parse_read(reply))
-
-    def _acknowledge_steps(self, *ids: str) -> Steps[int]:
-        group, _ = self._group()
-        if not ids:
-            return 0
-        return int((yield ["XACK", self.name, group, *ids]))
-
-    def _pending_steps(self) -> Steps[PendingSummary]:
-        group, _ = self._group()
-        return parse_pending_summary((yield ["XPENDING", self.name, group]))
-
-    def _pending_entries_steps(
-        self, count: int, consumer: str | None, idle: int | None
-    ) -> Steps[list[PendingEntry]]:
-        group, _ = self._group()
-        args: list[Any] = ["XPENDING", self.name, group]
-        if idle is not None:
-            args += ["IDLE", idle]
-        args += ["-", "+", count]
-        if consumer is not None:
-            args.append(consumer)
-        return parse_pending_entries((yield args))
-
-    def _claim_idle_steps(self, min_idle_ms: int, count: int) -> Steps[list[Entry]]:
-        group, consumer = self._group()
-        claimed: list[Entry] = []
-        start = "0-0"
-        while len(claimed) < count:
-            command = autoclaim_command(
-                self.name, group, consumer, min_idle_ms, start, count - len(claimed)
-            )
-            reply = yield command
-            # Redis 6.2 returns entries trimmed while pending as nil: acknowledge them.
-            yield from self._acknowledge_steps(*deleted_ids(reply[1]))
-            start, entries = parse_autoclaim(reply)
-            claimed += entries
-            if start == "0-0":
-                break
-        return claimed
-
-    def _process_steps(
-        self,
-        handler: object,
-        retry: RetryPolicy,
-        count: int,
-        block: int,
-        stop: StopFlag | None,
-        max_messages: int | None,
-        claim_idle_ms: int | None,
-    ) -> Steps[int]:
-        self._group()
-        # Checked up front: a bad handler would fail on every entry and leave it pending,
-        # a count of 0 would read nothing forever, a negative block fail every read.
-        if not callable(handler):
-            raise TypeError(f"process: handler must be callable with an entry, got {handler!r}")
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ValueError(f"process: count must be an integer >= 1, got {count!r}")
-        if isinstance(block, bool) or not isinstance(block, int) or block < 0:
-            raise ValueError(f"process: block must be milliseconds >= 0, got {block!r}")
-        backoff = LoopBackoff(self.name, retry)
-        handled = acked = 0
-        while not (stop is not None and stop.is_set()) and (
-            max_messages is None or handled < max_messages
-        ):
-            budget = count if max_messages is None else min(count, max_messages - handled)
-            try:
-                batch: list[Entry] = []
-                if claim_idle_ms is not None:
-                    batch = yield from self._claim_idle_steps(claim_idle_ms, budget)
-                batch = batch or (yield from self._read_group_steps(budget, block))
-                done: list[str] = []
-                for entry in batch:
-                    try:
-                        yield Handle(entry)
-                    except Exception:
-                        log_handler_failure(self.name, entry)
-                    else:
-                        done.append(entry["id"])
-                handled += len(batch)
-                acked += yield from self._acknowledge_steps(*done)
-                delay = backoff.handled(len(batch) - len(done))
-            except Exception as exc:
-                delay = backoff.redis_failed(exc)
-                if is_group_lost(exc):
-                    yield from self._recreate_group_steps()
-            if delay:
-                yield Pause(delay)
-        return acked
-
-    def _recreate_group_steps(self) -> Steps[None]:
-        group, consumer = self._group()
-        try:
-            yield from self._create_group_steps(group, consumer, "0")
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            log.warning("stream %r: %s; will retry", self.name, exc)
 
 
 # -- the sync half -------------------------------------------------------------------
@@ -550,8 +80,7 @@ class RedisStream(StreamOperations):
         if isinstance(step, Pause):
             assert stop is not None
             return stop.wait(step.seconds)
-        args = step.command() if isinstance(step, Read) else step
-        return self.client.execute_command(*args)
+        return step.on(self.client)
 
     # -- writing and plain reading ---------------------------------------------------
 
@@ -692,64 +221,6 @@ class RedisStream(StreamOperations):
         return self._run(steps, handler, stop)
 
 
-# -- the processing loop's shared half: what to log, how long to pause -----------------
-
-
-def is_group_lost(exc: BaseException) -> bool:
-    """NOGROUP: the group (or the whole stream) is gone and must be created again."""
-    return isinstance(exc, ResponseError) and exc.code == "NOGROUP"
-
-
-def log_handler_failure(stream: str, entry: Entry) -> None:
-    """Log the exception being handled as a handler's failure on ``entry`` (in ``except``)."""
-    log.exception("handler failed on entry %s of stream %r; it stays pending", entry["id"], stream)
-
-
-@attrs.define
-class LoopBackoff:
-    """How a processing loop paces itself after failures, and what it logs about them.
-
-    The sync loop and its async twin both ask it after each round: :meth:`handled`
-    after a batch (with how many handlers failed), :meth:`redis_failed` when talking
-    to Redis raised. Both return the pause before the next round — 0 after a clean
-    round, else the policy's growing delay. An outage is logged once when it starts and
-    once when it ends; the rounds in between at debug level.
-    """
-
-    stream: str
-    policy: RetryPolicy
-    failures: int = 0
-    redis_down: bool = False
-
-    def handled(self, handler_failures: int) -> float:
-        if self.redis_down:
-            log.info("stream %r: reading again after %d failures", self.stream, self.failures)
-            self.redis_down = False
-        if not handler_failures:
-            self.failures = 0
-            return 0.0
-        return self._pause(f"{handler_failures} handler failure(s)")
-
-    def redis_failed(self, exc: Exception) -> float:
-        """The pause after ``exc``; raises it again when retrying cannot help."""
-        if is_group_lost(exc):
-            log.warning("stream %r lost its group (%s); re-creating it", self.stream, exc)
-        elif isinstance(exc, AuthenticationError) or not isinstance(
-            exc, (RedisConnectionError, RedisTimeoutError)
-        ):
-            raise exc
-        elif not self.redis_down:
-            log.warning("stream %r: %s; retrying with backoff", self.stream, exc)
-        self.redis_down = True
-        return self._pause(str(exc))
-
-    def _pause(self, why: str) -> float:
-        delay = self.policy.delay(self.failures)
-        self.failures += 1
-        log.debug("stream %r: pausing %.2fs after %s", self.stream, delay, why)
-        return delay
-
-
 # -- the async half ------------------------------------------------------------------
 
 
@@ -799,10 +270,7 @@ class AsyncRedisStream(StreamOperations, OwnedClient):
             return await result if inspect.isawaitable(result) else result
         if isinstance(step, Pause):
             return await asynclib.pause(step.seconds, stop)
-        # The client recognises XREAD(GROUP) with BLOCK and gives it a connection of
-        # its own, so a blocking read never holds up other tasks' commands.
-        args = step.command() if isinstance(step, Read) else step
-        return await self.client.execute_command(*args)
+        return await step.on(self.client)
 
     # -- writing and plain reading ---------------------------------------------------
 
