@@ -12,15 +12,15 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ailf import RedisServer
 from ailf.clients._slots import SLOTS, KeySpec, command_keys, key_slot, learn
+from ailf.server import RedisClusterServer
 
 
 @pytest.fixture(scope="module")
 def cluster_node() -> Iterator[redis.Redis]:
-    """One cluster-enabled node: it answers CLUSTER KEYSLOT with no slots assigned."""
-    with RedisServer(args=("--cluster-enabled", "yes")) as server:
-        client = redis.Redis(port=server.port)
+    """A one-node cluster, to answer CLUSTER KEYSLOT."""
+    with RedisClusterServer(primaries=1, replicas=0) as cluster:
+        client = redis.Redis(port=cluster.nodes[0].port)
         yield client
         client.close()
 
