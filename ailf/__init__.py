@@ -15,7 +15,9 @@ from ailf.config import RetryPolicy as RetryPolicy
 from ailf.errors import AilfError as AilfError
 from ailf.errors import AskTimeout as AskTimeout
 from ailf.errors import AuthenticationError as AuthenticationError
+from ailf.errors import ClusterUnavailableError as ClusterUnavailableError
 from ailf.errors import ConfigError as ConfigError
+from ailf.errors import CrossSlotError as CrossSlotError
 from ailf.errors import DataError as DataError
 from ailf.errors import DecodeError as DecodeError
 from ailf.errors import EmbeddedServerError as EmbeddedServerError
@@ -57,7 +59,9 @@ __all__ = [
     "AsyncRedisPubSub",
     "AsyncRedisStream",
     "AuthenticationError",
+    "ClusterUnavailableError",
     "ConfigError",
+    "CrossSlotError",
     "DataError",
     "DeadLetter",
     "DecodeError",

@@ -47,6 +47,21 @@ def _owner(instance: object) -> str:
     return type(instance).__name__
 
 
+def _node_list(value: Any) -> tuple[str, ...]:
+    """``cluster_nodes``: ``"host:port"`` strings (a list, a tuple, or one comma-separated
+    string), checked here so that a typo fails where it was written."""
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        nodes = tuple(items)
+    except TypeError:
+        raise _fail("cluster_nodes", value, '"host:port" strings') from None
+    for node in nodes:
+        host, colon, port = node.rpartition(":") if isinstance(node, str) else ("", "", "")
+        if not (host and colon and port.isdigit() and 1 <= int(port) <= 65535):
+            raise _fail("cluster_nodes", value, '"host:port" strings, e.g. "10.0.0.5:7000"')
+    return nodes
+
+
 def _positive(instance: object, attribute: attrs.Attribute, value: Any) -> None:
     if value is None:
         return
@@ -117,6 +132,13 @@ class RedisConfig:
     server of mine: start a throwaway one": a value like any other here, which the
     clients resolve when they first connect (:func:`ailf.server.resolve_embedded`). A
     config never does I/O. The password never appears in ``repr()``.
+
+    ``cluster=True`` talks to a Redis Cluster: ``host:port`` is any node (a seed), and
+    ``cluster_nodes`` more seeds (``"host:port"`` strings), tried in turn when the
+    first does not answer. ``cluster_retry_timeout`` bounds how long a command waits
+    out a cluster that cannot serve its slot (a failover in progress, a node gone and
+    not yet replaced) before it fails; it must exceed the cluster's node timeout plus
+    an election (Redis's default node timeout is 15 s).
     """
 
     host: str = attrs.field(default="localhost")
@@ -139,6 +161,9 @@ class RedisConfig:
     unix_socket_path: str | None = attrs.field(default=None, validator=_optional_str)
     retry: RetryPolicy = attrs.field(factory=RetryPolicy)
     embedded: bool = attrs.field(default=False, validator=_bool)
+    cluster: bool = attrs.field(default=False, validator=_bool)
+    cluster_nodes: tuple[str, ...] = attrs.field(default=(), converter=_node_list)
+    cluster_retry_timeout: float = attrs.field(default=30.0, validator=_positive)
 
     @ssl_cert_reqs.validator
     def _check_cert_reqs(self, attribute: attrs.Attribute, value: Any) -> None:
@@ -166,6 +191,20 @@ class RedisConfig:
     def _check_retry(self, attribute: attrs.Attribute, value: object) -> None:
         if not isinstance(value, RetryPolicy):
             raise _fail(attribute.name, value, "a RetryPolicy")
+
+    @cluster.validator
+    def _check_cluster(self, attribute: attrs.Attribute, value: bool) -> None:
+        if not value:
+            return
+        if self.db != 0:
+            raise ConfigError(
+                f"RedisConfig.db: a cluster has only database 0, got {self.db} with cluster=True"
+            )
+        if self.unix_socket_path is not None or self.embedded:
+            raise ConfigError(
+                "RedisConfig.cluster: a cluster is reached over TCP; unix_socket_path and"
+                " embedded do not go with cluster=True"
+            )
 
     # -- constructors ---------------------------------------------------------------
 
@@ -257,7 +296,26 @@ class RedisConfig:
         if self.unix_socket_path:
             return f"unix://{auth}{self.unix_socket_path}?db={self.db}"
         scheme = "rediss" if self.ssl else "redis"
-        return f"{scheme}://{auth}{self.host}:{self.port}/{self.db}"
+        url = f"{scheme}://{auth}{self.host}:{self.port}/{self.db}"
+        if self.cluster:
+            url += "?cluster=true"
+            if self.cluster_nodes:
+                url += f"&cluster_nodes={','.join(self.cluster_nodes)}"
+        return url
+
+    @property
+    def seeds(self) -> list[RedisConfig]:
+        """For a cluster: one config per seed node (this one's address first), each for a
+        plain connection to that node, with every other setting kept."""
+        addresses = [(self.host, self.port)]
+        for node in self.cluster_nodes:
+            host, _, port = node.rpartition(":")
+            addresses.append((host, int(port)))
+        return [self.node(host, port) for host, port in dict.fromkeys(addresses)]
+
+    def node(self, host: str, port: int) -> RedisConfig:
+        """This config pointed at one node of its cluster (a plain connection there)."""
+        return attrs.evolve(self, host=host, port=port, cluster=False, cluster_nodes=())
 
     def replace(self, **changes: Any) -> RedisConfig:
         """A copy with some fields changed (validated again)."""
@@ -328,6 +386,8 @@ def _coerce_option(key: str, raw: str) -> Any:
         known = ", ".join(sorted(k for k in _FIELD_TYPES if k not in _NOT_URL_OPTIONS))
         raise ConfigError(f"RedisConfig.from_url: unknown option {key!r}; known options: {known}")
     text = str(kind)
+    if text.startswith("tuple"):
+        return tuple(part for part in raw.split(",") if part)
     try:
         if text == "bool":
             return _BOOL_WORDS[raw.lower()]

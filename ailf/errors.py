@@ -9,8 +9,10 @@
      │    │    │                     (also redis.ConnectionError)
      │    │    ├── AuthenticationError   wrong username/password
      │    │    │                         (also redis.AuthenticationError)
-     │    │    └── TLSHandshakeTimeout   the server took the connection but did not
-     │    │                              answer the TLS handshake (a plain port?)
+     │    │    ├── TLSHandshakeTimeout   the server took the connection but did not
+     │    │    │                         answer the TLS handshake (a plain port?)
+     │    │    └── ClusterUnavailableError   no node of a cluster served a slot within
+     │    │                              cluster_retry_timeout (a failover too slow?)
      │    ├── RedisTimeoutError      no reply within socket_timeout (also redis.TimeoutError)
      │    ├── ResponseError          the server answered with an error reply; ``.code`` holds
      │    │                          its first word, e.g. ``"NOGROUP"`` (also redis.ResponseError)
@@ -22,6 +24,8 @@
      ├── EmbeddedServerError         the embedded redis-server could not be found or started
      ├── ScenarioError               a scenario file that cannot run: every problem, with the
      │                               file and the path to the field (also a ValueError)
+     ├── CrossSlotError              keys of several cluster slots in one command or
+     │                               transaction; nothing was sent (also a ValueError)
      ├── DecodeError                 an undecodable payload or envelope (also a ValueError)
      ├── MessageTooLarge             an envelope over the runtime's max_message_size
      │                               (also a ValueError)
@@ -52,7 +56,9 @@ __all__ = [
     "AilfError",
     "AskTimeout",
     "AuthenticationError",
+    "ClusterUnavailableError",
     "ConfigError",
+    "CrossSlotError",
     "DataError",
     "DecodeError",
     "EmbeddedServerError",
@@ -108,6 +114,16 @@ class TLSHandshakeTimeout(RedisConnectionError):
     """
 
 
+class ClusterUnavailableError(RedisConnectionError):
+    """No node of a Redis Cluster served a slot within ``cluster_retry_timeout``.
+
+    The cluster answered CLUSTERDOWN or TRYAGAIN, or the slot's node was gone and no
+    replica had taken its place, for longer than the client waits. The message names the
+    slot, the last node tried and its answer. Raise ``cluster_retry_timeout`` above the
+    cluster's ``cluster-node-timeout`` plus an election if failovers take longer.
+    """
+
+
 class ResponseError(RedisError, _redis_exc.ResponseError):
     """The server answered a command with an error reply.
 
@@ -157,6 +173,16 @@ class ScenarioError(AilfError, ValueError):
         self.path = path
         self.problems = tuple(problems)
         super().__init__("\n".join(f"{path}: {problem}" for problem in self.problems))
+
+
+class CrossSlotError(AilfError, ValueError):
+    """A command, or a transaction, names keys of several hash slots of a cluster.
+
+    A cluster runs a multi-key command (MGET, DEL of several keys, XREADGROUP over
+    several streams), a transaction or a WATCH only when all its keys are in one slot.
+    Nothing was sent. The message lists each key with its slot; give keys that must go
+    together a common hash tag — ``{user-42}:cart`` and ``{user-42}:orders`` share one.
+    """
 
 
 class DecodeError(AilfError, ValueError):

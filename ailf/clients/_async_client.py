@@ -27,7 +27,13 @@ from ailf.clients._commands import Commands, Convert
 from ailf.clients._errors import raise_reply_error
 from ailf.clients._pipeline import AsyncPipeline
 from ailf.config import RedisConfig, given_or_from_env
-from ailf.errors import AuthenticationError, RedisConnectionError, RedisTimeoutError, WatchError
+from ailf.errors import (
+    AuthenticationError,
+    ConfigError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    WatchError,
+)
 from ailf.server import resolve_embedded
 
 if TYPE_CHECKING:
@@ -44,9 +50,18 @@ class _BackendClass(Protocol):
     async def probe(self, config: RedisConfig) -> None: ...
 
 
-def _backend_class() -> _BackendClass:
-    """The engine for the running async library (imported on first use)."""
+def _backend_class(config: RedisConfig) -> _BackendClass:
+    """The engine for the running async library and the config (imported on first use)."""
     library = sniffio.current_async_library()
+    if library == "trio" and config.cluster:
+        from ailf.clients._cluster import ClusterBackend
+
+        return ClusterBackend
+    if config.cluster:
+        raise ConfigError(
+            f"RedisConfig.cluster: the cluster engine runs under trio, not {library} yet;"
+            " run the client under trio, or use the sync RedisClient"
+        )
     if library == "trio":
         from ailf.clients._trio_backend import TrioBackend
 
@@ -133,7 +148,7 @@ class AsyncRedisClient(Commands):
 
             nursery = await stack.enter_async_context(trio.open_nursery())
             stack.callback(nursery.cancel_scope.cancel)
-        backend = _backend_class()(self._connect_to, nursery)
+        backend = _backend_class(self._connect_to)(self._connect_to, nursery)
         stack.push_async_callback(backend.aclose)
         try:
             await backend.open()
@@ -176,7 +191,7 @@ class AsyncRedisClient(Commands):
         not an outage: that raises :class:`~ailf.errors.AuthenticationError`.
         """
         try:
-            await _backend_class().probe(await _resolved(self.config))
+            await _backend_class(self.config).probe(await _resolved(self.config))
         except AuthenticationError:
             raise
         except (RedisConnectionError, RedisTimeoutError):
@@ -194,7 +209,7 @@ class AsyncRedisClient(Commands):
             )
         if self._connect_to is None:
             self._connect_to = resolve_embedded(self.config)
-        self._backend = _backend_class()(self._connect_to, None)
+        self._backend = _backend_class(self._connect_to)(self._connect_to, None)
         return self._backend
 
     # -- running commands -----------------------------------------------------------

@@ -80,6 +80,11 @@ def raise_reply_error(reply: Exception, address: str) -> NoReturn:
         raise password_required(address)
     if isinstance(reply, ResponseError) and reply.code == "WRONGPASS":
         raise credentials_refused(address, reply)
+    if isinstance(reply, ResponseError) and reply.code in ("MOVED", "ASK", "CLUSTERDOWN"):
+        raise ResponseError(
+            f"{reply} (Redis at {address} is a cluster node: set RedisConfig.cluster=True,"
+            " or ?cluster=true in the URL)"
+        )
     raise reply
 
 

@@ -30,7 +30,13 @@ from ailf.clients._errors import REDIS_PY_ERRORS, raise_from_redis_py, raise_rep
 from ailf.clients._pipeline import Pipeline
 from ailf.clients._sync_backend import RedisPyBackend
 from ailf.config import RedisConfig, given_or_from_env
-from ailf.errors import AuthenticationError, RedisConnectionError, RedisTimeoutError, WatchError
+from ailf.errors import (
+    AuthenticationError,
+    ConfigError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    WatchError,
+)
 from ailf.server import resolve_embedded
 
 __all__ = ["RedisClient"]
@@ -65,6 +71,11 @@ class RedisClient(Commands):
     # -- the engine -------------------------------------------------------------------
 
     def _connect(self) -> RedisPyBackend:
+        if self.config.cluster:
+            raise ConfigError(
+                "RedisConfig.cluster: the sync RedisClient has no cluster engine yet; use"
+                " AsyncRedisClient under trio for a cluster"
+            )
         with self._lock:
             if self._backend is None:
                 self._backend = RedisPyBackend(resolve_embedded(self.config))

@@ -61,6 +61,14 @@ class TrioBackend:
         if self._nursery is not None:
             await self._reconnect(None)
 
+    async def connected(self) -> SharedConnection:
+        """The shared connection, connected (with backoff) if it was not: what this
+        raises, it raised while connecting, before anything was sent. Needs a nursery."""
+        shared = self._shared
+        if shared is not None and shared.usable():
+            return shared
+        return await self._reconnect(shared)
+
     def execute(self, args: tuple[Any, ...], blocking: bool) -> Awaitable[Any]:
         """An awaitable of one command's raw reply (an error reply is returned, not raised).
 
