@@ -43,6 +43,7 @@ from ailf.errors import (
 
 __all__ = [
     "REDIS_PY_ERRORS",
+    "NotConnected",
     "bad_argument",
     "cannot_connect",
     "connect_timed_out",
@@ -50,6 +51,7 @@ __all__ = [
     "credentials_refused",
     "from_redis_py",
     "in_pipeline",
+    "not_connected",
     "not_resp",
     "not_utf8",
     "password_required",
@@ -69,6 +71,27 @@ REDIS_PY_ERRORS = (redis.exceptions.RedisError, UnicodeDecodeError, OSError, EOF
 
 
 # -- error replies ---------------------------------------------------------------------
+
+
+class NotConnected(RedisConnectionError):
+    """Connecting failed: nothing of the command was sent, so sending it again is safe.
+
+    Raised by every engine instead of a plain :class:`~ailf.errors.RedisConnectionError`
+    when the failure came before the first byte was written (the server refused or did
+    not answer the connection). A cluster client then waits for another node to serve
+    the slot; code that catches RedisConnectionError sees no difference.
+    """
+
+
+def not_connected(exc: RedisConnectionError) -> RedisConnectionError:
+    """``exc`` as a :class:`NotConnected`, when it is a plain connection failure (wrong
+    credentials and a TLS handshake nobody answers stay what they are: sending again
+    cannot help them)."""
+    if type(exc) is RedisConnectionError:
+        replaced = NotConnected(str(exc))
+        replaced.__cause__ = exc.__cause__
+        return replaced
+    return exc
 
 
 def raise_reply_error(reply: Exception, address: str) -> NoReturn:

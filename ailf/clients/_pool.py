@@ -22,7 +22,7 @@ import trio
 
 from ailf.clients._command_kinds import blocking_reply_timeout
 from ailf.clients._connection import Connection, open_connection
-from ailf.clients._errors import reservation_lost
+from ailf.clients._errors import not_connected, reservation_lost
 from ailf.clients._resp import pack_commands
 from ailf.config import RedisConfig
 from ailf.errors import AuthenticationError, RedisConnectionError, TLSHandshakeTimeout
@@ -119,7 +119,13 @@ class ConnectionPool:
             if not connection.has_pending_input():
                 return connection
             await connection.aclose()
-        return await connect_with_retry(self._config)
+        try:
+            return await connect_with_retry(self._config)
+        except RedisConnectionError as exc:
+            failure = not_connected(exc)
+            if failure is exc:
+                raise
+            raise failure from exc.__cause__
 
     async def aclose(self) -> None:
         """Close idle connections; borrowed ones close when their command ends."""

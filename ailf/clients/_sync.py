@@ -25,6 +25,7 @@ from typing import Any, Self, TypeVar
 import redis
 
 from ailf.clients._backend import SyncBackend, SyncReserved
+from ailf.clients._cluster_sync import SyncClusterBackend
 from ailf.clients._commands import Commands, Convert
 from ailf.clients._errors import REDIS_PY_ERRORS, raise_from_redis_py, raise_reply_error
 from ailf.clients._pipeline import Pipeline
@@ -32,7 +33,6 @@ from ailf.clients._sync_backend import RedisPyBackend
 from ailf.config import RedisConfig, given_or_from_env
 from ailf.errors import (
     AuthenticationError,
-    ConfigError,
     RedisConnectionError,
     RedisTimeoutError,
     WatchError,
@@ -56,7 +56,7 @@ class RedisClient(Commands):
     def __init__(self, config: RedisConfig | None = None) -> None:
         self.config = given_or_from_env(config, type(self).__name__)
         self._lock = threading.Lock()
-        self._backend: RedisPyBackend | None = None
+        self._backend: RedisPyBackend | SyncClusterBackend | None = None
 
     def __repr__(self) -> str:
         return f"<RedisClient {self.config.url}>"
@@ -70,15 +70,13 @@ class RedisClient(Commands):
 
     # -- the engine -------------------------------------------------------------------
 
-    def _connect(self) -> RedisPyBackend:
-        if self.config.cluster:
-            raise ConfigError(
-                "RedisConfig.cluster: the sync RedisClient has no cluster engine yet; use"
-                " AsyncRedisClient under trio for a cluster"
-            )
+    def _connect(self) -> RedisPyBackend | SyncClusterBackend:
         with self._lock:
             if self._backend is None:
-                self._backend = RedisPyBackend(resolve_embedded(self.config))
+                if self.config.cluster:
+                    self._backend = SyncClusterBackend(self.config)
+                else:
+                    self._backend = RedisPyBackend(resolve_embedded(self.config))
             return self._backend
 
     def _engine(self) -> SyncBackend:

@@ -35,6 +35,8 @@ from redis.retry import Retry
 from ailf.clients._command_kinds import blocking_reply_timeout
 from ailf.clients._errors import (
     REDIS_PY_ERRORS,
+    from_redis_py,
+    not_connected,
     raise_from_redis_py,
     reply_error,
     reservation_lost,
@@ -43,6 +45,7 @@ from ailf.clients._errors import (
 )
 from ailf.clients._resp import pack_command, pack_commands
 from ailf.config import RedisConfig
+from ailf.errors import RedisConnectionError
 
 __all__ = ["RedisPyBackend", "RedisPyReserved"]
 
@@ -160,10 +163,7 @@ class RedisPyBackend:
         """Send packed ``commands`` on a pool connection; their replies. (Packed first: a
         DataError then leaves the pool alone.)"""
         pool = self.pool
-        try:
-            connection = pool.get_connection()
-        except REDIS_PY_ERRORS as exc:
-            raise_from_redis_py(exc, self.config)
+        connection = self._connection()
         try:
             connection.send_packed_command((data,), check_health=False)
             return _read_all(connection, commands)
@@ -182,11 +182,17 @@ class RedisPyBackend:
             reserved.release()
 
     def reserve(self) -> RedisPyReserved:
+        return RedisPyReserved(self.config, self.pool, self._connection())
+
+    def _connection(self) -> redis.connection.Connection:
+        """A connected pool connection; :class:`NotConnected` when connecting failed."""
         try:
-            connection = self.pool.get_connection()
+            return self.pool.get_connection()
         except REDIS_PY_ERRORS as exc:
-            raise_from_redis_py(exc, self.config)
-        return RedisPyReserved(self.config, self.pool, connection)
+            translated = from_redis_py(exc, self.config)
+            if isinstance(translated, RedisConnectionError):
+                translated = not_connected(translated)
+            raise translated from exc
 
     def probe(self) -> None:
         """Connect afresh, outside the pool (a busy pool cannot fail it), and PING; the

@@ -57,11 +57,15 @@ class SlotMap:
     owners: list[Node | None]
     replicas: dict[Node, tuple[Node, ...]] = attrs.field(factory=dict)
     version: int = 0
+    _primaries: frozenset[Node] | None = attrs.field(default=None, init=False, repr=False)
 
     @property
-    def primaries(self) -> set[Node]:
-        """Every node that owns at least one slot."""
-        return {node for node in self.owners if node is not None}
+    def primaries(self) -> frozenset[Node]:
+        """Every node that owns at least one slot (kept until the map changes: routing
+        asks often, and there are 16384 slots to look at)."""
+        if self._primaries is None:
+            self._primaries = frozenset(node for node in self.owners if node is not None)
+        return self._primaries
 
     @property
     def uncovered(self) -> int:
@@ -72,6 +76,7 @@ class SlotMap:
         """Record what a ``MOVED`` reply said: ``slot`` is served by ``node`` now."""
         self.owners[slot] = node
         self.version += 1
+        self._primaries = None
 
 
 def split_address(address: str, default_host: str) -> tuple[str, int]:

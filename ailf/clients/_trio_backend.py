@@ -23,6 +23,7 @@ import trio
 
 from ailf.clients._command_kinds import blocking_reply_timeout
 from ailf.clients._connection import open_connection
+from ailf.clients._errors import not_connected
 from ailf.clients._multiplex import SharedConnection
 from ailf.clients._pool import ConnectionPool, ReservedConnection, connect_with_retry
 from ailf.clients._pubsub import PubSub
@@ -142,8 +143,10 @@ class TrioBackend:
             try:
                 connection = await connect_with_retry(self._config)
             except RedisConnectionError as exc:
-                self._connect_failure = exc
-                raise
+                self._connect_failure = failure = not_connected(exc)
+                if failure is exc:
+                    raise
+                raise failure from exc.__cause__
             self._connect_failure = None
             shared = SharedConnection(connection)
             self._nursery.start_soon(shared.run)
