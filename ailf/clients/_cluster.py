@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 import trio
 
+from ailf.clients._cluster_pubsub import ClusterPubSub
 from ailf.clients._cluster_router import (
     AwaitMap,
     ClusterRouter,
@@ -34,7 +35,6 @@ from ailf.clients._cluster_router import (
 )
 from ailf.clients._errors import NotConnected
 from ailf.clients._pool import ReservedConnection
-from ailf.clients._pubsub import PubSub
 from ailf.clients._resp import pack_commands
 from ailf.clients._topology import Node
 from ailf.clients._trio_backend import TrioBackend
@@ -125,14 +125,17 @@ class ClusterBackend:
             self._want_refresh()
         return None
 
+    def node_config(self, node: Node) -> RedisConfig:
+        """The config of a plain connection to ``node``. It does not retry connecting:
+        the router waits out a node that will not connect, within
+        ``cluster_retry_timeout``, so a link reports failure at once, not after backoff."""
+        config = self._config.node(node.host, node.port)
+        return config.replace(retry=attrs.evolve(config.retry, attempts=0))
+
     def _link(self, node: Node) -> TrioBackend:
         link = self._links.get(node)
         if link is None:
-            # The router waits out a node that will not connect, within
-            # cluster_retry_timeout: a link reports failure at once, not after backoff.
-            config = self._config.node(node.host, node.port)
-            config = config.replace(retry=attrs.evolve(config.retry, attempts=0))
-            link = self._links[node] = TrioBackend(config, self._nursery)
+            link = self._links[node] = TrioBackend(self.node_config(node), self._nursery)
         return link
 
     async def _send(self, step: Send) -> list[Any]:
@@ -171,6 +174,20 @@ class ClusterBackend:
                 await self._refresh(step.seen)
 
     # -- the map ------------------------------------------------------------------------
+
+    def want_refresh(self) -> None:
+        """Have the map read again soon, in the background."""
+        self._want_refresh()
+
+    async def refresh(self) -> None:
+        """Read the map again now (unless another task is, or just did)."""
+        await self._refresh(self.router.generation)
+
+    async def await_newer_map(self, seen: int, timeout: float) -> None:  # noqa: ASYNC109
+        """Wait until the map is newer than generation ``seen``, ``timeout`` at most."""
+        with trio.move_on_after(timeout):
+            while self.router.generation == seen:
+                await self._changed.wait()
 
     def _want_refresh(self) -> None:
         if self._nursery is None or self._refresh_wanted or self._closed:
@@ -218,11 +235,9 @@ class ClusterBackend:
     async def reserve(self) -> ClusterReserved:
         return ClusterReserved(self)
 
-    def pubsub(self) -> PubSub:
-        """A classic pub/sub session on one node: a cluster carries every PUBLISH to
-        every node, so any node's subscribers hear all of them."""
-        node = self.router.any_primary()
-        return PubSub(self._config.node(node.host, node.port))
+    def pubsub(self) -> ClusterPubSub:
+        """Classic and sharded pub/sub over the cluster (:mod:`ailf.clients._cluster_pubsub`)."""
+        return ClusterPubSub(self)
 
 
 class ClusterReserved:

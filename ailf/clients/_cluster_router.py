@@ -201,6 +201,8 @@ class ClusterRouter:
             keys = command_keys(args)
             if keys is None:
                 keys = yield from self._learn(args)
+            elif not keys and name_of(args) == "SPUBLISH" and len(args) > 1:
+                keys = [args[1]]  # not a key, but it lives in its slot's shard as one
             for key in keys:
                 slots.setdefault(key_slot(key), []).append(key)
         if len(slots) > 1:

@@ -426,6 +426,12 @@ class Commands:
         """PUBLISH; dicts and lists are sent as JSON text. Returns the receivers' count."""
         return self._command(("PUBLISH", channel, codec.encode_payload(message)))
 
+    def spublish(self, channel: Any, message: Any) -> Any:
+        """SPUBLISH (Redis ≥ 7): publish on a sharded channel, heard by ``ssubscribe``rs
+        only; on a cluster it travels within the shard of the channel's slot alone.
+        Returns the receivers' count (on that node)."""
+        return self._command(("SPUBLISH", channel, codec.encode_payload(message)))
+
     # -- streams --------------------------------------------------------------------
 
     def xadd(

@@ -43,8 +43,10 @@ __all__ = ["PubSub", "PubSubCommands", "Request", "SubscriptionState"]
 log = logging.getLogger("ailf.clients")
 
 _BUFFER = 4096
-_CONFIRMATIONS = frozenset({"subscribe", "psubscribe", "unsubscribe", "punsubscribe"})
-_SUBSCRIBES = ("SUBSCRIBE", "PSUBSCRIBE")
+_CONFIRMATIONS = frozenset(
+    {"subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe"}
+)
+_SUBSCRIBES = ("SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE")
 
 
 def _kind(value: Any) -> str:
@@ -105,10 +107,13 @@ class SubscriptionState:
         self.address = address
         self.channels: set[Any] = set()
         self.patterns: set[Any] = set()
+        self.shard_channels: set[Any] = set()
         self._pending: deque[Request] = deque()
 
     def _wanted(self, command: str) -> set[Any]:
-        return self.patterns if command.startswith("P") else self.channels
+        if command.startswith("P"):
+            return self.patterns
+        return self.shard_channels if command.startswith("S") else self.channels
 
     def request(
         self, command: str, names: tuple[Any, ...], done: _Settable | None = None
@@ -130,7 +135,11 @@ class SubscriptionState:
         """One reply read from the connection: the message it carries, or None.
 
         Confirmations and error replies answer the oldest pending command. An error
-        reply that answers nothing is raised: the session itself is refused.
+        reply that answers nothing is raised: the session itself is refused. A
+        ``sunsubscribe`` that answers no SUNSUBSCRIBE is the server dropping a sharded
+        channel whose slot moved to another node (or whose node stopped being a
+        primary): the channel is forgotten, and returned as a message of type
+        ``"sunsubscribe"`` for the session's owner to subscribe it where it lives now.
         """
         if isinstance(reply, ResponseError):
             if not self._pending:
@@ -143,15 +152,21 @@ class SubscriptionState:
         if not isinstance(reply, list) or not reply:
             return None
         kind = _kind(reply[0])
-        if kind == "message":
+        if kind == "message" or kind == "smessage":
             return {"type": kind, "pattern": None, "channel": reply[1], "data": reply[2]}
         if kind == "pmessage":
             return {"type": kind, "pattern": reply[1], "channel": reply[2], "data": reply[3]}
-        if kind in _CONFIRMATIONS and self._pending:
-            request = self._pending[0]
-            request.unanswered -= 1
-            if request.unanswered <= 0:
-                self._finish(self._pending.popleft())
+        if kind not in _CONFIRMATIONS:
+            return None
+        request = self._pending[0] if self._pending else None
+        if request is None or request.command != kind.upper():
+            if kind == "sunsubscribe":  # pushed by the server, answering nothing of ours
+                self.shard_channels.discard(reply[1])
+                return {"type": kind, "pattern": None, "channel": reply[1], "data": None}
+            return None
+        request.unanswered -= 1
+        if request.unanswered <= 0:
+            self._finish(self._pending.popleft())
         return None
 
     def _refuse(self, request: Request, reply: ResponseError) -> None:
@@ -263,18 +278,39 @@ class PubSubCommands:
         """Unsubscribe from patterns (all of them when none are given)."""
         await self._send_and_confirm("PUNSUBSCRIBE", patterns or tuple(self.patterns))
 
+    @property
+    def shard_channels(self) -> set[Any]:
+        """The sharded channels subscribed, or being subscribed (read-only)."""
+        return self._subscriptions.shard_channels
+
+    async def ssubscribe(self, *channels: Any) -> None:
+        """Subscribe to sharded channels (Redis ≥ 7), whose messages (``"smessage"``)
+        travel only within the shard that owns the channel's slot; returns once the
+        server confirmed them. On one server any channels go; on a cluster node, only
+        channels of one slot that the node serves (MOVED otherwise)."""
+        await self._send_and_confirm("SSUBSCRIBE", channels)
+
+    async def sunsubscribe(self, *channels: Any) -> None:
+        """Unsubscribe from sharded channels (all of them when none are given)."""
+        await self._send_and_confirm("SUNSUBSCRIBE", channels or tuple(self.shard_channels))
+
 
 class PubSub(PubSubCommands):
     """Subscriptions on a dedicated connection; use as ``async with client.pubsub() as ps``.
 
     Iterate it (``async for message in ps``) for message dicts shaped like redis-py's:
-    ``{"type": "message" | "pmessage", "pattern": ..., "channel": ..., "data": ...}``;
-    subscribe/unsubscribe confirmations are not yielded. Leaving the block closes the
-    connection and stops the reader.
+    ``{"type": "message" | "pmessage" | "smessage", "pattern": ..., "channel": ...,
+    "data": ...}``; subscribe/unsubscribe confirmations are not yielded. Leaving the
+    block closes the connection and stops the reader.
+
+    ``reconnect=False`` makes a lost connection end the session (iterating raises the
+    :class:`~ailf.errors.RedisConnectionError`) instead of reconnecting to the same
+    address: for a cluster's sessions, whose owner subscribes again on another node.
     """
 
-    def __init__(self, config: RedisConfig) -> None:
+    def __init__(self, config: RedisConfig, *, reconnect: bool = True) -> None:
         self._config = config
+        self._reconnect = reconnect
         self._subscriptions = SubscriptionState(config.address)
         self._connection: Connection | None = None
         self._send_lock = trio.Lock()
@@ -403,6 +439,8 @@ class PubSub(PubSubCommands):
                     if message is not None:
                         await self._messages_in.send(message)
             except RedisConnectionError as exc:
+                if not self._reconnect:  # the owner reconnects elsewhere (a cluster)
+                    raise
                 log.warning("pub/sub %s; reconnecting", exc)
             await self._restore()
 
