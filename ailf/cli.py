@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import ailf
+from ailf._text import count_of
 from ailf.config import RedisConfig
 from ailf.errors import (
     AilfError,
@@ -119,7 +120,6 @@ def _print_json(value: Any) -> None:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from ailf._admin import count_of
     from ailf.scenario._load import load_scenario
 
     try:
@@ -208,7 +208,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"topic": args.topic, "namespace": args.namespace, "received": received})
     elif received:
-        print(f"received by {admin.count_of(received, 'process')} subscribed to {args.topic!r}")
+        print(f"received by {count_of(received, 'process')} subscribed to {args.topic!r}")
     else:
         print(
             f"nobody heard it: no process in namespace {args.namespace!r} is subscribed to"
@@ -252,11 +252,11 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
         _print_json([admin.dead_letter_json(letter) for letter in letters])
     elif args.action == "redrive":
         moved = admin.redrive(config, args.namespace, args.agent, ids=args.ids)
-        letters = admin.count_of(len(moved), "dead letter")
+        letters = count_of(len(moved), "dead letter")
         print(f"{letters} of {args.agent!r} sent back to its mailbox")
     else:
         removed = admin.purge(config, args.namespace, args.agent, ids=args.ids)
-        print(f"{admin.count_of(removed, 'dead letter')} of {args.agent!r} deleted")
+        print(f"{count_of(removed, 'dead letter')} of {args.agent!r} deleted")
     return EXIT_OK
 
 
@@ -268,7 +268,7 @@ def _cmd_reset(args: argparse.Namespace) -> int:
     what = f"namespace {args.namespace!r} on {config.url}"
     if found.live_processes:
         print(
-            f"ailf: error: {what} has {admin.count_of(found.live_processes, 'live process')}"
+            f"ailf: error: {what} has {count_of(found.live_processes, 'live process')}"
             f" (see ailf status -n {args.namespace}); stop them first: reset would delete"
             " their mailboxes under them",
             file=sys.stderr,
@@ -283,7 +283,7 @@ def _cmd_reset(args: argparse.Namespace) -> int:
             print("ailf: nothing deleted", file=sys.stderr)
             return EXIT_FAILED
     deleted = admin.reset(config, found)
-    print(f"deleted {admin.count_of(deleted, 'key')} of {what}")
+    print(f"deleted {count_of(deleted, 'key')} of {what}")
     return EXIT_OK
 
 
