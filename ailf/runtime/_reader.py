@@ -42,10 +42,10 @@ from ailf.errors import (
     RedisTimeoutError,
     ResponseError,
 )
-from ailf.runtime._acker import Acker
-from ailf.runtime._keys import GROUP, Keys
+from ailf.runtime._host import HostContext
+from ailf.runtime._keys import GROUP
 from ailf.runtime._mailbox import create_group, upkeep
-from ailf.runtime._settings import MAX_BACKOFF_STEP, MailboxSettings
+from ailf.runtime._settings import MAX_BACKOFF_STEP
 from ailf.runtime._settle import Binding, Delivery, Settler
 
 __all__ = ["MailboxReader"]
@@ -109,20 +109,13 @@ def _upkeep_interval(binding: Binding) -> float:
 class MailboxReader:
     """One consumer of a process: reads, claims and redelivers for every mailbox bound to it."""
 
-    def __init__(
-        self,
-        client: AsyncRedisClient,
-        acker: Acker,
-        settings: MailboxSettings,
-        keys: Keys,
-        consumer: str,
-    ) -> None:
-        self.client = client
-        self.acker = acker
-        self.settings = settings
+    def __init__(self, host: HostContext, consumer: str) -> None:
+        self.client = host.client
+        self.acker = host.acker
+        self.settings = host.settings
         self.consumer = consumer
-        self.wake_key = keys.wake(consumer)
-        self.settler = Settler(client, acker, settings, keys, consumer, wake=self.poke)
+        self.wake_key = host.keys.wake(consumer)
+        self.settler = Settler(host, consumer, wake=self.poke)
         self._places: dict[str, _Place] = {}
         self._changed = trio.Event()
         self._in_redis = False

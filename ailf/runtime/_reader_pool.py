@@ -5,17 +5,13 @@ and a process running three replicas of some agent needs three.
 
 from __future__ import annotations
 
-import functools
 import itertools
 from collections.abc import Iterator
 
 import trio
 
-from ailf.clients._async_client import AsyncRedisClient
-from ailf.runtime._acker import Acker
-from ailf.runtime._keys import Keys
+from ailf.runtime._host import HostContext
 from ailf.runtime._reader import MailboxReader
-from ailf.runtime._settings import MailboxSettings
 
 __all__ = ["ReaderPool"]
 
@@ -23,15 +19,8 @@ __all__ = ["ReaderPool"]
 class ReaderPool:
     """A process's mailbox readers, started as replicas need them."""
 
-    def __init__(
-        self,
-        client: AsyncRedisClient,
-        acker: Acker,
-        settings: MailboxSettings,
-        keys: Keys,
-        process_id: str,
-    ) -> None:
-        self._make = functools.partial(MailboxReader, client, acker, settings, keys)
+    def __init__(self, host: HostContext, process_id: str) -> None:
+        self._host = host
         self._process_id = process_id
         self._readers: list[MailboxReader] = []
         #: Agent name -> the slots (reader numbers) its local replicas use.
@@ -59,7 +48,7 @@ class ReaderPool:
         slot = next(k for k in itertools.count() if k not in used)
         used.add(slot)
         while len(self._readers) <= slot:
-            reader = self._make(f"{self._process_id}/{len(self._readers)}")
+            reader = MailboxReader(self._host, f"{self._process_id}/{len(self._readers)}")
             self._readers.append(reader)
             assert self._nursery is not None
             await self._nursery.start(reader.run)

@@ -214,12 +214,16 @@ class Runtime:
                     self.acker = Acker(client)
                     self._inbox = ReplyInbox(self.keys.reply(self.process_id), self.namespace)
                     self.hub = BroadcastHub(client, self._inbox)
-                    self._readers = ReaderPool(
-                        client, self.acker, self.settings, self.keys, self.process_id
-                    )
                     self._host_context = HostContext(
-                        self.keys, self.settings, self.hub, self.grace_period, self
+                        client,
+                        self.keys,
+                        self.settings,
+                        self.acker,
+                        self.hub,
+                        self.grace_period,
+                        self,
                     )
+                    self._readers = ReaderPool(self._host_context, self.process_id)
                     await services.start(self.hub.run)
                     await services.start(self.acker.run)
                     await services.start(self._readers.run)

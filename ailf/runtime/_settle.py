@@ -37,12 +37,11 @@ from typing import Any
 import attrs
 import trio
 
-from ailf.clients._async_client import AsyncRedisClient
 from ailf.codec import dumps
 from ailf.errors import DecodeError, RedisError
-from ailf.runtime._acker import Acker
 from ailf.runtime._agent import AgentLog, current_message_id
-from ailf.runtime._keys import GROUP, Keys
+from ailf.runtime._host import HostContext
+from ailf.runtime._keys import GROUP
 from ailf.runtime._message import (
     ENVELOPE_FIELD,
     Message,
@@ -51,7 +50,6 @@ from ailf.runtime._message import (
     kept_envelope,
     wire_text,
 )
-from ailf.runtime._settings import MailboxSettings
 from ailf.runtime._statistics import Counters
 
 __all__ = ["Binding", "Delivery", "Settler"]
@@ -98,19 +96,11 @@ class Settler:
     :meth:`due` for them (``wake`` interrupts its blocked read when one is scheduled).
     """
 
-    def __init__(
-        self,
-        client: AsyncRedisClient,
-        acker: Acker,
-        settings: MailboxSettings,
-        keys: Keys,
-        consumer: str,
-        wake: Callable[[], None],
-    ) -> None:
-        self._client = client
-        self._acker = acker
-        self._settings = settings
-        self._keys = keys
+    def __init__(self, host: HostContext, consumer: str, wake: Callable[[], None]) -> None:
+        self._client = host.client
+        self._acker = host.acker
+        self._settings = host.settings
+        self._keys = host.keys
         self._consumer = consumer
         self._wake = wake
         #: (due, sequence, delivery, backoff) of each retry, soonest first.
