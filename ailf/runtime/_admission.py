@@ -74,7 +74,7 @@ class MailboxGate:
             return
         lock = self._measuring.setdefault(stream, trio.Lock())
         backlog = -1  # not measured here (Redis did not answer, or others measured)
-        measured = 0
+        attempt = 0
         with trio.move_on_after(self.timeout):
             async with lock:  # one measurement at a time; the others use its result
                 while not self._take(stream):
@@ -82,8 +82,8 @@ class MailboxGate:
                     self._room[stream] = self.limit - backlog
                     if self._take(stream):
                         return
-                    await trio.sleep(_MEASURE_AGAIN.delay(min(measured, MAX_BACKOFF_STEP)))
-                    measured += 1
+                    await trio.sleep(_MEASURE_AGAIN.delay(min(attempt, MAX_BACKOFF_STEP)))
+                    attempt += 1
                 return
         measured = f"{backlog} unhandled entries" if backlog >= 0 else "no measurement yet"
         raise MailboxFull(

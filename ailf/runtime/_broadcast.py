@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["BroadcastHub", "Listener", "ReplyInbox"]
 
 #: Takes a broadcast to queue it (an instance's ``hear``); must not block.
-Listener = Callable[[Message], None]
+Listener = Callable[[Message[Any]], None]
 
 log = logging.getLogger("ailf.runtime")
 

@@ -67,7 +67,7 @@ class Cell:
         self.started = False
         self.in_flight = 0
         self._queue: deque[Delivery] = deque()
-        self._heard: deque[Message] = deque()
+        self._heard: deque[Message[Any]] = deque()
         self._lot = trio.lowlevel.ParkingLot()
         self._high_water = 2 * host.settings.batch_size
         self._full = False
@@ -112,7 +112,7 @@ class Cell:
             self._full = True
             self.reader.set_full(self.binding, True)
 
-    def hear(self, message: Message) -> None:
+    def hear(self, message: Message[Any]) -> None:
         """Queue a broadcast (from the hub), ahead of every queued mailbox entry."""
         self._heard.append(message)
         if self._lot:
@@ -217,6 +217,7 @@ class Cell:
         handled = 0
         while True:
             handle: Callable[[Any], Awaitable[None]]
+            item: Any
             if heard:
                 handle, item = self._handle_broadcast, heard.popleft()
             elif queue:
@@ -238,7 +239,7 @@ class Cell:
             if not handled % 64:
                 await trio.lowlevel.checkpoint()
 
-    async def _call(self, message: Message) -> Any:
+    async def _call(self, message: Message[Any]) -> Any:
         if self._sync:
             # Abandoned on cancellation (shutdown past the grace period, a crash): the
             # thread runs to its end on its own, its message stays pending.
@@ -271,7 +272,7 @@ class Cell:
         counters.mailbox_processed += 1
         await self._settler.returned(delivery, message, result)
 
-    def _open(self, delivery: Delivery) -> Message:
+    def _open(self, delivery: Delivery) -> Message[Any]:
         """The entry as a message for the handler; :class:`_Refused` says why it is not
         one the handler may see."""
         raw = delivery.fields.get(ENVELOPE_FIELD)
@@ -298,7 +299,7 @@ class Cell:
             )
         return message
 
-    async def _handle_broadcast(self, message: Message) -> None:
+    async def _handle_broadcast(self, message: Message[Any]) -> None:
         counters = self.counters
         counters.received += 1
         token = current_message_id.set(message.id)

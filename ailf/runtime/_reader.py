@@ -28,7 +28,7 @@ import itertools
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
@@ -72,7 +72,7 @@ class _Place:
         self.claim_cursor = "0-0"
 
 
-async def _side_by_side(calls: list[Callable[[], Awaitable[Any]]]) -> None:
+async def _side_by_side(calls: Sequence[Callable[[], Awaitable[Any]]]) -> None:
     """Run ``calls`` concurrently; the first RedisError or DecodeError any raised is
     raised once all finished, as itself rather than in an ExceptionGroup, so that the
     reader loop's handlers see it (a Redis outage must not end the reader)."""

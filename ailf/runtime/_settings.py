@@ -32,15 +32,15 @@ def check_setting(name: str, value: Any, *, integer: bool = False) -> None:
         raise ConfigError(f"Runtime {name}: expected {expected}, got {value!r}")
 
 
-def _count(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _count(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     check_setting(attribute.name, value, integer=True)
 
 
-def _seconds(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _seconds(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     check_setting(attribute.name, value)
 
 
-def _optional_count(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _optional_count(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None:
         check_setting(attribute.name, value, integer=True)
 

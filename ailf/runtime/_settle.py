@@ -112,14 +112,14 @@ class Settler:
 
     # -- what an instance reports ------------------------------------------------------
 
-    async def returned(self, delivery: Delivery, message: Message, result: Any) -> None:
+    async def returned(self, delivery: Delivery, message: Message[Any], result: Any) -> None:
         """The handler returned ``result``: answer the asker, if any, and acknowledge."""
         if message.reply_to is None:
             self.ack(delivery.binding, delivery.id)
         else:
             await self._reply_and_ack(delivery, message, result)
 
-    async def raised(self, delivery: Delivery, message: Message, error: Exception) -> None:
+    async def raised(self, delivery: Delivery, message: Message[Any], error: Exception) -> None:
         """The handler raised ``error``: answer the asker, or retry, or give up."""
         binding = delivery.binding
         token = current_message_id.set(delivery.id)
@@ -216,7 +216,7 @@ class Settler:
     async def _reply_and_ack(
         self,
         delivery: Delivery,
-        message: Message,
+        message: Message[Any],
         result: Any = None,
         error: Exception | None = None,
     ) -> None:
