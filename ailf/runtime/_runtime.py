@@ -215,13 +215,13 @@ class Runtime:
                     self._inbox = ReplyInbox(self.keys.reply(self.process_id), self.namespace)
                     self.hub = BroadcastHub(client, self._inbox)
                     self._host_context = HostContext(
-                        client,
-                        self.keys,
-                        self.settings,
-                        self.acker,
-                        self.hub,
-                        self.grace_period,
-                        self,
+                        client=client,
+                        keys=self.keys,
+                        settings=self.settings,
+                        acker=self.acker,
+                        hub=self.hub,
+                        grace_period=self.grace_period,
+                        runtime=self,
                     )
                     self._readers = ReaderPool(self._host_context, self.process_id)
                     await services.start(self.hub.run)
