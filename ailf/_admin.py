@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -53,11 +53,13 @@ __all__ = [
     "status",
 ]
 
+T = TypeVar("T")
+
 #: Called with a warning the command line prints (an agent that never ran, say).
 Warn = Callable[[str], None]
 
 
-def _run(async_fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+def _run(async_fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     try:
         return trio.run(async_fn, *args)
     except BaseExceptionGroup as group:
@@ -515,11 +517,12 @@ def purge(config: RedisConfig, namespace: str, agent: str, ids: list[str]) -> in
                 pipe.xlen(dead)
                 pipe.delete(dead)
                 count, _ = await pipe.execute()
-                return count
+                return int(count)
         async with Runtime(config, namespace=namespace) as runtime:
             letters = await _read_letters(runtime, agent, 1_000_000, ids)
             if not letters:
                 return 0
-            return await runtime.client.xdel(dead, *(x.dead_letter_id for x in letters))
+            deleted: int = await runtime.client.xdel(dead, *(x.dead_letter_id for x in letters))
+            return deleted
 
     return _run(go)

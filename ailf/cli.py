@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import ailf
 from ailf._text import count_of
@@ -31,6 +31,7 @@ from ailf.errors import (
 from ailf.server import RedisServer
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+N = TypeVar("N", int, float)
 EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
 
 
@@ -73,7 +74,7 @@ def _warn(text: str) -> None:
     print(f"ailf: warning: {text}", file=sys.stderr, flush=True)
 
 
-def _number(kind: type[int] | type[float], text: str) -> Any:
+def _number(kind: Callable[[str], N], text: str) -> N:
     try:
         return kind(text)
     except ValueError:
@@ -252,8 +253,7 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
         _print_json([admin.dead_letter_json(letter) for letter in letters])
     elif args.action == "redrive":
         moved = admin.redrive(config, args.namespace, args.agent, ids=args.ids)
-        letters = count_of(len(moved), "dead letter")
-        print(f"{letters} of {args.agent!r} sent back to its mailbox")
+        print(f"{count_of(len(moved), 'dead letter')} of {args.agent!r} sent back to its mailbox")
     else:
         removed = admin.purge(config, args.namespace, args.agent, ids=args.ids)
         print(f"{count_of(removed, 'dead letter')} of {args.agent!r} deleted")
@@ -332,7 +332,7 @@ def _add_json(parser: argparse.ArgumentParser, what: str) -> None:
 def _command(
     commands: Any, name: str, summary: str, description: str, examples: str, **kwargs: Any
 ) -> argparse.ArgumentParser:
-    parser = commands.add_parser(
+    parser: argparse.ArgumentParser = commands.add_parser(
         name,
         help=summary,
         description=description,
@@ -567,7 +567,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.basicConfig(
                 level=_log_level(), format="ailf: %(levelname)s %(name)s: %(message)s"
             )
-        return args.handler(args)
+        code: int = args.handler(args)
+        return code
     except (ScenarioError, ConfigError, UsageError) as exc:
         for line in str(exc).splitlines():
             print(f"ailf: error: {line}", file=sys.stderr)

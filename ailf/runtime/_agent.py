@@ -53,7 +53,7 @@ class NoOptions:
     """The options of an agent that declares none."""
 
 
-class AgentLog(logging.LoggerAdapter):
+class AgentLog(logging.LoggerAdapter[logging.Logger]):
     """A logger that prefixes records with ``agent[replica] message-id`` and puts
     ``agent``, ``replica`` and ``message_id`` on each record (for structured handlers)."""
 
@@ -193,7 +193,7 @@ class Agent:
     async def on_start(self) -> None:
         """Called once per instance before its first message; open resources here."""
 
-    async def on_message(self, message: Message) -> Any:
+    async def on_message(self, message: Message[Any]) -> Any:
         """Handle one message. The return value answers an ``ask()``; an exception is a
         failed delivery (retried, then dead-lettered; an ``ask()`` gets a RemoteError)."""
         return None
@@ -265,7 +265,7 @@ def body_types(agent_cls: type[Agent]) -> tuple[type, ...]:
     if len(parameters) < 2:
         return ()
     name = parameters[1]
-    annotation = inspect.get_annotations(handler).get(name)
+    annotation: Any = inspect.get_annotations(handler).get(name)
     if annotation is None or (isinstance(annotation, str) and "[" not in annotation):
         return ()
     if isinstance(annotation, str):
@@ -367,7 +367,7 @@ def _validator_errors(options_cls: type, data: dict[str, Any]) -> list[str]:
     """
     with attrs.validators.disabled():
         try:
-            instance = converter.structure(data, options_cls)
+            instance: Any = converter.structure(data, options_cls)
         except Exception:
             return []
     problems = []

@@ -64,11 +64,15 @@ def check_name(kind: str, name: object) -> str:
     )
 
 
+def _namespace(name: object) -> str:
+    return check_name("namespace", name)
+
+
 @attrs.frozen
 class Keys:
     """Key and channel names of one namespace (see docs/wire-format.md for the table)."""
 
-    namespace: str = attrs.field(converter=lambda ns: check_name("namespace", ns))
+    namespace: str = attrs.field(converter=_namespace)
 
     @property
     def prefix(self) -> str:

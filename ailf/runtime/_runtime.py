@@ -29,7 +29,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import sniffio
@@ -157,7 +157,7 @@ class Runtime:
         self._root: trio.CancelScope | None = None
         self._escalation: EscalationError | None = None
         self._broadcast_ids = itertools.count(1)
-        self._cm: Any = None
+        self._cm: AbstractAsyncContextManager[Runtime] | None = None
 
     def __repr__(self) -> str:
         return f"<Runtime {self.namespace!r} on {self.config.url} as {self.process_id}>"
@@ -200,6 +200,7 @@ class Runtime:
         return await self._cm.__aenter__()
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
+        assert self._cm is not None, "__aexit__ without __aenter__"
         return await self._cm.__aexit__(*exc_info)
 
     @asynccontextmanager
@@ -482,12 +483,13 @@ class Runtime:
         )
         stream = self.keys.mailbox(check_name("agent", to))
         await self.gate.admit(self.client, stream)
-        return await self.client.xadd(
+        entry_id: str = await self.client.xadd(
             stream,
             {ENVELOPE_FIELD: text},
             maxlen=self.settings.mailbox_maxlen,
             approximate=True,
         )
+        return entry_id
 
     async def ask(
         self,
@@ -544,7 +546,8 @@ class Runtime:
             message_id=f"{self.process_id}-{next(self._broadcast_ids)}",
             max_size=self.settings.max_message_size,
         )
-        return await self.client.publish(self.keys.topic(topic), text)
+        receivers: int = await self.client.publish(self.keys.topic(topic), text)
+        return receivers
 
     async def dead_letters(self, name: str, count: int = 100) -> list[DeadLetter]:
         """The oldest ``count`` dead letters of agent ``name``, oldest first."""

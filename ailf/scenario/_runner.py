@@ -459,14 +459,16 @@ class ScenarioRun:
                 await trio.sleep(message.delay)
             if message.topic is not None:
                 await client.publish(message.topic, message.body)
+            elif message.to is None:  # the loader refuses it: one of to and topic is set
+                raise AssertionError(f"a message with neither to nor topic: {message}")
             elif message.ask:
-                await self._ask(client, message)
+                await self._ask(client, message.to, message)
             else:
                 await client.send(message.to, message.body)
 
-    async def _ask(self, client: Runtime, message: MessageSpec) -> None:
+    async def _ask(self, client: Runtime, to: str, message: MessageSpec) -> None:
         try:
-            reply = await client.ask(message.to, message.body, timeout=10)
+            reply = await client.ask(to, message.body, timeout=10)
         except AilfError as exc:
             error = f"{type(exc).__name__}: {exc}"
             entry = {"to": message.to, "body": message.body, "error": error}
@@ -519,7 +521,7 @@ async def _has_had_entries(client: Runtime, agent: str) -> bool:
         info = await client.client.xinfo_stream(client.keys.mailbox(agent))
     except ResponseError:  # no such stream yet
         return False
-    return info.get("last-generated-id", "0-0") != "0-0"
+    return bool(info.get("last-generated-id", "0-0") != "0-0")
 
 
 def run_scenario(
