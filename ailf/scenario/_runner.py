@@ -459,9 +459,9 @@ class ScenarioRun:
                 await trio.sleep(message.delay)
             if message.topic is not None:
                 await client.publish(message.topic, message.body)
-            elif message.to is None:  # the loader refuses it: one of to and topic is set
-                raise AssertionError(f"a message with neither to nor topic: {message}")
-            elif message.ask:
+                continue
+            assert message.to is not None  # the loader checked: one of to and topic is set
+            if message.ask:
                 await self._ask(client, message.to, message)
             else:
                 await client.send(message.to, message.body)
