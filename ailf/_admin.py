@@ -18,15 +18,17 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import trio
 
+from ailf._text import count_of, format_table
 from ailf.clients._async_client import AsyncRedisClient
 from ailf.config import RedisConfig
 from ailf.errors import ResponseError
-from ailf.runtime._keys import GROUP, Keys, check_name
+from ailf.runtime._keys import EVERY_KEY, Keys, check_name, parse_key
+from ailf.runtime._mailbox import group_of, mailbox_report
 from ailf.runtime._message import ENVELOPE_FIELD, DeadLetter
 from ailf.runtime._registry import RegistrySnapshot, read_registry
 from ailf.runtime._runtime import Runtime
@@ -37,7 +39,6 @@ __all__ = [
     "NamespaceContents",
     "ask",
     "contents",
-    "count_of",
     "dead_letter_json",
     "dead_letters",
     "describe_dead_letter",
@@ -52,33 +53,21 @@ __all__ = [
     "status",
 ]
 
+T = TypeVar("T")
+
 #: Called with a warning the command line prints (an agent that never ran, say).
 Warn = Callable[[str], None]
 
 
-def _run(async_fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+def _run(async_fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     try:
         return trio.run(async_fn, *args)
     except BaseExceptionGroup as group:
         raise unwrap(group) from None
 
 
-def count_of(n: int, noun: str) -> str:
-    """``1 process``, ``2 processes``, ``0 messages``, ``3 deliveries``, ``1 dead letter``."""
-    if n == 1:
-        return f"{n} {noun}"
-    if noun.endswith(("s", "x")):
-        return f"{n} {noun}es"
-    if noun.endswith("y") and noun[-2:-1] not in ("a", "e", "o", "u"):
-        return f"{n} {noun[:-1]}ies"
-    return f"{n} {noun}s"
-
-
 async def _scan(client: AsyncRedisClient, pattern: str) -> list[str]:
-    """Every key matching ``pattern``; ResponseError NOPERM if this user may not SCAN.
-
-    Names never hold glob characters (see :mod:`ailf.runtime._keys`), so a pattern made
-    of a prefix and ``*`` matches exactly the keys under that prefix."""
+    """Every key matching ``pattern``; ResponseError NOPERM if this user may not SCAN."""
     found: list[str] = []
     cursor = 0
     while True:
@@ -172,10 +161,11 @@ def publish(config: RedisConfig, namespace: str, topic: str, body: Any) -> int:
 
 async def _namespaces(client: AsyncRedisClient) -> list[str]:
     """Every namespace with a mailbox, a dead-letter stream or a live process."""
-    found: set[str] = set()
-    for marker in (":mailbox:", ":dead:", ":processes"):
-        for key in await _scan(client, f"ailf:*{marker}*"):
-            found.add(key[len("ailf:") : key.index(marker, len("ailf:"))])
+    found = set()
+    for key in await _scan(client, EVERY_KEY):
+        name = parse_key(key)
+        if name is not None and name.kind in ("mailbox", "dead", "processes"):
+            found.add(name.namespace)
     return sorted(found)
 
 
@@ -186,13 +176,12 @@ async def _agent_names(
     is all of them: without the right to SCAN, only the registry's (live) agents."""
     names = set(registry.agents)
     try:
-        for kind in ("mailbox", "dead"):
-            prefix = f"{keys.prefix}{kind}:"
-            names.update(key[len(prefix) :] for key in await _scan(client, f"{prefix}*"))
+        found = [parse_key(key) for key in await _scan(client, keys.every_key)]
     except ResponseError as exc:
         if exc.code != "NOPERM":
             raise
         return names, False
+    names.update(key.name for key in found if key is not None and key.kind in ("mailbox", "dead"))
     return names, True
 
 
@@ -211,50 +200,8 @@ async def _agents_that_ran(
     return {
         name
         for name, groups in zip(names, replies, strict=True)
-        if name in registry.agents
-        or (isinstance(groups, list) and any(g.get("name") == GROUP for g in groups))
+        if name in registry.agents or group_of(groups) is not None
     }
-
-
-async def _mailbox(client: AsyncRedisClient, keys: Keys, agent: str) -> dict[str, Any]:
-    stream = keys.mailbox(agent)
-    pipe = client.pipeline(transaction=False)
-    pipe.execute_command("XLEN", stream)
-    pipe.execute_command("XLEN", keys.dead(agent))
-    pipe.execute_command("XINFO", "GROUPS", stream)
-    length, dead, groups = await pipe.execute(raise_on_error=False)
-    problem = None
-    if isinstance(length, ResponseError) and length.code == "WRONGTYPE":
-        problem = f"its key holds something else than a stream; nothing reads it (DEL {stream})"
-    pending: int | None = None
-    lag: int | None = None
-    if isinstance(groups, list):
-        for group in groups:
-            info = _pairs(group)
-            if info.get("name") == GROUP:
-                pending = int(info.get("pending") or 0)
-                lag = None if info.get("lag") is None else int(info["lag"])
-    return {
-        "length": length if isinstance(length, int) else 0,
-        "pending": pending,
-        "lag": lag,
-        "dead_letters": dead if isinstance(dead, int) else 0,
-        "problem": problem,
-    }
-
-
-def _pairs(reply: Any) -> dict[str, Any]:
-    if isinstance(reply, dict):
-        return {str(k): v for k, v in reply.items()}
-    return {str(reply[i]): reply[i + 1] for i in range(0, len(reply) - 1, 2)}
-
-
-def _waiting(mailbox: dict[str, Any]) -> int:
-    """Messages a mailbox still holds for its agent: unread plus pending (every entry
-    when no reader ever came, or Redis cannot tell what is unread)."""
-    if mailbox["pending"] is None or mailbox["lag"] is None:
-        return mailbox["length"]
-    return mailbox["pending"] + mailbox["lag"]
 
 
 @attrs.frozen
@@ -283,11 +230,11 @@ async def leftovers(client: Runtime, agents: list[str]) -> Leftovers:
     messages: dict[str, int] = {}
     dead: dict[str, int] = {}
     for name in agents:
-        mailbox = await _mailbox(client.client, client.keys, name)
-        if _waiting(mailbox):
-            messages[name] = _waiting(mailbox)
-        if mailbox["dead_letters"]:
-            dead[name] = mailbox["dead_letters"]
+        mailbox = await mailbox_report(client.client, client.keys, name)
+        if mailbox.waiting:
+            messages[name] = mailbox.waiting
+        if mailbox.dead_letters:
+            dead[name] = mailbox.dead_letters
     return Leftovers(messages, dead)
 
 
@@ -302,12 +249,15 @@ async def _namespace_status(client: AsyncRedisClient, namespace: str) -> dict[st
     for name in sorted(names):
         info = registry.agents.get(name)
         stats = registry.statistics.get(name)
-        mailbox = await _mailbox(client, keys, name)
+        mailbox = await mailbox_report(client, keys, name)
         agents[name] = {
             "replicas": info.replicas if info else 0,
             "processes": len(info.processes) if info else 0,
-            **mailbox,
-            "problem": mailbox["problem"] or reported.get(name),
+            "length": mailbox.length,
+            "pending": mailbox.pending,
+            "lag": mailbox.lag,
+            "dead_letters": mailbox.dead_letters,
+            "problem": mailbox.problem or reported.get(name),
             "statistics": stats.to_json() if stats else None,
         }
     return {
@@ -379,13 +329,7 @@ def format_status(report: dict[str, Any]) -> str:
                     str(a["dead_letters"]),
                 )
             )
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-        for row in rows:
-            cells = [
-                c.ljust(w) if i == 0 else c.rjust(w)
-                for i, (c, w) in enumerate(zip(row, widths, strict=True))
-            ]
-            lines.append("  " + "  ".join(cells))
+        lines.append(format_table(rows, indent="  "))
         for name, a in ns["agents"].items():
             if a["problem"]:
                 lines.append(f"  agent {name}: mailbox not read: {a['problem']}")
@@ -426,18 +370,18 @@ def contents(config: RedisConfig, namespace: str) -> NamespaceContents:
 
     async def go() -> NamespaceContents:
         async with AsyncRedisClient(config) as client:
-            found = sorted(await _scan(client, f"{keys.prefix}*"))
+            found = sorted(await _scan(client, keys.every_key))
             registry = await read_registry(client, keys)
-            mailboxes = [k for k in found if k.startswith(f"{keys.prefix}mailbox:")]
-            dead = [k for k in found if k.startswith(f"{keys.prefix}dead:")]
+            names = [name for name in map(parse_key, found) if name is not None]
+            mailboxes = [name.name for name in names if name.kind == "mailbox"]
+            dead = [keys.dead(name.name) for name in names if name.kind == "dead"]
             pipe = client.pipeline(transaction=False)
             for key in dead:
                 pipe.xlen(key)
             dead_letters = sum(await pipe.execute()) if dead else 0
             messages = 0
-            for key in mailboxes:
-                agent = key.removeprefix(f"{keys.prefix}mailbox:")
-                messages += _waiting(await _mailbox(client, keys, agent))
+            for agent in mailboxes:
+                messages += (await mailbox_report(client, keys, agent)).waiting
         return NamespaceContents(
             namespace=namespace,
             keys=tuple(found),
@@ -573,11 +517,12 @@ def purge(config: RedisConfig, namespace: str, agent: str, ids: list[str]) -> in
                 pipe.xlen(dead)
                 pipe.delete(dead)
                 count, _ = await pipe.execute()
-                return count
+                return int(count)
         async with Runtime(config, namespace=namespace) as runtime:
             letters = await _read_letters(runtime, agent, 1_000_000, ids)
             if not letters:
                 return 0
-            return await runtime.client.xdel(dead, *(x.dead_letter_id for x in letters))
+            deleted: int = await runtime.client.xdel(dead, *(x.dead_letter_id for x in letters))
+            return deleted
 
     return _run(go)

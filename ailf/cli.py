@@ -15,9 +15,10 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import ailf
+from ailf._text import count_of
 from ailf.config import RedisConfig
 from ailf.errors import (
     AilfError,
@@ -30,6 +31,7 @@ from ailf.errors import (
 from ailf.server import RedisServer
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+N = TypeVar("N", int, float)
 EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
 
 
@@ -72,7 +74,7 @@ def _warn(text: str) -> None:
     print(f"ailf: warning: {text}", file=sys.stderr, flush=True)
 
 
-def _number(kind: type[int] | type[float], text: str) -> Any:
+def _number(kind: Callable[[str], N], text: str) -> N:
     try:
         return kind(text)
     except ValueError:
@@ -119,7 +121,6 @@ def _print_json(value: Any) -> None:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from ailf._admin import count_of
     from ailf.scenario._load import load_scenario
 
     try:
@@ -208,7 +209,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"topic": args.topic, "namespace": args.namespace, "received": received})
     elif received:
-        print(f"received by {admin.count_of(received, 'process')} subscribed to {args.topic!r}")
+        print(f"received by {count_of(received, 'process')} subscribed to {args.topic!r}")
     else:
         print(
             f"nobody heard it: no process in namespace {args.namespace!r} is subscribed to"
@@ -252,11 +253,10 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
         _print_json([admin.dead_letter_json(letter) for letter in letters])
     elif args.action == "redrive":
         moved = admin.redrive(config, args.namespace, args.agent, ids=args.ids)
-        letters = admin.count_of(len(moved), "dead letter")
-        print(f"{letters} of {args.agent!r} sent back to its mailbox")
+        print(f"{count_of(len(moved), 'dead letter')} of {args.agent!r} sent back to its mailbox")
     else:
         removed = admin.purge(config, args.namespace, args.agent, ids=args.ids)
-        print(f"{admin.count_of(removed, 'dead letter')} of {args.agent!r} deleted")
+        print(f"{count_of(removed, 'dead letter')} of {args.agent!r} deleted")
     return EXIT_OK
 
 
@@ -268,7 +268,7 @@ def _cmd_reset(args: argparse.Namespace) -> int:
     what = f"namespace {args.namespace!r} on {config.url}"
     if found.live_processes:
         print(
-            f"ailf: error: {what} has {admin.count_of(found.live_processes, 'live process')}"
+            f"ailf: error: {what} has {count_of(found.live_processes, 'live process')}"
             f" (see ailf status -n {args.namespace}); stop them first: reset would delete"
             " their mailboxes under them",
             file=sys.stderr,
@@ -283,7 +283,7 @@ def _cmd_reset(args: argparse.Namespace) -> int:
             print("ailf: nothing deleted", file=sys.stderr)
             return EXIT_FAILED
     deleted = admin.reset(config, found)
-    print(f"deleted {admin.count_of(deleted, 'key')} of {what}")
+    print(f"deleted {count_of(deleted, 'key')} of {what}")
     return EXIT_OK
 
 
@@ -332,7 +332,7 @@ def _add_json(parser: argparse.ArgumentParser, what: str) -> None:
 def _command(
     commands: Any, name: str, summary: str, description: str, examples: str, **kwargs: Any
 ) -> argparse.ArgumentParser:
-    parser = commands.add_parser(
+    parser: argparse.ArgumentParser = commands.add_parser(
         name,
         help=summary,
         description=description,
@@ -567,7 +567,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.basicConfig(
                 level=_log_level(), format="ailf: %(levelname)s %(name)s: %(message)s"
             )
-        return args.handler(args)
+        code: int = args.handler(args)
+        return code
     except (ScenarioError, ConfigError, UsageError) as exc:
         for line in str(exc).splitlines():
             print(f"ailf: error: {line}", file=sys.stderr)

@@ -51,7 +51,7 @@ from ailf import (
     RedisServer,
     Runtime,
 )
-from ailf.runtime._admission import mailbox_backlog
+from ailf.runtime._mailbox import mailbox_backlog
 
 NAMESPACE = "chaos"
 SEEN = "chaos:seen"  # hash: message sequence number -> times processed

@@ -240,6 +240,44 @@ async def test_status(redis_server: RedisServer, redis_config: RedisConfig) -> N
     assert b"orders" in text.stdout
 
 
+def test_status_and_run_summaries_print_one_table_layout() -> None:
+    """``ailf status`` and a run's summary share one table layout: names to the left,
+    numbers to the right, two spaces apart."""
+    from ailf._admin import format_status
+    from ailf.runtime import AgentStatistics
+    from ailf.scenario._report import RunReport
+
+    agents = {
+        "orders": {"replicas": 2, "processes": 1, "length": 1200, "pending": 3, "lag": 0},
+        "nobody-reads-this": {"replicas": 0, "processes": 0, "length": 1, "pending": None},
+    }
+    for agent in agents.values():
+        agent.setdefault("lag", None)
+        agent.update(dead_letters=0, problem=None, statistics=None)
+    namespace = {"namespace": "shop", "processes": [], "agents": agents, "complete": True}
+    assert format_status({"redis": "redis://r", "namespaces": [namespace]}).splitlines() == [
+        "namespace shop  (0 live processes)",
+        "  agent              replicas  processes  length  pending  lag  dead",
+        "  orders                    2          1    1200        3    0     0",
+        "  nobody-reads-this         0          0       1        -    -     0",
+    ]
+    report = RunReport(
+        scenario="s",
+        namespace="s",
+        redis="redis://r",
+        until="idle",
+        ok=True,
+        outcome="idle",
+        elapsed=1.0,
+        agents=(AgentStatistics("worker", replicas=4, received=10, processed=10),),
+        processes=1,
+    )
+    assert report.format().splitlines()[2:4] == [
+        "agent   replicas  received  processed  failed  retried  dead  p50 ms  p99 ms  mean ms",
+        "worker         4        10         10       0        0     0    0.00    0.00     0.00",
+    ]
+
+
 async def test_status_of_an_empty_redis(
     redis_server: RedisServer, redis_config: RedisConfig
 ) -> None:

@@ -11,7 +11,7 @@ from ailf.agents.echo import Echo
 from ailf import RedisConfig, Runtime
 from ailf.cli import main
 from ailf.errors import ConfigError, ScenarioError
-from ailf.runtime._keys import MAX_NAME_LENGTH, check_name
+from ailf.runtime._keys import EVERY_KEY, MAX_NAME_LENGTH, KeyName, Keys, check_name, parse_key
 from ailf.scenario._load import parse_scenario
 
 UNREACHABLE = "redis://127.0.0.1:1/0"
@@ -90,3 +90,17 @@ async def test_the_runtime_applies_the_same_rule(redis_config: RedisConfig) -> N
             with pytest.raises(ConfigError) as caught:
                 Runtime(redis_config, namespace=name)
             assert str(caught.value) == _message("namespace", name)
+
+
+def test_every_key_reads_back_as_what_it_names() -> None:
+    """``ailf status`` and ``ailf reset`` list a namespace by reading key names back."""
+    keys = Keys("demo")
+    assert parse_key(keys.mailbox("greeter")) == KeyName("demo", "mailbox", "greeter")
+    assert parse_key(keys.dead("greeter")) == KeyName("demo", "dead", "greeter")
+    assert parse_key(keys.topic("news")) == KeyName("demo", "topic", "news")
+    assert parse_key(keys.process("host:42:ab")) == KeyName("demo", "process", "host:42:ab")
+    assert parse_key(keys.processes) == KeyName("demo", "processes", "")
+    assert parse_key(keys.wake("host:42:ab/0")) == KeyName("demo", "wake", "host:42:ab/0")
+    for other in ("other:demo:mailbox:x", "ailf:", "ailf:demo", "ailf:a b:mailbox:x"):
+        assert parse_key(other) is None, other
+    assert keys.every_key == "ailf:demo:*" and EVERY_KEY == "ailf:*"

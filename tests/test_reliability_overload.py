@@ -18,7 +18,8 @@ import redis
 import trio
 
 from ailf import Agent, MailboxFull, Message, RedisConfig, Runtime
-from ailf.runtime._admission import MailboxGate, mailbox_backlog
+from ailf.runtime._admission import MailboxGate
+from ailf.runtime._mailbox import mailbox_backlog
 
 
 def rss_bytes() -> int:

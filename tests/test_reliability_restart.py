@@ -15,7 +15,8 @@ import os
 import signal
 import subprocess
 from contextlib import AbstractContextManager
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 import redis
@@ -34,7 +35,10 @@ from ailf import (
     Runtime,
 )
 from ailf.clients._connection import open_connection
-from ailf.runtime._keys import GROUP
+from ailf.runtime._host import HostContext
+from ailf.runtime._keys import GROUP, Keys
+from ailf.runtime._reader import MailboxReader
+from ailf.runtime._settings import MailboxSettings
 
 
 def child(server: RedisServer, **spec: Any) -> AbstractContextManager[subprocess.Popen[str]]:
@@ -193,3 +197,19 @@ async def test_a_frozen_redis_times_asks_out_and_is_resumed_from(fresh_server: R
             assert await ask_until_answered(runtime, "echo", "after") == "after"
             await runtime.wait_idle(timeout=10)
     assert answers == ["before", "frozen", "after"]
+
+
+async def test_a_reader_failing_for_hours_keeps_waiting_max_block(autojump_clock: Any) -> None:
+    """A reader that cannot read backs off by ``settings.read_retry`` up to
+    ``max_block``, however long Redis stays away: RetryPolicy.delay(n) computes 2**n as
+    a float, which overflowed after about a thousand failures (half an hour at the
+    default max_block) and ended the runtime."""
+    settings = MailboxSettings()
+    # No Redis behind it: backing off sends nothing.
+    host = SimpleNamespace(client=None, acker=None, settings=settings, keys=Keys("r"))
+    reader = MailboxReader(cast(HostContext, host), "host:1:ab/0")
+    started = trio.current_time()
+    for _ in range(1100):
+        await reader._backoff("Redis unreachable")
+    waited = trio.current_time() - started
+    assert waited == pytest.approx(1100 * settings.max_block, rel=0.01)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import threading
@@ -15,6 +16,7 @@ import trio
 
 from ailf import AskTimeout, MessageTooLarge, RedisConfig, RemoteError
 from ailf.runtime import Agent, Message, Runtime
+from ailf.runtime._agent import AgentRuntime
 from ailf.runtime._keys import GROUP
 from ailf.runtime._registry import read_registry
 
@@ -489,6 +491,25 @@ async def test_agents_ask_each_other_and_spawn_agents(redis_config: RedisConfig)
             await runtime.spawn(Front, name="front")
             assert await runtime.ask("front", "grow", timeout=5) == "grown"
             assert await runtime.ask("front", 20, timeout=5) == 41
+
+
+def test_self_runtime_is_typed_with_the_runtimes_own_signatures() -> None:
+    """``Agent.runtime`` is typed by AgentRuntime, a protocol beside the Agent class (the
+    runtime imports that module, so it may not import the runtime back): the Runtime
+    has each of its members, with the same signature or type."""
+    runtime = Runtime(RedisConfig())
+    for name, member in vars(AgentRuntime).items():
+        if name.startswith("_"):
+            continue
+        if isinstance(member, property):
+            wanted = inspect.signature(member.fget).return_annotation
+            own = getattr(Runtime, name, None)
+            if isinstance(own, property):  # a property of the Runtime too
+                assert inspect.signature(own.fget).return_annotation == wanted, name
+            else:  # an attribute set by Runtime.__init__
+                assert type(vars(runtime)[name]).__name__ == wanted, name
+        else:
+            assert inspect.signature(getattr(Runtime, name)) == inspect.signature(member), name
 
 
 async def test_a_message_that_keeps_killing_its_consumer_is_dead_lettered(

@@ -1,6 +1,17 @@
 """The actor runtime: agents, mailboxes, broadcast, supervision.
 
 See docs/concepts.md for the model and docs/wire-format.md for what travels in Redis.
+
+A mailbox message's path, each module entered once:
+
+1. ``_runtime`` — ``Runtime.send``/``ask`` encode the envelope (``_message``), wait for
+   room (``_admission``) and XADD it to the agent's mailbox;
+2. ``_reader`` — a reader's XREADGROUP (or a claim, or a redelivery) hands the entry to
+   its instance's queue;
+3. ``_cell`` — a worker decodes and vets it, runs the handler, and reports the outcome;
+4. ``_settle`` — the settler acknowledges (batched, by ``_acker``), answers an ask and
+   acknowledges in one write, schedules a retry (redelivered by step 2), or writes a dead
+   letter and then acknowledges.
 """
 
 from ailf.runtime._agent import Agent as Agent

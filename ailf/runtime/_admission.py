@@ -8,11 +8,9 @@ holds its own message meanwhile, so the pressure travels upstream to where messa
 enter the system. The timeout keeps that from becoming a hang (two agents filling each
 other's mailboxes): the sender gets an exception it can handle, and nothing was added.
 
-The **backlog** is what the agent still has to do: its consumer group's lag (entries
-not read yet) plus its pending entries (read, not acknowledged). Acknowledged entries
-waiting to be trimmed do not count. Where Redis cannot tell the lag (before 7.0, or
-after entries were deleted from the middle of the stream) or no group exists yet (the
-agent never ran), the stream's length stands in — an overestimate, on the safe side.
+The **backlog** is what the agent still has to do, counted as
+:mod:`ailf.runtime._mailbox` counts it: entries not read yet plus entries read and not
+acknowledged (acknowledged entries waiting to be trimmed do not count).
 
 Measuring is one round trip (XINFO GROUPS and XLEN in one pipeline), so a sender does
 not measure before each message: a measurement that finds room for R more lets this
@@ -27,29 +25,18 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ailf.config import RetryPolicy
 from ailf.errors import ConfigError, MailboxFull
-from ailf.runtime._keys import GROUP
+from ailf.runtime._mailbox import mailbox_backlog
+from ailf.runtime._settings import MAX_BACKOFF_STEP
 
 if TYPE_CHECKING:
     from ailf.clients._async_client import AsyncRedisClient
 
-__all__ = ["MailboxGate", "mailbox_backlog"]
+__all__ = ["MailboxGate"]
 
-
-async def mailbox_backlog(client: AsyncRedisClient, stream: str) -> int:
-    """Entries of ``stream`` its agent has still to handle (see the module docstring)."""
-    pipe = client.pipeline(transaction=False)
-    pipe.xinfo_groups(stream)
-    pipe.xlen(stream)
-    groups, length = await pipe.execute(raise_on_error=False)
-    if isinstance(length, Exception):
-        raise length
-    if isinstance(groups, Exception):  # no such key: nothing was ever sent
-        return int(length)
-    group = next((g for g in groups if g.get("name") == GROUP), None)
-    if group is None or group.get("lag") is None:
-        return int(length)
-    return int(group["lag"]) + int(group.get("pending") or 0)
+#: How often a full mailbox is measured again: after 5 ms, doubling up to 250 ms.
+_MEASURE_AGAIN = RetryPolicy(backoff_initial=0.005, backoff_max=0.25, jitter=False)
 
 
 class MailboxGate:
@@ -87,7 +74,7 @@ class MailboxGate:
             return
         lock = self._measuring.setdefault(stream, trio.Lock())
         backlog = -1  # not measured here (Redis did not answer, or others measured)
-        delay = 0.005
+        attempt = 0
         with trio.move_on_after(self.timeout):
             async with lock:  # one measurement at a time; the others use its result
                 while not self._take(stream):
@@ -95,8 +82,8 @@ class MailboxGate:
                     self._room[stream] = self.limit - backlog
                     if self._take(stream):
                         return
-                    await trio.sleep(delay)
-                    delay = min(2 * delay, 0.25)
+                    await trio.sleep(_MEASURE_AGAIN.delay(min(attempt, MAX_BACKOFF_STEP)))
+                    attempt += 1
                 return
         measured = f"{backlog} unhandled entries" if backlog >= 0 else "no measurement yet"
         raise MailboxFull(

@@ -13,25 +13,27 @@ import inspect
 import logging
 import types
 import typing
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, ClassVar, Protocol
 
 import attrs
 import cattrs
 
+from ailf.clients._async_client import AsyncRedisClient
 from ailf.codec import converter
 from ailf.errors import ConfigError
-from ailf.runtime._message import Message
-
-if TYPE_CHECKING:
-    from ailf.runtime._cell import Cell
-    from ailf.runtime._runtime import Runtime
+from ailf.runtime._keys import Keys
+from ailf.runtime._message import DeadLetter, Message
+from ailf.runtime._registry import RegistrySnapshot
+from ailf.runtime._statistics import AgentStatistics
 
 __all__ = [
     "RESTART_POLICIES",
     "STRATEGIES",
     "Agent",
+    "AgentContext",
     "AgentLog",
+    "AgentRuntime",
     "NoOptions",
     "body_types",
     "structure_options",
@@ -51,7 +53,7 @@ class NoOptions:
     """The options of an agent that declares none."""
 
 
-class AgentLog(logging.LoggerAdapter):
+class AgentLog(logging.LoggerAdapter[logging.Logger]):
     """A logger that prefixes records with ``agent[replica] message-id`` and puts
     ``agent``, ``replica`` and ``message_id`` on each record (for structured handlers)."""
 
@@ -63,6 +65,90 @@ class AgentLog(logging.LoggerAdapter):
         if message_id is not None:
             where = f"{where} {message_id}"
         return f"{where}: {msg}", kwargs
+
+
+class AgentRuntime(Protocol):
+    """The :class:`~ailf.runtime.Runtime` as the agents it runs see it (``self.runtime``).
+
+    Declared here rather than imported because the runtime imports this module (it
+    spawns ``Agent`` classes): two modules that import each other are one module in two
+    files. ``Runtime`` has every member, with the same signature (a test compares them),
+    and documents each.
+    """
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def keys(self) -> Keys: ...
+
+    @property
+    def client(self) -> AsyncRedisClient: ...
+
+    @property
+    def process_id(self) -> str: ...
+
+    async def send(
+        self,
+        to: str,
+        body: Any,
+        *,
+        sender: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> str: ...
+
+    async def ask(
+        self,
+        to: str,
+        body: Any,
+        timeout: float = 10,  # noqa: ASYNC109 - part of the documented API
+        *,
+        sender: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any: ...
+
+    async def publish(self, topic: str, body: Any, *, sender: str | None = None) -> int: ...
+
+    async def spawn(
+        self,
+        agent_cls: type[Agent],
+        name: str | None = None,
+        *,
+        replicas: int = 1,
+        options: Any = None,
+        topics: Iterable[str] = (),
+        claim_idle: float | None = None,
+        concurrency: int | None = None,
+        first_replica: int | None = None,
+    ) -> None: ...
+
+    def stop(self) -> None: ...
+
+    async def dead_letters(self, name: str, count: int = 100) -> list[DeadLetter]: ...
+
+    def statistics(self) -> dict[str, AgentStatistics]: ...
+
+    async def registry(self) -> RegistrySnapshot: ...
+
+    async def cluster_statistics(self) -> dict[str, AgentStatistics]: ...
+
+    async def wait_idle(
+        self,
+        names: Iterable[str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - part of the documented API
+    ) -> None: ...
+
+
+class AgentContext(Protocol):
+    """What an agent's own methods ask of the runtime side of the instance (its cell)."""
+
+    async def subscribe(self, topic: str) -> None: ...
+
+    async def unsubscribe(self, topic: str) -> None: ...
+
+    def start_task(self, async_fn: Callable[..., Awaitable[Any]], *args: Any) -> None: ...
+
+    def request_stop(self, *, normal: bool) -> None: ...
 
 
 class Agent:
@@ -100,14 +186,14 @@ class Agent:
     name: str
     replica: int
     options: Any
-    runtime: Runtime
+    runtime: AgentRuntime
     log: AgentLog
-    _cell: Cell
+    _context: AgentContext
 
     async def on_start(self) -> None:
         """Called once per instance before its first message; open resources here."""
 
-    async def on_message(self, message: Message) -> Any:
+    async def on_message(self, message: Message[Any]) -> Any:
         """Handle one message. The return value answers an ``ask()``; an exception is a
         failed delivery (retried, then dead-lettered; an ``ask()`` gets a RemoteError)."""
         return None
@@ -140,11 +226,11 @@ class Agent:
         Raises :class:`~ailf.errors.ResponseError` (code ``NOPERM``) when Redis refuses
         the channel to the runtime's ACL user; the call may be retried once it may.
         """
-        await self._cell.subscribe(topic)
+        await self._context.subscribe(topic)
 
     async def unsubscribe(self, topic: str) -> None:
         """Stop hearing broadcasts on ``topic``."""
-        await self._cell.unsubscribe(topic)
+        await self._context.unsubscribe(topic)
 
     def start_task(self, async_fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``async_fn(*args)`` beside the handler for as long as this instance lives.
@@ -152,12 +238,12 @@ class Agent:
         The task is cancelled when the instance stops; an exception escaping it crashes
         the instance, which its restart policy then handles.
         """
-        self._cell.start_task(async_fn, *args)
+        self._context.start_task(async_fn, *args)
 
     def stop(self) -> None:
         """Stop this instance normally: a ``"permanent"`` agent is started again, a
         ``"transient"`` or ``"temporary"`` one is not."""
-        self._cell.request_stop(normal=True)
+        self._context.request_stop(normal=True)
 
 
 def is_sync_handler(agent_cls: type[Agent]) -> bool:
@@ -179,7 +265,7 @@ def body_types(agent_cls: type[Agent]) -> tuple[type, ...]:
     if len(parameters) < 2:
         return ()
     name = parameters[1]
-    annotation = inspect.get_annotations(handler).get(name)
+    annotation: Any = inspect.get_annotations(handler).get(name)
     if annotation is None or (isinstance(annotation, str) and "[" not in annotation):
         return ()
     if isinstance(annotation, str):
@@ -281,7 +367,7 @@ def _validator_errors(options_cls: type, data: dict[str, Any]) -> list[str]:
     """
     with attrs.validators.disabled():
         try:
-            instance = converter.structure(data, options_cls)
+            instance: Any = converter.structure(data, options_cls)
         except Exception:
             return []
     problems = []

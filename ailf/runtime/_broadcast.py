@@ -22,19 +22,23 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
 from ailf.errors import AskTimeout, DecodeError, RedisError, RemoteError, ResponseError
-from ailf.runtime._message import Reply, decode_envelope, decode_reply
+from ailf.runtime._message import Message, Reply, decode_envelope, decode_reply
+from ailf.runtime._settings import MAX_BACKOFF_STEP
 
 if TYPE_CHECKING:
     from ailf.clients._async_client import AsyncRedisClient
-    from ailf.runtime._cell import Cell
 
-__all__ = ["BroadcastHub", "ReplyInbox"]
+__all__ = ["BroadcastHub", "Listener", "ReplyInbox"]
+
+#: Takes a broadcast to queue it (an instance's ``hear``); must not block.
+Listener = Callable[[Message[Any]], None]
 
 log = logging.getLogger("ailf.runtime")
 
@@ -126,7 +130,7 @@ class BroadcastHub:
         self.client = client
         self.inbox = inbox
         self.malformed = 0
-        self._listeners: dict[str, set[Cell]] = {}
+        self._listeners: dict[str, set[Listener]] = {}
         self._pubsub: Any = None
         self._nursery: trio.Nursery | None = None
         #: Channels whose SUBSCRIBE is in flight; set once it is answered.
@@ -166,7 +170,7 @@ class BroadcastHub:
             except RedisError as exc:
                 if not started:
                     raise  # Redis unreachable or refusing us at start: the runtime says so
-                delay = self.client.config.retry.delay(min(failures, 30))
+                delay = self.client.config.retry.delay(min(failures, MAX_BACKOFF_STEP))
                 failures += 1
                 log.warning(
                     "the broadcast and reply session failed (%s); opening a new one in %.2f s",
@@ -192,8 +196,8 @@ class BroadcastHub:
             self.malformed += 1
             log.warning("dropped a malformed broadcast on %s: %s", channel, exc)
             return
-        for cell in listeners:
-            cell.hear(message)
+        for listener in listeners:
+            listener(message)
 
     async def open_inbox(self) -> None:
         """Subscribe the reply channel unless it is, so that a request sent afterwards
@@ -219,21 +223,21 @@ class BroadcastHub:
             del self._subscribing[channel]
             done.set()
 
-    async def add_listener(self, channel: str, cell: Cell) -> None:
-        """Queue broadcasts on ``channel`` to ``cell``; returns once subscribed. When
-        Redis refuses the subscription, raises, and ``cell`` does not listen."""
-        self._listeners.setdefault(channel, set()).add(cell)
+    async def add_listener(self, channel: str, listener: Listener) -> None:
+        """Hand broadcasts on ``channel`` to ``listener``; returns once subscribed. When
+        Redis refuses the subscription, raises, and ``listener`` does not listen."""
+        self._listeners.setdefault(channel, set()).add(listener)
         try:
             await self.subscribe(channel)
         except BaseException:
-            self.remove_listener(channel, cell)
+            self.remove_listener(channel, listener)
             raise
 
-    def remove_listener(self, channel: str, cell: Cell) -> None:
+    def remove_listener(self, channel: str, listener: Listener) -> None:
         listeners = self._listeners.get(channel)
         if listeners is None:
             return
-        listeners.discard(cell)
+        listeners.discard(listener)
         if not listeners:
             del self._listeners[channel]
             self._wanted.discard(channel)

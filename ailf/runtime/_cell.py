@@ -12,15 +12,11 @@ queued mailbox entry is safe in Redis while a broadcast exists only here. For th
 reason a graceful stop drops the queued mailbox entries (they stay pending for whoever
 reads next) but still handles the queued broadcasts, within the grace period.
 
-What happens to a message after its handler:
-
-- returned: the entry is acknowledged — for an ``ask()``, in one write with the reply;
-- raised, on a tell: retried after a backoff, and after ``max_deliveries`` deliveries
-  written to the dead letters and acknowledged together;
-- raised, on an ask: the caller gets a RemoteError and the entry is acknowledged (the
-  caller knows, and decides whether to ask again);
-- cancelled (shutdown past the grace period, a crash): nothing; the entry stays
-  pending and is delivered again.
+A mailbox entry's walk through here is short: decoded and vetted, handed to the
+handler, and the outcome — returned, raised, or refused before the handler ran — reported
+to the reader's :class:`~ailf.runtime._settle.Settler`, which acknowledges, answers,
+retries or dead-letters it. A handler cancelled (shutdown past the grace period, a crash)
+reports nothing: its entry stays pending and is delivered again.
 """
 
 from __future__ import annotations
@@ -29,46 +25,27 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import attrs
 import trio
 
-from ailf.codec import dumps
-from ailf.errors import DecodeError, RedisError
-from ailf.runtime._agent import Agent, AgentLog, current_message_id, is_sync_handler
-from ailf.runtime._keys import GROUP, check_name
-from ailf.runtime._mailbox import Binding, Delivery, MailboxReader
-from ailf.runtime._message import (
-    ENVELOPE_FIELD,
-    Message,
-    decode_envelope,
-    encode_reply,
-    error_text,
-    kept_envelope,
-    too_large,
-    wire_text,
-)
+from ailf.errors import DecodeError
+from ailf.runtime._agent import AgentLog, current_message_id, is_sync_handler
+from ailf.runtime._host import HostContext
+from ailf.runtime._keys import check_name
+from ailf.runtime._message import ENVELOPE_FIELD, Message, decode_envelope, too_large
+from ailf.runtime._reader import MailboxReader
+from ailf.runtime._settle import Binding, Delivery
+from ailf.runtime._spawn import SpawnSpec
 from ailf.runtime._statistics import Counters
 
-if TYPE_CHECKING:
-    from ailf.runtime._runtime import Runtime
-
-__all__ = ["AgentSpec", "Cell"]
+__all__ = ["Cell"]
 
 _logger = logging.getLogger("ailf.agent")
 
 
-@attrs.frozen
-class AgentSpec:
-    """What ``spawn()`` was asked to run: one agent name, all its local replicas."""
-
-    agent_cls: type[Agent]
-    name: str
-    options: Any
-    topics: tuple[str, ...]
-    claim_idle: float
-    concurrency: int
+class _Refused(Exception):
+    """A mailbox entry the handler may not see; the text says why."""
 
 
 class Cell:
@@ -76,13 +53,13 @@ class Cell:
 
     def __init__(
         self,
-        runtime: Runtime,
-        spec: AgentSpec,
+        host: HostContext,
+        spec: SpawnSpec,
         replica: int,
         reader: MailboxReader,
         counters: Counters,
     ) -> None:
-        self.runtime = runtime
+        self.host = host
         self.spec = spec
         self.replica = replica
         self.reader = reader
@@ -90,9 +67,9 @@ class Cell:
         self.started = False
         self.in_flight = 0
         self._queue: deque[Delivery] = deque()
-        self._heard: deque[Message] = deque()
+        self._heard: deque[Message[Any]] = deque()
         self._lot = trio.lowlevel.ParkingLot()
-        self._high_water = 2 * runtime.settings.batch_size
+        self._high_water = 2 * host.settings.batch_size
         self._full = False
         self._closing = False
         self._normal = False
@@ -103,15 +80,24 @@ class Cell:
         self._topics: set[str] = set()
         self._nursery: trio.Nursery | None = None
         self._sync = is_sync_handler(spec.agent_cls)
-        self.binding = Binding(runtime.keys.mailbox(spec.name), spec.name, self, spec.claim_idle)
+        self._settler = reader.settler
         self.log = AgentLog(_logger, {"agent": spec.name, "replica": replica})
+        self.binding = Binding(
+            stream=host.keys.mailbox(spec.name),
+            agent=spec.name,
+            claim_idle=spec.claim_idle,
+            max_deliveries=spec.agent_cls.max_deliveries,
+            deliver=self.deliver,
+            log=self.log,
+            counters=counters,
+        )
         agent = spec.agent_cls()
         agent.name = spec.name
         agent.replica = replica
         agent.options = spec.options
-        agent.runtime = runtime
+        agent.runtime = host.runtime
         agent.log = self.log
-        agent._cell = self
+        agent._context = self
         self.agent = agent
 
     # -- fed by the reader and the hub (synchronous) -----------------------------------
@@ -126,7 +112,7 @@ class Cell:
             self._full = True
             self.reader.set_full(self.binding, True)
 
-    def hear(self, message: Message) -> None:
+    def hear(self, message: Message[Any]) -> None:
         """Queue a broadcast (from the hub), ahead of every queued mailbox entry."""
         self._heard.append(message)
         if self._lot:
@@ -142,7 +128,7 @@ class Cell:
         self._normal = self._normal or normal
         if not self._closing:
             self._detach()
-            self._workers.deadline = trio.current_time() + self.runtime.grace_period
+            self._workers.deadline = trio.current_time() + self.host.grace_period
 
     def take_down(self, replica: int) -> None:
         """Stop gracefully because replica ``replica`` is restarted (one_for_all): the
@@ -184,20 +170,20 @@ class Cell:
         self._queue.clear()
         self._lot.unpark_all()
         for topic in self._topics:
-            self.runtime.hub.remove_listener(self.runtime.keys.topic(topic), self)
+            self.host.hub.remove_listener(self.host.keys.topic(topic), self.hear)
         self._topics.clear()
 
     async def finish(self) -> Exception | None:
         """Run ``on_stop`` (if ``on_start`` completed); the exception it raised, if any."""
         if not self.started:
             return None
-        with trio.move_on_after(self.runtime.grace_period) as scope:
+        with trio.move_on_after(self.host.grace_period) as scope:
             try:
                 await self.agent.on_stop()
             except Exception as exc:
                 return exc
         if scope.cancelled_caught:
-            self.log.warning("on_stop did not finish within %.1f s", self.runtime.grace_period)
+            self.log.warning("on_stop did not finish within %.1f s", self.host.grace_period)
         return None
 
     def start_task(self, async_fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
@@ -213,7 +199,7 @@ class Cell:
             return
         self._topics.add(topic)
         try:
-            await self.runtime.hub.add_listener(self.runtime.keys.topic(topic), self)
+            await self.host.hub.add_listener(self.host.keys.topic(topic), self.hear)
         except BaseException:
             self._topics.discard(topic)  # refused (NOPERM) or cancelled: may be tried again
             raise
@@ -221,7 +207,7 @@ class Cell:
     async def unsubscribe(self, topic: str) -> None:
         if topic in self._topics:
             self._topics.discard(topic)
-            self.runtime.hub.remove_listener(self.runtime.keys.topic(topic), self)
+            self.host.hub.remove_listener(self.host.keys.topic(topic), self.hear)
 
     # -- handling -------------------------------------------------------------------
 
@@ -231,6 +217,7 @@ class Cell:
         handled = 0
         while True:
             handle: Callable[[Any], Awaitable[None]]
+            item: Any
             if heard:
                 handle, item = self._handle_broadcast, heard.popleft()
             elif queue:
@@ -252,7 +239,7 @@ class Cell:
             if not handled % 64:
                 await trio.lowlevel.checkpoint()
 
-    async def _call(self, message: Message) -> Any:
+    async def _call(self, message: Message[Any]) -> Any:
         if self._sync:
             # Abandoned on cancellation (shutdown past the grace period, a crash): the
             # thread runs to its end on its own, its message stays pending.
@@ -264,33 +251,10 @@ class Cell:
     async def _handle_delivery(self, delivery: Delivery) -> None:
         counters = self.counters
         counters.received += 1
-        raw = delivery.fields.get(ENVELOPE_FIELD)
-        limit = self.runtime.settings.max_message_size
-        if isinstance(raw, str) and too_large(raw, limit):
-            await self.dead_letter(delivery, f"envelope larger than max_message_size={limit}")
-            return
         try:
-            message = decode_envelope(
-                raw, message_id=delivery.id, delivery_count=delivery.delivery_count
-            )
-        except DecodeError as exc:
-            await self.dead_letter(delivery, f"undecodable: {exc}")
-            return
-        keys = self.runtime.keys
-        if message.reply_to is not None and not keys.is_reply(message.reply_to):
-            await self.dead_letter(
-                delivery,
-                f"refused: reply_to {message.reply_to[:120]!r} is not a reply inbox of"
-                f" namespace {keys.namespace!r} (a channel {keys.reply('...')!r})",
-            )
-            return
-        max_deliveries = self.spec.agent_cls.max_deliveries
-        if delivery.delivery_count > max_deliveries:
-            await self.dead_letter(
-                delivery,
-                f"delivered {delivery.delivery_count} times (max_deliveries={max_deliveries})"
-                " without its handler finishing: the process handling it died or was stopped",
-            )
+            message = self._open(delivery)
+        except _Refused as refused:
+            await self._settler.refused(delivery, str(refused))
             return
         token = current_message_id.set(delivery.id)
         started = time.perf_counter()
@@ -299,141 +263,43 @@ class Cell:
         except Exception as exc:
             counters.handler_finished(time.perf_counter() - started)
             counters.failed += 1
-            await self._failed(delivery, message, exc)
+            await self._settler.raised(delivery, message, exc)
             return
         finally:
             current_message_id.reset(token)
         counters.handler_finished(time.perf_counter() - started)
         counters.processed += 1
         counters.mailbox_processed += 1
-        if message.reply_to is not None:
-            await self._reply_and_ack(delivery, message, result)
-        else:
-            self.runtime.acker.ack(delivery.binding.stream, delivery.id)
-            delivery.binding.held.pop(delivery.id, None)
+        await self._settler.returned(delivery, message, result)
 
-    async def _failed(self, delivery: Delivery, message: Message, exc: Exception) -> None:
-        token = current_message_id.set(delivery.id)
-        try:
-            max_deliveries = self.spec.agent_cls.max_deliveries
-            if message.reply_to is not None:
-                self.log.warning(
-                    "handler raised %s: %s (answered to the asker as RemoteError)",
-                    type(exc).__name__,
-                    exc,
-                )
-                await self._reply_and_ack(delivery, message, error=exc)
-            elif delivery.delivery_count >= max_deliveries:
-                await self.dead_letter(
-                    delivery,
-                    f"handler failed on delivery {delivery.delivery_count} of {max_deliveries}",
-                    exc,
-                )
-            else:
-                self.counters.retried += 1
-                delay = self.reader.schedule_retry(delivery)
-                self.log.warning(
-                    "handler raised %s: %s (delivery %d of %d; retrying in %.2f s)",
-                    type(exc).__name__,
-                    exc,
-                    delivery.delivery_count,
-                    max_deliveries,
-                    delay,
-                )
-        finally:
-            current_message_id.reset(token)
-
-    async def _reply_and_ack(
-        self,
-        delivery: Delivery,
-        message: Message,
-        result: Any = None,
-        error: Exception | None = None,
-    ) -> None:
-        """Publish the reply to an ``ask()`` and acknowledge its request in one write.
-
-        One round trip instead of an awaited PUBLISH plus a batched XACK: a request is
-        answered and done at once, which keeps the asker's tail latency down. The handler
-        has finished by now, so the ack never precedes it. If the reply cannot be sent the
-        asker times out (logged); the ack is not lost either way — if the XACK did not
-        run, or whether it ran is unknown (the connection broke), it goes to the Acker,
-        which retries (XACK of an id already acknowledged is a no-op).
-        """
-        assert message.reply_to is not None and message.correlation is not None
-        try:
-            text = encode_reply(message.correlation, result, error, agent=self.spec.name)
-        except DecodeError as exc:  # the return value is not JSON: the asker gets why
-            self.log.warning("could not encode the reply (%s); answering with the error", exc)
-            text = encode_reply(message.correlation, error=exc, agent=self.spec.name)
-        stream = delivery.binding.stream
-        pipe = self.runtime.client.pipeline(transaction=False)
-        pipe.publish(message.reply_to, text)
-        pipe.xack(stream, GROUP, delivery.id)
-        try:
-            published, acked = await pipe.execute(raise_on_error=False)
-        except RedisError as exc:
-            published = acked = exc
-        if isinstance(published, Exception):
-            self.log.warning("could not send the reply to %s: %s", message.reply_to, published)
-        if isinstance(acked, Exception):
-            self.runtime.acker.ack(stream, delivery.id)
-        delivery.binding.held.pop(delivery.id, None)
-
-    async def dead_letter(
-        self, delivery: Delivery, reason: str, error: Exception | None = None
-    ) -> bool:
-        """Move ``delivery`` to the dead letters: XADD it there, then acknowledge it.
-
-        Two steps, not one MULTI: inside a transaction a failing XADD (the dead-letter
-        key holding a string, Redis out of memory) does not stop the XACK after it, and
-        the message would be gone without a trace. If the XADD fails, the entry stays
-        pending and comes back; the reason is remembered by the reader, so that the
-        dead letter written then still says why it was given up. If the process dies
-        between the two steps, the entry is dead-lettered twice (at least once).
-        Returns False if Redis could not be told.
-        """
-        runtime = self.runtime
-        stream = delivery.binding.stream
-        why = {
-            "reason": wire_text(reason),
-            "error_type": type(error).__name__ if error is not None else "",
-            "error_message": error_text(error) if error is not None else "",
-        }
-        why = self.reader.unwritten.pop((stream, delivery.id), why)
+    def _open(self, delivery: Delivery) -> Message[Any]:
+        """The entry as a message for the handler; :class:`_Refused` says why it is not
+        one the handler may see."""
         raw = delivery.fields.get(ENVELOPE_FIELD)
-        fields = {
-            "id": delivery.id,
-            "agent": self.spec.name,
-            **why,
-            "delivery_count": str(delivery.delivery_count),
-            "failed_at": repr(time.time()),
-            "consumer": self.reader.consumer,
-            **kept_envelope(
-                raw if isinstance(raw, str) else dumps(delivery.fields),
-                runtime.settings.max_message_size,
-            ),
-        }
-        token = current_message_id.set(delivery.id)
+        limit = self.host.settings.max_message_size
+        if isinstance(raw, str) and too_large(raw, limit):
+            raise _Refused(f"envelope larger than max_message_size={limit}")
         try:
-            await runtime.client.xadd(
-                runtime.keys.dead(self.spec.name),
-                fields,
-                maxlen=runtime.settings.dead_letter_maxlen,
+            message = decode_envelope(
+                raw, message_id=delivery.id, delivery_count=delivery.delivery_count
             )
-        except RedisError as exc:
-            self.reader.remember_unwritten(stream, delivery.id, why)
-            self.log.warning("could not dead-letter (%s); it stays pending: %s", exc, why["reason"])
-            return False
-        else:
-            runtime.acker.ack(stream, delivery.id)
-            self.counters.dead_lettered += 1
-            self.log.error("dead-lettered: %s", why["reason"], exc_info=error)
-            return True
-        finally:
-            current_message_id.reset(token)
-            delivery.binding.held.pop(delivery.id, None)
+        except DecodeError as exc:
+            raise _Refused(f"undecodable: {exc}") from None
+        keys = self.host.keys
+        if message.reply_to is not None and not keys.is_reply(message.reply_to):
+            raise _Refused(
+                f"refused: reply_to {message.reply_to[:120]!r} is not a reply inbox of"
+                f" namespace {keys.namespace!r} (a channel {keys.reply('...')!r})"
+            )
+        max_deliveries = self.binding.max_deliveries
+        if delivery.delivery_count > max_deliveries:
+            raise _Refused(
+                f"delivered {delivery.delivery_count} times (max_deliveries={max_deliveries})"
+                " without its handler finishing: the process handling it died or was stopped"
+            )
+        return message
 
-    async def _handle_broadcast(self, message: Message) -> None:
+    async def _handle_broadcast(self, message: Message[Any]) -> None:
         counters = self.counters
         counters.received += 1
         token = current_message_id.set(message.id)

@@ -30,7 +30,12 @@ import attrs
 
 from ailf.errors import ConfigError
 
-__all__ = ["GROUP", "MAX_NAME_LENGTH", "Keys", "check_name"]
+__all__ = ["EVERY_KEY", "GROUP", "MAX_NAME_LENGTH", "KeyName", "Keys", "check_name", "parse_key"]
+
+#: What every key and channel of every namespace starts with.
+ROOT = "ailf:"
+#: A SCAN pattern matching every key of every namespace.
+EVERY_KEY = f"{ROOT}*"
 
 #: The consumer group every mailbox is read through. One name for all mailboxes lets a
 #: single XREADGROUP (one GROUP, one consumer) read many mailboxes at once.
@@ -59,15 +64,25 @@ def check_name(kind: str, name: object) -> str:
     )
 
 
+def _namespace(name: object) -> str:
+    return check_name("namespace", name)
+
+
 @attrs.frozen
 class Keys:
     """Key and channel names of one namespace (see docs/wire-format.md for the table)."""
 
-    namespace: str = attrs.field(converter=lambda ns: check_name("namespace", ns))
+    namespace: str = attrs.field(converter=_namespace)
 
     @property
     def prefix(self) -> str:
-        return f"ailf:{self.namespace}:"
+        return f"{ROOT}{self.namespace}:"
+
+    @property
+    def every_key(self) -> str:
+        """A SCAN pattern matching every key of the namespace, and nothing else (no name
+        holds a glob character)."""
+        return f"{self.prefix}*"
 
     def mailbox(self, agent: str) -> str:
         """The stream an agent's messages are added to."""
@@ -107,3 +122,24 @@ class Keys:
     def processes(self) -> str:
         """The sorted set of process ids scored by their last heartbeat."""
         return f"{self.prefix}processes"
+
+
+@attrs.frozen
+class KeyName:
+    """A key or channel name read back: ``ailf:demo:mailbox:greeter`` is namespace
+    ``demo``, kind ``mailbox``, name ``greeter`` (the name is empty for ``processes``)."""
+
+    namespace: str
+    kind: str
+    name: str
+
+
+def parse_key(key: str) -> KeyName | None:
+    """What ``key`` names, or None if it is not laid out as the runtime lays out keys."""
+    if not key.startswith(ROOT):
+        return None
+    namespace, colon, rest = key[len(ROOT) :].partition(":")
+    kind, _, name = rest.partition(":")
+    if not (colon and _NAME.fullmatch(namespace) and kind):
+        return None
+    return KeyName(namespace, kind, name)

@@ -212,7 +212,7 @@ def _preview(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
-def _optional_str(envelope: dict, key: str) -> str | None:
+def _optional_str(envelope: dict[str, Any], key: str) -> str | None:
     value = envelope.get(key)
     if value is not None and not isinstance(value, str):
         raise DecodeError(f"envelope field {key!r}: expected a string, got {_preview(value)}")
@@ -246,7 +246,7 @@ def _parse(text: Any) -> dict[str, Any]:
 
 def decode_envelope(
     text: Any, *, message_id: str | None = None, delivery_count: int = 1
-) -> Message:
+) -> Message[Any]:
     """Decode envelope JSON text into a :class:`Message`; :class:`DecodeError` says why not.
 
     ``message_id`` is the stream entry id (mailboxes); broadcasts carry their own.

@@ -12,10 +12,13 @@ know the writers' heartbeat intervals.
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import trio
 
 from ailf.codec import dumps, loads
 from ailf.runtime._statistics import AgentStatistics
@@ -28,11 +31,14 @@ __all__ = [
     "HEARTBEAT_INTERVAL",
     "HEARTBEAT_TTL_INTERVALS",
     "AgentInfo",
+    "Heartbeat",
     "ProcessInfo",
     "RegistrySnapshot",
     "read_registry",
     "write_heartbeat",
 ]
+
+log = logging.getLogger("ailf.runtime")
 
 #: Seconds between a runtime's heartbeats, unless ``Runtime(heartbeat_interval=...)``.
 HEARTBEAT_INTERVAL = 2.0
@@ -92,6 +98,51 @@ async def write_heartbeat(
     pipe.execute_command("ZADD", keys.processes, now, process)
     pipe.execute_command("ZREMRANGEBYSCORE", keys.processes, "-inf", now - ttl)
     await pipe.execute(raise_on_error=False)
+
+
+class Heartbeat:
+    """Keeps one process's registry entry fresh by calling ``beat``.
+
+    Every ``interval`` seconds, whatever the last beat cost, and soon after
+    :meth:`announce` (a spawn, a replica's end), so that other processes (``ailf
+    status``) see the change at once. Those extra beats wait ten times as long as the
+    last one took, so that spawning 10,000 agents (a beat then takes milliseconds) costs
+    a handful of beats, not one each; the regular ones never wait for that, so that a
+    beat slowed by a stalled Redis does not make the process look gone.
+    """
+
+    def __init__(self, interval: float, beat: Callable[[], Awaitable[None]]) -> None:
+        self.interval = interval
+        self._beat = beat
+        self._announced = trio.Event()
+        self._stopped = False
+
+    def announce(self) -> None:
+        """Beat soon: something other processes should see has changed."""
+        self._announced.set()
+
+    def stop(self) -> None:
+        """Beat no more: the process is leaving the registry."""
+        self._stopped = True
+
+    async def run(self) -> None:
+        due = trio.current_time() + self.interval
+        calm_until = 0.0
+        while True:
+            with trio.move_on_at(due):
+                await self._announced.wait()
+                await trio.sleep_until(calm_until)
+            self._announced = trio.Event()
+            if self._stopped:
+                return
+            started = trio.current_time()
+            try:
+                await self._beat()
+            except Exception as exc:
+                log.warning("registry heartbeat failed: %s", exc)
+            now = trio.current_time()
+            due = started + self.interval
+            calm_until = now + 10 * (now - started)
 
 
 def heartbeat_fields(

@@ -17,6 +17,7 @@ entries stay pending).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -27,43 +28,40 @@ import signal
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import sniffio
 import trio
 
 from ailf.clients._async_client import AsyncRedisClient
-from ailf.codec import message_type
 from ailf.config import RedisConfig, given_or_from_env
-from ailf.errors import ConfigError, DecodeError, EscalationError, RedisError, ResponseError
+from ailf.errors import ConfigError, EscalationError, RedisError
+from ailf.runtime._acker import Acker
 from ailf.runtime._admission import MailboxGate
-from ailf.runtime._agent import Agent, body_types, check_agent_class, structure_options
+from ailf.runtime._agent import Agent
 from ailf.runtime._broadcast import BroadcastHub, ReplyInbox
-from ailf.runtime._cell import AgentSpec, Cell
-from ailf.runtime._keys import GROUP, Keys, check_name
-from ailf.runtime._mailbox import (
-    Acker,
-    MailboxReader,
-    MailboxSettings,
-    check_setting,
-    check_unread_trimmed,
-    compare_ids,
-    report_unread_trimmed,
-)
+from ailf.runtime._cell import Cell
+from ailf.runtime._host import HostContext
+from ailf.runtime._keys import Keys, check_name
+from ailf.runtime._mailbox import busy, delete_idle_consumers, open_mailbox
 from ailf.runtime._message import ENVELOPE_FIELD, DeadLetter, encode_envelope
+from ailf.runtime._reader import MailboxReader
+from ailf.runtime._reader_pool import ReaderPool
 from ailf.runtime._registry import (
     HEARTBEAT_INTERVAL,
     HEARTBEAT_TTL_INTERVALS,
+    Heartbeat,
     RegistrySnapshot,
     heartbeat_fields,
     read_registry,
     write_heartbeat,
 )
+from ailf.runtime._settings import MailboxSettings, check_setting
+from ailf.runtime._spawn import SpawnSpec, spawn_spec
 from ailf.runtime._statistics import AgentStatistics, Counters
-from ailf.runtime._supervisor import supervise, unwrap
+from ailf.runtime._supervisor import Supervisor, unwrap
 
 __all__ = ["Runtime"]
 
@@ -141,35 +139,38 @@ class Runtime:
         host = re.sub(r"[^A-Za-z0-9_.\-]", "-", self.host) or "host"
         self.process_id = f"{host}:{self.pid}:{secrets.token_hex(3)}"
         self.started_at = 0.0
-        self.stopping = False
         self.stop_requested = trio.Event()
-        #: Set when the registry should hear of a change (spawned, gone) without waiting.
-        self._announce = trio.Event()
-        self.cells: set[Cell] = set()
+        self._heartbeat = Heartbeat(heartbeat_interval, self._beat)
+        self._supervisor = Supervisor(self.stop_requested, self.escalate)
         self._client: AsyncRedisClient | None = None
         self.acker: Acker
         self.hub: BroadcastHub
         self._inbox: ReplyInbox
-        self._specs: dict[str, AgentSpec] = {}
+        self._readers: ReaderPool
+        self._host_context: HostContext
+        self._specs: dict[str, SpawnSpec] = {}
         self._counters: dict[str, Counters] = {}
-        self._slots: dict[str, set[int]] = {}
         self._replica_numbers: dict[str, itertools.count[int]] = {}
-        self._readers: list[MailboxReader] = []
-        self._readers_nursery: trio.Nursery | None = None
         self._agents: trio.Nursery | None = None
         self._body: trio.CancelScope | None = None
         self._services: trio.Nursery | None = None
-        self._supervisors = 0
-        self._supervisors_done = trio.Event()
-        #: Recent restart times of each one_for_all agent's local group (see supervisor).
-        self.group_restarts: dict[str, deque[float]] = {}
         self._root: trio.CancelScope | None = None
         self._escalation: EscalationError | None = None
         self._broadcast_ids = itertools.count(1)
-        self._cm: Any = None
+        self._cm: AbstractAsyncContextManager[Runtime] | None = None
 
     def __repr__(self) -> str:
         return f"<Runtime {self.namespace!r} on {self.config.url} as {self.process_id}>"
+
+    @property
+    def cells(self) -> set[Cell]:
+        """The agent instances running in this process now."""
+        return self._supervisor.cells
+
+    @property
+    def stopping(self) -> bool:
+        """True once the runtime has begun to stop (no more spawns, no more restarts)."""
+        return self._supervisor.stopping
 
     @property
     def client(self) -> AsyncRedisClient:
@@ -199,6 +200,7 @@ class Runtime:
         return await self._cm.__aenter__()
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
+        assert self._cm is not None, "__aexit__ without __aenter__"
         return await self._cm.__aexit__(*exc_info)
 
     @asynccontextmanager
@@ -209,22 +211,31 @@ class Runtime:
                 async with AsyncRedisClient(self.config) as client, trio.open_nursery() as services:
                     self._client = client
                     self._services = services
-                    self._supervisors_done.set()
                     self.started_at = time.time()
                     self.acker = Acker(client)
                     self._inbox = ReplyInbox(self.keys.reply(self.process_id), self.namespace)
                     self.hub = BroadcastHub(client, self._inbox)
+                    self._host_context = HostContext(
+                        client=client,
+                        keys=self.keys,
+                        settings=self.settings,
+                        acker=self.acker,
+                        hub=self.hub,
+                        grace_period=self.grace_period,
+                        runtime=self,
+                    )
+                    self._readers = ReaderPool(self._host_context, self.process_id)
                     await services.start(self.hub.run)
                     await services.start(self.acker.run)
-                    await services.start(self._host_readers)
-                    await self._heartbeat()
+                    await services.start(self._readers.run)
+                    await self._beat()
                     log.info(
                         "runtime %s started on %s, namespace %r",
                         self.process_id,
                         self.config.url,
                         self.namespace,
                     )
-                    services.start_soon(self._heartbeat_loop)
+                    services.start_soon(self._heartbeat.run)
                     if self.handle_signals:
                         services.start_soon(self._watch_signals)
                     async with trio.open_nursery() as agents:
@@ -237,7 +248,7 @@ class Runtime:
                             raise
                         finally:
                             self._begin_stop()
-                            await self._supervisors_done.wait()
+                            await self._supervisor.wait_all_done()
                     await self._leave()
                     log.info("runtime %s left the registry; closing", self.process_id)
                     services.cancel_scope.cancel()
@@ -265,12 +276,10 @@ class Runtime:
                 busy,
                 self.grace_period,
             )
-        self.stopping = True
         self.stop_requested.set()
-        if self._readers_nursery is not None:
-            self._readers_nursery.cancel_scope.cancel()
-        for cell in list(self.cells):
-            cell.request_stop(normal=False)
+        self._heartbeat.stop()
+        self._readers.stop()
+        self._supervisor.stop_all()
 
     async def _leave(self) -> None:
         """After the agents stopped: send the last acks, drop idle consumers, unregister."""
@@ -290,19 +299,16 @@ class Runtime:
         """Send the last acks, delete this process's consumers that hold nothing, and
         leave the registry."""
         await self.acker.flush()
+        await delete_idle_consumers(
+            self.client,
+            [
+                (self.keys.mailbox(name), reader.consumer)
+                for name in self._specs
+                for reader in self._readers
+            ],
+        )
         pipe = self.client.pipeline(transaction=False)
-        owned = [
-            (self.keys.mailbox(name), reader.consumer)
-            for name in self._specs
-            for reader in self._readers
-        ]
-        for stream, consumer in owned:
-            pipe.xpending_range(stream, GROUP, count=1, consumername=consumer)
-        replies = await pipe.execute(raise_on_error=False)
-        for (stream, consumer), pending in zip(owned, replies, strict=True):
-            if pending == []:
-                pipe.xgroup_delconsumer(stream, GROUP, consumer)
-        pipe.delete(self.keys.process(self.process_id), *(r.wake_key for r in self._readers))
+        pipe.delete(self.keys.process(self.process_id), *self._readers.wake_keys())
         pipe.execute_command("ZREM", self.keys.processes, self.process_id)
         await pipe.execute(raise_on_error=False)
 
@@ -347,39 +353,6 @@ class Runtime:
                 else:
                     self._force()
 
-    # -- readers --------------------------------------------------------------------
-
-    async def _host_readers(self, *, task_status: trio.TaskStatus) -> None:
-        async with trio.open_nursery() as nursery:
-            self._readers_nursery = nursery
-            task_status.started()
-            await trio.sleep_forever()
-
-    async def _reader(self, slot: int) -> MailboxReader:
-        while len(self._readers) <= slot:
-            consumer = f"{self.process_id}/{len(self._readers)}"
-            reader = MailboxReader(
-                self.client, self.acker, self.settings, consumer, self.keys.wake(consumer)
-            )
-            self._readers.append(reader)
-            assert self._readers_nursery is not None
-            await self._readers_nursery.start(reader.run)
-        return self._readers[slot]
-
-    def supervisor_started(self) -> None:
-        self._supervisors += 1
-        self._supervisors_done = trio.Event()
-
-    def release(self, name: str, reader: MailboxReader) -> None:
-        """A replica is gone for good: free its reader slot."""
-        self._slots.get(name, set()).discard(self._readers.index(reader))
-        if not self.stopping:  # statistics() after a stop keep the count it stopped with
-            self._counters[name].replicas -= 1
-        self._announce.set()
-        self._supervisors -= 1
-        if not self._supervisors:
-            self._supervisors_done.set()
-
     def counters_for(self, name: str) -> Counters:
         counters = self._counters.get(name)
         if counters is None:
@@ -421,35 +394,17 @@ class Runtime:
         """
         if self._agents is None or self.stopping:
             raise RuntimeError("spawn() works inside `async with Runtime(...)`, before it stops")
-        check_agent_class(agent_cls)
-        for cls in body_types(agent_cls):
-            message_type(cls)
-        name = check_name("agent", agent_cls.__name__ if name is None else name)
-        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
-            raise ConfigError(
-                f"spawn({name!r}): replicas must be an integer >= 1, not {replicas!r}"
-            )
-        claim = agent_cls.claim_idle if claim_idle is None else claim_idle
-        if isinstance(claim, bool) or not isinstance(claim, (int, float)) or claim <= 0:
-            raise ConfigError(f"spawn({name!r}): claim_idle must be seconds > 0, not {claim!r}")
-        if first_replica is not None and not (type(first_replica) is int and first_replica >= 0):
-            raise ConfigError(
-                f"spawn({name!r}): first_replica must be an integer >= 0, not {first_replica!r}"
-            )
-        parallel = agent_cls.concurrency if concurrency is None else concurrency
-        if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
-            raise ConfigError(f"spawn({name!r}): concurrency must be >= 1, not {parallel!r}")
-        all_topics = tuple(dict.fromkeys((*agent_cls.topics, *topics)))
-        for topic in all_topics:
-            check_name("topic", topic)
-        spec = AgentSpec(
-            agent_cls=agent_cls,
-            name=name,
-            options=structure_options(agent_cls, options),
-            topics=all_topics,
-            claim_idle=float(claim),
-            concurrency=parallel,
+        spec = spawn_spec(
+            agent_cls,
+            name,
+            replicas=replicas,
+            options=options,
+            topics=topics,
+            claim_idle=claim_idle,
+            concurrency=concurrency,
+            first_replica=first_replica,
         )
+        name = spec.name
         known = self._specs.get(name)
         if known is not None and known.agent_cls is not agent_cls:
             raise ConfigError(
@@ -458,10 +413,10 @@ class Runtime:
             )
         self._specs[name] = spec
         try:
-            await self._open_mailbox(self.keys.mailbox(name), check=known is None)
+            await open_mailbox(self.client, self.keys.mailbox(name), check=known is None)
             # Before any instance starts, so that Redis refusing a topic (NOPERM) fails
             # this call with nothing started; the instances find their topics subscribed.
-            for topic in all_topics:
+            for topic in spec.topics:
                 await self.hub.subscribe(self.keys.topic(topic))
         except BaseException:
             if self._specs.get(name) is spec:
@@ -474,48 +429,38 @@ class Runtime:
         numbers = self._replica_numbers.setdefault(name, itertools.count())
         if first_replica is not None:
             numbers = self._replica_numbers[name] = itertools.count(first_replica)
-        used = self._slots.setdefault(name, set())
         for _ in range(replicas):
-            slot = next(k for k in itertools.count() if k not in used)
-            used.add(slot)
-            reader = await self._reader(slot)
+            reader = await self._readers.take(name)
             counters.replicas += 1
-            await self._agents.start(supervise, self, spec, next(numbers), reader)
+            await self._agents.start(self._replica, spec, next(numbers), reader, counters)
         log.info(
             "spawned %d replica(s) of %s as %r%s",
             replicas,
             agent_cls.__qualname__,
             name,
-            f", hearing {', '.join(all_topics)}" if all_topics else "",
+            f", hearing {', '.join(spec.topics)}" if spec.topics else "",
         )
-        self._announce.set()  # other processes (`ailf status`) see the replicas at once
+        self._heartbeat.announce()  # other processes (`ailf status`) see the replicas at once
 
-    async def _open_mailbox(self, stream: str, *, check: bool) -> None:
-        """Create the mailbox's group (at ``0``, so a backlog is read) unless it exists,
-        and report entries trimmed before anyone read them — in one round trip when the
-        group is new."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.xgroup_create(stream, GROUP, id="0", mkstream=True)
-        pipe.xinfo_stream(stream)
-        created, info = await pipe.execute(raise_on_error=False)
-        code = created.code if isinstance(created, ResponseError) else ""
-        if code == "OOM" and isinstance(info, dict):
-            # A full Redis (noeviction) refuses XGROUP CREATE even where the group
-            # exists; reading needs no memory, and is how a full mailbox drains.
-            groups = await self.client.xinfo_groups(stream)
-            if any(group.get("name") == GROUP for group in groups):
-                code = "BUSYGROUP"
-        if code == "BUSYGROUP":
-            if check:
-                await check_unread_trimmed(self.client, stream)
-        elif code == "WRONGTYPE":
-            # Not this spawn's failure: its reader sets the mailbox aside (and says so)
-            # until the key is repaired, while every other agent runs on.
-            log.error("mailbox %s: its key is not a stream (%s)", stream, created)
-        elif isinstance(created, Exception):
-            raise created
-        elif not isinstance(info, Exception):
-            report_unread_trimmed(stream, info["entries-added"] - info["length"])
+    async def _replica(
+        self,
+        spec: SpawnSpec,
+        replica: int,
+        reader: MailboxReader,
+        counters: Counters,
+        *,
+        task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """One replica, supervised, until it is gone for good; then its reader slot is
+        free again, and the registry hears of it."""
+        new_cell = functools.partial(Cell, self._host_context, spec, replica, reader, counters)
+        try:
+            await self._supervisor.supervise(spec, replica, new_cell, task_status=task_status)
+        finally:
+            self._readers.release(spec.name, reader)
+            if not self.stopping:  # statistics() after a stop keep the count it stopped with
+                counters.replicas -= 1
+            self._heartbeat.announce()
 
     # -- talking to agents ----------------------------------------------------------
 
@@ -538,12 +483,13 @@ class Runtime:
         )
         stream = self.keys.mailbox(check_name("agent", to))
         await self.gate.admit(self.client, stream)
-        return await self.client.xadd(
+        entry_id: str = await self.client.xadd(
             stream,
             {ENVELOPE_FIELD: text},
             maxlen=self.settings.mailbox_maxlen,
             approximate=True,
         )
+        return entry_id
 
     async def ask(
         self,
@@ -600,7 +546,8 @@ class Runtime:
             message_id=f"{self.process_id}-{next(self._broadcast_ids)}",
             max_size=self.settings.max_message_size,
         )
-        return await self.client.publish(self.keys.topic(topic), text)
+        receivers: int = await self.client.publish(self.keys.topic(topic), text)
+        return receivers
 
     async def dead_letters(self, name: str, count: int = 100) -> list[DeadLetter]:
         """The oldest ``count`` dead letters of agent ``name``, oldest first."""
@@ -616,14 +563,14 @@ class Runtime:
     async def registry(self) -> RegistrySnapshot:
         """Every live process in the namespace, its agents, and counters summed over them
         (as of each process's last heartbeat; this process's is refreshed first)."""
-        await self._heartbeat()
+        await self._beat()
         return await read_registry(self.client, self.keys)
 
     async def cluster_statistics(self) -> dict[str, AgentStatistics]:
         """Counters per agent name, summed over every live process."""
         return (await self.registry()).statistics
 
-    async def _heartbeat(self) -> None:
+    async def _beat(self) -> None:
         agents = {name: c.replicas for name, c in self._counters.items() if c.replicas}
         problems = {
             name: why for reader in self._readers for name, why in reader.problems().items()
@@ -642,34 +589,8 @@ class Runtime:
             self.process_id,
             fields,
             HEARTBEAT_TTL_INTERVALS * self.heartbeat_interval,
-            tuple(reader.wake_key for reader in self._readers),
+            self._readers.wake_keys(),
         )
-
-    async def _heartbeat_loop(self) -> None:
-        """Heartbeat every ``heartbeat_interval`` seconds, whatever the last one cost, and
-        soon after a spawn or a replica's end, so that other processes (``ailf status``)
-        see it at once. Those extra heartbeats wait ten times as long as the last one
-        took, so that spawning 10,000 agents (a heartbeat then takes milliseconds) costs
-        a handful of heartbeats, not one each; the regular ones never wait for that, so
-        that a heartbeat slowed by a stalled Redis does not make this process look gone.
-        """
-        due = trio.current_time() + self.heartbeat_interval
-        calm_until = 0.0
-        while True:
-            with trio.move_on_at(due):
-                await self._announce.wait()
-                await trio.sleep_until(calm_until)
-            self._announce = trio.Event()
-            if self.stopping:
-                return
-            started = trio.current_time()
-            try:
-                await self._heartbeat()
-            except Exception as exc:
-                log.warning("registry heartbeat failed: %s", exc)
-            now = trio.current_time()
-            due = started + self.heartbeat_interval
-            calm_until = now + 10 * (now - started)
 
     async def wait_idle(
         self,
@@ -696,38 +617,16 @@ class Runtime:
         raise TimeoutError(f"agents still busy after {timeout} s: {detail}")
 
     async def _busy(self, names: list[str]) -> dict[str, str]:
-        busy: dict[str, str] = {}
+        found: dict[str, str] = {}
         local = {cell.spec.name for cell in self.cells if cell.busy()}
         for name in names:
             stream = self.keys.mailbox(name)
             if name in local:
-                busy[name] = "handling here"
-            elif self.acker.busy(stream) or any(r.retries_pending(stream) for r in self._readers):
-                busy[name] = "acks or retries due here"
-        remaining = [name for name in names if name not in busy]
-        if not remaining:
-            return busy
-        pipe = self.client.pipeline(transaction=False)
-        for name in remaining:
-            pipe.xinfo_groups(self.keys.mailbox(name))
-            pipe.xinfo_stream(self.keys.mailbox(name))
-        replies = await pipe.execute(raise_on_error=False)
-        for index, name in enumerate(remaining):
-            groups, info = replies[2 * index], replies[2 * index + 1]
-            if isinstance(info, DecodeError):  # it shows an entry that is not text
-                busy[name] = "an entry that is not UTF-8 text, being dead-lettered"
-                continue
-            if isinstance(info, Exception):  # no stream: nothing was ever sent
-                continue
-            group = None
-            if not isinstance(groups, Exception):
-                group = next((g for g in groups if g.get("name") == GROUP), None)
-            if group is None:
-                if info.get("length"):
-                    busy[name] = f"{info['length']} entries, no consumer group yet"
-                continue
-            if group.get("pending"):
-                busy[name] = f"{group['pending']} pending"
-            elif compare_ids(group["last-delivered-id"], info["last-generated-id"]) < 0:
-                busy[name] = "unread entries"
-        return busy
+                found[name] = "handling here"
+            elif self.acker.busy(stream) or self._readers.retries_pending(stream):
+                found[name] = "acks or retries due here"
+        remaining = {self.keys.mailbox(name): name for name in names if name not in found}
+        if remaining:
+            for stream, why in (await busy(self.client, list(remaining))).items():
+                found[remaining[stream]] = why
+        return found

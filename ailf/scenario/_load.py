@@ -99,12 +99,16 @@ def _strict_scalar(kind: type, check: Callable[[Any], bool]) -> Callable[[Any, t
     return structure
 
 
-def _toml_key(attribute: attrs.Attribute) -> str:
+def _toml_key(attribute: attrs.Attribute[Any]) -> str:
     """The key a field has in the file: its name, unless the model says otherwise
     (``class_`` is ``class``). Agents' options always use their field names, as the
     runtime's own structuring does."""
     key = attribute.metadata.get("toml")
     return key if isinstance(key, str) else attribute.name
+
+
+#: A structure hook: (value, type) -> the structured value.
+_Hook = Callable[[Any, Any], Any]
 
 
 def _make_converter() -> cattrs.Converter:
@@ -119,7 +123,7 @@ def _make_converter() -> cattrs.Converter:
     converter.register_structure_hook(str, _strict_scalar(str, lambda v: isinstance(v, str)))
     converter.register_structure_hook(bool, _strict_scalar(bool, lambda v: isinstance(v, bool)))
 
-    def guarded(inner: Callable[[Any, Any], Any], want: type, kind: Any) -> Callable:
+    def guarded(inner: Callable[[Any, Any], Any], want: type, kind: Any) -> _Hook:
         def structure(value: Any, target: Any) -> Any:
             if not isinstance(value, want):
                 raise _Mismatch(_describe_type(kind))
@@ -127,21 +131,21 @@ def _make_converter() -> cattrs.Converter:
 
         return structure
 
-    def sequences(kind: Any, conv: cattrs.Converter) -> Callable:
+    def sequences(kind: Any, conv: cattrs.Converter) -> _Hook:
         factory = homogenous_tuple_structure_factory if get_origin(kind) is tuple else None
         inner = (factory or list_structure_factory)(kind, conv)
         return guarded(inner, list, kind)
 
-    def mappings(kind: Any, conv: cattrs.Converter) -> Callable:
+    def mappings(kind: Any, conv: cattrs.Converter) -> _Hook:
         return guarded(mapping_structure_factory(kind, conv), dict, kind)
 
-    def records(kind: type, conv: cattrs.Converter) -> Callable:
-        renames = {
+    def records(kind: type, conv: cattrs.Converter) -> _Hook:
+        renames: dict[str, Any] = {
             a.name: override(omit=True) if a.metadata.get("toml") is False else override(rename=key)
             for a in attrs.fields(kind)
             if a.name != (key := _toml_key(a)) or a.metadata.get("toml") is False
         }
-        inner = make_dict_structure_fn(kind, conv, _cattrs_forbid_extra_keys=True, **renames)
+        inner: _Hook = make_dict_structure_fn(kind, conv, _cattrs_forbid_extra_keys=True, **renames)
         return guarded(inner, dict, kind)
 
     converter.register_structure_hook_factory(is_sequence, sequences)
@@ -213,10 +217,10 @@ def _explain(exc: BaseException, path: str, raw: Any, cls: type | None = None) -
         return lines
     if isinstance(exc, IterableValidationError):
         lines = []
-        with_notes, without = exc.group_exceptions()
-        for sub, note in with_notes:
-            lines += _explain(sub, _join(path, note.index), _child(raw, note.index), note.type)
-        for sub in without:
+        items, rest = exc.group_exceptions()
+        for sub, item in items:
+            lines += _explain(sub, _join(path, item.index), _child(raw, item.index), item.type)
+        for sub in rest:
             lines += _explain(sub, path, raw, cls)
         return lines
     if isinstance(exc, ForbiddenExtraKeysError):
@@ -448,10 +452,10 @@ def parse_scenario(text: str, path: str = "<scenario>") -> Scenario:
         raise ScenarioError(path, [f"invalid TOML: {exc}"]) from None
     if "scenario" not in raw:
         raise ScenarioError(path, ["scenario: missing; expected a [scenario] table with a name"])
-    scenario, problems = structure_strict(raw, Scenario)
+    structured, problems = structure_strict(raw, Scenario)
     if problems:
         raise ScenarioError(path, problems)
-    scenario = attrs.evolve(scenario, path=path)
+    scenario: Scenario = attrs.evolve(structured, path=path)
     problems = _check(scenario, raw)
     if problems:
         raise ScenarioError(path, problems)

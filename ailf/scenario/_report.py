@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 import attrs
 
-from ailf._admin import count_of
+from ailf._text import count_of, format_table
 from ailf.runtime._statistics import AgentStatistics
 from ailf.scenario._model import Scenario
 
@@ -150,14 +150,7 @@ def _table(rows: Iterable[AgentStatistics]) -> str:
             value = getattr(stats, field)
             row.append(style.format(value * 1000 if field.startswith("latency") else value))
         cells.append(row)
-    widths = [max(len(row[i]) for row in cells) for i in range(len(_COLUMNS))]
-    return "\n".join(
-        "  ".join(
-            cell.ljust(width) if i == 0 else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        ).rstrip()
-        for row in cells
-    )
+    return format_table(cells)
 
 
 class Progress:

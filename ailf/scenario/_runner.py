@@ -33,8 +33,9 @@ from typing import Any
 import attrs
 import trio
 
-from ailf._admin import count_of, describe_dead_letter, leftovers
-from ailf.config import RedisConfig
+from ailf._admin import describe_dead_letter, leftovers
+from ailf._text import count_of
+from ailf.config import RedisConfig, RetryPolicy
 from ailf.errors import AilfError, ResponseError
 from ailf.runtime._runtime import Runtime
 from ailf.runtime._statistics import AgentStatistics
@@ -48,6 +49,9 @@ __all__ = ["MAX_RESTARTS", "RESTART_PERIOD", "run_scenario"]
 #: A worker process that dies more often than this within RESTART_PERIOD fails the run.
 MAX_RESTARTS = 5
 RESTART_PERIOD = 30.0
+#: The pause before restarting a worker that died: 0.1 s, doubling with each death
+#: within RESTART_PERIOD, at most 2 s.
+_RESTART_BACKOFF = RetryPolicy(backoff_initial=0.1, backoff_max=2.0, jitter=False)
 #: Seconds a worker is given to stop when the run ends: the runtime's own grace period
 #: for in-flight handlers (10 s) plus time for on_stop and goodbyes.
 STOP_GRACE = 15.0
@@ -120,7 +124,7 @@ class WorkerProcess:
                 return
             self.restarts += 1
             self._run.note(f"{what}; restarting it")
-            await trio.sleep(min(2.0, 0.1 * 2 ** (len(self._crashes) - 1)))
+            await trio.sleep(_RESTART_BACKOFF.delay(len(self._crashes) - 1))
 
     async def _run_once(self) -> tuple[int, str | None]:
         read_fd, write_fd = os.pipe()
@@ -455,14 +459,16 @@ class ScenarioRun:
                 await trio.sleep(message.delay)
             if message.topic is not None:
                 await client.publish(message.topic, message.body)
-            elif message.ask:
-                await self._ask(client, message)
+                continue
+            assert message.to is not None  # the loader checked: one of to and topic is set
+            if message.ask:
+                await self._ask(client, message.to, message)
             else:
                 await client.send(message.to, message.body)
 
-    async def _ask(self, client: Runtime, message: MessageSpec) -> None:
+    async def _ask(self, client: Runtime, to: str, message: MessageSpec) -> None:
         try:
-            reply = await client.ask(message.to, message.body, timeout=10)
+            reply = await client.ask(to, message.body, timeout=10)
         except AilfError as exc:
             error = f"{type(exc).__name__}: {exc}"
             entry = {"to": message.to, "body": message.body, "error": error}
@@ -515,7 +521,7 @@ async def _has_had_entries(client: Runtime, agent: str) -> bool:
         info = await client.client.xinfo_stream(client.keys.mailbox(agent))
     except ResponseError:  # no such stream yet
         return False
-    return info.get("last-generated-id", "0-0") != "0-0"
+    return bool(info.get("last-generated-id", "0-0") != "0-0")
 
 
 def run_scenario(

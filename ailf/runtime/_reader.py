@@ -1,0 +1,567 @@
+"""Reading mailboxes: batched consumer-group reads, redeliveries, claims, upkeep.
+
+A process reads every mailbox it hosts through a few :class:`MailboxReader` loops, not
+one per agent: an XREADGROUP names one group and one consumer for all its streams, so
+all mailboxes share the group :data:`~ailf.runtime._keys.GROUP`, and reader number *k*
+of a process (consumer ``{process}/{k}``) reads for the *k*-th local replica of every
+agent. One reader therefore serves 10,000 single-replica agents on one connection.
+
+Each reader loop, in turn: redelivers failed messages whose backoff has passed
+(XCLAIM to itself, which bumps Redis's delivery counter), claims entries idle longer
+than ``claim_idle`` from other consumers (XAUTOCLAIM) and keeps its own held entries
+fresh so that live replicas do not steal them, trims and tidies now and then, and then
+blocks in one XREADGROUP on the mailboxes whose instances have room (``>``), or on
+their own pending entries (``0``) after a start, a restart or a lost connection.
+A private *wake* stream is part of every read, so that a new agent, a retry coming
+due or a mailbox with room again interrupts a blocked read without cancelling it (a
+cancelled read may still have delivered entries, and costs a connection).
+
+What it reads goes to the instance's queue (:attr:`Binding.deliver`); what becomes of
+it afterwards is the reader's :class:`~ailf.runtime._settle.Settler`'s business.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import itertools
+import logging
+import math
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from ailf.clients._async_client import AsyncRedisClient
+from ailf.errors import (
+    DecodeError,
+    RedisConnectionError,
+    RedisError,
+    RedisTimeoutError,
+    ResponseError,
+)
+from ailf.runtime._host import HostContext
+from ailf.runtime._keys import GROUP
+from ailf.runtime._mailbox import create_group, upkeep
+from ailf.runtime._settings import MAX_BACKOFF_STEP
+from ailf.runtime._settle import Binding, Delivery, Settler
+
+__all__ = ["MailboxReader"]
+
+log = logging.getLogger("ailf.runtime")
+
+
+@attrs.define(eq=False)
+class _Place:
+    """Where a reader is in one bound mailbox."""
+
+    binding: Binding
+    #: Re-reading this consumer's pending entries (from ``backlog_from``) before new ones.
+    backlog: bool = True
+    backlog_from: str = "0"
+    claim_cursor: str = "0-0"
+    next_maintenance: float = 0.0
+    #: Why the mailbox cannot be read (its key is not a stream), or None.
+    problem: str | None = None
+
+    def start_over(self) -> None:
+        """Read this consumer's pending entries again before new ones, and claim anew."""
+        self.backlog, self.backlog_from = True, "0"
+        self.claim_cursor = "0-0"
+
+
+async def _side_by_side(calls: Sequence[Callable[[], Awaitable[Any]]]) -> None:
+    """Run ``calls`` concurrently; the first RedisError or DecodeError any raised is
+    raised once all finished, as itself rather than in an ExceptionGroup, so that the
+    reader loop's handlers see it (a Redis outage must not end the reader)."""
+    errors: list[RedisError | DecodeError] = []
+
+    async def guarded(call: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            await call()
+        except (RedisError, DecodeError) as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for call in calls:
+            nursery.start_soon(guarded, call)
+    if errors:
+        raise errors[0]
+
+
+def _is_text(fields: dict[bytes, bytes]) -> bool:
+    try:
+        for key, value in fields.items():
+            key.decode()
+            value.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _upkeep_interval(binding: Binding) -> float:
+    """Seconds between trims and consumer clean-ups of one mailbox."""
+    return max(1.0, 4 * binding.claim_idle)
+
+
+class MailboxReader:
+    """One consumer of a process: reads, claims and redelivers for every mailbox bound to it."""
+
+    def __init__(self, host: HostContext, consumer: str) -> None:
+        self.client = host.client
+        self.acker = host.acker
+        self.settings = host.settings
+        self.consumer = consumer
+        self.wake_key = host.keys.wake(consumer)
+        self.settler = Settler(host, consumer, wake=self.poke)
+        self._places: dict[str, _Place] = {}
+        self._changed = trio.Event()
+        self._in_redis = False
+        self._rung = False
+        self._sequence = itertools.count()
+        self._nursery: trio.Nursery | None = None
+        self._failures = 0
+        self._seen: set[str] = set()
+        self._quiet_wake = False
+        self._full: set[str] = set()
+        self._claims: list[tuple[float, int, _Place]] = []
+        #: The ``streams`` argument of the next XREADGROUP; None when it must be rebuilt.
+        self._streams: dict[str, str] | None = None
+        self._backlog = False
+        #: Whether the wake stream's group exists (a full Redis refuses to create it).
+        self._wake = False
+        self._wake_retry = 0.0
+
+    # -- called by instances (synchronous, never blocking) --------------------------
+
+    def bind(self, binding: Binding) -> None:
+        """Start reading ``binding``'s mailbox.
+
+        The first time a stream is bound, this consumer (unique to the runtime) has
+        nothing pending there, so reading starts at ``>``; a re-bound stream (a
+        restarted instance) first re-reads its pending entries. First claims and upkeep
+        are spread over a claim period, so that spawning many agents at once does not
+        send a burst of XAUTOCLAIMs.
+        """
+        now = trio.current_time()
+        place = _Place(binding)
+        if binding.stream not in self._seen:
+            self._seen.add(binding.stream)
+            place.backlog = False
+        place.next_maintenance = now + random.uniform(1, 2) * _upkeep_interval(binding)
+        self._schedule_claim(place, now + random.uniform(0, binding.claim_idle / 2))
+        self._places[binding.stream] = place
+        self._streams = None
+        self.poke()
+
+    def unbind(self, binding: Binding) -> None:
+        binding.active = False
+        place = self._places.get(binding.stream)
+        if place is not None and place.binding is binding:
+            del self._places[binding.stream]
+            self._full.discard(binding.stream)
+            self._streams = None
+
+    def set_full(self, binding: Binding, full: bool) -> None:
+        """An instance's queue is full (stop reading its mailbox) or has room again."""
+        if full:
+            self._full.add(binding.stream)
+        else:
+            self._full.discard(binding.stream)
+            self.poke()
+        self._streams = None
+
+    def poke(self) -> None:
+        """Make the loop look again at its mailboxes, retries and room (debounced)."""
+        self._changed.set()
+        if self._in_redis and self._wake and not self._rung and self._nursery is not None:
+            self._rung = True
+            self._nursery.start_soon(self._ring)
+
+    def problems(self) -> dict[str, str]:
+        """Agent name -> why its mailbox is not read, for the mailboxes set aside."""
+        return {p.binding.agent: p.problem for p in self._places.values() if p.problem is not None}
+
+    async def _ring(self) -> None:
+        try:
+            await self.client.xadd(self.wake_key, {"w": "1"}, maxlen=16, approximate=False)
+        except RedisError as exc:
+            log.debug("could not wake reader %s: %s", self.consumer, exc)
+
+    # -- the loop -------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self._create_wake()
+            task_status.started()
+            recreate = unreadable = False
+            while True:
+                try:
+                    if recreate:
+                        await self._recreate_groups()
+                        recreate = False
+                    if unreadable:
+                        await self._set_aside_unreadable()
+                        unreadable = False
+                    await self._step()
+                    if self._failures:
+                        log.info(
+                            "mailbox reader %s: reading again after %d failed attempts",
+                            self.consumer,
+                            self._failures,
+                        )
+                        self._failures = 0
+                except DecodeError as exc:  # an entry that is not UTF-8 text
+                    unreadable = True
+                    await self._backoff(f"{exc}; dead-lettering the entries that are not text")
+                except ResponseError as exc:
+                    if exc.code == "WRONGTYPE" and await self._set_aside_wrong_types():
+                        continue
+                    recreate = exc.code == "NOGROUP"
+                    why = "consumer group missing, re-creating it" if recreate else "error reply"
+                    await self._backoff(f"{why} ({exc})")
+                except (RedisConnectionError, RedisTimeoutError) as exc:
+                    await self._backoff(f"Redis unreachable ({exc})")
+                    self._reread_all()
+
+    async def _backoff(self, why: str) -> None:
+        delay = self.settings.read_retry.delay(min(self._failures, MAX_BACKOFF_STEP))
+        self._failures += 1
+        log.warning("mailbox reader %s: %s; retrying in %.2f s", self.consumer, why, delay)
+        await trio.sleep(delay)
+
+    def _reread_all(self) -> None:
+        """After a lost connection or lost groups: re-read every pending entry (whatever
+        Redis delivered meanwhile is pending here, unseen)."""
+        for place in self._places.values():
+            place.backlog, place.backlog_from = True, "0"
+        self._streams = None
+
+    async def _step(self) -> None:
+        # A read naming N mailboxes costs Redis O(N) (about 1.4 ms for 10,000) even when
+        # few have entries. With many mailboxes, pause a little between reads so that
+        # each one finds more to return; after a wake-up for a change of mailboxes, not
+        # for messages, pause longer so that a burst of changes (spawning many agents)
+        # settles. Below a thousand mailboxes there is no pause at all.
+        mailboxes = len(self._places)
+        if self._quiet_wake:
+            self._quiet_wake = False
+            await trio.sleep(min(0.05, mailboxes * 2e-6))
+        elif mailboxes >= 1000:
+            await trio.sleep(min(0.005, mailboxes * 1e-7))
+        now = trio.current_time()
+        await self._due_work(now)
+        if not self._wake and now >= self._wake_retry:
+            await self._create_wake()
+        self._changed = trio.Event()
+        streams = self._streams
+        if streams is None:
+            streams = self._streams = self._build_streams()
+        if streams.keys() <= {self.wake_key}:  # nothing to read, or no room: wait here
+            with trio.move_on_at(self._next_due(now)):
+                await self._changed.wait()
+            return
+        block = None
+        if not self._backlog:
+            block = max(1, int((self._next_due(now) - now) * 1000))
+        self._in_redis = block is not None
+        try:
+            reply = await self.client.xreadgroup(
+                GROUP, self.consumer, streams, count=self.settings.batch_size, block=block
+            )
+        finally:
+            self._in_redis = self._rung = False
+        await self._dispatch(reply)
+
+    def _build_streams(self) -> dict[str, str]:
+        streams = {self.wake_key: ">"} if self._wake else {}
+        self._backlog = False
+        full = self._full
+        for stream, place in self._places.items():
+            if stream in full or place.problem is not None:
+                continue
+            if place.backlog:
+                self._backlog = True
+                streams[stream] = place.backlog_from
+            else:
+                streams[stream] = ">"
+        return streams
+
+    def _next_due(self, now: float) -> float:
+        due = now + self.settings.max_block
+        retry = self.settler.next_due()
+        if retry is not None:
+            due = min(due, retry)
+        if self._claims:
+            due = min(due, self._claims[0][0])
+        return max(due, now + 0.001)
+
+    async def _dispatch(self, reply: list[Any]) -> None:
+        now = trio.current_time()
+        self._quiet_wake = bool(reply) and all(stream == self.wake_key for stream, _ in reply)
+        for stream, entries in reply:
+            if stream == self.wake_key:
+                for entry_id, _ in entries:
+                    self.acker.ack(stream, entry_id)
+                continue
+            place = self._places.get(stream)
+            if place is None:
+                continue  # unbound meanwhile: the entries stay pending for a claim
+            if place.backlog:
+                self._streams = None
+                if len(entries) < self.settings.batch_size:
+                    place.backlog = False
+                else:
+                    place.backlog_from = entries[-1][0]
+                counts = await self._counts(stream, entries)
+                self._deliver(place.binding, entries, now, counts)
+            else:
+                self._deliver(place.binding, entries, now, None)
+
+    async def _counts(self, stream: str, entries: list[Any]) -> dict[str, int]:
+        """Redis's delivery counts of entries re-read or claimed (one XPENDING)."""
+        if not entries:
+            return {}
+        rows = await self.client.xpending_range(
+            stream,
+            GROUP,
+            min=entries[0][0],
+            max=entries[-1][0],
+            count=len(entries),
+            consumername=self.consumer,
+        )
+        return {row["message_id"]: int(row["times_delivered"]) for row in rows}
+
+    def _deliver(
+        self, binding: Binding, entries: list[Any], now: float, counts: dict[str, int] | None
+    ) -> None:
+        deliver = binding.deliver
+        held = binding.held
+        for entry_id, fields in entries:
+            if fields is None:  # deleted (trimmed) while pending: nothing left to handle
+                self.settler.ack(binding, entry_id)
+                continue
+            if entry_id in held or not binding.active:
+                continue
+            held[entry_id] = now
+            count = 1 if counts is None else counts.get(entry_id, 1)
+            deliver(Delivery(binding, entry_id, fields, count))
+
+    # -- retries, claims, upkeep ------------------------------------------------------
+
+    async def _due_work(self, now: float) -> None:
+        retries = self.settler.due(now)
+        claims = []
+        while self._claims and self._claims[0][0] <= now:
+            _, _, place = heapq.heappop(self._claims)
+            if place.binding.active and self._places.get(place.binding.stream) is place:
+                claims.append(place)
+                self._schedule_claim(place, now + max(place.binding.claim_idle / 2, 0.05))
+        if not retries and not claims:
+            return
+        await _side_by_side(
+            [functools.partial(self._redeliver, d, delay) for d, delay in retries]
+            + [functools.partial(self._claim, place, now) for place in claims]
+        )
+
+    def _schedule_claim(self, place: _Place, when: float) -> None:
+        # Rounded up to a tenth of claim_idle, so that the claims of many mailboxes fall
+        # due together and wake the loop (and re-issue its read) a few times per claim
+        # period, not once per mailbox.
+        tick = max(0.05, place.binding.claim_idle / 10)
+        heapq.heappush(self._claims, (math.ceil(when / tick) * tick, next(self._sequence), place))
+
+    async def _redeliver(self, delivery: Delivery, delay: float) -> None:
+        """Deliver a failed entry again, once its backoff has passed."""
+        binding = delivery.binding
+        if not binding.active:
+            return
+        # min-idle: if another replica claimed the entry meanwhile, leave it to that one.
+        try:
+            entries = await self.client.xclaim(
+                binding.stream, GROUP, self.consumer, int(delay * 900), [delivery.id]
+            )
+        except RedisError:
+            self.settler.retry(delivery)  # still held here: try again once Redis is back
+            raise
+        if not entries or entries[0][1] is None:
+            binding.held.pop(delivery.id, None)
+            return
+        entry_id, fields = entries[0]
+        binding.deliver(Delivery(binding, entry_id, fields, delivery.delivery_count + 1))
+
+    async def _claim(self, place: _Place, now: float) -> None:
+        if place.problem is not None:
+            await self._check_repaired(place)
+            return
+        binding = place.binding
+        stream = binding.stream
+        fresh_before = now - binding.claim_idle / 3
+        stale = [
+            entry_id
+            for entry_id, since in binding.held.items()
+            if since < fresh_before and entry_id not in binding.retrying
+        ]
+        if stale:  # reset their idle time so that other replicas leave them alone
+            await self.client.xclaim(stream, GROUP, self.consumer, 0, stale, justid=True)
+            for entry_id in stale:
+                if entry_id in binding.held:
+                    binding.held[entry_id] = now
+        cursor, entries, _deleted = await self.client.xautoclaim(
+            stream,
+            GROUP,
+            self.consumer,
+            int(binding.claim_idle * 1000),
+            start_id=place.claim_cursor,
+            count=self.settings.batch_size,
+        )
+        place.claim_cursor = cursor
+        fresh = [(entry_id, fields) for entry_id, fields in entries if entry_id not in binding.held]
+        if fresh:
+            log.info(
+                "mailbox %s: claimed %d entries idle over %.1f s from other consumers",
+                stream,
+                len(fresh),
+                binding.claim_idle,
+            )
+            self._deliver(binding, fresh, now, await self._counts(stream, fresh))
+        if place.next_maintenance <= now:
+            place.next_maintenance = now + _upkeep_interval(binding)
+            await upkeep(self.client, stream, self.consumer, self.settings.stale_consumer_after)
+
+    # -- what a hostile or broken Redis puts in the way ------------------------------
+
+    async def _set_aside_unreadable(self) -> None:
+        """Dead-letter this consumer's pending entries that are not UTF-8 text.
+
+        The shared client decodes every reply as UTF-8, so one entry holding other bytes
+        (a pickle, say) fails a whole read — after Redis delivered it, so it is pending
+        here, and re-reading would fail again. Read the pending entries once more
+        through a client that does not decode, dead-letter (and acknowledge) those that
+        are not text, and let the normal read re-read the rest. Rare, so the extra
+        connection lives only as long as this.
+        """
+        config = self.client.config.replace(decode_responses=False)
+        async with AsyncRedisClient(config) as raw:
+            for place in list(self._places.values()):
+                binding = place.binding
+                cursor: Any = "0"
+                while True:
+                    reply = await raw.xreadgroup(
+                        GROUP,
+                        self.consumer,
+                        {binding.stream: cursor},
+                        count=self.settings.batch_size,
+                    )
+                    entries = reply[0][1] if reply else []
+                    for entry_id, fields in entries:
+                        if fields is None or _is_text(fields):
+                            continue
+                        text = {
+                            k.decode(errors="backslashreplace"): v.decode(errors="backslashreplace")
+                            for k, v in fields.items()
+                        }
+                        delivery = Delivery(binding, entry_id.decode(), text, 1)
+                        if await self.settler.refused(
+                            delivery, "undecodable: the entry is not UTF-8 text"
+                        ):  # and out of the mailbox, where it would trip up other readers
+                            await raw.xdel(binding.stream, entry_id)
+                    if len(entries) < self.settings.batch_size:
+                        break
+                    cursor = entries[-1][0]
+        self._reread_all()
+
+    async def _set_aside_wrong_types(self) -> bool:
+        """Stop reading mailboxes whose key is not a stream; True if any was found.
+
+        One XREADGROUP reads every mailbox of this reader, and Redis fails all of it
+        (WRONGTYPE) if one key holds something else — a ``SET`` on a mailbox key by
+        mistake or malice. So find those keys (one TYPE each, in one round trip), read
+        on without them, and look at them again at each claim period: once the key is
+        deleted or a stream again, the mailbox is read again. The problem is logged, and
+        shown in the registry (``ailf status``) until then.
+        """
+        streams = [self.wake_key, *self._places]
+        pipe = self.client.pipeline(transaction=False)
+        for stream in streams:
+            pipe.type(stream)
+        found = False
+        for stream, kind in zip(streams, await pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(kind, str) and kind not in ("stream", "none"):
+                found = True
+                if stream == self.wake_key:
+                    await self._create_wake()
+                    continue
+                place = self._places[stream]
+                place.problem = f"its key holds a {kind}, not a stream"
+                log.error(
+                    "mailbox %s: %s; agent %r reads nothing from it until the key is deleted"
+                    " (DEL %s) or holds a stream again",
+                    stream,
+                    place.problem,
+                    place.binding.agent,
+                    stream,
+                )
+        self._streams = None
+        return found
+
+    async def _check_repaired(self, place: _Place) -> None:
+        """Read a set-aside mailbox again once its key is a stream (or gone)."""
+        stream = place.binding.stream
+        kind = await self.client.type(stream)
+        if kind not in ("stream", "none"):
+            return
+        await create_group(self.client, stream)
+        place.problem = None
+        place.start_over()
+        self._streams = None
+        log.warning("mailbox %s: its key is a stream again; reading it", stream)
+
+    async def _create_wake(self) -> None:
+        """Create the wake stream's group.
+
+        A Redis out of memory (noeviction) refuses that — while it still serves reads
+        and acks, which is how it drains — so read without the wake stream meanwhile (a
+        blocked read then lasts up to ``max_block`` instead of ending at a change) and
+        try again after ``max_block``. The wake stream is this reader's own: if its key
+        holds something else (WRONGTYPE), it is deleted and made again.
+        """
+        try:
+            try:
+                await create_group(self.client, self.wake_key)
+            except ResponseError as exc:
+                if exc.code != "WRONGTYPE":
+                    raise
+                log.warning("mailbox reader %s: %s; deleting the key", self.consumer, exc)
+                await self.client.delete(self.wake_key)
+                await create_group(self.client, self.wake_key)
+        except ResponseError as exc:
+            if exc.code != "OOM":
+                raise
+            if not self._wake_retry:
+                log.warning(
+                    "mailbox reader %s: Redis is out of memory (%s); reading on, without"
+                    " wake-ups, until it has room again",
+                    self.consumer,
+                    exc,
+                )
+            self._wake = False
+            self._wake_retry = trio.current_time() + self.settings.max_block
+        else:
+            self._wake, self._wake_retry = True, 0.0
+        self._streams = None
+
+    async def _recreate_groups(self) -> None:
+        await self._create_wake()
+        streams = [s for s, place in self._places.items() if place.problem is None]
+        try:
+            await _side_by_side([functools.partial(create_group, self.client, s) for s in streams])
+        except ResponseError as exc:  # the others were created all the same
+            if exc.code != "WRONGTYPE" or not await self._set_aside_wrong_types():
+                raise
+        for place in self._places.values():
+            place.start_over()
+        self._streams = None

@@ -1,0 +1,74 @@
+"""What ``spawn()`` was asked to run, checked: :class:`SpawnSpec` and :func:`spawn_spec`.
+
+Everything ``spawn()`` takes is checked here, before anything starts, so that a bad
+argument fails the call with a :class:`~ailf.errors.ConfigError` naming it, and the
+agent's instances see only values that were accepted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+from ailf.codec import message_type
+from ailf.errors import ConfigError
+from ailf.runtime._agent import Agent, body_types, check_agent_class, structure_options
+from ailf.runtime._keys import check_name
+
+__all__ = ["SpawnSpec", "spawn_spec"]
+
+
+@attrs.frozen
+class SpawnSpec:
+    """What ``spawn()`` was asked to run: one agent name, all its local replicas."""
+
+    agent_cls: type[Agent]
+    name: str
+    options: Any
+    topics: tuple[str, ...]
+    claim_idle: float
+    concurrency: int
+
+
+def spawn_spec(
+    agent_cls: Any,
+    name: str | None,
+    *,
+    replicas: Any,
+    options: Any,
+    topics: Iterable[str],
+    claim_idle: Any,
+    concurrency: Any,
+    first_replica: Any,
+) -> SpawnSpec:
+    """Check ``spawn()``'s arguments (see ``Runtime.spawn``) and register the classes
+    the handler's annotation names as message types; the spec to run."""
+    check_agent_class(agent_cls)
+    for cls in body_types(agent_cls):
+        message_type(cls)
+    name = check_name("agent", agent_cls.__name__ if name is None else name)
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+        raise ConfigError(f"spawn({name!r}): replicas must be an integer >= 1, not {replicas!r}")
+    claim = agent_cls.claim_idle if claim_idle is None else claim_idle
+    if isinstance(claim, bool) or not isinstance(claim, (int, float)) or claim <= 0:
+        raise ConfigError(f"spawn({name!r}): claim_idle must be seconds > 0, not {claim!r}")
+    if first_replica is not None and not (type(first_replica) is int and first_replica >= 0):
+        raise ConfigError(
+            f"spawn({name!r}): first_replica must be an integer >= 0, not {first_replica!r}"
+        )
+    parallel = agent_cls.concurrency if concurrency is None else concurrency
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise ConfigError(f"spawn({name!r}): concurrency must be >= 1, not {parallel!r}")
+    all_topics = tuple(dict.fromkeys((*agent_cls.topics, *topics)))
+    for topic in all_topics:
+        check_name("topic", topic)
+    return SpawnSpec(
+        agent_cls=agent_cls,
+        name=name,
+        options=structure_options(agent_cls, options),
+        topics=all_topics,
+        claim_idle=float(claim),
+        concurrency=parallel,
+    )
