@@ -222,6 +222,7 @@ def test_the_sync_client_on_a_cluster(config: RedisConfig, cluster: RedisCluster
             pipe.incr("{acct}:balance")
             pipe.incr("{acct}:balance")
         assert pipe.results == [1, 2]
+
         def add_one(pipe: Any) -> None:
             balance = int(pipe.get("{acct}:balance"))
             pipe.multi()

@@ -65,3 +65,54 @@ def test_imports_only_lower_layers(path: Path) -> None:
     name = module_name(path)
     upward = sorted(dep for dep in imported(path) if layer(dep) > layer(name))
     assert upward == [], f"{name} (layer {layer(name)}) imports from higher layers"
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the ailf modules it imports: every import statement, at any depth
+    (function-local and ``if TYPE_CHECKING:`` ones included: each is a dependency a
+    reader has to follow, even when Python would not run it at import time)."""
+    return {module_name(path): imported(path) - {module_name(path)} for path in MODULES}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for dep in graph.get(node, ()):
+            if dep not in index:
+                visit(dep)
+                low[node] = min(low[node], low[dep])
+            elif dep in on_stack:
+                low[node] = min(low[node], index[dep])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycles() -> None:
+    assert cycles(import_graph()) == []
+
+
+def test_the_cycle_finder_finds_cycles() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}}
+    assert cycles(graph) == [["a", "b", "c"]]
