@@ -7,7 +7,9 @@ confusing socket error later. Every client, the runtime and the CLI take one.
 
 from __future__ import annotations
 
+import math
 import os
+import random
 import re
 import ssl as _ssl
 from collections.abc import Callable
@@ -62,7 +64,14 @@ def _node_list(value: Any) -> tuple[str, ...]:
     return nodes
 
 
-def _positive(instance: object, attribute: attrs.Attribute, value: Any) -> None:
+def _seconds(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """A number of seconds > 0 (finite): None is no answer here."""
+    if value is None or value == math.inf:
+        raise _fail(attribute.name, value, "a finite number of seconds > 0", _owner(instance))
+    _positive(instance, attribute, value)
+
+
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is None:
         return
     # ``not value > 0`` rather than ``value <= 0``: NaN fails every comparison.
@@ -70,8 +79,11 @@ def _positive(instance: object, attribute: attrs.Attribute, value: Any) -> None:
         raise _fail(attribute.name, value, "a number of seconds > 0 (or None)", _owner(instance))
 
 
-def _int_in(low: int, high: int | None = None) -> Callable[[object, attrs.Attribute, Any], None]:
-    def check(instance: object, attribute: attrs.Attribute, value: Any) -> None:
+_Validator = Callable[[object, "attrs.Attribute[Any]", Any], None]
+
+
+def _int_in(low: int, high: int | None = None) -> _Validator:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
         bad = isinstance(value, bool) or not isinstance(value, int)
         if bad or value < low or (high is not None and value > high):
             span = f"an integer in {low}..{high}" if high is not None else f"an integer >= {low}"
@@ -80,12 +92,12 @@ def _int_in(low: int, high: int | None = None) -> Callable[[object, attrs.Attrib
     return check
 
 
-def _optional_str(instance: object, attribute: attrs.Attribute, value: Any) -> None:
+def _optional_str(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None and not isinstance(value, str):
         raise _fail(attribute.name, value, "a string or None", _owner(instance))
 
 
-def _bool(instance: object, attribute: attrs.Attribute, value: Any) -> None:
+def _bool(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, bool):
         raise _fail(attribute.name, value, "True or False", _owner(instance))
 
@@ -105,15 +117,17 @@ class RetryPolicy:
     """
 
     attempts: int = attrs.field(default=3, validator=_int_in(0))
-    backoff_initial: float = attrs.field(default=0.05, validator=_positive)
-    backoff_max: float = attrs.field(default=2.0, validator=_positive)
+    backoff_initial: float = attrs.field(default=0.05, validator=_seconds)
+    backoff_max: float = attrs.field(default=2.0, validator=_seconds)
     jitter: bool = attrs.field(default=True, validator=_bool)
 
     def delay(self, attempt: int) -> float:
-        """The pause before retry number ``attempt`` (0-based), jitter included."""
-        import random
+        """The pause before retry number ``attempt`` (0-based), jitter included.
 
-        base = min(self.backoff_max, self.backoff_initial * (2**attempt))
+        The doubling stops at ``backoff_max`` however many attempts were made (a reader
+        failing for half an hour counts past a thousand: ``2 ** 1024`` overflows a float).
+        """
+        base: float = min(self.backoff_max, self.backoff_initial * 2.0 ** min(attempt, 64))
         return base * (0.5 + random.random() / 2) if self.jitter else base
 
 
@@ -166,12 +180,12 @@ class RedisConfig:
     cluster_retry_timeout: float = attrs.field(default=30.0, validator=_positive)
 
     @ssl_cert_reqs.validator
-    def _check_cert_reqs(self, attribute: attrs.Attribute, value: Any) -> None:
+    def _check_cert_reqs(self, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value not in ("required", "optional", "none"):
             raise _fail(attribute.name, value, "'required', 'optional' or 'none'")
 
     @host.validator
-    def _check_host(self, attribute: attrs.Attribute, value: object) -> None:
+    def _check_host(self, attribute: attrs.Attribute[Any], value: object) -> None:
         if not isinstance(value, str) or not value.strip():
             raise _fail(attribute.name, value, "a non-empty host name")
         if "://" in value or "@" in value:
@@ -182,18 +196,18 @@ class RedisConfig:
             )
 
     @client_name.validator
-    def _check_client_name(self, attribute: attrs.Attribute, value: object) -> None:
+    def _check_client_name(self, attribute: attrs.Attribute[Any], value: object) -> None:
         # CLIENT SETNAME refuses spaces; better here than at the first connection.
         if value is not None and (not isinstance(value, str) or any(c.isspace() for c in value)):
             raise _fail(attribute.name, value, "a string without spaces, or None")
 
     @retry.validator
-    def _check_retry(self, attribute: attrs.Attribute, value: object) -> None:
+    def _check_retry(self, attribute: attrs.Attribute[Any], value: object) -> None:
         if not isinstance(value, RetryPolicy):
             raise _fail(attribute.name, value, "a RetryPolicy")
 
     @cluster.validator
-    def _check_cluster(self, attribute: attrs.Attribute, value: bool) -> None:
+    def _check_cluster(self, attribute: attrs.Attribute[Any], value: bool) -> None:
         if not value:
             return
         if self.db != 0:

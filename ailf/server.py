@@ -83,7 +83,8 @@ def find_server_binary() -> str:
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _check_port_free(port: int) -> None:
@@ -283,7 +284,8 @@ class RedisServer:
         assert self._process is not None
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                stderr = self._process.stderr.read().decode(errors="replace").strip()
+                pipe = self._process.stderr
+                stderr = pipe.read().decode(errors="replace").strip() if pipe else ""
                 said = stderr or self._log_tail() or "no output"
                 code = self._process.returncode
                 self._forget_process()
@@ -318,7 +320,7 @@ class RedisServer:
         try:
             if self.socket_path:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                address: object = self.socket_path
+                address: str | tuple[str, int | None] = self.socket_path
             else:
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 address = ("127.0.0.1", self.port)
@@ -615,6 +617,7 @@ SLOT_COUNT = 16384
 
 def _raw_link(port: int | None) -> redis.Redis:
     """A redis-py connection that returns replies as they come (no parsing callbacks)."""
+    assert port is not None  # cluster nodes listen on TCP
     link = redis.Redis(port=port, decode_responses=True, protocol=2)
     link.response_callbacks.clear()
     return link
@@ -631,8 +634,10 @@ def _info(link: redis.Redis) -> dict[str, str]:
 
 def _my_id(link: redis.Redis) -> str:
     """The node's id, from CLUSTER NODES (CLUSTER MYID is Redis 7 only)."""
-    for line in link.execute_command("CLUSTER", "NODES").splitlines():
+    nodes: str = link.execute_command("CLUSTER", "NODES")
+    for line in nodes.splitlines():
         fields = line.split()
         if "myself" in fields[2].split(","):
-            return fields[0]
+            node_id: str = fields[0]
+            return node_id
     raise EmbeddedServerError("a cluster node did not say which node it is")

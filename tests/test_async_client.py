@@ -553,3 +553,29 @@ def test_subscribe_returns_once_confirmed_even_while_another_task_iterates(
             assert ps.channels >= {"first", "late0", "late19"}
 
     run(body)
+
+
+def test_sharded_channels_on_one_server(run, redis_config: RedisConfig) -> None:
+    """SSUBSCRIBE and SPUBLISH (Redis ≥ 7) on one server, under both libraries: sharded
+    messages arrive as ``smessage``, apart from classic ones on the same name."""
+
+    async def body() -> None:
+        async with AsyncRedisClient(redis_config) as client, client.pubsub() as ps:
+            await ps.ssubscribe("orders", "refunds")
+            await ps.subscribe("orders")
+            assert ps.shard_channels == {"orders", "refunds"} and ps.channels == {"orders"}
+            assert await client.spublish("orders", {"id": 1}) == 1
+            assert await client.publish("orders", "classic") == 1
+            first, second = await ps.get_message(timeout=5), await ps.get_message(timeout=5)
+            assert first == {
+                "type": "smessage",
+                "pattern": None,
+                "channel": "orders",
+                "data": '{"id":1}',
+            }
+            assert second is not None and second["type"] == "message"
+            await ps.sunsubscribe("orders")
+            assert ps.shard_channels == {"refunds"}
+            assert await client.spublish("orders", "nobody") == 0
+
+    run(body)

@@ -91,14 +91,16 @@ class _TLSConnection(redis.asyncio.SSLConnection):
         loop = asyncio.get_running_loop()
         started = loop.time()
         await super()._connect()
-        timeout = self.socket_connect_timeout
+        timeout = self.socket_connect_timeout or math.inf
+        writer = self._writer
+        assert writer is not None  # connected: super()._connect() opened the streams
         try:
             async with asyncio.timeout(max(0.0, timeout - (loop.time() - started))):
-                await self._writer.start_tls(self.ssl_context.get(), server_hostname=self.host)
+                await writer.start_tls(self.ssl_context.get(), server_hostname=self.host)
         except BaseException as exc:
             # The failed handshake took the transport from the stream, so redis-py's
             # disconnect() would wait for a close the stream is never told of.
-            self._writer.transport.close()
+            writer.transport.close()
             self._reader = self._writer = None
             if isinstance(exc, TimeoutError):
                 raise tls_unanswered(f"{self.host}:{self.port}", timeout) from None
@@ -334,6 +336,7 @@ class AsyncioPubSub(PubSubCommands):
             return
         await self._connect()  # reconnecting sends the pending commands again
         connection = self._pubsub.connection
+        assert connection is not None  # connected just above
         # Recorded after connecting (which may restore) and before sending, with no
         # await between: the order of pending commands is the order on the wire.
         request = self._subscriptions.request(command, names)
@@ -425,7 +428,9 @@ class AsyncioPubSub(PubSubCommands):
                 await self._connect()
             with _translated(self._config):
                 try:
-                    reply = await self._pubsub.parse_response(block=wait is None, timeout=wait)
+                    reply = await self._pubsub.parse_response(
+                        block=wait is None, timeout=math.inf if wait is None else wait
+                    )
                 except ResponseError as error:  # redis-py raises error replies
                     reply = error
             message = self._subscriptions.receive(reply)

@@ -79,7 +79,8 @@ def _xautoclaim(reply: list[Any]) -> list[Any]:
 
 
 def _xautoclaim_ids(reply: list[Any]) -> list[Any]:
-    return reply[1]
+    ids: list[Any] = reply[1]
+    return ids
 
 
 def _xpending(reply: list[Any]) -> dict[str, Any]:
@@ -117,7 +118,7 @@ def _info_list(reply: list[Any]) -> list[dict[str, Any]]:
 
 
 def _pair_or_none(reply: list[Any] | None) -> tuple[Any, Any] | None:
-    return tuple(reply) if reply else None  # type: ignore[return-value]
+    return (reply[0], reply[1]) if reply else None
 
 
 def _scan(reply: list[Any]) -> tuple[int, list[Any]]:

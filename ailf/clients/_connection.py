@@ -51,7 +51,8 @@ _IO_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 def _socket_of(stream: trio.abc.Stream) -> Any:
     """The trio socket under a plain or TLS stream."""
     if isinstance(stream, trio.SSLStream):
-        return stream.transport_stream.socket
+        stream = stream.transport_stream
+    assert isinstance(stream, trio.SocketStream)
     return stream.socket
 
 
@@ -214,7 +215,7 @@ class Connection:
         if not data:
             self.closed = True
             raise connection_lost(self.address)
-        self._parser.feed(data)
+        self._parser.feed(bytes(data))
         if not waited:
             await trio.lowlevel.checkpoint()
 

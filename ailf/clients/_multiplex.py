@@ -286,6 +286,7 @@ class SharedConnection:
             slot = waiting[0]
             if slot.count != 1:
                 replies = slot.replies
+                assert replies is not None  # a list wherever count > 1
                 replies.append(reply)
                 if len(replies) < slot.count:
                     continue

@@ -17,7 +17,7 @@ httpx's clients: hand-written mirrors drift, one body cannot.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Generator, Sequence
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, Self, TypeVar
 
 from ailf.clients._backend import AsyncReserved, SyncReserved
 from ailf.clients._commands import Commands, Convert
@@ -38,7 +38,8 @@ __all__ = [
 _Queued = tuple[tuple[Any, ...] | None, Convert, bool]
 _Command = tuple[Any, ...]
 #: A pipeline operation as steps (see PipelineQueue): yields what to wait for.
-_Steps = Generator[Any, Any, Any]
+_R = TypeVar("_R")
+_Steps = Generator[Any, Any, _R]
 
 
 class SyncHost(Protocol):
@@ -79,7 +80,8 @@ def transaction_replies(replies: list[Any]) -> list[Any]:
         raise refused[0] if refused else executed
     if executed is None:
         raise watched_key_changed()
-    return executed
+    queued: list[Any] = executed
+    return queued
 
 
 class PipelineQueue(Commands):
@@ -153,7 +155,9 @@ class PipelineQueue(Commands):
     # watch, reset and execute is written once; :func:`_drive` and :func:`_drive_async`
     # are the two faces' loops.
 
-    def _immediate_steps(self, args: _Command | None, convert: Convert, blocking: bool) -> _Steps:
+    def _immediate_steps(
+        self, args: _Command | None, convert: Convert, blocking: bool
+    ) -> _Steps[Any]:
         reserved = self._reserved
         assert reserved is not None  # watching means reserved
         if args is None:
@@ -161,7 +165,7 @@ class PipelineQueue(Commands):
         (reply,) = yield reserved.request([args], blocking)
         return self._converted(reply, convert)
 
-    def _watch_steps(self, names: tuple[Any, ...]) -> _Steps:
+    def _watch_steps(self, names: tuple[Any, ...]) -> _Steps[bool]:
         if self._explicit_transaction:
             raise RedisError("pipe.watch() after pipe.multi(): WATCH must come before MULTI")
         if not names:
@@ -172,13 +176,13 @@ class PipelineQueue(Commands):
         self._watching = True
         return True
 
-    def _unwatch_steps(self) -> _Steps:
+    def _unwatch_steps(self) -> _Steps[bool]:
         if self._watching:
             yield from self._immediate_steps(("UNWATCH",), None, False)
             self._watching = False
         return True
 
-    def _reset_steps(self) -> _Steps:
+    def _reset_steps(self) -> _Steps[None]:
         """Empty the queue, end MULTI, and give back a connection ``watch()`` took, after
         an UNWATCH if it is still watching. If the UNWATCH cannot be done (the connection
         broke, or the caller is being cancelled), the connection is closed instead,
@@ -198,7 +202,7 @@ class PipelineQueue(Commands):
             yield reserved.release()
         return None
 
-    def _execute_steps(self, raise_on_error: bool) -> _Steps:
+    def _execute_steps(self, raise_on_error: bool) -> _Steps[list[Any]]:
         queue, self._queue = self._queue, []
         transaction = self._transaction or self._explicit_transaction
         sent = [args for args, _, _ in queue if args is not None]
@@ -247,17 +251,18 @@ class PipelineQueue(Commands):
         return results
 
 
-def _drive(steps: _Steps) -> Any:
+def _drive(steps: _Steps[_R]) -> _R:
     """Run steps on the sync face: each yielded value is the result of a call that ran."""
     reply = None
     try:
         while True:
             reply = steps.send(reply)
     except StopIteration as done:
-        return done.value
+        result: _R = done.value
+        return result
 
 
-async def _drive_async(steps: _Steps) -> Any:
+async def _drive_async(steps: _Steps[_R]) -> _R:
     """Run steps on the async face: await each yielded awaitable, and send its result in
     (or throw its exception in, cancellation included, so the steps' ``finally`` runs)."""
     reply: Any = None
@@ -266,7 +271,8 @@ async def _drive_async(steps: _Steps) -> Any:
         try:
             step = steps.throw(error) if error is not None else steps.send(reply)
         except StopIteration as done:
-            return done.value
+            result: _R = done.value
+            return result
         try:
             reply, error = await step, None
         except BaseException as exc:

@@ -111,9 +111,11 @@ class SubscriptionState:
         self._pending: deque[Request] = deque()
 
     def _wanted(self, command: str) -> set[Any]:
-        if command.startswith("P"):
+        if command in ("PSUBSCRIBE", "PUNSUBSCRIBE"):
             return self.patterns
-        return self.shard_channels if command.startswith("S") else self.channels
+        if command in ("SSUBSCRIBE", "SUNSUBSCRIBE"):
+            return self.shard_channels
+        return self.channels
 
     def request(
         self, command: str, names: tuple[Any, ...], done: _Settable | None = None

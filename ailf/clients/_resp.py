@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from ailf.errors import DataError, ResponseError
 
+hiredis: Any
 try:
     import hiredis
 except ImportError:  # pragma: no cover - hiredis ships with redis[hiredis]
@@ -108,7 +109,8 @@ def pack_command(args: tuple[Any, ...]) -> bytes:
     """A command (``("SET", "k", 1)``) as one RESP array of bulk strings."""
     if _hiredis_pack is not None:
         try:
-            return _hiredis_pack(args)
+            packed: bytes = _hiredis_pack(args)
+            return packed
         except TypeError:
             pass  # bytearray, or a bad value: the pure-Python packer converts or explains
     return _pack_python(args)
@@ -259,14 +261,17 @@ def make_parser(encoding: str | None = None) -> Parser:
     """A fresh parser for one connection; ``encoding`` decodes strings (None: bytes)."""
     if parser_name() == "python":
         return PythonParser(encoding)
+    reader: Parser
     if encoding is None:
-        return hiredis.Reader(
+        reader = hiredis.Reader(
             notEnoughData=NOT_ENOUGH, replyError=ResponseError, protocolError=ProtocolError
         )
-    return hiredis.Reader(
+        return reader
+    reader = hiredis.Reader(
         notEnoughData=NOT_ENOUGH,
         replyError=ResponseError,
         protocolError=ProtocolError,
         encoding=encoding,
         errors="strict",
     )
+    return reader

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Self, TypeVar
 
 import redis
+import redis.cluster
 
 from ailf.clients._backend import SyncBackend, SyncReserved
 from ailf.clients._cluster_sync import SyncClusterBackend
@@ -103,7 +104,7 @@ class RedisClient(Commands):
     # -- redis-py, for what the surface lacks ---------------------------------------------
 
     @property
-    def client(self) -> redis.Redis:
+    def client(self) -> redis.Redis | redis.cluster.RedisCluster:
         """The redis-py client on this client's pool, for what the command methods lack.
 
         Its replies and exceptions are redis-py's: call it through :meth:`run` to have

@@ -56,7 +56,7 @@ class _TCPConnected(redis.Connection):
     """redis-py's TCP connection, noting when the TCP part of connecting is done."""
 
     def _connect(self) -> socket.socket:
-        sock = super()._connect()
+        sock: socket.socket = super()._connect()
         self._tcp_connected = True
         return sock
 
@@ -75,7 +75,8 @@ class _TLSConnection(redis.SSLConnection, _TCPConnected):
     def _connect(self) -> socket.socket:
         self._tcp_connected = False
         try:
-            return super()._connect()
+            sock: socket.socket = super()._connect()
+            return sock
         except (TimeoutError, ssl.SSLError) as exc:
             if not self._tcp_connected:
                 raise

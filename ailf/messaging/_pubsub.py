@@ -83,7 +83,8 @@ class RedisPubSub:
 
     def publish(self, channel: str, message: Any) -> int:
         """Publish (dicts and lists as JSON, strings as they are); how many received it."""
-        return self.client.publish(channel, message)
+        receivers: int = self.client.publish(channel, message)
+        return receivers
 
     def subscribe(self, channel: str, handler: Handler) -> None:
         """Call ``handler(payload)`` for each message on ``channel`` (replacing any before)."""
@@ -351,7 +352,8 @@ class AsyncRedisPubSub(OwnedClient):
 
     async def publish(self, channel: str, message: Any) -> int:
         """Publish (dicts and lists as JSON, strings as they are); how many received it."""
-        return await self.client.publish(channel, message)
+        receivers: int = await self.client.publish(channel, message)
+        return receivers
 
     async def subscribe(self, channel: str, handler: Handler) -> None:
         """Call ``handler(payload)`` for each message on ``channel`` (replacing any before).

@@ -69,7 +69,8 @@ class RedisStream(StreamOperations):
         while (step := runner.next_step()) is not None:
             with runner.outcome():
                 runner.reply = self._perform(step, handler, stop)
-        return runner.result
+        result: T = runner.result
+        return result
 
     def _perform(
         self, step: Step, handler: Callable[[Entry], object] | None, stop: threading.Event | None
@@ -259,7 +260,8 @@ class AsyncRedisStream(StreamOperations, OwnedClient):
         while (step := runner.next_step()) is not None:
             with runner.outcome():
                 runner.reply = await self._perform(step, handler, stop)
-        return runner.result
+        result: T = runner.result
+        return result
 
     async def _perform(
         self, step: Step, handler: Callable[[Entry], object] | None, stop: asynclib.Event | None
