@@ -6,6 +6,7 @@ The public API is re-exported here; ``tests/test_public_api.py`` checks ``__all_
 from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
+from ailf._cluster_server import RedisClusterServer as RedisClusterServer
 from ailf.clients import AsyncRedisClient as AsyncRedisClient
 from ailf.clients import RedisClient as RedisClient
 from ailf.codec import message_type as message_type
@@ -71,6 +72,7 @@ __all__ = [
     "Message",
     "MessageTooLarge",
     "RedisClient",
+    "RedisClusterServer",
     "RedisConfig",
     "RedisConnectionError",
     "RedisError",

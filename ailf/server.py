@@ -22,7 +22,6 @@ from __future__ import annotations
 import atexit
 import functools
 import os
-import random
 import shutil
 import signal
 import socket
@@ -32,18 +31,17 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import redis
 import trio
 
 from ailf.config import RedisConfig
 from ailf.errors import ConfigError, EmbeddedServerError
 
 __all__ = [
-    "RedisClusterServer",
     "RedisServer",
+    "check_port_free",
     "find_server_binary",
     "resolve_embedded",
     "shared_server",
@@ -87,7 +85,7 @@ def _free_port() -> int:
         return port
 
 
-def _check_port_free(port: int) -> None:
+def check_port_free(port: int) -> None:
     """Refuse a port something already listens on: the server would exit at once, and
     the other listener (often a Redis) would answer our readiness PING in its place."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -271,7 +269,7 @@ class RedisServer:
         if shutil.which(argv[0]) is None:
             raise EmbeddedServerError(f"could not run {argv[0]}: not an executable file")
         if self.port is not None:
-            _check_port_free(self.port)
+            check_port_free(self.port)
         try:
             self._process, self._lifeline = _spawn_watched(argv, self._own_dir)
         except OSError as exc:
@@ -465,179 +463,3 @@ def resolve_embedded(config: RedisConfig) -> RedisConfig:
         port=server.port,
         unix_socket_path=server.unix_socket_path,
     )
-
-
-def _cluster_ports(count: int) -> list[int]:
-    """``count`` client ports whose cluster-bus ports (port + 10000) are free too, all
-    below the kernel's ephemeral range: a bus port that an outgoing connection happens
-    to take makes a node fail to start (seen with ports picked by the kernel)."""
-    rng = random.Random()
-    ports: list[int] = []
-    while len(ports) < count:
-        port = rng.randrange(12000, 22700)
-        if port in ports or port + 10000 in ports:
-            continue
-        try:
-            _check_port_free(port)
-            _check_port_free(port + 10000)
-        except EmbeddedServerError:
-            continue
-        ports.append(port)
-    return ports
-
-
-class RedisClusterServer:
-    """A throwaway Redis Cluster on loopback: ``primaries`` nodes owning the 16384 slots
-    in equal ranges, each with ``replicas`` replicas, for tests and local development.
-
-    Every node is a :class:`RedisServer` (no persistence, a watchdog that kills it with
-    its owner), started with cluster mode on and joined with cluster commands rather
-    than ``redis-cli`` (which the embedded Valkey binary does not ship). ``start()``
-    returns once every node agrees on the slots, ``cluster_state`` is ``ok`` everywhere
-    and every replica is in sync: about two seconds for 3 + 3 nodes.
-
-    ``node_timeout`` (milliseconds) is how long a silent node takes to be declared
-    failed, so how long a failover after a crash takes (about twice it, measured):
-    short here so that tests of failovers are quick; Redis's default is 15000.
-    """
-
-    def __init__(
-        self,
-        *,
-        primaries: int = 3,
-        replicas: int = 1,
-        node_timeout: int = 1000,
-        binary: str | None = None,
-        startup_timeout: float = 30.0,
-    ) -> None:
-        if isinstance(primaries, bool) or not isinstance(primaries, int) or primaries < 1:
-            raise ConfigError(f"RedisClusterServer.primaries: expected >= 1, got {primaries!r}")
-        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
-            raise ConfigError(f"RedisClusterServer.replicas: expected >= 0, got {replicas!r}")
-        self.primaries = primaries
-        self.replicas = replicas
-        self._startup_timeout = startup_timeout
-        args = (
-            "--cluster-enabled", "yes",
-            "--cluster-config-file", "nodes.conf",
-            "--cluster-node-timeout", str(node_timeout),
-            # Replicas sync at once, not after the default five seconds' wait.
-            "--repl-diskless-sync-delay", "0",
-            "--repl-ping-replica-period", "1",
-        )  # fmt: skip
-        ports = _cluster_ports(primaries * (1 + replicas))
-        #: Every node: the primaries first, then the replicas of primary 0, of 1...
-        self.nodes = [RedisServer(port=port, args=args, binary=binary) for port in ports]
-
-    @property
-    def url(self) -> str:
-        """The URL of the first primary, with ``?cluster=true``."""
-        return f"redis://127.0.0.1:{self.nodes[0].port}/0?cluster=true"
-
-    @property
-    def seeds(self) -> list[tuple[str, int]]:
-        """Every node's address, as ``(host, port)``."""
-        return [("127.0.0.1", node.port) for node in self.nodes if node.port is not None]
-
-    def start(self) -> RedisClusterServer:
-        """Start every node and join them into a cluster; returns ``self``."""
-        for node in self.nodes:
-            node.start()
-        try:
-            self._join()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def _join(self) -> None:
-        links = [_raw_link(node.port) for node in self.nodes]
-        try:
-            primaries, replicas = links[: self.primaries], links[self.primaries :]
-            for index, link in enumerate(primaries):
-                low = index * SLOT_COUNT // self.primaries
-                high = (index + 1) * SLOT_COUNT // self.primaries
-                link.execute_command("CLUSTER", "ADDSLOTS", *range(low, high))
-            for link in links[1:]:
-                link.execute_command("CLUSTER", "MEET", "127.0.0.1", self.nodes[0].port)
-            self._wait(
-                lambda: all(_info(x)["cluster_known_nodes"] == str(len(links)) for x in links)
-            )
-            ids = [_my_id(link) for link in primaries]
-            for index, link in enumerate(replicas):
-                link.execute_command("CLUSTER", "REPLICATE", ids[index // self.replicas])
-            self._wait(lambda: self._ready(links))
-        finally:
-            for link in links:
-                link.close()
-
-    def _ready(self, links: list[redis.Redis]) -> bool:
-        if any(_info(link)["cluster_state"] != "ok" for link in links):
-            return False
-        layouts = {str(sorted(link.execute_command("CLUSTER", "SLOTS"))) for link in links}
-        if len(layouts) != 1:
-            return False
-        return all(
-            _fields(link.execute_command("INFO", "replication")).get("master_link_status") == "up"
-            for link in links[self.primaries :]
-        )
-
-    def _wait(self, ready: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + self._startup_timeout
-        while time.monotonic() < deadline:
-            try:
-                if ready():
-                    return
-            except redis.RedisError:
-                pass  # a node still joining refuses some commands
-            time.sleep(0.01)
-        raise EmbeddedServerError(
-            f"the cluster on ports {[node.port for node in self.nodes]} did not come up"
-            f" within {self._startup_timeout} s"
-        )
-
-    def close(self) -> None:
-        """Stop every node and remove their directories."""
-        for node in self.nodes:
-            node.close()
-
-    def __enter__(self) -> RedisClusterServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<RedisClusterServer {self.primaries}x(1+{self.replicas}) {self.url}>"
-
-
-#: The number of hash slots of a Redis Cluster.
-SLOT_COUNT = 16384
-
-
-def _raw_link(port: int | None) -> redis.Redis:
-    """A redis-py connection that returns replies as they come (no parsing callbacks)."""
-    assert port is not None  # cluster nodes listen on TCP
-    link = redis.Redis(port=port, decode_responses=True, protocol=2)
-    link.response_callbacks.clear()
-    return link
-
-
-def _fields(text: str) -> dict[str, str]:
-    """``key:value`` lines (INFO, CLUSTER INFO) as a dict."""
-    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-
-
-def _info(link: redis.Redis) -> dict[str, str]:
-    return _fields(link.execute_command("CLUSTER", "INFO"))
-
-
-def _my_id(link: redis.Redis) -> str:
-    """The node's id, from CLUSTER NODES (CLUSTER MYID is Redis 7 only)."""
-    nodes: str = link.execute_command("CLUSTER", "NODES")
-    for line in nodes.splitlines():
-        fields = line.split()
-        if "myself" in fields[2].split(","):
-            node_id: str = fields[0]
-            return node_id
-    raise EmbeddedServerError("a cluster node did not say which node it is")

@@ -9,8 +9,8 @@ from typing import Any
 
 import redis
 
+from ailf import RedisClusterServer
 from ailf.clients._slots import key_slot
-from ailf.server import RedisClusterServer
 
 
 def link(port: int | None) -> redis.Redis:

@@ -28,12 +28,12 @@ from ailf import (
     ConfigError,
     CrossSlotError,
     RedisClient,
+    RedisClusterServer,
     RedisConfig,
     RedisConnectionError,
     ResponseError,
 )
 from ailf.clients._slots import key_slot
-from ailf.server import RedisClusterServer
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,8 @@ import pytest
 import trio
 from cluster_helpers import fail_over, move_slot, owner_port, primary_ports, replica_of
 
-from ailf import AsyncRedisClient, RedisConfig
+from ailf import AsyncRedisClient, RedisClusterServer, RedisConfig
 from ailf.clients._slots import key_slot
-from ailf.server import RedisClusterServer
 
 
 @pytest.fixture

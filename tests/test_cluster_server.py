@@ -9,8 +9,7 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from ailf import ConfigError
-from ailf.server import RedisClusterServer
+from ailf import ConfigError, RedisClusterServer
 
 
 def test_a_cluster_of_three_primaries_and_three_replicas() -> None:

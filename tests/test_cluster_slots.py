@@ -12,8 +12,8 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ailf import RedisClusterServer
 from ailf.clients._slots import SLOTS, KeySpec, command_keys, key_slot, learn
-from ailf.server import RedisClusterServer
 
 
 @pytest.fixture(scope="module")

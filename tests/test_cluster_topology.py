@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from ailf import RedisClusterServer
 from ailf.clients._slots import key_slot
 from ailf.clients._topology import Node, SlotMap, parse_shards, parse_slots, split_address
-from ailf.server import RedisClusterServer
 
 
 @pytest.fixture(scope="module")

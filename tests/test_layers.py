@@ -15,6 +15,7 @@ LAYERS = {
     "ailf.config": 1,
     "ailf.codec": 1,
     "ailf.server": 1,
+    "ailf._cluster_server": 1,
     "ailf.clients": 2,
     "ailf.messaging": 3,
     "ailf.runtime": 4,
