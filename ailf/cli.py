@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import ailf
+from ailf._cluster_server import RedisClusterServer
 from ailf._text import count_of
 from ailf.config import RedisConfig
 from ailf.errors import (
@@ -87,6 +88,14 @@ def _positive_int(text: str) -> int:
     value = _number(int, text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    """An argparse type: a count of 0 or more."""
+    value = _number(int, text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
     return value
 
 
@@ -291,7 +300,17 @@ def _cmd_server(args: argparse.Namespace) -> int:
     # SIGTERM is handled like Ctrl-C from before the server starts, so that a stop
     # arriving at any moment still goes through close() and leaves no server behind.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    server = RedisServer(port=args.port, unix_socket=args.unix_socket, persistent=args.persistent)
+    server: RedisServer | RedisClusterServer
+    if args.cluster is not None:
+        if args.port is not None or args.unix_socket or args.persistent:
+            raise UsageError("--cluster picks its own ports, and keeps nothing on disk")
+        server = RedisClusterServer(primaries=args.cluster, replicas=args.replicas)
+    elif args.replicas:
+        raise UsageError("--replicas goes with --cluster N")
+    else:
+        server = RedisServer(
+            port=args.port, unix_socket=args.unix_socket, persistent=args.persistent
+        )
     try:
         server.start()
         print(server.url, flush=True)
@@ -513,12 +532,27 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "server",
         "run an embedded Redis server in the foreground and print its URL",
-        "Run a throwaway Redis server until Ctrl-C; prints its URL on stdout.",
-        "  ailf server\n  ailf server --port 6390 --persistent\n  ailf server --unix-socket",
+        "Run a throwaway Redis server (or cluster) until Ctrl-C; prints its URL on stdout.",
+        "  ailf server\n  ailf server --port 6390 --persistent\n  ailf server --unix-socket\n"
+        "  ailf server --cluster 3 --replicas 1    # 3 primaries, a replica each",
     )
     server.add_argument("--port", type=_port, default=None, help="TCP port (default: a free one)")
     server.add_argument("--unix-socket", action="store_true", help="listen on a socket file")
     server.add_argument("--persistent", action="store_true", help="AOF with fsync always")
+    server.add_argument(
+        "--cluster",
+        type=_positive_int,
+        metavar="N",
+        default=None,
+        help="a Redis Cluster of N primaries on loopback ports (its URL has ?cluster=true)",
+    )
+    server.add_argument(
+        "--replicas",
+        type=_count,
+        metavar="M",
+        default=0,
+        help="with --cluster: M replicas of each primary",
+    )
     server.set_defaults(handler=_cmd_server)
 
     # The runner's child processes: not for people, so not in the help.

@@ -4,12 +4,15 @@ users testing their own code against a cluster) start it."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from ailf import ConfigError, RedisClusterServer
+from ailf import ConfigError, RedisClient, RedisClusterServer, RedisConfig
 
 
 def test_a_cluster_of_three_primaries_and_three_replicas() -> None:
@@ -46,3 +49,47 @@ def test_one_primary_alone_owns_every_slot() -> None:
 def test_bad_shapes_are_config_errors(primaries: object, replicas: object) -> None:
     with pytest.raises(ConfigError, match="RedisClusterServer"):
         RedisClusterServer(primaries=primaries, replicas=replicas)  # type: ignore[arg-type]
+
+
+def test_ailf_server_cluster_runs_one_until_ctrl_c() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ailf", "server", "--cluster", "2", "--replicas", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip()
+        assert url.startswith("redis://127.0.0.1:") and url.endswith("?cluster=true")
+        with RedisClient(RedisConfig.from_url(url)) as client:
+            for n in range(100):
+                client.set(f"k{n}", n)
+            assert client.dbsize() == 100
+        ports = [
+            int(p[1])
+            for p in redis.Redis.from_url(url.split("?")[0]).execute_command("CLUSTER", "SLOTS")
+        ]
+        assert len(ports) == 2
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 0
+        if process.stdout:
+            process.stdout.close()
+        if process.stderr:
+            process.stderr.close()
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--replicas", "1"], "--replicas goes with --cluster"),
+        (["--cluster", "2", "--persistent"], "--cluster picks its own ports"),
+        (["--cluster", "0"], "expected an integer >= 1"),
+    ],
+)
+def test_bad_cluster_options_are_usage_errors(argv: list[str], fragment: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ailf", "server", *argv], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and fragment in done.stderr
