@@ -229,7 +229,9 @@ class AsyncRedisClient(Commands):
                 raise
             reply = await self._retry(backend, args, blocking, exc)
         if isinstance(reply, Exception):
-            raise_reply_error(reply, self.address)
+            reply = await backend.recover(args, reply, blocking)
+            if isinstance(reply, Exception):
+                raise_reply_error(reply, self.address)
         return reply if convert is None else convert(reply)
 
     async def _retry(

@@ -168,6 +168,10 @@ class AsyncioBackend:
             except ResponseError as exc:
                 return exc
 
+    async def recover(self, args: tuple[Any, ...], reply: Exception, blocking: bool) -> Any:
+        """An error reply is the command's answer, on one server."""
+        return reply
+
     async def execute_many(self, commands: Sequence[tuple[Any, ...]], blocking: bool) -> list[Any]:
         if blocking:
             return await self._execute_blocking(commands)

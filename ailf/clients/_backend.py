@@ -139,6 +139,12 @@ class AsyncBackend(Protocol):
         """Raw replies of commands sent in one write (MULTI/EXEC are the caller's)."""
         ...
 
+    async def recover(self, args: Command, reply: Exception, blocking: bool) -> Any:
+        """What to make of an error reply to :meth:`execute`: the reply itself on one
+        server; on a cluster, after a redirect, the reply of the node it was sent on to.
+        (Asked only when there is an error reply, so the common case costs nothing.)"""
+        ...
+
     async def reserve(self) -> AsyncReserved:
         """A connection of the caller's own, for a pipeline's WATCH … EXEC."""
         ...

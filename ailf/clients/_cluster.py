@@ -24,6 +24,7 @@ import trio
 
 from ailf.clients._cluster_pubsub import ClusterPubSub
 from ailf.clients._cluster_router import (
+    Attempt,
     AwaitMap,
     ClusterRouter,
     RefreshSoon,
@@ -32,14 +33,21 @@ from ailf.clients._cluster_router import (
     Sleep,
     Steps,
     redirect_of,
+    trouble_in,
 )
 from ailf.clients._errors import NotConnected
 from ailf.clients._pool import ReservedConnection
-from ailf.clients._resp import pack_commands
+from ailf.clients._resp import pack_command, pack_commands
+from ailf.clients._slots import ONE_KEY, command_keys, key_slot
 from ailf.clients._topology import Node
 from ailf.clients._trio_backend import TrioBackend
 from ailf.config import RedisConfig
-from ailf.errors import ClusterUnavailableError, RedisError, WatchError
+from ailf.errors import (
+    ClusterUnavailableError,
+    RedisError,
+    ResponseError,
+    WatchError,
+)
 
 __all__ = ["REFRESH_PERIOD", "REFRESH_SPACING", "ClusterBackend", "ClusterReserved"]
 
@@ -226,7 +234,35 @@ class ClusterBackend:
     # -- the AsyncBackend contract ------------------------------------------------------
 
     def execute(self, args: Command, blocking: bool) -> Awaitable[Any]:
+        """One command's reply. The common case — keys of one slot whose owner is
+        connected — goes straight to that owner's shared connection; anything else, and
+        any reply that redirects, through the router's steps."""
+        if not blocking and len(args) > 1:
+            slot = -1
+            if args[0] in ONE_KEY:
+                slot = key_slot(args[1])
+            else:
+                keys = command_keys(args)
+                if keys and all(key_slot(key) == key_slot(keys[0]) for key in keys):
+                    slot = key_slot(keys[0])
+            node = self.router.map.owners[slot] if slot >= 0 else None
+            link = self._links.get(node) if node is not None else None
+            shared = link.ready() if link is not None else None
+            if shared is not None:
+                return shared.request(pack_command(args))
         return self.drive(self.router.execute(args, blocking))
+
+    async def recover(self, args: Command, reply: Exception, blocking: bool) -> Any:
+        """The reply of a command sent straight to its owner (see :meth:`execute`) that
+        answered with an error: a redirect or a "later" (it did not run) is sent again
+        through the router, which follows what it is told; any other error is the
+        command's own."""
+        if not isinstance(reply, ResponseError) or trouble_in([reply]) is None:
+            return reply
+        self._want_refresh()
+        slot = await self.drive(self.router.slot([args]))
+        [answer] = await self.drive(self.router.run(Attempt(slot), [args], blocking))
+        return answer
 
     async def execute_many(self, commands: Sequence[Command], blocking: bool) -> list[Any]:
         replies: list[Any] = await self.drive(self.router.execute_many(commands, blocking))

@@ -59,6 +59,7 @@ from ailf.errors import (
 __all__ = [
     "MAX_HOPS",
     "RETIRE_AFTER",
+    "Attempt",
     "AwaitMap",
     "ClusterRouter",
     "RefreshSoon",
@@ -154,7 +155,7 @@ def _order(node: Node) -> tuple[str, int]:
 
 
 @attrs.define(eq=False)
-class _Attempt:
+class Attempt:
     """One command's (or one slot's group of commands') way through redirects."""
 
     slot: int | None
@@ -245,7 +246,7 @@ class ClusterRouter:
         if name == "SCAN":
             return (yield from self._scan(args))
         slot = yield from self.slot([args])
-        [reply] = yield from self.run(_Attempt(slot), [args], blocking)
+        [reply] = yield from self.run(Attempt(slot), [args], blocking)
         return reply
 
     def execute_many(self, commands: Sequence[Command], blocking: bool) -> Steps:
@@ -255,7 +256,7 @@ class ClusterRouter:
         commands = list(commands)
         if commands and name_of(commands[0]) == "MULTI":
             slot = yield from self.slot(commands)
-            return (yield from self.run(_Attempt(slot), commands, blocking))
+            return (yield from self.run(Attempt(slot), commands, blocking))
         slots: list[int | None] = []
         for args in commands:
             slots.append((yield from self.slot([args])))
@@ -289,11 +290,11 @@ class ClusterRouter:
             if name_of(args) in _PER_NODE:
                 replies[position] = yield from self.execute(args, blocking)
             else:
-                attempt = _Attempt(slots[position])
+                attempt = Attempt(slots[position])
                 [replies[position]] = yield from self.run(attempt, [args], blocking)
         return replies
 
-    def run(self, attempt: _Attempt, commands: list[Command], blocking: bool) -> Steps:
+    def run(self, attempt: Attempt, commands: list[Command], blocking: bool) -> Steps:
         """Send ``commands`` (one slot's) to the slot's owner, following redirects and
         waiting out a cluster that cannot serve the slot, within the bounds."""
         while True:
@@ -342,25 +343,25 @@ class ClusterRouter:
                 self.generation += 1
                 yield RefreshSoon()
 
-    def _back_off(self, attempt: _Attempt) -> Steps:
+    def _back_off(self, attempt: Attempt) -> Steps:
         self._start_clock(attempt)
         if self.clock() + attempt.backoff > attempt.deadline:
             raise self._unavailable(attempt)
         yield Sleep(attempt.backoff)
         attempt.backoff = min(attempt.backoff * 2, 1.0)
 
-    def _await_map(self, attempt: _Attempt) -> Steps:
+    def _await_map(self, attempt: Attempt) -> Steps:
         self._start_clock(attempt)
         if self.clock() >= attempt.deadline:
             raise self._unavailable(attempt)
         yield AwaitMap(self.generation, min(attempt.deadline, self.clock() + attempt.backoff))
         attempt.backoff = min(attempt.backoff * 2, 1.0)
 
-    def _start_clock(self, attempt: _Attempt) -> None:
+    def _start_clock(self, attempt: Attempt) -> None:
         if attempt.deadline == math.inf:
             attempt.deadline = self.clock() + self.config.cluster_retry_timeout
 
-    def _unavailable(self, attempt: _Attempt) -> ClusterUnavailableError:
+    def _unavailable(self, attempt: Attempt) -> ClusterUnavailableError:
         return ClusterUnavailableError(
             f"no node of the cluster served slot {attempt.slot} within"
             f" cluster_retry_timeout={self.config.cluster_retry_timeout} s; last:"

@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 
 __all__ = [
+    "ONE_KEY",
     "SLOTS",
     "KeySpec",
     "command_keys",
@@ -47,7 +48,7 @@ def _key_bytes(key: Any) -> bytes:
 
 def key_slot(key: Any) -> int:
     """The hash slot of ``key`` (str, bytes or a number, encoded as the clients send it)."""
-    data = _key_bytes(key)
+    data = key.encode() if type(key) is str else _key_bytes(key)
     start = data.find(b"{")
     if start != -1:
         end = data.find(b"}", start + 1)
@@ -246,6 +247,9 @@ _SPECS: dict[str, KeySpec] = {
     ),
 }
 
+#: Commands whose one key is ``args[1]``: what a router checks first.
+ONE_KEY = frozenset(name for name, spec in _SPECS.items() if spec is _ONE)
+
 #: Commands with a key count: ``(index of numkeys, index of the first key)``.
 _NUMKEYS = {
     "EVAL": (2, 3),
@@ -280,6 +284,9 @@ def command_keys(args: Sequence[Any]) -> list[Any] | None:
     """The keys of command ``args`` (``args[0]`` its name); None for a command the table
     does not know (learn it with :func:`learn`). Channels are not keys: PUBLISH and
     SPUBLISH have none here (a cluster client routes SPUBLISH by its channel itself)."""
+    spec = _SPECS.get(args[0])  # the clients send names in upper case: no conversion
+    if spec is _ONE:
+        return [args[1]] if len(args) > 1 else []
     name = _upper(args[0])
     spec = _SPECS.get(name)
     if spec is not None:

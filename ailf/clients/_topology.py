@@ -32,7 +32,7 @@ from ailf.clients._slots import SLOTS
 __all__ = ["Node", "SlotMap", "parse_shards", "parse_slots", "split_address"]
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Node:
     """One cluster node, by the address clients reach it at."""
 

@@ -62,6 +62,11 @@ class TrioBackend:
         if self._nursery is not None:
             await self._reconnect(None)
 
+    def ready(self) -> SharedConnection | None:
+        """The shared connection if it is connected and usable now, else None."""
+        shared = self._shared
+        return shared if shared is not None and shared.usable() else None
+
     async def connected(self) -> SharedConnection:
         """The shared connection, connected (with backoff) if it was not: what this
         raises, it raised while connecting, before anything was sent. Needs a nursery."""
@@ -81,6 +86,10 @@ class TrioBackend:
         if not blocking and shared is not None and shared.usable():
             return shared.request(pack_command(args))
         return self._execute_elsewhere(args, blocking)
+
+    async def recover(self, args: tuple[Any, ...], reply: Exception, blocking: bool) -> Any:
+        """An error reply is the command's answer, on one server."""
+        return reply
 
     async def _execute_elsewhere(self, args: tuple[Any, ...], blocking: bool) -> Any:
         if blocking or self._nursery is None:
