@@ -369,3 +369,53 @@ async def test_a_slot_nobody_serves_fails_within_cluster_retry_timeout(
         with trio.fail_after(10), pytest.raises((ClusterUnavailableError, RedisConnectionError)):
             while True:
                 await client.get("lost")
+
+
+@pytest.mark.slow
+async def test_fifty_tasks_across_every_slot_while_slots_migrate(
+    fresh_cluster: RedisClusterServer,
+) -> None:
+    """Fifty tasks write and read keys of every slot while thirty slots move between
+    primaries, one after the other, keys and all: every reply is right, no error."""
+    config = RedisConfig.from_url(fresh_cluster.url)
+    keys = [f"load-{n}" for n in range(2000)]
+    moving = sorted({key_slot(key) for key in keys})[:30]
+    primaries = primary_ports(fresh_cluster)
+    errors: list[BaseException] = []
+    checked = 0
+    async with AsyncRedisClient(config) as client:
+        for key in keys:
+            await client.set(key, 0)
+        stop = trio.Event()
+
+        async def worker(w: int) -> None:
+            nonlocal checked
+            mine = keys[w::50]
+            n = 0
+            while not stop.is_set():
+                n += 1
+                for key in mine:
+                    try:
+                        await client.set(key, n)
+                        assert await client.get(key) == str(n)
+                        checked += 1
+                    except Exception as exc:
+                        errors.append(exc)
+                        return
+
+        def reshard() -> None:
+            for index, slot in enumerate(moving):
+                target = primaries[index % len(primaries)]
+                owner = next(p for p in primaries if p != target)
+                try:
+                    move_slot(fresh_cluster, slot, target)
+                except AssertionError:  # already there
+                    move_slot(fresh_cluster, slot, owner)
+
+        async with trio.open_nursery() as nursery:
+            for w in range(50):
+                nursery.start_soon(worker, w)
+            await trio.to_thread.run_sync(reshard)
+            stop.set()
+    assert errors == [], [str(e) for e in errors[:3]]
+    assert checked > 2000
