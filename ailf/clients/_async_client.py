@@ -29,7 +29,6 @@ from ailf.clients._pipeline import AsyncPipeline
 from ailf.config import RedisConfig, given_or_from_env
 from ailf.errors import (
     AuthenticationError,
-    ConfigError,
     RedisConnectionError,
     RedisTimeoutError,
     WatchError,
@@ -53,15 +52,10 @@ class _BackendClass(Protocol):
 def _backend_class(config: RedisConfig) -> _BackendClass:
     """The engine for the running async library and the config (imported on first use)."""
     library = sniffio.current_async_library()
-    if library == "trio" and config.cluster:
+    if config.cluster and library in ("trio", "asyncio"):
         from ailf.clients._cluster import ClusterBackend
 
         return ClusterBackend
-    if config.cluster:
-        raise ConfigError(
-            f"RedisConfig.cluster: the cluster engine runs under trio, not {library} yet;"
-            " run the client under trio, or use the sync RedisClient"
-        )
     if library == "trio":
         from ailf.clients._trio_backend import TrioBackend
 

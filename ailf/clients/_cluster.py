@@ -1,27 +1,32 @@
-"""The trio engine for a Redis Cluster: the router's steps, carried out on trio.
+"""The async engine for a Redis Cluster: the router's steps, carried out under trio or
+asyncio.
 
 :class:`ClusterBackend` drives :class:`~ailf.clients._cluster_router.ClusterRouter`
-(which decides where each command goes and what each reply means) over one
-:class:`~ailf.clients._trio_backend.TrioBackend` per node — the same shared, pipelined
-connection and pool of blocking connections as on one server. What trio adds: sends to
-several nodes run at once (a pipeline over the whole cluster costs one round trip, not
-one per node), tasks waiting for a newer map park on one event, and the map is
-refreshed in the background: soon after anything made it suspect (at most every
-:data:`REFRESH_SPACING` seconds, however many MOVED arrive at once), and every
-:data:`REFRESH_PERIOD` seconds anyway, since nothing else tells a client of a failed
-replica or a new node.
+(which decides where each command goes and what each reply means) over one engine per
+node — under trio a :class:`~ailf.clients._trio_backend.TrioBackend`, the same shared,
+pipelined connection and pool of blocking connections as on one server; under asyncio an
+:class:`~ailf.clients._asyncio_backend.AsyncioBackend`. Sends to several nodes run at
+once (a pipeline over the whole cluster costs one round trip, not one per node), tasks
+waiting for a newer map wait on one event, and the map is refreshed in the background:
+soon after anything made it suspect (at most every :data:`REFRESH_SPACING` seconds,
+however many MOVED arrive at once), and every :data:`REFRESH_PERIOD` seconds anyway,
+since nothing else tells a client of a failed replica or a new node. Under trio, a
+command of one slot whose owner is connected goes straight to that owner's shared
+connection; pub/sub on a cluster (:mod:`ailf.clients._cluster_pubsub`) runs under trio.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
+import sniffio
 import trio
 
+from ailf.clients._backend import AsyncBackend, AsyncReserved
 from ailf.clients._cluster_pubsub import ClusterPubSub
 from ailf.clients._cluster_router import (
     Attempt,
@@ -36,14 +41,14 @@ from ailf.clients._cluster_router import (
     trouble_in,
 )
 from ailf.clients._errors import NotConnected
-from ailf.clients._pool import ReservedConnection
-from ailf.clients._resp import pack_command, pack_commands
+from ailf.clients._resp import pack_command
 from ailf.clients._slots import ONE_KEY, command_keys, key_slot
 from ailf.clients._topology import Node
 from ailf.clients._trio_backend import TrioBackend
 from ailf.config import RedisConfig
 from ailf.errors import (
     ClusterUnavailableError,
+    ConfigError,
     RedisError,
     ResponseError,
     WatchError,
@@ -59,17 +64,99 @@ REFRESH_SPACING = 0.1
 REFRESH_PERIOD = 30.0
 
 
+class _TrioTools:
+    """What the cluster engine needs of trio."""
+
+    name = "trio"
+
+    def __init__(self, nursery: trio.Nursery | None) -> None:
+        self.nursery = nursery
+        self.now = trio.current_time
+        self.sleep = trio.sleep
+        self.Event = trio.Event
+        self.Lock = trio.Lock
+
+    @property
+    def background(self) -> bool:
+        """Whether tasks can run in the background (the client has a nursery)."""
+        return self.nursery is not None
+
+    def spawn(self, function: Callable[[], Awaitable[Any]]) -> None:
+        assert self.nursery is not None
+        self.nursery.start_soon(function)
+
+    async def wait(self, event: Any, deadline: float) -> None:
+        with trio.move_on_at(deadline):
+            await event.wait()
+
+    async def all(self, functions: list[Callable[[], Awaitable[Any]]]) -> None:
+        async with trio.open_nursery() as nursery:
+            for function in functions:
+                nursery.start_soon(function)
+
+    def close(self) -> None:
+        """Background tasks end with the client's nursery."""
+
+    def link(self, config: RedisConfig) -> AsyncBackend:
+        return TrioBackend(config, self.nursery)
+
+
+class _AsyncioTools:
+    """What the cluster engine needs of asyncio."""
+
+    name = "asyncio"
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self._asyncio = asyncio
+        self.now = asyncio.get_running_loop().time
+        self.sleep = asyncio.sleep
+        self.Event = asyncio.Event
+        self.Lock = asyncio.Lock
+        self._tasks: set[Any] = set()
+        self.background = True
+
+    def spawn(self, function: Callable[[], Awaitable[Any]]) -> None:
+        async def run() -> None:
+            await function()
+
+        task = self._asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def wait(self, event: Any, deadline: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with self._asyncio.timeout_at(deadline):
+                await event.wait()
+
+    async def all(self, functions: list[Callable[[], Awaitable[Any]]]) -> None:
+        await self._asyncio.gather(*(function() for function in functions))
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    def link(self, config: RedisConfig) -> AsyncBackend:
+        from ailf.clients._asyncio_backend import AsyncioBackend
+
+        return AsyncioBackend(config)
+
+
 class ClusterBackend:
-    """The :class:`~ailf.clients._backend.AsyncBackend` for ``RedisConfig(cluster=True)``
-    under trio; see the module docstring."""
+    """The :class:`~ailf.clients._backend.AsyncBackend` for ``RedisConfig(cluster=True)``,
+    under trio or asyncio (whichever runs it); see the module docstring."""
 
     def __init__(self, config: RedisConfig, nursery: trio.Nursery | None) -> None:
         self._config = config
-        self._nursery = nursery
-        self.router = ClusterRouter(config, trio.current_time)
-        self._links: dict[Node, TrioBackend] = {}
-        self._changed = trio.Event()
-        self._refresh_lock = trio.Lock()
+        if sniffio.current_async_library() == "asyncio":
+            self._tools: _TrioTools | _AsyncioTools = _AsyncioTools()
+        else:
+            self._tools = _TrioTools(nursery)
+        self.router = ClusterRouter(config, self._tools.now)
+        self._links: dict[Node, AsyncBackend] = {}
+        self._changed = self._tools.Event()
+        self._refresh_lock = self._tools.Lock()
         self._refreshed_at = -math.inf
         self._refresh_wanted = False
         self._closed = False
@@ -79,10 +166,16 @@ class ClusterBackend:
     @staticmethod
     async def probe(config: RedisConfig) -> None:
         """PING the seeds until one answers (``health_check``)."""
+        if sniffio.current_async_library() == "asyncio":
+            from ailf.clients._asyncio_backend import AsyncioBackend
+
+            probe = AsyncioBackend.probe
+        else:
+            probe = TrioBackend.probe
         failure: RedisError | None = None
         for seed in config.seeds:
             try:
-                await TrioBackend.probe(seed)
+                await probe(seed)
                 return
             except RedisError as exc:
                 failure = exc
@@ -92,16 +185,17 @@ class ClusterBackend:
     async def open(self) -> None:
         """Read the map, so that a wrong address fails at ``async with``."""
         await self._refresh(self.router.generation)
-        if self._nursery is not None:
-            self._nursery.start_soon(self._refresh_periodically)
+        if self._tools.background:
+            self._tools.spawn(self._refresh_periodically)
 
     async def aclose(self) -> None:
         self._closed = True
+        self._tools.close()
         for link in list(self._links.values()):
             await link.aclose()
 
     async def sleep(self, seconds: float) -> None:
-        await trio.sleep(seconds)
+        await self._tools.sleep(seconds)
 
     # -- carrying out steps -----------------------------------------------------------
 
@@ -126,7 +220,7 @@ class ClusterBackend:
         if type(step) is SendAll:
             return await self._send_all(step)
         if type(step) is Sleep:
-            await trio.sleep(step.seconds)
+            await self._tools.sleep(step.seconds)
         elif type(step) is AwaitMap:
             await self._await_map(step)
         elif type(step) is RefreshSoon:
@@ -140,43 +234,36 @@ class ClusterBackend:
         config = self._config.node(node.host, node.port)
         return config.replace(retry=attrs.evolve(config.retry, attempts=0))
 
-    def _link(self, node: Node) -> TrioBackend:
+    def _link(self, node: Node) -> AsyncBackend:
         link = self._links.get(node)
         if link is None:
-            link = self._links[node] = TrioBackend(self.node_config(node), self._nursery)
+            link = self._links[node] = self._tools.link(self.node_config(node))
         return link
 
     async def _send(self, step: Send) -> list[Any]:
-        link = self._link(step.node)
-        if step.blocking or self._nursery is None:
-            return await link.execute_many(step.commands, step.blocking)
-        shared = await link.connected()  # NotConnected when connecting failed
-        if len(step.commands) == 1:
-            return [await shared.request(pack_commands(step.commands))]
-        replies: list[Any] = await shared.request(pack_commands(step.commands), len(step.commands))
-        return replies
+        """One node's commands in one write; every engine raises
+        :class:`~ailf.clients._errors.NotConnected` when connecting failed."""
+        return await self._link(step.node).execute_many(step.commands, step.blocking)
 
     async def _send_all(self, step: SendAll) -> list[Any]:
         outcomes: list[Any] = [None] * len(step.sends)
 
-        async def one(index: int, send: Send) -> None:
-            try:
-                outcomes[index] = await self._send(send)
-            except RedisError as exc:
-                outcomes[index] = exc
+        def one(index: int, send: Send) -> Callable[[], Awaitable[None]]:
+            async def run() -> None:
+                try:
+                    outcomes[index] = await self._send(send)
+                except RedisError as exc:
+                    outcomes[index] = exc
 
-        async with trio.open_nursery() as nursery:
-            for index, send in enumerate(step.sends):
-                nursery.start_soon(one, index, send)
+            return run
+
+        await self._tools.all([one(index, send) for index, send in enumerate(step.sends)])
         return outcomes
 
     async def _await_map(self, step: AwaitMap) -> None:
-        with trio.move_on_at(step.until):
-            while self.router.generation == step.seen:
-                if self._nursery is None:
-                    break
-                self._want_refresh()
-                await self._changed.wait()
+        if self._tools.background and self.router.generation == step.seen:
+            self._want_refresh()
+            await self._tools.wait(self._changed, step.until)
         if self.router.stale(step.seen):
             with contextlib.suppress(RedisError):
                 await self._refresh(step.seen)
@@ -193,26 +280,25 @@ class ClusterBackend:
 
     async def await_newer_map(self, seen: int, timeout: float) -> None:  # noqa: ASYNC109
         """Wait until the map is newer than generation ``seen``, ``timeout`` at most."""
-        with trio.move_on_after(timeout):
-            while self.router.generation == seen:
-                await self._changed.wait()
+        if self.router.generation == seen:
+            await self._tools.wait(self._changed, self._tools.now() + timeout)
 
     def _want_refresh(self) -> None:
-        if self._nursery is None or self._refresh_wanted or self._closed:
+        if not self._tools.background or self._refresh_wanted or self._closed:
             return
         self._refresh_wanted = True
-        self._nursery.start_soon(self._refresh_soon)
+        self._tools.spawn(self._refresh_soon)
 
     async def _refresh_soon(self) -> None:
         seen = self.router.generation
-        await trio.sleep_until(self._refreshed_at + REFRESH_SPACING)
+        await self._tools.sleep(max(0.0, self._refreshed_at + REFRESH_SPACING - self._tools.now()))
         self._refresh_wanted = False
         with contextlib.suppress(RedisError):  # no node answers now: commands wait, ask again
             await self._refresh(seen)
 
     async def _refresh_periodically(self) -> None:
         while not self._closed:
-            await trio.sleep(REFRESH_PERIOD)
+            await self._tools.sleep(REFRESH_PERIOD)
             with contextlib.suppress(RedisError):
                 await self._refresh(self.router.generation)
 
@@ -223,13 +309,13 @@ class ClusterBackend:
                 return
             fresh = await self.drive(self.router.read_map())
             gone = self.router.install(fresh)
-            self._refreshed_at = trio.current_time()
+            self._refreshed_at = self._tools.now()
             self._changed.set()
-            self._changed = trio.Event()
+            self._changed = self._tools.Event()
         for node in gone:  # left the cluster: its commands in flight fail, as they would
             link = self._links.pop(node, None)
-            if link is not None and self._nursery is not None:
-                self._nursery.start_soon(link.aclose)
+            if link is not None:
+                await link.aclose()
 
     # -- the AsyncBackend contract ------------------------------------------------------
 
@@ -247,7 +333,7 @@ class ClusterBackend:
                     slot = key_slot(keys[0])
             node = self.router.map.owners[slot] if slot >= 0 else None
             link = self._links.get(node) if node is not None else None
-            shared = link.ready() if link is not None else None
+            shared = link.ready() if isinstance(link, TrioBackend) else None
             if shared is not None:
                 return shared.request(pack_command(args))
         return self.drive(self.router.execute(args, blocking))
@@ -272,7 +358,13 @@ class ClusterBackend:
         return ClusterReserved(self)
 
     def pubsub(self) -> ClusterPubSub:
-        """Classic and sharded pub/sub over the cluster (:mod:`ailf.clients._cluster_pubsub`)."""
+        """Classic and sharded pub/sub over the cluster (:mod:`ailf.clients._cluster_pubsub`),
+        under trio."""
+        if self._tools.name != "trio":
+            raise ConfigError(
+                "pub/sub on a cluster runs under trio, not asyncio yet: run the client under"
+                " trio, or subscribe with redis-py's asyncio RedisCluster"
+            )
         return ClusterPubSub(self)
 
 
@@ -289,7 +381,7 @@ class ClusterReserved:
     def __init__(self, backend: ClusterBackend) -> None:
         self._backend = backend
         self._slot: int | None = None
-        self._reserved: ReservedConnection | None = None
+        self._reserved: AsyncReserved | None = None
         self._released = False
 
     @property

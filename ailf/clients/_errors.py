@@ -290,7 +290,10 @@ def from_redis_py(exc: BaseException, config: RedisConfig) -> AilfError:
     if isinstance(exc, (redis.exceptions.ConnectionError, OSError, EOFError)) or (
         isinstance(exc, redis.exceptions.TimeoutError) and "connecting" in str(exc)
     ):
-        return RedisConnectionError(
+        # redis-py says "Error 111 connecting to …" or "Timeout connecting to server"
+        # when connecting failed: then nothing was sent.
+        kind = NotConnected if "connecting" in str(exc) else RedisConnectionError
+        return kind(
             f"cannot talk to {where}: {exc} (connect timeout {config.socket_connect_timeout:g} s)."
             f" Is redis-server running there? ({_url_source(config)})"
         )

@@ -1,0 +1,73 @@
+"""The async client on a cluster under asyncio: the same router as under trio (so the
+same routing, refusals and redirects), on redis.asyncio connections per node."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from cluster_helpers import move_slot, owner_port, primary_ports
+
+from ailf import (
+    AsyncRedisClient,
+    ConfigError,
+    CrossSlotError,
+    RedisClusterServer,
+    RedisConfig,
+    RedisConnectionError,
+)
+from ailf.clients._slots import key_slot
+
+
+@pytest.fixture
+def cluster() -> Iterator[RedisClusterServer]:
+    with RedisClusterServer(primaries=3, replicas=1) as cluster:
+        yield cluster
+
+
+def test_commands_pipelines_and_transactions(cluster: RedisClusterServer) -> None:
+    async def main() -> None:
+        async with AsyncRedisClient(RedisConfig.from_url(cluster.url)) as client:
+            await asyncio.gather(*(client.set(f"a{n}", n) for n in range(300)))
+            assert await client.dbsize() == 300
+            with pytest.raises(CrossSlotError):
+                await client.mget("a1", "a2")
+            async with client.pipeline(transaction=False) as pipe:
+                for n in range(300):
+                    pipe.get(f"a{n}")
+            assert pipe.results == [str(n) for n in range(300)]
+
+            async def double(pipe: Any) -> None:
+                value = int(await pipe.get("{acct}:n") or 1)
+                pipe.multi()
+                pipe.set("{acct}:n", value * 2)
+
+            await client.transaction(double, "{acct}:n")
+            assert await client.get("{acct}:n") == "2"
+            with pytest.raises(ConfigError, match="pub/sub on a cluster runs under trio"):
+                client.pubsub()
+
+    asyncio.run(main())
+
+
+def test_redirects_and_a_killed_primary(cluster: RedisClusterServer) -> None:
+    async def main() -> None:
+        async with AsyncRedisClient(RedisConfig.from_url(cluster.url)) as client:
+            await client.set("{mv}a", "A")
+            slot = key_slot("{mv}a")
+            source = owner_port(cluster, "{mv}a")
+            target = next(p for p in primary_ports(cluster) if p != source)
+            await asyncio.to_thread(move_slot, cluster, slot, target)
+            assert await client.get("{mv}a") == "A"  # MOVED, followed
+            next(n for n in cluster.nodes if n.port == target).kill()
+            async with asyncio.timeout(20):
+                while True:
+                    try:
+                        assert await client.get("{mv}a") == "A"
+                        break
+                    except RedisConnectionError:  # a command in flight when it died
+                        continue
+
+    asyncio.run(main())
