@@ -11,7 +11,14 @@ import pytest
 import redis
 import trio
 
-from ailf import AsyncRedisClient, DataError, RedisClient, RedisConfig, ResponseError
+from ailf import (
+    AsyncRedisClient,
+    DataError,
+    RedisClient,
+    RedisClusterServer,
+    RedisConfig,
+    ResponseError,
+)
 from ailf.clients._pipeline import AsyncPipeline, Pipeline
 
 #: Names only one face has, and why: the sync client keeps redis-py at hand for what the
@@ -55,36 +62,37 @@ def test_every_method_of_one_face_is_on_the_other_with_the_same_parameters(
 #: (method, args, kwargs): a sample that covers each reply shape and the cases the
 #: differential review found apart (RESP2 raw replies, sismember, mget of nothing).
 SAMPLE: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
-    ("set", ("k", "v"), {}),
-    ("set", ("k", "w"), {"nx": True}),
-    ("set", ("t", 1), {"expire": timedelta(seconds=99.5)}),
-    ("get", ("k",), {}),
-    ("mget", (["k", "missing"],), {}),
+    ("set", ("{t}k", "v"), {}),
+    ("set", ("{t}k", "w"), {"nx": True}),
+    ("set", ("{t}t", 1), {"expire": timedelta(seconds=99.5)}),
+    ("get", ("{t}k",), {}),
+    ("mget", (["{t}k", "{t}missing"],), {}),
     ("mget", ([],), {}),
-    ("incr", ("n",), {"amount": 5}),
-    ("set_json", ("j", {"a": [1, {"b": None}]}), {}),
-    ("get_json", ("j",), {}),
-    ("hset", ("h",), {"mapping": {"f": "1", "g": "2"}}),
-    ("hgetall", ("h",), {}),
-    ("execute_command", ("HGETALL", "h"), {}),
-    ("sadd", ("s", "a", "b"), {}),
-    ("sismember", ("s", "a"), {}),
-    ("smembers", ("s",), {}),
-    ("rpush", ("l", "x", "y"), {}),
-    ("lrange", ("l", 0, -1), {}),
-    ("blpop", ("l",), {"timeout": 1}),
-    ("xadd", ("x", {"n": "1"}), {"id": "1-1"}),
-    ("xadd", ("x", {"n": "2"}), {"id": "1-2", "maxlen": 10}),
-    ("xgroup_create", ("x", "g", "0"), {}),
-    ("xreadgroup", ("g", "c", {"x": ">"}), {"count": 1}),
-    ("xpending", ("x", "g"), {}),
-    ("xrange", ("x",), {}),
-    ("xread", ({"x": "0"},), {"block": 10}),
-    ("execute_command", ("XRANGE", "x", "-", "+"), {}),
-    ("exists", ("k", "h", "missing"), {}),
-    ("delete", ("k", "missing"), {}),
-    ("type", ("h",), {}),
+    ("incr", ("{t}n",), {"amount": 5}),
+    ("set_json", ("{t}j", {"a": [1, {"b": None}]}), {}),
+    ("get_json", ("{t}j",), {}),
+    ("hset", ("{t}h",), {"mapping": {"f": "1", "g": "2"}}),
+    ("hgetall", ("{t}h",), {}),
+    ("execute_command", ("HGETALL", "{t}h"), {}),
+    ("sadd", ("{t}s", "a", "b"), {}),
+    ("sismember", ("{t}s", "a"), {}),
+    ("smembers", ("{t}s",), {}),
+    ("rpush", ("{t}l", "x", "y"), {}),
+    ("lrange", ("{t}l", 0, -1), {}),
+    ("blpop", ("{t}l",), {"timeout": 1}),
+    ("xadd", ("{t}x", {"n": "1"}), {"id": "1-1"}),
+    ("xadd", ("{t}x", {"n": "2"}), {"id": "1-2", "maxlen": 10}),
+    ("xgroup_create", ("{t}x", "g", "0"), {}),
+    ("xreadgroup", ("g", "c", {"{t}x": ">"}), {"count": 1}),
+    ("xpending", ("{t}x", "g"), {}),
+    ("xrange", ("{t}x",), {}),
+    ("xread", ({"{t}x": "0"},), {"block": 10}),
+    ("execute_command", ("XRANGE", "{t}x", "-", "+"), {}),
+    ("exists", ("{t}k", "{t}h", "{t}missing"), {}),
+    ("delete", ("{t}k", "{t}missing"), {}),
+    ("type", ("{t}h",), {}),
 ]
+"""Keys share the hash tag ``{t}``, so that the multi-key commands run on a cluster too."""
 
 
 def sync_replies(config: RedisConfig) -> list[Any]:
@@ -92,7 +100,7 @@ def sync_replies(config: RedisConfig) -> list[Any]:
         client.flushdb()
         replies = [getattr(client, name)(*args, **kwargs) for name, args, kwargs in SAMPLE]
         with client.pipeline() as pipe:
-            pipe.set("p", 1).incr("p").hgetall("h").mget([]).get("p")
+            pipe.set("{t}p", 1).incr("{t}p").hgetall("{t}h").mget([]).get("{t}p")
         return [*replies, pipe.results]
 
 
@@ -104,7 +112,7 @@ def async_replies(config: RedisConfig) -> list[Any]:
                 await getattr(client, name)(*args, **kwargs) for name, args, kwargs in SAMPLE
             ]
             async with client.pipeline() as pipe:
-                pipe.set("p", 1).incr("p").hgetall("h").mget([]).get("p")
+                pipe.set("{t}p", 1).incr("{t}p").hgetall("{t}h").mget([]).get("{t}p")
             return [*replies, pipe.results]
 
     return trio.run(main)
@@ -114,10 +122,19 @@ def test_a_sample_of_commands_replies_alike_on_both_faces(redis_config: RedisCon
     expected = sync_replies(redis_config)
     assert async_replies(redis_config) == expected
     sample = dict(zip((f"{name}{args}" for name, args, _ in SAMPLE), expected, strict=False))
-    assert sample["execute_command('HGETALL', 'h')"] == ["f", "1", "g", "2"]  # RESP2, raw
-    assert sample["sismember('s', 'a')"] is True
+    assert sample["execute_command('HGETALL', '{t}h')"] == ["f", "1", "g", "2"]  # RESP2, raw
+    assert sample["sismember('{t}s', 'a')"] is True
     assert sample["mget([],)"] == []
     assert expected[-1] == [True, 2, {"f": "1", "g": "2"}, [], "2"]
+
+
+def test_a_sample_of_commands_replies_alike_on_a_cluster(redis_config: RedisConfig) -> None:
+    """Both faces on a 3-primary cluster answer the sample as on one server."""
+    expected = sync_replies(redis_config)
+    with RedisClusterServer(primaries=3, replicas=0) as cluster:
+        on_cluster = RedisConfig.from_url(cluster.url)
+        assert sync_replies(on_cluster) == expected
+        assert async_replies(on_cluster) == expected
 
 
 def test_bad_arguments_raise_one_error_before_anything_is_sent(redis_config: RedisConfig) -> None:
