@@ -131,10 +131,12 @@ class RedisClusterServer:
         layouts = {str(sorted(link.execute_command("CLUSTER", "SLOTS"))) for link in links}
         if len(layouts) != 1:
             return False
-        return all(
+        if not all(
             _fields(link.execute_command("INFO", "replication")).get("master_link_status") == "up"
             for link in links[self.primaries :]
-        )
+        ):
+            return False
+        return all(_all_online(link) for link in links)
 
     def _wait(self, ready: Callable[[], bool]) -> None:
         deadline = time.monotonic() + self._startup_timeout
@@ -180,6 +182,22 @@ def _raw_link(port: int | None) -> redis.Redis:
 def _fields(text: str) -> dict[str, str]:
     """``key:value`` lines (INFO, CLUSTER INFO) as a dict."""
     return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+
+def _all_online(link: redis.Redis) -> bool:
+    """Whether every node that ``CLUSTER SHARDS`` lists is ``online`` there (a replica
+    still reads ``loading`` for a moment after its link came up); True on a server
+    without CLUSTER SHARDS (Redis 6), which has nothing more to tell."""
+    try:
+        shards = link.execute_command("CLUSTER", "SHARDS")
+    except redis.ResponseError:
+        return True
+    for shard in shards:
+        fields = dict(zip(shard[::2], shard[1::2], strict=True))
+        for node in fields.get("nodes", []):
+            if dict(zip(node[::2], node[1::2], strict=True)).get("health") != "online":
+                return False
+    return True
 
 
 def _info(link: redis.Redis) -> dict[str, str]:
