@@ -23,6 +23,7 @@ import inspect
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis
 import redis.asyncio
@@ -62,7 +63,11 @@ async def ailf_tasks(config: RedisConfig, operations: int) -> float:
 
 
 async def redis_py_asyncio_tasks(config: RedisConfig, operations: int) -> float:
-    client = redis.asyncio.Redis(**config.redis_py_kwargs())
+    return await redis_py_tasks_on(redis.asyncio.Redis(**config.redis_py_kwargs()), operations)
+
+
+async def redis_py_tasks_on(client: Any, operations: int) -> float:
+    """50 asyncio tasks doing SET/GET on a redis-py asyncio client (closed after)."""
     try:
         per_task = operations // TASKS
 

@@ -15,34 +15,18 @@ docs/performance.md.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
-import time
 
 import redis.asyncio.cluster
 
 from ailf import RedisClusterServer, RedisConfig, RedisServer
-from bench.client import SEGMENTS, TASKS, _measure, ailf_tasks
+from bench.client import SEGMENTS, _measure, ailf_tasks, redis_py_tasks_on
 from bench.machine import describe, machine
 
 
 async def redis_py_cluster_tasks(config: RedisConfig, operations: int) -> float:
     client = redis.asyncio.cluster.RedisCluster(host=config.host, port=config.port)
-    try:
-        per_task = operations // TASKS
-
-        async def worker(n: int) -> None:
-            key = f"bench:{n}"
-            for _ in range(per_task // 2):
-                await client.set(key, "value")
-                await client.get(key)
-
-        await asyncio.gather(*(worker(n) for n in range(TASKS)))  # warm the connections
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(n) for n in range(TASKS)))
-        return per_task // 2 * 2 * TASKS / (time.perf_counter() - started)
-    finally:
-        await client.aclose()
+    return await redis_py_tasks_on(client, operations)
 
 
 def compare(
