@@ -12,7 +12,6 @@ from cluster_helpers import move_slot, owner_port, primary_ports
 
 from ailf import (
     AsyncRedisClient,
-    ConfigError,
     CrossSlotError,
     RedisClusterServer,
     RedisConfig,
@@ -46,8 +45,6 @@ def test_commands_pipelines_and_transactions(cluster: RedisClusterServer) -> Non
 
             await client.transaction(double, "{acct}:n")
             assert await client.get("{acct}:n") == "2"
-            with pytest.raises(ConfigError, match="pub/sub on a cluster runs under trio"):
-                client.pubsub()
 
     asyncio.run(main())
 
@@ -69,5 +66,41 @@ def test_redirects_and_a_killed_primary(cluster: RedisClusterServer) -> None:
                         break
                     except RedisConnectionError:  # a command in flight when it died
                         continue
+
+    asyncio.run(main())
+
+
+def test_pubsub_follows_a_moved_slot_and_a_killed_primary(cluster: RedisClusterServer) -> None:
+    """Classic and sharded channels under asyncio: the same sessions-per-node, moved
+    where their channels live."""
+
+    async def until_heard(client: AsyncRedisClient, ps: Any, channel: str, sharded: bool) -> None:
+        publish = client.spublish if sharded else client.publish
+        kind = "smessage" if sharded else "message"
+        async with asyncio.timeout(20):
+            while True:
+                try:
+                    await publish(channel, "x")
+                except RedisConnectionError:  # sent to a node as it died: may have run
+                    continue
+                message = await ps.get_message(timeout=0.1)
+                if message is not None and message["type"] == kind:
+                    return
+
+    async def main() -> None:
+        config = RedisConfig.from_url(cluster.url)
+        async with AsyncRedisClient(config) as client, client.pubsub() as ps:
+            await ps.subscribe("classic")
+            await ps.ssubscribe("{room}chat", "{other}chat")
+            await until_heard(client, ps, "classic", sharded=False)
+            await until_heard(client, ps, "{room}chat", sharded=True)
+            slot = key_slot("{room}chat")
+            source = owner_port(cluster, "{room}chat")
+            target = next(p for p in primary_ports(cluster) if p != source)
+            await asyncio.to_thread(move_slot, cluster, slot, target)
+            await until_heard(client, ps, "{room}chat", sharded=True)
+            next(n for n in cluster.nodes if n.port == target).kill()
+            await until_heard(client, ps, "{room}chat", sharded=True)
+            await until_heard(client, ps, "classic", sharded=False)
 
     asyncio.run(main())

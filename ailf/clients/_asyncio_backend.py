@@ -201,8 +201,8 @@ class AsyncioBackend:
             connection = await pool.get_connection()
         return AsyncioReservedConnection(self._config, pool, connection)
 
-    def pubsub(self) -> AsyncioPubSub:
-        return AsyncioPubSub(self._config, self._redis)
+    def pubsub(self, *, reconnect: bool = True) -> AsyncioPubSub:
+        return AsyncioPubSub(self._config, self._redis, reconnect=reconnect)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
@@ -313,8 +313,11 @@ class AsyncioPubSub(PubSubCommands):
     block lives, and every channel and pattern is subscribed again.
     """
 
-    def __init__(self, config: RedisConfig, client: redis.asyncio.Redis) -> None:
+    def __init__(
+        self, config: RedisConfig, client: redis.asyncio.Redis, *, reconnect: bool = True
+    ) -> None:
         self._config = config
+        self._reconnect_on_loss = reconnect
         self._pubsub = _RedisPubSub(client, self._restore)
         self._subscriptions = SubscriptionState(config.address)
         self._kept: deque[dict[str, Any]] = deque()
@@ -325,6 +328,9 @@ class AsyncioPubSub(PubSubCommands):
         self.reconnects = 0
 
     async def __aenter__(self) -> AsyncioPubSub:
+        """Connect now, as the trio session does: a wrong address fails here, and a task
+        may start iterating before anything is subscribed."""
+        await self._connect()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -441,6 +447,9 @@ class AsyncioPubSub(PubSubCommands):
         except AuthenticationError:
             raise  # wrong credentials are not retried, as on trio
         except RedisConnectionError as exc:
+            if not self._reconnect_on_loss:  # the owner subscribes elsewhere (a cluster)
+                self._closed = True
+                raise
             if not self._closed:
                 await self._reconnect(exc)
             return

@@ -149,8 +149,10 @@ class AsyncBackend(Protocol):
         """A connection of the caller's own, for a pipeline's WATCH … EXEC."""
         ...
 
-    def pubsub(self) -> PubSubSession:
-        """A pub/sub session on a dedicated connection (``async with``)."""
+    def pubsub(self, *, reconnect: bool = True) -> PubSubSession:
+        """A pub/sub session on a dedicated connection (``async with``). With
+        ``reconnect=False`` a lost connection ends it (iterating raises) instead of
+        reconnecting to the same node: for a cluster's sessions, moved elsewhere."""
         ...
 
     async def sleep(self, seconds: float) -> None:

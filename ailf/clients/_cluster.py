@@ -26,7 +26,8 @@ import attrs
 import sniffio
 import trio
 
-from ailf.clients._backend import AsyncBackend, AsyncReserved
+from ailf.clients._async_tools import AsyncTools, TrioTools, tools_for
+from ailf.clients._backend import AsyncBackend, AsyncReserved, PubSubSession
 from ailf.clients._cluster_pubsub import ClusterPubSub
 from ailf.clients._cluster_router import (
     Attempt,
@@ -48,7 +49,6 @@ from ailf.clients._trio_backend import TrioBackend
 from ailf.config import RedisConfig
 from ailf.errors import (
     ClusterUnavailableError,
-    ConfigError,
     RedisError,
     ResponseError,
     WatchError,
@@ -64,99 +64,17 @@ REFRESH_SPACING = 0.1
 REFRESH_PERIOD = 30.0
 
 
-class _TrioTools:
-    """What the cluster engine needs of trio."""
-
-    name = "trio"
-
-    def __init__(self, nursery: trio.Nursery | None) -> None:
-        self.nursery = nursery
-        self.now = trio.current_time
-        self.sleep = trio.sleep
-        self.Event = trio.Event
-        self.Lock = trio.Lock
-
-    @property
-    def background(self) -> bool:
-        """Whether tasks can run in the background (the client has a nursery)."""
-        return self.nursery is not None
-
-    def spawn(self, function: Callable[[], Awaitable[Any]]) -> None:
-        assert self.nursery is not None
-        self.nursery.start_soon(function)
-
-    async def wait(self, event: Any, deadline: float) -> None:
-        with trio.move_on_at(deadline):
-            await event.wait()
-
-    async def all(self, functions: list[Callable[[], Awaitable[Any]]]) -> None:
-        async with trio.open_nursery() as nursery:
-            for function in functions:
-                nursery.start_soon(function)
-
-    def close(self) -> None:
-        """Background tasks end with the client's nursery."""
-
-    def link(self, config: RedisConfig) -> AsyncBackend:
-        return TrioBackend(config, self.nursery)
-
-
-class _AsyncioTools:
-    """What the cluster engine needs of asyncio."""
-
-    name = "asyncio"
-
-    def __init__(self) -> None:
-        import asyncio
-
-        self._asyncio = asyncio
-        self.now = asyncio.get_running_loop().time
-        self.sleep = asyncio.sleep
-        self.Event = asyncio.Event
-        self.Lock = asyncio.Lock
-        self._tasks: set[Any] = set()
-        self.background = True
-
-    def spawn(self, function: Callable[[], Awaitable[Any]]) -> None:
-        async def run() -> None:
-            await function()
-
-        task = self._asyncio.get_running_loop().create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def wait(self, event: Any, deadline: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with self._asyncio.timeout_at(deadline):
-                await event.wait()
-
-    async def all(self, functions: list[Callable[[], Awaitable[Any]]]) -> None:
-        await self._asyncio.gather(*(function() for function in functions))
-
-    def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-
-    def link(self, config: RedisConfig) -> AsyncBackend:
-        from ailf.clients._asyncio_backend import AsyncioBackend
-
-        return AsyncioBackend(config)
-
-
 class ClusterBackend:
     """The :class:`~ailf.clients._backend.AsyncBackend` for ``RedisConfig(cluster=True)``,
     under trio or asyncio (whichever runs it); see the module docstring."""
 
     def __init__(self, config: RedisConfig, nursery: trio.Nursery | None) -> None:
         self._config = config
-        if sniffio.current_async_library() == "asyncio":
-            self._tools: _TrioTools | _AsyncioTools = _AsyncioTools()
-        else:
-            self._tools = _TrioTools(nursery)
-        self.router = ClusterRouter(config, self._tools.now)
+        self.tools: AsyncTools = tools_for(nursery)
+        self.router = ClusterRouter(config, self.tools.now)
         self._links: dict[Node, AsyncBackend] = {}
-        self._changed = self._tools.Event()
-        self._refresh_lock = self._tools.Lock()
+        self._changed = self.tools.event()
+        self._refresh_lock = self.tools.lock()
         self._refreshed_at = -math.inf
         self._refresh_wanted = False
         self._closed = False
@@ -185,17 +103,17 @@ class ClusterBackend:
     async def open(self) -> None:
         """Read the map, so that a wrong address fails at ``async with``."""
         await self._refresh(self.router.generation)
-        if self._tools.background:
-            self._tools.spawn(self._refresh_periodically)
+        if self.tools.background:
+            self.tools.spawn(self._refresh_periodically)
 
     async def aclose(self) -> None:
         self._closed = True
-        self._tools.close()
+        self.tools.close()
         for link in list(self._links.values()):
             await link.aclose()
 
     async def sleep(self, seconds: float) -> None:
-        await self._tools.sleep(seconds)
+        await self.tools.sleep(seconds)
 
     # -- carrying out steps -----------------------------------------------------------
 
@@ -220,7 +138,7 @@ class ClusterBackend:
         if type(step) is SendAll:
             return await self._send_all(step)
         if type(step) is Sleep:
-            await self._tools.sleep(step.seconds)
+            await self.tools.sleep(step.seconds)
         elif type(step) is AwaitMap:
             await self._await_map(step)
         elif type(step) is RefreshSoon:
@@ -237,8 +155,20 @@ class ClusterBackend:
     def _link(self, node: Node) -> AsyncBackend:
         link = self._links.get(node)
         if link is None:
-            link = self._links[node] = self._tools.link(self.node_config(node))
+            config = self.node_config(node)
+            if self.tools.name == "asyncio":
+                from ailf.clients._asyncio_backend import AsyncioBackend
+
+                link = AsyncioBackend(config)
+            else:
+                assert isinstance(self.tools, TrioTools)
+                link = TrioBackend(config, self.tools.nursery)
+            self._links[node] = link
         return link
+
+    def session(self, node: Node) -> PubSubSession:
+        """A pub/sub session to ``node`` that ends when its connection does."""
+        return self._link(node).pubsub(reconnect=False)
 
     async def _send(self, step: Send) -> list[Any]:
         """One node's commands in one write; every engine raises
@@ -257,13 +187,13 @@ class ClusterBackend:
 
             return run
 
-        await self._tools.all([one(index, send) for index, send in enumerate(step.sends)])
+        await self.tools.all([one(index, send) for index, send in enumerate(step.sends)])
         return outcomes
 
     async def _await_map(self, step: AwaitMap) -> None:
-        if self._tools.background and self.router.generation == step.seen:
+        if self.tools.background and self.router.generation == step.seen:
             self._want_refresh()
-            await self._tools.wait(self._changed, step.until)
+            await self.tools.wait(self._changed, step.until)
         if self.router.stale(step.seen):
             with contextlib.suppress(RedisError):
                 await self._refresh(step.seen)
@@ -281,24 +211,24 @@ class ClusterBackend:
     async def await_newer_map(self, seen: int, timeout: float) -> None:  # noqa: ASYNC109
         """Wait until the map is newer than generation ``seen``, ``timeout`` at most."""
         if self.router.generation == seen:
-            await self._tools.wait(self._changed, self._tools.now() + timeout)
+            await self.tools.wait(self._changed, self.tools.now() + timeout)
 
     def _want_refresh(self) -> None:
-        if not self._tools.background or self._refresh_wanted or self._closed:
+        if not self.tools.background or self._refresh_wanted or self._closed:
             return
         self._refresh_wanted = True
-        self._tools.spawn(self._refresh_soon)
+        self.tools.spawn(self._refresh_soon)
 
     async def _refresh_soon(self) -> None:
         seen = self.router.generation
-        await self._tools.sleep(max(0.0, self._refreshed_at + REFRESH_SPACING - self._tools.now()))
+        await self.tools.sleep(max(0.0, self._refreshed_at + REFRESH_SPACING - self.tools.now()))
         self._refresh_wanted = False
         with contextlib.suppress(RedisError):  # no node answers now: commands wait, ask again
             await self._refresh(seen)
 
     async def _refresh_periodically(self) -> None:
         while not self._closed:
-            await self._tools.sleep(REFRESH_PERIOD)
+            await self.tools.sleep(REFRESH_PERIOD)
             with contextlib.suppress(RedisError):
                 await self._refresh(self.router.generation)
 
@@ -309,9 +239,9 @@ class ClusterBackend:
                 return
             fresh = await self.drive(self.router.read_map())
             gone = self.router.install(fresh)
-            self._refreshed_at = self._tools.now()
+            self._refreshed_at = self.tools.now()
             self._changed.set()
-            self._changed = self._tools.Event()
+            self._changed = self.tools.event()
         for node in gone:  # left the cluster: its commands in flight fail, as they would
             link = self._links.pop(node, None)
             if link is not None:
@@ -357,14 +287,9 @@ class ClusterBackend:
     async def reserve(self) -> ClusterReserved:
         return ClusterReserved(self)
 
-    def pubsub(self) -> ClusterPubSub:
-        """Classic and sharded pub/sub over the cluster (:mod:`ailf.clients._cluster_pubsub`),
-        under trio."""
-        if self._tools.name != "trio":
-            raise ConfigError(
-                "pub/sub on a cluster runs under trio, not asyncio yet: run the client under"
-                " trio, or subscribe with redis-py's asyncio RedisCluster"
-            )
+    def pubsub(self, *, reconnect: bool = True) -> ClusterPubSub:
+        """Classic and sharded pub/sub over the cluster (:mod:`ailf.clients._cluster_pubsub`);
+        its sessions always move to where their channels live."""
         return ClusterPubSub(self)
 
 

@@ -1,4 +1,4 @@
-"""Pub/sub on a Redis Cluster (trio): classic channels on one node, sharded channels on
+"""Pub/sub on a Redis Cluster: classic channels on one node, sharded channels on
 the node that owns each channel's slot, and all of it moved when the cluster changes.
 
 A classic ``PUBLISH`` reaches every node of a cluster, so one session on any node hears
@@ -31,13 +31,11 @@ import math
 from collections.abc import AsyncIterator
 from typing import Any, Protocol, Self
 
-import trio
-
+from ailf.clients._async_tools import AsyncTools, Closed, Handle
+from ailf.clients._backend import PubSubSession
 from ailf.clients._cluster_router import ClusterRouter, redirect_of
-from ailf.clients._pubsub import PubSub
 from ailf.clients._slots import key_slot
 from ailf.clients._topology import Node, split_address
-from ailf.config import RedisConfig
 from ailf.errors import RedisConnectionError, RedisError, ResponseError
 
 __all__ = ["ClusterHost", "ClusterPubSub"]
@@ -48,8 +46,9 @@ class ClusterHost(Protocol):
     (:class:`~ailf.clients._cluster.ClusterBackend`)."""
 
     router: ClusterRouter
+    tools: AsyncTools
 
-    def node_config(self, node: Node) -> RedisConfig: ...
+    def session(self, node: Node) -> PubSubSession: ...
 
     def want_refresh(self) -> None: ...
 
@@ -74,42 +73,40 @@ class ClusterPubSub:
         self._channels: set[Any] = set()
         self._patterns: set[Any] = set()
         self._shard_channels: dict[Any, int] = {}
-        self._classic: PubSub | None = None
-        self._shards: dict[Node, PubSub] = {}
-        #: Each session runs in a task of its own (a nursery's block must begin and end
-        #: in one task); cancelling its scope closes it.
-        self._scopes: dict[PubSub, trio.CancelScope] = {}
+        self._tools = backend.tools
+        self._classic: PubSubSession | None = None
+        self._shards: dict[Node, PubSubSession] = {}
+        #: Each session runs in a task of its own (under trio a nursery's block must
+        #: begin and end in one task); cancelling the task closes it.
+        self._tasks: dict[PubSubSession, Handle] = {}
         self._placed: dict[Any, Node] = {}
-        self._lock = trio.Lock()
-        self._repair = trio.Event()
-        self._in, self._out = trio.open_memory_channel[dict[str, Any]](_BUFFER)
-        self._nursery: trio.Nursery | None = None
-        self._stack: contextlib.AsyncExitStack | None = None
+        self._lock = self._tools.lock()
+        self._repair = self._tools.event()
+        self._messages = self._tools.queue(_BUFFER)
+        self._repairing: Handle | None = None
         self.reconnects = 0
 
     # -- lifetime ---------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        stack = contextlib.AsyncExitStack()
-        self._nursery = await stack.enter_async_context(trio.open_nursery())
-        stack.callback(self._nursery.cancel_scope.cancel)
-        self._stack = stack
-        self._nursery.start_soon(self._repair_forever)
+        self._repairing = self._tools.spawn(self._repair_forever)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
-        stack, self._stack = self._stack, None
-        if stack is None:
+        """Close every session (each in its own task, as it ends) and stop repairing."""
+        repairing, self._repairing = self._repairing, None
+        if repairing is None:
             return
-        try:
-            await stack.aclose()  # every session's task ends, closing it
-        finally:
-            self._shards.clear()
-            self._classic = None
-            self._in.close()
+        repairing.cancel()
+        for task in self._tasks.values():
+            task.cancel()
+        self._tasks.clear()
+        self._shards.clear()
+        self._classic = None
+        self._messages.close()
 
     # -- what is subscribed -----------------------------------------------------------
 
@@ -159,7 +156,7 @@ class ClusterPubSub:
                     raise
                 await self._lose_classic(session)
 
-    async def _classic_session(self) -> PubSub:
+    async def _classic_session(self) -> PubSubSession:
         """The classic session, opened (on a live primary) and told every wanted channel
         and pattern if there is none; call it holding the lock."""
         if self._classic is not None:
@@ -172,7 +169,7 @@ class ClusterPubSub:
         self._classic = session
         return session
 
-    async def _lose_classic(self, session: PubSub) -> None:
+    async def _lose_classic(self, session: PubSubSession) -> None:
         if self._classic is session:
             self._classic = None
             self.reconnects += 1
@@ -234,7 +231,7 @@ class ClusterPubSub:
             else:
                 raise ResponseError(f"could not SSUBSCRIBE slot {slot}: it kept moving")
 
-    async def _shard_session(self, node: Node) -> PubSub:
+    async def _shard_session(self, node: Node) -> PubSubSession:
         session = self._shards.get(node)
         if session is None:
             session = self._shards[node] = await self._open(node, classic=False)
@@ -248,30 +245,30 @@ class ClusterPubSub:
 
     # -- sessions, their messages, and what they say about the cluster ------------------
 
-    async def _open(self, node: Node, *, classic: bool) -> PubSub:
+    async def _open(self, node: Node, *, classic: bool) -> PubSubSession:
         """A session to ``node``, served by a task of its own until :meth:`_close`."""
-        if self._nursery is None:
+        if self._repairing is None:
             raise RuntimeError("use the pubsub inside `async with client.pubsub() as ps:`")
-        session = PubSub(self._backend.node_config(node), reconnect=False)
-        served: PubSub = await self._nursery.start(self._serve, session, None if classic else node)
-        return served
+        session = self._backend.session(node)
+        where = None if classic else node
 
-    def _close(self, session: PubSub) -> None:
-        scope = self._scopes.pop(session, None)
-        if scope is not None:
-            scope.cancel()
+        async def serve(started: Any) -> None:
+            try:
+                async with session:
+                    started()
+                    await self._forward(session, where)
+            finally:
+                self._tasks.pop(session, None)
 
-    async def _serve(
-        self, session: PubSub, node: Node | None, *, task_status: trio.TaskStatus[PubSub]
-    ) -> None:
-        with trio.CancelScope() as scope:
-            self._scopes[session] = scope
-            async with session:
-                task_status.started(session)
-                await self._forward(session, node)
-        self._scopes.pop(session, None)
+        self._tasks[session] = await self._tools.start(serve)
+        return session
 
-    async def _forward(self, session: PubSub, node: Node | None) -> None:
+    def _close(self, session: PubSubSession) -> None:
+        task = self._tasks.pop(session, None)
+        if task is not None:
+            task.cancel()
+
+    async def _forward(self, session: PubSubSession, node: Node | None) -> None:
         """Hand ``session``'s messages on; notice what needs repairing: a channel the
         server dropped (a slot moved), or the session's node gone."""
         try:
@@ -287,7 +284,7 @@ class ClusterPubSub:
                     )
                     self._want_repair()
                     continue
-                await self._in.send(message)
+                await self._messages.put(message)
         except RedisConnectionError as exc:
             where = node.address if node is not None else "the classic channels' node"
             log.warning("pub/sub session to %s ended (%s); moving its channels", where, exc)
@@ -315,7 +312,7 @@ class ClusterPubSub:
         backoff = 0.05
         while True:
             await self._repair.wait()
-            self._repair = trio.Event()
+            self._repair = self._tools.event()
             await self._backend.await_newer_map(self._router.generation, backoff)
             try:
                 async with self._lock:
@@ -338,14 +335,16 @@ class ClusterPubSub:
 
     async def __anext__(self) -> dict[str, Any]:
         try:
-            return await self._out.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
+            message: dict[str, Any] = await self._messages.get()
+        except Closed:
             raise StopAsyncIteration from None
+        return message
 
     async def get_message(self, timeout: float | None = None) -> dict[str, Any] | None:  # noqa: ASYNC109 - redis-py's signature
-        with trio.move_on_after(math.inf if timeout is None else timeout):
-            try:
-                return await self._out.receive()
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                return None
-        return None
+        """The next message, or None if none arrived within ``timeout`` seconds."""
+        try:
+            return await self._tools.within(
+                math.inf if timeout is None else timeout, self._messages.get
+            )
+        except Closed:
+            return None

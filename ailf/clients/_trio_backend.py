@@ -123,8 +123,8 @@ class TrioBackend:
         """A pool connection of the caller's own, for a pipeline's WATCH … EXEC."""
         return await self._pool.reserve()
 
-    def pubsub(self) -> PubSub:
-        return PubSub(self._config)
+    def pubsub(self, *, reconnect: bool = True) -> PubSub:
+        return PubSub(self._config, reconnect=reconnect)
 
     async def sleep(self, seconds: float) -> None:
         await trio.sleep(seconds)
