@@ -43,7 +43,7 @@ from ailf.clients._cluster_router import (
 )
 from ailf.clients._errors import NotConnected
 from ailf.clients._resp import pack_command
-from ailf.clients._slots import ONE_KEY, command_keys, key_slot
+from ailf.clients._slots import ONE_KEY, SLOTS, command_keys, key_slot
 from ailf.clients._topology import Node
 from ailf.clients._trio_backend import TrioBackend
 from ailf.config import RedisConfig
@@ -73,6 +73,10 @@ class ClusterBackend:
         self.tools: AsyncTools = tools_for(nursery)
         self.router = ClusterRouter(config, self.tools.now)
         self._links: dict[Node, AsyncBackend] = {}
+        #: Slot -> its owner's engine under trio, for :meth:`execute`'s fast path; built
+        #: slot by slot, emptied whenever the router's map changes (its generation).
+        self._slot_links: list[TrioBackend | None] = [None] * SLOTS
+        self._slot_links_of = self.router.generation
         self._changed = self.tools.event()
         self._refresh_lock = self.tools.lock()
         self._refreshed_at = -math.inf
@@ -261,12 +265,27 @@ class ClusterBackend:
                 keys = command_keys(args)
                 if keys and all(key_slot(key) == key_slot(keys[0]) for key in keys):
                     slot = key_slot(keys[0])
-            node = self.router.map.owners[slot] if slot >= 0 else None
-            link = self._links.get(node) if node is not None else None
-            shared = link.ready() if isinstance(link, TrioBackend) else None
-            if shared is not None:
-                return shared.request(pack_command(args))
+            if slot >= 0:
+                if self._slot_links_of != self.router.generation:
+                    self._slot_links = [None] * SLOTS
+                    self._slot_links_of = self.router.generation
+                link = self._slot_links[slot]
+                if link is None:
+                    link = self._owner_link(slot)
+                shared = link.ready() if link is not None else None
+                if shared is not None:
+                    return shared.request(pack_command(args))
         return self.drive(self.router.execute(args, blocking))
+
+    def _owner_link(self, slot: int) -> TrioBackend | None:
+        """The engine of ``slot``'s owner under trio if it exists, remembered for the slot
+        (looking a node up compares its fields; a list index does not)."""
+        node = self.router.map.owners[slot]
+        link = self._links.get(node) if node is not None else None
+        if not isinstance(link, TrioBackend):
+            return None
+        self._slot_links[slot] = link
+        return link
 
     async def recover(self, args: Command, reply: Exception, blocking: bool) -> Any:
         """The reply of a command sent straight to its owner (see :meth:`execute`) that
