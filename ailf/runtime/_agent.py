@@ -14,7 +14,7 @@ import logging
 import types
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import attrs
 import cattrs
@@ -41,6 +41,8 @@ __all__ = [
 
 RESTART_POLICIES = ("permanent", "transient", "temporary")
 STRATEGIES = ("one_for_one", "one_for_all")
+
+T = TypeVar("T")
 
 #: The id of the message the current task is handling, put on every log record.
 current_message_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -95,6 +97,7 @@ class AgentRuntime(Protocol):
         *,
         sender: str | None = None,
         headers: dict[str, str] | None = None,
+        key: str | None = None,
     ) -> str: ...
 
     async def ask(
@@ -105,6 +108,7 @@ class AgentRuntime(Protocol):
         *,
         sender: str | None = None,
         headers: dict[str, str] | None = None,
+        key: str | None = None,
     ) -> Any: ...
 
     async def publish(self, topic: str, body: Any, *, sender: str | None = None) -> int: ...
@@ -120,11 +124,17 @@ class AgentRuntime(Protocol):
         claim_idle: float | None = None,
         concurrency: int | None = None,
         first_replica: int | None = None,
+        keyed: bool = False,
+        partitions: int | None = None,
     ) -> None: ...
 
     def stop(self) -> None: ...
 
-    async def dead_letters(self, name: str, count: int = 100) -> list[DeadLetter]: ...
+    async def dead_letters(
+        self, name: str, count: int = 100, *, key: str | None = None
+    ) -> list[DeadLetter]: ...
+
+    async def state(self, name: str, key: str, state_type: type[T] | None = None) -> Any: ...
 
     def statistics(self) -> dict[str, AgentStatistics]: ...
 
@@ -167,6 +177,13 @@ class Agent:
     - ``strategy``: ``"one_for_one"`` restarts only the instance that failed;
       ``"one_for_all"`` restarts every instance of the agent in this process with it.
     - ``Options``: an attrs class of the agent's options; ``self.options`` is an instance.
+    - ``state_type``: for a keyed agent, an attrs class of its per-key state:
+      ``self.state`` is loaded when a key is activated and saved with each message's
+      acknowledgement (see docs/concepts.md#keyed-agents).
+    - ``passivate_after``: seconds a keyed agent's instance for one key stays active
+      without a message (then ``on_stop`` runs and it is dropped from memory).
+    - ``max_active_keys``: the most instances of a keyed agent a process keeps active;
+      past it the longest idle are passivated first.
 
     A plain ``def on_message(self, message)`` (not async) runs in a worker thread, so it
     may block; from there, call the async API with ``trio.from_thread.run(self.send, ...)``.
@@ -181,9 +198,16 @@ class Agent:
     restart_period: ClassVar[float] = 5.0
     strategy: ClassVar[str] = "one_for_one"
     Options: ClassVar[type] = NoOptions
+    state_type: ClassVar[type | None] = None
+    passivate_after: ClassVar[float] = 60.0
+    max_active_keys: ClassVar[int] = 10_000
 
     # Set by the runtime before on_start.
     name: str
+    #: Which entity this instance is, for a keyed agent (``"user-42"``); None otherwise.
+    key: str | None = None
+    #: A keyed agent's state for :attr:`key` (an instance of ``state_type``).
+    state: Any = None
     replica: int
     options: Any
     runtime: AgentRuntime
@@ -203,17 +227,32 @@ class Agent:
 
     # -- talking to others -------------------------------------------------------------
 
-    async def send(self, to: str, body: Any, *, headers: dict[str, str] | None = None) -> str:
-        """Add a message to agent ``to``'s mailbox; returns its stream entry id."""
-        return await self.runtime.send(to, body, sender=self.name, headers=headers)
+    async def send(
+        self,
+        to: str,
+        body: Any,
+        *,
+        headers: dict[str, str] | None = None,
+        key: str | None = None,
+    ) -> str:
+        """Add a message to agent ``to``'s mailbox (for keyed agent ``to``: to ``key``'s);
+        returns its stream entry id."""
+        return await self.runtime.send(to, body, sender=self.name, headers=headers, key=key)
 
-    async def ask(self, to: str, body: Any, timeout: float = 10) -> Any:  # noqa: ASYNC109
+    async def ask(
+        self,
+        to: str,
+        body: Any,
+        timeout: float = 10,  # noqa: ASYNC109 - part of the documented API
+        *,
+        key: str | None = None,
+    ) -> Any:
         """Send a request and wait for the handler's return value (see ``Runtime.ask``).
 
         Asking your own agent name from a handler of a ``concurrency = 1`` agent with one
         replica waits for itself: it times out.
         """
-        return await self.runtime.ask(to, body, timeout=timeout, sender=self.name)
+        return await self.runtime.ask(to, body, timeout=timeout, sender=self.name, key=key)
 
     async def publish(self, topic: str, body: Any) -> int:
         """Broadcast to every instance subscribed to ``topic``; returns the number of

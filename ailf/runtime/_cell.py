@@ -29,23 +29,18 @@ from typing import Any
 
 import trio
 
-from ailf.errors import DecodeError
 from ailf.runtime._agent import AgentLog, current_message_id, is_sync_handler
 from ailf.runtime._host import HostContext
 from ailf.runtime._keys import check_name
-from ailf.runtime._message import ENVELOPE_FIELD, Message, decode_envelope, too_large
+from ailf.runtime._message import Message
 from ailf.runtime._reader import MailboxReader
-from ailf.runtime._settle import Binding, Delivery
+from ailf.runtime._settle import Binding, Delivery, Refused, vet
 from ailf.runtime._spawn import SpawnSpec
 from ailf.runtime._statistics import Counters
 
 __all__ = ["Cell"]
 
 _logger = logging.getLogger("ailf.agent")
-
-
-class _Refused(Exception):
-    """A mailbox entry the handler may not see; the text says why."""
 
 
 class Cell:
@@ -85,6 +80,7 @@ class Cell:
         self.binding = Binding(
             stream=host.keys.mailbox(spec.name),
             agent=spec.name,
+            dead=host.keys.dead(spec.name),
             claim_idle=spec.claim_idle,
             max_deliveries=spec.agent_cls.max_deliveries,
             deliver=self.deliver,
@@ -252,8 +248,8 @@ class Cell:
         counters = self.counters
         counters.received += 1
         try:
-            message = self._open(delivery)
-        except _Refused as refused:
+            message = vet(delivery, self.host, self.binding.max_deliveries)
+        except Refused as refused:
             await self._settler.refused(delivery, str(refused))
             return
         token = current_message_id.set(delivery.id)
@@ -271,33 +267,6 @@ class Cell:
         counters.processed += 1
         counters.mailbox_processed += 1
         await self._settler.returned(delivery, message, result)
-
-    def _open(self, delivery: Delivery) -> Message[Any]:
-        """The entry as a message for the handler; :class:`_Refused` says why it is not
-        one the handler may see."""
-        raw = delivery.fields.get(ENVELOPE_FIELD)
-        limit = self.host.settings.max_message_size
-        if isinstance(raw, str) and too_large(raw, limit):
-            raise _Refused(f"envelope larger than max_message_size={limit}")
-        try:
-            message = decode_envelope(
-                raw, message_id=delivery.id, delivery_count=delivery.delivery_count
-            )
-        except DecodeError as exc:
-            raise _Refused(f"undecodable: {exc}") from None
-        keys = self.host.keys
-        if message.reply_to is not None and not keys.is_reply(message.reply_to):
-            raise _Refused(
-                f"refused: reply_to {message.reply_to[:120]!r} is not a reply inbox of"
-                f" namespace {keys.namespace!r} (a channel {keys.reply('...')!r})"
-            )
-        max_deliveries = self.binding.max_deliveries
-        if delivery.delivery_count > max_deliveries:
-            raise _Refused(
-                f"delivered {delivery.delivery_count} times (max_deliveries={max_deliveries})"
-                " without its handler finishing: the process handling it died or was stopped"
-            )
-        return message
 
     async def _handle_broadcast(self, message: Message[Any]) -> None:
         counters = self.counters

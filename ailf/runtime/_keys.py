@@ -30,7 +30,16 @@ import attrs
 
 from ailf.errors import ConfigError
 
-__all__ = ["EVERY_KEY", "GROUP", "MAX_NAME_LENGTH", "KeyName", "Keys", "check_name", "parse_key"]
+__all__ = [
+    "EVERY_KEY",
+    "GROUP",
+    "MAX_NAME_LENGTH",
+    "KeyName",
+    "Keys",
+    "PartitionKeys",
+    "check_name",
+    "parse_key",
+]
 
 #: What every key and channel of every namespace starts with.
 ROOT = "ailf:"
@@ -92,6 +101,20 @@ class Keys:
         """The stream of an agent's dead letters."""
         return f"{self.prefix}dead:{agent}"
 
+    def agent(self, agent: str) -> str:
+        """The hash describing a keyed agent (its number of partitions), written by the
+        first sender or spawner and read by every other."""
+        return f"{self.prefix}agent:{agent}"
+
+    def members(self, agent: str) -> str:
+        """The sorted set of processes hosting keyed agent ``agent``, scored by their
+        last balancing step (seconds since the epoch)."""
+        return f"{self.prefix}members:{agent}"
+
+    def partition(self, agent: str, partition: int) -> PartitionKeys:
+        """The keys of one partition of a keyed agent, all in one hash slot."""
+        return PartitionKeys(f"{self.prefix}keyed:{{{agent}:{partition}}}:")
+
     def topic(self, topic: str) -> str:
         """The pub/sub channel of a broadcast topic."""
         return f"{self.prefix}topic:{topic}"
@@ -122,6 +145,38 @@ class Keys:
     def processes(self) -> str:
         """The sorted set of process ids scored by their last heartbeat."""
         return f"{self.prefix}processes"
+
+
+@attrs.frozen
+class PartitionKeys:
+    """The keys of one partition of a keyed agent: ``ailf:demo:keyed:{assistant:7}:…``.
+
+    The part in braces is a Redis Cluster hash tag: the partition's mailbox, its state,
+    its lease and its dead letters hash to one slot, so that the script committing a
+    handled message (state write, ack, reply) runs on one node, atomically.
+    """
+
+    base: str
+
+    @property
+    def mailbox(self) -> str:
+        """The stream of the partition's messages, for every key in it, in send order."""
+        return f"{self.base}mailbox"
+
+    @property
+    def state(self) -> str:
+        """The hash of the partition's per-key state (field: the key; value: JSON)."""
+        return f"{self.base}state"
+
+    @property
+    def lease(self) -> str:
+        """The string naming the partition's owner (its fencing token), with a TTL."""
+        return f"{self.base}lease"
+
+    @property
+    def dead(self) -> str:
+        """The stream of the partition's dead letters."""
+        return f"{self.base}dead"
 
 
 @attrs.frozen

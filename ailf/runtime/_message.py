@@ -74,6 +74,8 @@ class Message(Generic[BodyT]):
     headers: dict[str, str] = attrs.field(factory=dict)
     reply_to: str | None = attrs.field(default=None, repr=False)
     correlation: str | None = attrs.field(default=None, repr=False)
+    #: The entity a message to a keyed agent is for (``"user-42"``); None otherwise.
+    key: str | None = None
 
     @property
     def is_request(self) -> bool:
@@ -102,7 +104,8 @@ class DeadLetter:
     when it could not be decoded), ``envelope`` the original entry as JSON text,
     ``reason`` why it was given up, ``error_type``/``error_message`` the last handler
     exception (empty when there was none), ``failed_at`` seconds since the epoch, and
-    ``dead_letter_id`` the entry's id in the dead-letter stream (to XDEL it).
+    ``dead_letter_id`` the entry's id in the dead-letter stream (to XDEL it), and
+    ``key`` the key a keyed agent's message was for (None otherwise).
     """
 
     id: str
@@ -114,6 +117,7 @@ class DeadLetter:
     envelope: str
     failed_at: float
     dead_letter_id: str = ""
+    key: str | None = None
 
     @classmethod
     def from_entry(cls, dead_letter_id: str, fields: dict[str, Any]) -> DeadLetter:
@@ -137,8 +141,10 @@ class DeadLetter:
             return value if math.isfinite(value) else 0.0
 
         envelope = text(ENVELOPE_FIELD)
+        key = None
         try:
-            body = decode_envelope(envelope).body
+            message = decode_envelope(envelope)
+            body, key = message.body, message.key
         except DecodeError:
             body = envelope
         return cls(
@@ -151,6 +157,7 @@ class DeadLetter:
             envelope=envelope,
             failed_at=number("failed_at"),
             dead_letter_id=dead_letter_id,
+            key=key,
         )
 
 
@@ -164,6 +171,7 @@ def encode_envelope(
     topic: str | None = None,
     message_id: str | None = None,
     max_size: int | None = None,
+    key: str | None = None,
 ) -> str:
     """The envelope JSON text for a body; :class:`MessageTooLarge` past ``max_size`` bytes."""
     data, tag = encode_body(body)
@@ -184,6 +192,8 @@ def encode_envelope(
         envelope["correlation"] = correlation
     if headers:
         envelope["headers"] = headers
+    if key is not None:
+        envelope["key"] = key
     if topic is not None:
         envelope["topic"] = topic
         envelope["id"] = message_id
@@ -219,7 +229,7 @@ def _optional_str(envelope: dict[str, Any], key: str) -> str | None:
     return value
 
 
-_STRING_FIELDS = ("type", "sender", "topic", "reply_to", "correlation", "id")
+_STRING_FIELDS = ("type", "sender", "topic", "reply_to", "correlation", "id", "key")
 
 
 def _parse(text: Any) -> dict[str, Any]:
@@ -264,6 +274,7 @@ def decode_envelope(
         reply_to = get("reply_to")
         correlation = get("correlation")
         own_id = get("id")
+        key = get("key")
         headers = get("headers")
         sent_at = get("sent_at", 0.0)
         if (
@@ -274,6 +285,7 @@ def decode_envelope(
             or (correlation is not None and type(correlation) is not str)
             or (reply_to is not None and (type(reply_to) is not str or correlation is None))
             or (own_id is not None and type(own_id) is not str)
+            or (key is not None and type(key) is not str)
             or (headers is not None and not _is_headers(headers))
             or not ((type(sent_at) is float or type(sent_at) is int) and -1e15 < sent_at < 1e15)
         ):
@@ -288,6 +300,7 @@ def decode_envelope(
             headers=headers if headers is not None else {},
             reply_to=reply_to,
             correlation=correlation,
+            key=key,
         )
     except DecodeError:
         raise

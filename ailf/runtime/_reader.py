@@ -149,7 +149,7 @@ class MailboxReader:
         place = _Place(binding)
         if binding.stream not in self._seen:
             self._seen.add(binding.stream)
-            place.backlog = False
+            place.backlog = binding.owned
         place.next_maintenance = now + random.uniform(1, 2) * _upkeep_interval(binding)
         self._schedule_claim(place, now + random.uniform(0, binding.claim_idle / 2))
         self._places[binding.stream] = place
@@ -399,6 +399,17 @@ class MailboxReader:
             return
         binding = place.binding
         stream = binding.stream
+        if not binding.owned:
+            await self._claim_stale(place, now)
+        if place.next_maintenance <= now:
+            place.next_maintenance = now + _upkeep_interval(binding)
+            await upkeep(self.client, stream, self.consumer, self.settings.stale_consumer_after)
+
+    async def _claim_stale(self, place: _Place, now: float) -> None:
+        """Keep this consumer's held entries fresh, and claim those idle too long with
+        other consumers (presumably dead replicas)."""
+        binding = place.binding
+        stream = binding.stream
         fresh_before = now - binding.claim_idle / 3
         stale = [
             entry_id
@@ -428,9 +439,6 @@ class MailboxReader:
                 binding.claim_idle,
             )
             self._deliver(binding, fresh, now, await self._counts(stream, fresh))
-        if place.next_maintenance <= now:
-            place.next_maintenance = now + _upkeep_interval(binding)
-            await upkeep(self.client, stream, self.consumer, self.settings.stale_consumer_after)
 
     # -- what a hostile or broken Redis puts in the way ------------------------------
 

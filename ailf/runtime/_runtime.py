@@ -30,12 +30,13 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import sniffio
 import trio
 
 from ailf.clients._async_client import AsyncRedisClient
+from ailf.codec import loads
 from ailf.config import RedisConfig, given_or_from_env
 from ailf.errors import ConfigError, EscalationError, RedisError
 from ailf.runtime._acker import Acker
@@ -44,9 +45,16 @@ from ailf.runtime._agent import Agent
 from ailf.runtime._broadcast import BroadcastHub, ReplyInbox
 from ailf.runtime._cell import Cell
 from ailf.runtime._host import HostContext
+from ailf.runtime._keyed import KeyedHost
 from ailf.runtime._keys import Keys, check_name
 from ailf.runtime._mailbox import busy, delete_idle_consumers, open_mailbox
 from ailf.runtime._message import ENVELOPE_FIELD, DeadLetter, encode_envelope
+from ailf.runtime._partitions import (
+    DEFAULT_PARTITIONS,
+    check_key,
+    check_partitions,
+    partition_of,
+)
 from ailf.runtime._reader import MailboxReader
 from ailf.runtime._reader_pool import ReaderPool
 from ailf.runtime._registry import (
@@ -60,12 +68,15 @@ from ailf.runtime._registry import (
 )
 from ailf.runtime._settings import MailboxSettings, check_setting
 from ailf.runtime._spawn import SpawnSpec, spawn_spec
+from ailf.runtime._state import load_state
 from ailf.runtime._statistics import AgentStatistics, Counters
 from ailf.runtime._supervisor import Supervisor, unwrap
 
 __all__ = ["Runtime"]
 
 log = logging.getLogger("ailf.runtime")
+
+T = TypeVar("T")
 
 
 class Runtime:
@@ -149,6 +160,10 @@ class Runtime:
         self._readers: ReaderPool
         self._host_context: HostContext
         self._specs: dict[str, SpawnSpec] = {}
+        #: Keyed agents hosted here, by name.
+        self._keyed: dict[str, KeyedHost] = {}
+        #: Keyed agent name -> its number of partitions, as read from Redis.
+        self._partition_counts: dict[str, int] = {}
         self._counters: dict[str, Counters] = {}
         self._replica_numbers: dict[str, itertools.count[int]] = {}
         self._agents: trio.Nursery | None = None
@@ -280,6 +295,8 @@ class Runtime:
         self._heartbeat.stop()
         self._readers.stop()
         self._supervisor.stop_all()
+        for keyed in self._keyed.values():
+            keyed.request_stop()
 
     async def _leave(self) -> None:
         """After the agents stopped: send the last acks, drop idle consumers, unregister."""
@@ -372,6 +389,8 @@ class Runtime:
         claim_idle: float | None = None,
         concurrency: int | None = None,
         first_replica: int | None = None,
+        keyed: bool = False,
+        partitions: int | None = None,
     ) -> None:
         """Start ``replicas`` instances of ``agent_cls`` reading the mailbox ``name``.
 
@@ -391,6 +410,13 @@ class Runtime:
         Raises :class:`~ailf.errors.ResponseError` (code ``NOPERM``) when Redis refuses
         to subscribe one of the topics (the ACL user has no rights on that channel):
         then no instance was started, and the runtime goes on.
+
+        ``keyed=True`` makes a keyed agent: one instance per key (``send(name, body,
+        key="user-42")``), activated on a key's first message and passivated when idle,
+        each key's messages handled in order, one at a time, in whichever process holds
+        the key's partition (see docs/concepts.md#keyed-agents). Then ``replicas`` is how
+        many keys this process handles at once, and ``partitions`` (default 64, fixed by
+        the first spawn or send) how many partitions the keys are spread over.
         """
         if self._agents is None or self.stopping:
             raise RuntimeError("spawn() works inside `async with Runtime(...)`, before it stops")
@@ -403,8 +429,20 @@ class Runtime:
             claim_idle=claim_idle,
             concurrency=concurrency,
             first_replica=first_replica,
+            keyed=keyed,
         )
         name = spec.name
+        if keyed:
+            await self._spawn_keyed(spec, replicas, partitions)
+            return
+        if partitions is not None:
+            raise ConfigError(f"spawn({name!r}): partitions= is for keyed agents (keyed=True)")
+        if name in self._partition_counts or await self.client.exists(self.keys.agent(name)):
+            raise ConfigError(
+                f"spawn({name!r}): {name!r} is a keyed agent in namespace"
+                f" {self.namespace!r} ({self.keys.agent(name)} exists); spawn it with"
+                " keyed=True, or use another name"
+            )
         known = self._specs.get(name)
         if known is not None and known.agent_cls is not agent_cls:
             raise ConfigError(
@@ -442,6 +480,92 @@ class Runtime:
         )
         self._heartbeat.announce()  # other processes (`ailf status`) see the replicas at once
 
+    async def _spawn_keyed(self, spec: SpawnSpec, workers: int, partitions: int | None) -> None:
+        name = spec.name
+        if name in self._specs:
+            raise ConfigError(
+                f"spawn({name!r}): this runtime already runs {name!r}; a keyed agent is"
+                " spawned once per process (replicas= sets how many keys run at once)"
+            )
+        count = await self._partitions(name, partitions, create=True)
+        assert count is not None
+        self._specs[name] = spec
+        counters = self.counters_for(name)
+        reader = await self._readers.take(name)
+        keyed = KeyedHost(
+            self._host_context,
+            spec,
+            reader,
+            counters,
+            partitions=count,
+            workers=workers,
+            member=self.process_id,
+        )
+        self._keyed[name] = keyed
+        counters.replicas += workers
+        assert self._agents is not None
+        await self._agents.start(keyed.run)
+        log.info(
+            "spawned keyed agent %s as %r: %d partitions, %d key(s) at once here, holding"
+            " %d partition(s) now",
+            spec.agent_cls.__qualname__,
+            name,
+            count,
+            workers,
+            len(keyed.owned),
+        )
+        self._heartbeat.announce()
+
+    async def _partitions(
+        self, name: str, wanted: int | None = None, *, create: bool = False
+    ) -> int | None:
+        """How many partitions keyed agent ``name`` has (None: it is not keyed).
+
+        Stored in the agent's descriptor hash by the first spawn or keyed send
+        (``create``), so that every process maps a key to the same partition; a spawn
+        asking for another number is refused, since that would move keys between
+        partitions under running hosts.
+        """
+        if wanted is not None:
+            wanted = check_partitions(name, wanted)
+        count = self._partition_counts.get(name)
+        if count is None:
+            descriptor = self.keys.agent(name)
+            if create:
+                await self.client.execute_command(
+                    "HSETNX", descriptor, "partitions", wanted or DEFAULT_PARTITIONS
+                )
+            stored = await self.client.hget(descriptor, "partitions")
+            if stored is None:
+                return None
+            try:
+                count = check_partitions(name, int(stored))
+            except (ValueError, ConfigError):
+                raise ConfigError(
+                    f"agent {name!r}: {descriptor} field 'partitions' holds {stored!r}, not a"
+                    " number of partitions; delete the key (DEL) to start the agent afresh"
+                ) from None
+            self._partition_counts[name] = count
+        if wanted is not None and wanted != count:
+            raise ConfigError(
+                f"spawn({name!r}): the agent has {count} partitions in namespace"
+                f" {self.namespace!r}, not {wanted}; the number is fixed by the first spawn"
+                " or send"
+            )
+        return count
+
+    async def _keyed_stream(self, to: str, key: Any) -> tuple[str, str]:
+        """The partition mailbox of ``key`` of keyed agent ``to``, and the key checked."""
+        key = check_key(to, key)
+        count = await self._partitions(to, create=True)
+        assert count is not None
+        return self.keys.partition(to, partition_of(key, count)).mailbox, key
+
+    def _named_stream(self, to: str) -> str:
+        if to in self._partition_counts:
+            raise ConfigError(f"{to!r} is a keyed agent: say which key, e.g. key='user-42'")
+        return self.keys.mailbox(to)
+
     async def _replica(
         self,
         spec: SpawnSpec,
@@ -471,17 +595,27 @@ class Runtime:
         *,
         sender: str | None = None,
         headers: dict[str, str] | None = None,
+        key: str | None = None,
     ) -> str:
         """Add a message to agent ``to``'s mailbox; returns its stream entry id.
 
         The agent need not run yet: its mailbox keeps the message until it does (up to
         ``mailbox_maxlen``). Raises MessageTooLarge past ``max_message_size``, and
         MailboxFull when the mailbox stayed at ``mailbox_limit`` for ``send_timeout``.
+        For a keyed agent, ``key`` says which entity the message is for.
         """
+        check_name("agent", to)
+        if key is None:
+            stream = self._named_stream(to)
+        else:
+            stream, key = await self._keyed_stream(to, key)
         text = encode_envelope(
-            body, sender=sender, headers=headers, max_size=self.settings.max_message_size
+            body,
+            sender=sender,
+            headers=headers,
+            max_size=self.settings.max_message_size,
+            key=key,
         )
-        stream = self.keys.mailbox(check_name("agent", to))
         await self.gate.admit(self.client, stream)
         entry_id: str = await self.client.xadd(
             stream,
@@ -499,8 +633,10 @@ class Runtime:
         *,
         sender: str | None = None,
         headers: dict[str, str] | None = None,
+        key: str | None = None,
     ) -> Any:
-        """Send a request and return the handler's return value.
+        """Send a request and return the handler's return value (for a keyed agent, the
+        handler of ``key``).
 
         ``timeout`` is a finite number of seconds > 0 (:class:`~ailf.errors.ConfigError`
         otherwise). Raises :class:`~ailf.errors.AskTimeout` (also a TimeoutError) naming
@@ -510,7 +646,11 @@ class Runtime:
         reply channel: if Redis refuses it (``NOPERM``), the ask raises that
         :class:`~ailf.errors.ResponseError` before sending, and the next ask tries again.
         """
-        stream = self.keys.mailbox(check_name("agent", to))
+        check_name("agent", to)
+        if key is None:
+            stream = self._named_stream(to)
+        else:
+            stream, key = await self._keyed_stream(to, key)
         number = isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
         if not (number and 0 < timeout < math.inf):
             raise ConfigError(f"ask({to!r}): timeout must be seconds > 0, not {timeout!r}")
@@ -524,6 +664,7 @@ class Runtime:
                 reply_to=self._inbox.channel,
                 correlation=correlation,
                 max_size=max_size,
+                key=key,
             )
             await self.client.xadd(
                 stream, {ENVELOPE_FIELD: text}, maxlen=self.settings.mailbox_maxlen
@@ -549,10 +690,56 @@ class Runtime:
         receivers: int = await self.client.publish(self.keys.topic(topic), text)
         return receivers
 
-    async def dead_letters(self, name: str, count: int = 100) -> list[DeadLetter]:
-        """The oldest ``count`` dead letters of agent ``name``, oldest first."""
-        entries = await self.client.xrange(self.keys.dead(check_name("agent", name)), count=count)
-        return [DeadLetter.from_entry(dead_id, fields) for dead_id, fields in entries]
+    async def dead_letters(
+        self, name: str, count: int = 100, *, key: str | None = None
+    ) -> list[DeadLetter]:
+        """The oldest ``count`` dead letters of agent ``name``, oldest first; for a keyed
+        agent, of every key, or of ``key`` only."""
+        check_name("agent", name)
+        partitions = await self._partitions(name)
+        if partitions is None:
+            entries = await self.client.xrange(self.keys.dead(name), count=count)
+            return [DeadLetter.from_entry(dead_id, fields) for dead_id, fields in entries]
+        numbers = range(partitions)
+        if key is not None:
+            first = partition_of(check_key(name, key), partitions)
+            numbers = range(first, first + 1)
+        pipe = self.client.pipeline(transaction=False)
+        for number in numbers:
+            pipe.xrange(self.keys.partition(name, number).dead, count=count)
+        letters = [
+            DeadLetter.from_entry(dead_id, fields)
+            for entries in await pipe.execute()
+            for dead_id, fields in entries
+        ]
+        if key is not None:
+            letters = [letter for letter in letters if letter.key == key]
+        letters.sort(key=lambda letter: (letter.failed_at, letter.dead_letter_id))
+        return letters[:count]
+
+    async def state(self, name: str, key: str, state_type: type[T] | None = None) -> Any:
+        """The state keyed agent ``name`` saved for ``key``: a dict of its fields (an
+        instance of ``state_type`` if given), or None if nothing was saved.
+
+        It is the state as of the last message whose handling committed; an instance
+        handling a message now may hold a newer one in memory.
+        """
+        check_name("agent", name)
+        key = check_key(name, key)
+        partitions = await self._partitions(name)
+        if partitions is None:
+            raise ConfigError(
+                f"state({name!r}): {name!r} is not a keyed agent in namespace"
+                f" {self.namespace!r} (no {self.keys.agent(name)})"
+            )
+        text = await self.client.hget(
+            self.keys.partition(name, partition_of(key, partitions)).state, key
+        )
+        if text is None:
+            return None
+        if state_type is not None:
+            return load_state(state_type, text, log)
+        return loads(text)
 
     # -- observing ------------------------------------------------------------------
 
@@ -619,14 +806,26 @@ class Runtime:
     async def _busy(self, names: list[str]) -> dict[str, str]:
         found: dict[str, str] = {}
         local = {cell.spec.name for cell in self.cells if cell.busy()}
+        local.update(name for name, keyed in self._keyed.items() if keyed.busy())
+        streams: dict[str, list[str]] = {}
         for name in names:
-            stream = self.keys.mailbox(name)
+            count = self._partition_counts.get(name)
+            if count is None:
+                streams[name] = [self.keys.mailbox(name)]
+            else:
+                streams[name] = [self.keys.partition(name, p).mailbox for p in range(count)]
+        for name in names:
             if name in local:
                 found[name] = "handling here"
-            elif self.acker.busy(stream) or self._readers.retries_pending(stream):
+            elif any(
+                self.acker.busy(stream) or self._readers.retries_pending(stream)
+                for stream in streams[name]
+            ):
                 found[name] = "acks or retries due here"
-        remaining = {self.keys.mailbox(name): name for name in names if name not in found}
+        remaining = {
+            stream: name for name in names if name not in found for stream in streams[name]
+        }
         if remaining:
             for stream, why in (await busy(self.client, list(remaining))).items():
-                found[remaining[stream]] = why
+                found.setdefault(remaining[stream], why)
         return found

@@ -45,14 +45,16 @@ from ailf.runtime._keys import GROUP
 from ailf.runtime._message import (
     ENVELOPE_FIELD,
     Message,
+    decode_envelope,
     encode_reply,
     error_text,
     kept_envelope,
+    too_large,
     wire_text,
 )
 from ailf.runtime._statistics import Counters
 
-__all__ = ["Binding", "Delivery", "Settler"]
+__all__ = ["Binding", "Delivery", "Refused", "Settler", "vet"]
 
 #: How many failed dead-letter writes a settler remembers the reasons of.
 _UNWRITTEN_LIMIT = 1024
@@ -65,6 +67,8 @@ class Binding:
 
     stream: str
     agent: str
+    #: The stream its dead letters go to.
+    dead: str
     claim_idle: float
     max_deliveries: int
     #: Queues an entry to the instance (never blocks).
@@ -77,6 +81,10 @@ class Binding:
     retrying: set[str] = attrs.field(factory=set)
     #: False once the instance stopped taking entries.
     active: bool = True
+    #: True for a keyed agent's partition: read by its lease holder alone, so never
+    #: claimed from other consumers, and its pending entries are read first on binding
+    #: (the holder claimed them from the previous one).
+    owned: bool = False
 
 
 @attrs.frozen
@@ -87,6 +95,37 @@ class Delivery:
     id: str
     fields: dict[str, Any]
     delivery_count: int
+
+
+class Refused(Exception):
+    """A mailbox entry the handler may not see; the text says why."""
+
+
+def vet(delivery: Delivery, host: HostContext, max_deliveries: int) -> Message[Any]:
+    """The entry as a message for the handler; :class:`Refused` says why it is not one
+    the handler may see (it then goes to the dead letters, unhandled)."""
+    raw = delivery.fields.get(ENVELOPE_FIELD)
+    limit = host.settings.max_message_size
+    if isinstance(raw, str) and too_large(raw, limit):
+        raise Refused(f"envelope larger than max_message_size={limit}")
+    try:
+        message = decode_envelope(
+            raw, message_id=delivery.id, delivery_count=delivery.delivery_count
+        )
+    except DecodeError as exc:
+        raise Refused(f"undecodable: {exc}") from None
+    keys = host.keys
+    if message.reply_to is not None and not keys.is_reply(message.reply_to):
+        raise Refused(
+            f"refused: reply_to {message.reply_to[:120]!r} is not a reply inbox of"
+            f" namespace {keys.namespace!r} (a channel {keys.reply('...')!r})"
+        )
+    if delivery.delivery_count > max_deliveries:
+        raise Refused(
+            f"delivered {delivery.delivery_count} times (max_deliveries={max_deliveries})"
+            " without its handler finishing: the process handling it died or was stopped"
+        )
+    return message
 
 
 class Settler:
@@ -100,7 +139,6 @@ class Settler:
         self._client = host.client
         self._acker = host.acker
         self._settings = host.settings
-        self._keys = host.keys
         self._consumer = consumer
         self._wake = wake
         #: (due, sequence, delivery, backoff) of each retry, soonest first.
@@ -189,7 +227,7 @@ class Settler:
         token = current_message_id.set(delivery.id)
         try:
             await self._client.xadd(
-                self._keys.dead(binding.agent),
+                binding.dead,
                 fields,
                 maxlen=self._settings.dead_letter_maxlen,
             )

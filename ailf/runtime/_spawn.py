@@ -16,6 +16,7 @@ from ailf.codec import message_type
 from ailf.errors import ConfigError
 from ailf.runtime._agent import Agent, body_types, check_agent_class, structure_options
 from ailf.runtime._keys import check_name
+from ailf.runtime._state import check_state_type
 
 __all__ = ["SpawnSpec", "spawn_spec"]
 
@@ -30,6 +31,8 @@ class SpawnSpec:
     topics: tuple[str, ...]
     claim_idle: float
     concurrency: int
+    #: One instance per key, activated on demand (see ailf/runtime/_keyed.py).
+    keyed: bool = False
 
 
 def spawn_spec(
@@ -42,6 +45,7 @@ def spawn_spec(
     claim_idle: Any,
     concurrency: Any,
     first_replica: Any,
+    keyed: Any = False,
 ) -> SpawnSpec:
     """Check ``spawn()``'s arguments (see ``Runtime.spawn``) and register the classes
     the handler's annotation names as message types; the spec to run."""
@@ -64,6 +68,33 @@ def spawn_spec(
     all_topics = tuple(dict.fromkeys((*agent_cls.topics, *topics)))
     for topic in all_topics:
         check_name("topic", topic)
+    if not isinstance(keyed, bool):
+        raise ConfigError(f"spawn({name!r}): keyed must be True or False, not {keyed!r}")
+    owner = agent_cls.__qualname__
+    state_type = check_state_type(owner, agent_cls.state_type)
+    if keyed:
+        if all_topics:
+            raise ConfigError(
+                f"spawn({name!r}): a keyed agent hears no broadcast topics (its instances"
+                f" come and go with their keys); got {', '.join(all_topics)}"
+            )
+        if parallel != 1:
+            raise ConfigError(
+                f"spawn({name!r}): a keyed agent handles one message per key at a time;"
+                " use replicas= for how many keys run at once, not concurrency"
+            )
+        for attr in ("passivate_after",):
+            value = getattr(agent_cls, attr)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(f"{owner}.{attr}: expected seconds > 0, got {value!r}")
+        active = agent_cls.max_active_keys
+        if isinstance(active, bool) or not isinstance(active, int) or active < 1:
+            raise ConfigError(f"{owner}.max_active_keys: expected an integer >= 1, got {active!r}")
+    elif state_type is not None:
+        raise ConfigError(
+            f"spawn({name!r}): {owner} has a state_type, which only keyed agents keep;"
+            " spawn it with keyed=True"
+        )
     return SpawnSpec(
         agent_cls=agent_cls,
         name=name,
@@ -71,4 +102,5 @@ def spawn_spec(
         topics=all_topics,
         claim_idle=float(claim),
         concurrency=parallel,
+        keyed=keyed,
     )
