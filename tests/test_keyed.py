@@ -221,7 +221,7 @@ async def test_mistakes_get_clear_errors(redis_config: RedisConfig) -> None:
             with pytest.raises(ConfigError, match="has 8 partitions"):
                 await elsewhere.spawn(Assistant, name="assistant", keyed=True, partitions=3)
         with pytest.raises(ConfigError, match="is a keyed agent"):
-            await runtime.spawn(Assistant, name="assistant")
+            await runtime.spawn(Agent, name="assistant")
         with pytest.raises(ConfigError, match="hears no broadcast"):
             await runtime.spawn(Topical, keyed=True)
         with pytest.raises(ConfigError, match="only keyed agents"):
