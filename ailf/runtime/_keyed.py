@@ -28,6 +28,7 @@ keyed agent:
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import OrderedDict, deque
 from typing import Any
@@ -338,6 +339,7 @@ class KeyedHost:
     def _lose(self, part: _Partition) -> None:
         """The lease is gone (or may be): stop at once; what is pending stays for the
         next holder, and in-flight commits fail on the token."""
+        part.valid_until = -math.inf
         self._forget(part)
         for key in [k for k in self._active if self._partition(k) == part.number]:
             self.passivate_soon(key)
@@ -615,7 +617,7 @@ class KeyedHost:
                 reply = encode_reply(message.correlation, error=exc, agent=self.name)
         args = [part.token, GROUP, delivery.id, key, change, text or "", channel, reply]
         failures = 0
-        while trio.current_time() < part.valid_until and binding.active:
+        while trio.current_time() < part.valid_until:
             try:
                 committed = await COMMIT(
                     self._client, [part.keys.lease, part.keys.state, binding.stream], args

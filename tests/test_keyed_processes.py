@@ -1,0 +1,119 @@
+"""Keyed agents over real processes: a SIGKILLed holder's keys are taken over, in order,
+with no message lost and no state change doubled; a host joining or leaving hands
+partitions over; never two live handlers of one key at once.
+
+Children run ``tests/keyed_child.py``: a ``Ledger`` agent appends each body to its key's
+state and records every handling in the Redis list ``handled``.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import redis
+import trio
+from runtime_helpers import ready
+
+from ailf import RedisConfig, Runtime
+
+CHILD = Path(__file__).with_name("keyed_child.py")
+KEYS = [f"user-{n}" for n in range(24)]
+MESSAGES = 25
+
+
+@contextmanager
+def host(config: RedisConfig, lease: float = 1.5) -> Iterator[subprocess.Popen[str]]:
+    url = f"redis://127.0.0.1:{config.port}/0"
+    process = subprocess.Popen(
+        [sys.executable, str(CHILD), url, "kp", str(lease)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+def handled(config: RedisConfig) -> list[list]:
+    raw = redis.Redis(host="127.0.0.1", port=config.port, decode_responses=True)
+    return [json.loads(line) for line in raw.lrange("handled", 0, -1)]
+
+
+async def send_all(runtime: Runtime, pause: float = 0.0) -> None:
+    for body in range(MESSAGES):
+        for key in KEYS:
+            await runtime.send("ledger", body, key=key)
+        await trio.sleep(pause)
+
+
+async def check_every_state(runtime: Runtime, timeout: float) -> None:
+    """Every key's state holds every body once, in send order."""
+    with trio.fail_after(timeout):
+        while True:
+            states = [await runtime.state("ledger", key) for key in KEYS]
+            if all(state and len(state["bodies"]) >= MESSAGES for state in states):
+                break
+            await trio.sleep(0.1)
+    for key, state in zip(KEYS, states, strict=True):
+        assert state == {"bodies": list(range(MESSAGES))}, key
+
+
+def check_one_handler_per_key(config: RedisConfig) -> None:
+    """For each key: handlings never overlap in time, and bodies come in order except
+    where a handling was repeated after its holder died (then it starts over from the
+    first message the dead holder had not committed)."""
+    by_key: dict[str, list[list]] = {}
+    for line in handled(config):
+        by_key.setdefault(line[0], []).append(line)
+    for key, lines in by_key.items():
+        lines.sort(key=lambda line: line[3])
+        for before, after in zip(lines, lines[1:], strict=False):
+            assert before[4] <= after[3] + 0.001, f"{key}: two handlers at once: {before} {after}"
+        bodies = [line[1] for line in lines]
+        assert sorted(set(bodies)) == list(range(MESSAGES)), key
+
+
+async def test_a_sigkilled_holder_is_taken_over_in_order_without_loss(
+    redis_config: RedisConfig,
+) -> None:
+    with host(redis_config) as first, host(redis_config) as second:
+        await ready(first)
+        await ready(second)
+        async with Runtime(redis_config, namespace="kp") as runtime:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_all, runtime, 0.02)
+                with trio.fail_after(20):
+                    while len(handled(redis_config)) < len(KEYS) * 5:
+                        await trio.sleep(0.02)
+                first.send_signal(signal.SIGKILL)
+            await check_every_state(runtime, timeout=30)
+    check_one_handler_per_key(redis_config)
+    pids = {line[2] for line in handled(redis_config)}
+    assert len(pids) == 2
+
+
+async def test_hosts_joining_and_leaving_hand_partitions_over(redis_config: RedisConfig) -> None:
+    with host(redis_config) as first:
+        await ready(first)
+        async with Runtime(redis_config, namespace="kp") as runtime:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_all, runtime, 0.03)
+                with host(redis_config) as second:
+                    await ready(second)
+                    await trio.sleep(1.5)
+                    second.send_signal(signal.SIGTERM)  # graceful: gives its partitions back
+                    assert second.wait(timeout=15) == 0
+            await check_every_state(runtime, timeout=30)
+    check_one_handler_per_key(redis_config)
+    lines = handled(redis_config)
+    assert len({line[2] for line in lines}) == 2, "the second host took no partition"
+    assert len(lines) == len(KEYS) * MESSAGES, "a graceful handover repeated a message"
