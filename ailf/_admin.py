@@ -109,6 +109,7 @@ def send(
     count: int = 1,
     *,
     warn: Warn | None = None,
+    key: str | None = None,
 ) -> list[str]:
     """Add ``body`` to ``agent``'s mailbox ``count`` times; the new entry ids.
 
@@ -118,7 +119,7 @@ def send(
     async def go() -> list[str]:
         async with Runtime(config, namespace=namespace) as client:
             await _warn_if_never_ran(client, agent, warn)
-            return [await client.send(agent, body) for _ in range(count)]
+            return [await client.send(agent, body, key=key) for _ in range(count)]
 
     return _run(go)
 
@@ -131,6 +132,7 @@ def ask(
     timeout: float,
     *,
     warn: Warn | None = None,
+    key: str | None = None,
 ) -> Any:
     """Ask ``agent`` and return its reply; raises the runtime's timeout or remote error.
 
@@ -140,7 +142,7 @@ def ask(
     async def go() -> Any:
         async with Runtime(config, namespace=namespace) as client:
             await _warn_if_never_ran(client, agent, warn)
-            return await client.ask(agent, body, timeout=timeout)
+            return await client.ask(agent, body, timeout=timeout, key=key)
 
     return _run(go)
 
@@ -181,7 +183,9 @@ async def _agent_names(
         if exc.code != "NOPERM":
             raise
         return names, False
-    names.update(key.name for key in found if key is not None and key.kind in ("mailbox", "dead"))
+    names.update(
+        key.name for key in found if key is not None and key.kind in ("mailbox", "dead", "agent")
+    )
     return names, True
 
 
@@ -443,9 +447,9 @@ def describe_dead_letter(letter: DeadLetter) -> str:
 
 
 async def _read_letters(
-    client: Runtime, agent: str, count: int, ids: list[str] | None
+    client: Runtime, agent: str, count: int, ids: list[str] | None, key: str | None = None
 ) -> list[DeadLetter]:
-    letters = await client.dead_letters(agent, count=count)
+    letters = await client.dead_letters(agent, count=count, key=key)
     if ids:
         wanted = set(ids)
         letters = [x for x in letters if x.id in wanted or x.dead_letter_id in wanted]
@@ -459,14 +463,26 @@ def dead_letters(
     *,
     count: int = 100,
     ids: list[str] | None = None,
+    key: str | None = None,
 ) -> list[DeadLetter]:
     """An agent's dead letters, oldest first (only ``ids`` when given: dead-letter ids,
-    or the original message ids)."""
+    or the original message ids; for a keyed agent, only ``key``'s when given)."""
     check_name("agent", agent)
 
     async def go() -> list[DeadLetter]:
         async with Runtime(config, namespace=namespace) as client:
-            return await _read_letters(client, agent, count if not ids else 1_000_000, ids)
+            return await _read_letters(client, agent, count if not ids else 1_000_000, ids, key)
+
+    return _run(go)
+
+
+def state(config: RedisConfig, namespace: str, agent: str, key: str) -> Any:
+    """What keyed agent ``agent`` saved for ``key`` (None: nothing yet)."""
+    check_name("agent", agent)
+
+    async def go() -> Any:
+        async with Runtime(config, namespace=namespace) as runtime:
+            return await runtime.state(agent, key)
 
     return _run(go)
 
@@ -491,13 +507,13 @@ def redrive(config: RedisConfig, namespace: str, agent: str, ids: list[str]) -> 
     check_name("agent", agent)
 
     async def go() -> list[str]:
-        keys = Keys(namespace)
         moved = []
         async with Runtime(config, namespace=namespace) as runtime:
             for letter in await _read_letters(runtime, agent, 1_000_000, ids or None):
+                mailbox, dead = await runtime.streams_of(agent, letter.key)
                 pipe = runtime.client.pipeline(transaction=True)
-                pipe.xadd(keys.mailbox(agent), {ENVELOPE_FIELD: letter.envelope})
-                pipe.xdel(keys.dead(agent), letter.dead_letter_id)
+                pipe.xadd(mailbox, {ENVELOPE_FIELD: letter.envelope})
+                pipe.xdel(dead, letter.dead_letter_id)
                 new_id, _ = await pipe.execute()
                 moved.append(new_id)
         return moved
@@ -510,19 +526,20 @@ def purge(config: RedisConfig, namespace: str, agent: str, ids: list[str]) -> in
     check_name("agent", agent)
 
     async def go() -> int:
-        dead = Keys(namespace).dead(agent)
-        if not ids:
-            async with AsyncRedisClient(config) as client:
-                pipe = client.pipeline(transaction=True)
-                pipe.xlen(dead)
-                pipe.delete(dead)
-                count, _ = await pipe.execute()
-                return int(count)
         async with Runtime(config, namespace=namespace) as runtime:
-            letters = await _read_letters(runtime, agent, 1_000_000, ids)
-            if not letters:
-                return 0
-            deleted: int = await runtime.client.xdel(dead, *(x.dead_letter_id for x in letters))
+            if not ids:
+                deleted = 0
+                for dead in await runtime.dead_letter_streams(agent):
+                    pipe = runtime.client.pipeline(transaction=True)
+                    pipe.xlen(dead)
+                    pipe.delete(dead)
+                    count, _ = await pipe.execute()
+                    deleted += int(count)
+                return deleted
+            deleted = 0
+            for letter in await _read_letters(runtime, agent, 1_000_000, ids):
+                _, dead = await runtime.streams_of(agent, letter.key)
+                deleted += await runtime.client.xdel(dead, letter.dead_letter_id)
             return deleted
 
     return _run(go)

@@ -191,13 +191,21 @@ def _cmd_send(args: argparse.Namespace) -> int:
     if args.ask:
         reply = _body_errors_are_usage_errors(
             lambda: admin.ask(
-                config, args.namespace, args.agent, body, timeout=args.timeout, warn=_warn
+                config,
+                args.namespace,
+                args.agent,
+                body,
+                timeout=args.timeout,
+                warn=_warn,
+                key=args.key,
             )
         )
         _print_json(reply)
         return EXIT_OK
     ids = _body_errors_are_usage_errors(
-        lambda: admin.send(config, args.namespace, args.agent, body, count=args.count, warn=_warn)
+        lambda: admin.send(
+            config, args.namespace, args.agent, body, count=args.count, warn=_warn, key=args.key
+        )
     )
     if args.json:
         _print_json({"agent": args.agent, "ids": ids})
@@ -243,7 +251,9 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
 
     config = _redis_config(args)
     if args.action == "list":
-        letters = admin.dead_letters(config, args.namespace, args.agent, count=args.count)
+        letters = admin.dead_letters(
+            config, args.namespace, args.agent, count=args.count, key=args.key
+        )
         if args.json:
             _print_json([admin.dead_letter_json(letter) for letter in letters])
         else:
@@ -266,6 +276,21 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
     else:
         removed = admin.purge(config, args.namespace, args.agent, ids=args.ids)
         print(f"{count_of(removed, 'dead letter')} of {args.agent!r} deleted")
+    return EXIT_OK
+
+
+def _cmd_state(args: argparse.Namespace) -> int:
+    from ailf import _admin as admin
+
+    saved = admin.state(_redis_config(args), args.namespace, args.agent, args.key)
+    if saved is None:
+        print(
+            f"ailf: {args.agent!r} has saved no state for key {args.key!r} in namespace"
+            f" {args.namespace!r}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    _print_json(saved)
     return EXIT_OK
 
 
@@ -440,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("agent", help="the agent's name")
     send.add_argument("body", metavar="JSON", help="the message body as JSON ('-': stdin)")
     send.add_argument("--ask", action="store_true", help="wait for the reply and print it")
+    send.add_argument("--key", help="for a keyed agent: the key (entity) the message is for")
     send.add_argument("--timeout", type=_seconds, default=10.0, help="seconds to wait with --ask")
     send.add_argument(
         "--count", type=_positive_int, default=1, help="send the message this many times"
@@ -507,10 +533,25 @@ def build_parser() -> argparse.ArgumentParser:
         "ids", nargs="*", default=[], metavar="ID", help="dead-letter ids (default: all)"
     )
     dlq.add_argument("--count", type=_positive_int, default=100, help="list at most this many")
+    dlq.add_argument("--key", help="for a keyed agent: list only this key's dead letters")
     _add_namespace(dlq)
     _add_redis(dlq)
     _add_json(dlq, "the dead letters")
     dlq.set_defaults(handler=_cmd_dlq)
+
+    state = _command(
+        commands,
+        "state",
+        "print the state a keyed agent saved for one key",
+        "A keyed agent saves each key's state with the acknowledgement of every message it\n"
+        "handles; this prints the last saved one as JSON (exit 1 if there is none).",
+        "  ailf state assistant user-42 -n chat",
+    )
+    state.add_argument("agent", metavar="AGENT", help="the keyed agent's name")
+    state.add_argument("key", metavar="KEY", help="the key (entity)")
+    _add_namespace(state)
+    _add_redis(state)
+    state.set_defaults(handler=_cmd_state)
 
     reset = _command(
         commands,

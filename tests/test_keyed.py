@@ -103,7 +103,7 @@ async def test_keys_are_activated_on_demand_and_passivated_when_idle(
         await runtime.ask("assistant", {"text": "two"}, key="x")
         assert Assistant.events == [("start", "x")]
         with trio.fail_after(5):
-            while ("stop", "x") not in Assistant.events:
+            while ("stop", "x") not in Assistant.events:  # noqa: ASYNC110
                 await trio.sleep(0.05)
         reply = await runtime.ask("assistant", {"text": "three"}, key="x")
         assert reply["turns"] == 3  # the state came back from Redis

@@ -8,6 +8,7 @@ state and records every handling in the Redis list ``handled``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import subprocess
@@ -55,9 +56,9 @@ async def send_all(runtime: Runtime, pause: float = 0.0) -> None:
         await trio.sleep(pause)
 
 
-async def check_every_state(runtime: Runtime, timeout: float) -> None:
+async def check_every_state(runtime: Runtime, within: float) -> None:
     """Every key's state holds every body once, in send order."""
-    with trio.fail_after(timeout):
+    with trio.fail_after(within):
         while True:
             states = [await runtime.state("ledger", key) for key in KEYS]
             if all(state and len(state["bodies"]) >= MESSAGES for state in states):
@@ -76,7 +77,7 @@ def check_one_handler_per_key(config: RedisConfig) -> None:
         by_key.setdefault(line[0], []).append(line)
     for key, lines in by_key.items():
         lines.sort(key=lambda line: line[3])
-        for before, after in zip(lines, lines[1:], strict=False):
+        for before, after in itertools.pairwise(lines):
             assert before[4] <= after[3] + 0.001, f"{key}: two handlers at once: {before} {after}"
         bodies = [line[1] for line in lines]
         assert sorted(set(bodies)) == list(range(MESSAGES)), key
@@ -92,10 +93,10 @@ async def test_a_sigkilled_holder_is_taken_over_in_order_without_loss(
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(send_all, runtime, 0.02)
                 with trio.fail_after(20):
-                    while len(handled(redis_config)) < len(KEYS) * 5:
+                    while len(handled(redis_config)) < len(KEYS) * 5:  # noqa: ASYNC110
                         await trio.sleep(0.02)
                 first.send_signal(signal.SIGKILL)
-            await check_every_state(runtime, timeout=30)
+            await check_every_state(runtime, within=30)
     check_one_handler_per_key(redis_config)
     pids = {line[2] for line in handled(redis_config)}
     assert len(pids) == 2
@@ -112,7 +113,7 @@ async def test_hosts_joining_and_leaving_hand_partitions_over(redis_config: Redi
                     await trio.sleep(1.5)
                     second.send_signal(signal.SIGTERM)  # graceful: gives its partitions back
                     assert second.wait(timeout=15) == 0
-            await check_every_state(runtime, timeout=30)
+            await check_every_state(runtime, within=30)
     check_one_handler_per_key(redis_config)
     lines = handled(redis_config)
     assert len({line[2] for line in lines}) == 2, "the second host took no partition"

@@ -95,6 +95,25 @@ def test_work_queue_spreads_over_processes(redis: RedisServer) -> None:
     assert counters(summary, "collector")["processed"] == 300
 
 
+def test_keyed_assistants_remember_each_user(redis: RedisServer) -> None:
+    code, summary, _ = run_json("assistants", redis)
+    assert code == 0, summary["problems"]
+    assert summary["processes"] == 2
+    replies = {entry["body"]["text"]: entry["reply"] for entry in summary["replies"]}
+    assert replies["what did I say?"] == {
+        "user": "ada",
+        "turns": 2,
+        "said": ["hello", "what did I say?"],
+    }
+    assert replies["how many times?"]["turns"] == 6
+    state = ailf("state", "assistant", "grace", "-n", "assistants", "--redis", redis.url)
+    assert state.returncode == 0, state.stderr
+    assert json.loads(state.stdout) == {"turns": 1, "history": ["bonjour"]}
+    missing = ailf("state", "assistant", "nobody", "-n", "assistants", "--redis", redis.url)
+    assert missing.returncode == 1
+    assert "saved no state for key 'nobody'" in missing.stderr
+
+
 def test_word_count_matches_a_direct_count(redis: RedisServer) -> None:
     result = ailf("run", str(SCENARIOS / "word-count.toml"), "--redis", redis.url)
     assert result.returncode == 0, result.stderr

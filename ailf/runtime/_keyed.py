@@ -289,9 +289,7 @@ class KeyedHost:
         self._tokens += 1
         token = f"{self.member}/{self._tokens}"
         sent = trio.current_time()
-        taken = await self._client.set(
-            pkeys.lease, token, px=int(self.lease_time * 1000), nx=True
-        )
+        taken = await self._client.set(pkeys.lease, token, px=int(self.lease_time * 1000), nx=True)
         if not taken or self._closing:
             if taken:
                 await RELEASE(self._client, [pkeys.lease], [token])
@@ -566,9 +564,7 @@ class KeyedHost:
 
     async def _call(self, agent: Agent, message: Message[Any]) -> Any:
         if self._sync:
-            return await trio.to_thread.run_sync(
-                agent.on_message, message, abandon_on_cancel=True
-            )
+            return await trio.to_thread.run_sync(agent.on_message, message, abandon_on_cancel=True)
         return await agent.on_message(message)
 
     def _restore(self, activation: _Activation) -> None:
@@ -633,8 +629,7 @@ class KeyedHost:
                 return True
             break
         activation.agent.log.warning(
-            "partition %d: lease lost before the commit; the message is left to the next"
-            " holder",
+            "partition %d: lease lost before the commit; the message is left to the next holder",
             part.number,
         )
         if self._owned.get(part.number) is part:

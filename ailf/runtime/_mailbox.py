@@ -23,6 +23,7 @@ acknowledged, and deleting consumers that hold nothing.
 from __future__ import annotations
 
 import logging
+from functools import cmp_to_key
 from typing import Any
 
 import attrs
@@ -264,19 +265,48 @@ class MailboxReport:
 
 
 async def mailbox_report(client: AsyncRedisClient, keys: Keys, agent: str) -> MailboxReport:
-    """Agent ``agent``'s mailbox and dead letters, in one round trip."""
-    stream = keys.mailbox(agent)
+    """Agent ``agent``'s mailbox and dead letters (for a keyed agent, every partition's
+    added up), in two round trips."""
+    partitions = await client.hget(keys.agent(agent), "partitions")
+    if partitions is not None and str(partitions).isdigit():
+        pairs = [
+            (part.mailbox, part.dead)
+            for part in (keys.partition(agent, n) for n in range(int(partitions)))
+        ]
+    else:
+        pairs = [(keys.mailbox(agent), keys.dead(agent))]
     pipe = client.pipeline(transaction=False)
-    pipe.xlen(stream)
-    pipe.xlen(keys.dead(agent))
-    pipe.xinfo_groups(stream)
-    length, dead, groups = await pipe.execute(raise_on_error=False)
+    for stream, dead in pairs:
+        pipe.xlen(stream)
+        pipe.xlen(dead)
+        pipe.xinfo_groups(stream)
+    replies = await pipe.execute(raise_on_error=False)
+    total = dead_total = 0
     problem = None
-    if isinstance(length, ResponseError) and length.code == "WRONGTYPE":
-        problem = f"its key holds something else than a stream; nothing reads it (DEL {stream})"
+    found: list[Group] = []
+    for index, (stream, _) in enumerate(pairs):
+        length, dead, groups = replies[3 * index : 3 * index + 3]
+        if isinstance(length, ResponseError) and length.code == "WRONGTYPE":
+            problem = f"its key holds something else than a stream; nothing reads it (DEL {stream})"
+        total += length if isinstance(length, int) else 0
+        dead_total += dead if isinstance(dead, int) else 0
+        group = group_of(groups)
+        if group is not None:
+            found.append(group)
     return MailboxReport(
-        length=length if isinstance(length, int) else 0,
-        dead_letters=dead if isinstance(dead, int) else 0,
-        problem=problem,
-        group=group_of(groups),
+        length=total, dead_letters=dead_total, problem=problem, group=_sum_groups(found)
+    )
+
+
+def _sum_groups(groups: list[Group]) -> Group | None:
+    """One mailbox's group, or the partitions' groups added up."""
+    if len(groups) <= 1:
+        return groups[0] if groups else None
+    lags = [group.lag for group in groups]
+    reads = [group.entries_read for group in groups]
+    return Group(
+        pending=sum(group.pending for group in groups),
+        lag=None if None in lags else sum(lag for lag in lags if lag is not None),
+        last_delivered=max((group.last_delivered for group in groups), key=cmp_to_key(compare_ids)),
+        entries_read=None if None in reads else sum(r for r in reads if r is not None),
     )

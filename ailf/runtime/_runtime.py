@@ -696,17 +696,13 @@ class Runtime:
         """The oldest ``count`` dead letters of agent ``name``, oldest first; for a keyed
         agent, of every key, or of ``key`` only."""
         check_name("agent", name)
-        partitions = await self._partitions(name)
-        if partitions is None:
-            entries = await self.client.xrange(self.keys.dead(name), count=count)
-            return [DeadLetter.from_entry(dead_id, fields) for dead_id, fields in entries]
-        numbers = range(partitions)
-        if key is not None:
-            first = partition_of(check_key(name, key), partitions)
-            numbers = range(first, first + 1)
+        if key is None:
+            streams = await self.dead_letter_streams(name)
+        else:
+            streams = [(await self.streams_of(name, key))[1]]
         pipe = self.client.pipeline(transaction=False)
-        for number in numbers:
-            pipe.xrange(self.keys.partition(name, number).dead, count=count)
+        for stream in streams:
+            pipe.xrange(stream, count=count)
         letters = [
             DeadLetter.from_entry(dead_id, fields)
             for entries in await pipe.execute()
@@ -714,8 +710,30 @@ class Runtime:
         ]
         if key is not None:
             letters = [letter for letter in letters if letter.key == key]
-        letters.sort(key=lambda letter: (letter.failed_at, letter.dead_letter_id))
+        if len(streams) > 1:  # the partitions' letters merged by when they failed
+            letters.sort(key=lambda letter: (letter.failed_at, letter.dead_letter_id))
         return letters[:count]
+
+    async def dead_letter_streams(self, name: str) -> list[str]:
+        """The dead-letter streams of agent ``name``: one, or one per partition of a
+        keyed agent."""
+        partitions = await self._partitions(check_name("agent", name))
+        if partitions is None:
+            return [self.keys.dead(name)]
+        return [self.keys.partition(name, number).dead for number in range(partitions)]
+
+    async def streams_of(self, name: str, key: str | None = None) -> tuple[str, str]:
+        """The mailbox and dead-letter streams of agent ``name`` — for a keyed agent,
+        of ``key``'s partition (``ailf dlq redrive`` puts a dead letter back there)."""
+        check_name("agent", name)
+        if key is None:
+            return self._named_stream(name), self.keys.dead(name)
+        key = check_key(name, key)
+        partitions = await self._partitions(name)
+        if partitions is None:
+            raise ConfigError(f"{name!r} is not a keyed agent: it takes no key")
+        part = self.keys.partition(name, partition_of(key, partitions))
+        return part.mailbox, part.dead
 
     async def state(self, name: str, key: str, state_type: type[T] | None = None) -> Any:
         """The state keyed agent ``name`` saved for ``key``: a dict of its fields (an

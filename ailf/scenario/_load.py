@@ -301,6 +301,13 @@ def _check_agents(scenario: Scenario, raw: dict[str, Any]) -> tuple[list[str], s
             problems.append(
                 f"{path}.concurrency: expected an integer >= 1, found {spec.concurrency}"
             )
+        if spec.partitions is not None and not (spec.keyed and 1 <= spec.partitions <= 4096):
+            problems.append(
+                f"{path}.partitions: expected an integer from 1 to 4096 on a keyed agent"
+                f" (keyed = true), found {spec.partitions}"
+            )
+        if spec.keyed and spec.topics:
+            problems.append(f"{path}.topics: a keyed agent hears no broadcast topics")
         for position, topic in enumerate(spec.topics):
             problems += _check_name("topic", topic, f"{path}.topics[{position}]")
         topics.update(spec.topics)
@@ -342,8 +349,13 @@ def _runtime_option_problems(cls: type, options: dict[str, Any], path: str) -> l
 def _check_messages(scenario: Scenario, topics: set[str]) -> list[str]:
     problems: list[str] = []
     names = {agent.name for agent in scenario.agents}
+    keyed = {agent.name for agent in scenario.agents if agent.keyed}
     for index, message in enumerate(scenario.messages):
         path = f"messages[{index}]"
+        if message.to in keyed and not message.key:
+            problems.append(f"{path}.key: {_show(message.to)} is a keyed agent; say which key")
+        elif message.key is not None and message.to not in keyed:
+            problems.append(f"{path}.key: only messages to keyed agents (keyed = true) take a key")
         if (message.to is None) == (message.topic is None):
             problems.append(f'{path}: expected exactly one of to = "agent" or topic = "topic"')
         elif message.to is not None and message.to not in names:

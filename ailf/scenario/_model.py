@@ -69,6 +69,10 @@ class AgentSpec:
     options: dict[str, Any] = attrs.Factory(dict)
     claim_idle: float | None = None
     concurrency: int | None = None
+    #: One instance per key (docs/concepts.md#keyed-agents); ``replicas`` is then how
+    #: many keys run at once, over all the agent's processes.
+    keyed: bool = False
+    partitions: int | None = None
 
     def replicas_in(self, process: int) -> int:
         """How many of the replicas process number ``process`` hosts (0 if none)."""
@@ -90,11 +94,12 @@ class MessageSpec:
     Exactly one of ``to`` (an agent's mailbox) and ``topic`` (a broadcast) is set.
     ``delay`` waits that many seconds before sending (counted from the previous
     message); ``count`` sends the same body that many times. ``ask = true`` sends it as
-    a request and prints the reply.
+    a request and prints the reply. ``key`` addresses one key of a keyed agent.
     """
 
     body: Any = attrs.Factory(dict)
     to: str | None = None
+    key: str | None = None
     topic: str | None = None
     delay: float = 0.0
     count: int = 1

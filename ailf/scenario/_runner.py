@@ -36,7 +36,8 @@ import trio
 from ailf._admin import describe_dead_letter, leftovers
 from ailf._text import count_of
 from ailf.config import RedisConfig, RetryPolicy
-from ailf.errors import AilfError, ResponseError
+from ailf.errors import AilfError
+from ailf.runtime._mailbox import mailbox_report
 from ailf.runtime._runtime import Runtime
 from ailf.runtime._statistics import AgentStatistics
 from ailf.runtime._supervisor import unwrap
@@ -464,11 +465,11 @@ class ScenarioRun:
             if message.ask:
                 await self._ask(client, message.to, message)
             else:
-                await client.send(message.to, message.body)
+                await client.send(message.to, message.body, key=message.key)
 
     async def _ask(self, client: Runtime, to: str, message: MessageSpec) -> None:
         try:
-            reply = await client.ask(to, message.body, timeout=10)
+            reply = await client.ask(to, message.body, timeout=10, key=message.key)
         except AilfError as exc:
             error = f"{type(exc).__name__}: {exc}"
             entry = {"to": message.to, "body": message.body, "error": error}
@@ -517,11 +518,10 @@ class ScenarioRun:
 
 
 async def _has_had_entries(client: Runtime, agent: str) -> bool:
-    try:
-        info = await client.client.xinfo_stream(client.keys.mailbox(agent))
-    except ResponseError:  # no such stream yet
-        return False
-    return bool(info.get("last-generated-id", "0-0") != "0-0")
+    """Whether anything was ever added to ``agent``'s mailbox (any partition's, for a
+    keyed agent): it holds entries, or its group has read some."""
+    report = await mailbox_report(client.client, client.keys, agent)
+    return report.length > 0 or (report.group is not None and report.group.last_delivered != "0-0")
 
 
 def run_scenario(

@@ -102,7 +102,9 @@ async def _serve(scenario: Scenario, process: int, events: _Events) -> None:
                     topics=spec.topics,
                     claim_idle=spec.claim_idle,
                     concurrency=spec.concurrency,
-                    first_replica=spec.first_replica_in(process),
+                    first_replica=None if spec.keyed else spec.first_replica_in(process),
+                    keyed=spec.keyed,
+                    partitions=spec.partitions,
                 )
         events.emit("ready")
         # runtime.stop() — from the runner via stdin, or from an agent — cancels this
