@@ -85,17 +85,25 @@ def test_the_namespace_user_is_refused_everything_else(
         ("XRANGE", "ailf:other:mailbox:x", "-", "+"),
         ("PUBLISH", "ailf:other:topic:news", "hi"),
         ("SUBSCRIBE", "ailf:other:topic:news"),
-        ("SET", "ailf:shop:string", "not a command the runtime needs"),
+        ("SET", "ailf:other:lease", "keyed agents' leases are SET, in its own prefix only"),
+        ("INCR", "ailf:shop:counter"),
         ("KEYS", "*"),
         ("FLUSHALL",),
         ("CONFIG", "GET", "requirepass"),
         ("ACL", "LIST"),
-        ("EVAL", "return 1", "0"),
         ("SHUTDOWN",),
+    ]
+    # Keyed agents run scripts, which may touch only what the user may touch.
+    scripts: list[tuple[str, ...]] = [
+        ("EVAL", "return redis.call('GET', KEYS[1])", "1", "ailf:other:secret"),
+        ("EVAL", "return redis.call('GET', 'ailf:other:secret')", "0"),
     ]
     try:
         for command in refused:
             with pytest.raises(redis.exceptions.NoPermissionError):
+                user.execute_command(*command)
+        for command in scripts:
+            with pytest.raises(redis.exceptions.ResponseError, match="can't access|NOPERM"):
                 user.execute_command(*command)
         user.xadd("ailf:shop:mailbox:x", {"envelope": "{}"})  # its own prefix works
         assert user.publish("ailf:shop:topic:news", "hi") == 0
