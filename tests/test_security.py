@@ -103,7 +103,7 @@ def test_the_namespace_user_is_refused_everything_else(
             with pytest.raises(redis.exceptions.NoPermissionError):
                 user.execute_command(*command)
         for command in scripts:
-            with pytest.raises(redis.exceptions.ResponseError, match="can't access|NOPERM"):
+            with pytest.raises(redis.exceptions.ResponseError, match="access"):
                 user.execute_command(*command)
         user.xadd("ailf:shop:mailbox:x", {"envelope": "{}"})  # its own prefix works
         assert user.publish("ailf:shop:topic:news", "hi") == 0
