@@ -502,7 +502,8 @@ def redrive(config: RedisConfig, namespace: str, agent: str, ids: list[str]) -> 
 
     The original envelope is re-added as it was, so the body, its type and its sender
     are kept; the delivery count starts again at 1. Each move is one MULTI/EXEC, so a
-    dead letter is never both redriven and kept, nor dropped. Returns the new entry ids.
+    dead letter is never both redriven and kept, nor dropped (on a Redis Cluster, a named
+    agent's: add, then delete; see docs/cluster.md). Returns the new entry ids.
     """
     check_name("agent", agent)
 
@@ -510,11 +511,20 @@ def redrive(config: RedisConfig, namespace: str, agent: str, ids: list[str]) -> 
         moved = []
         async with Runtime(config, namespace=namespace) as runtime:
             for letter in await _read_letters(runtime, agent, 1_000_000, ids or None):
-                mailbox, dead = await runtime.streams_of(agent, letter.key)
-                pipe = runtime.client.pipeline(transaction=True)
-                pipe.xadd(mailbox, {ENVELOPE_FIELD: letter.envelope})
-                pipe.xdel(dead, letter.dead_letter_id)
-                new_id, _ = await pipe.execute()
+                address = await runtime.address_of(agent, letter.key)
+                fields = {ENVELOPE_FIELD: letter.envelope}
+                if config.cluster and letter.key is None:
+                    # A named agent's mailbox and dead letters are in different slots of
+                    # a cluster, where no MULTI spans both: add first, then delete (a
+                    # crash between the two redrives it twice, never zero times).
+                    new_id = await runtime.client.xadd(address.mailbox, fields)
+                    await runtime.client.xdel(address.dead, letter.dead_letter_id)
+                else:
+                    pipe = runtime.client.pipeline(transaction=True)
+                    pipe.xadd(address.mailbox, fields)
+                    pipe.xdel(address.dead, letter.dead_letter_id)
+                    new_id, _ = await pipe.execute()
+                await runtime.ring(address)
                 moved.append(new_id)
         return moved
 
@@ -538,8 +548,8 @@ def purge(config: RedisConfig, namespace: str, agent: str, ids: list[str]) -> in
                 return deleted
             deleted = 0
             for letter in await _read_letters(runtime, agent, 1_000_000, ids):
-                _, dead = await runtime.streams_of(agent, letter.key)
-                deleted += await runtime.client.xdel(dead, letter.dead_letter_id)
+                address = await runtime.address_of(agent, letter.key)
+                deleted += await runtime.client.xdel(address.dead, letter.dead_letter_id)
             return deleted
 
     return _run(go)

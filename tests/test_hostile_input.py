@@ -582,10 +582,12 @@ def live_runtime(redis_server: RedisServer) -> Iterator[tuple[redis.Redis, str]]
 
 
 def ask_raw(client: redis.Redis, listener: Any, agent: str, body: Any) -> Any:
-    """Ask as another language would: XADD a request, wait for the reply on an inbox."""
+    """Ask as another language would: XADD a request and ring the mailbox's doorbell,
+    then wait for the reply on an inbox."""
     correlation = secrets.token_hex(8)
     envelope = {"v": 1, "body": body, "reply_to": FUZZ_INBOX, "correlation": correlation}
     client.xadd(FUZZ_KEYS.mailbox(agent), {"envelope": json.dumps(envelope)})
+    client.publish(FUZZ_KEYS.bell(agent), "")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         message = listener.get_message(timeout=0.5)
@@ -609,6 +611,7 @@ def test_random_envelopes_and_bytes_never_stop_a_live_runtime(
     if where in ("a", "b"):
         fields = {"envelope": payload} if field else {payload or "x": payload}
         client.xadd(FUZZ_KEYS.mailbox(where), fields)
+        client.publish(FUZZ_KEYS.bell(where), "")
     else:
         channel = FUZZ_KEYS.topic("news") if where == "topic" else FUZZ_KEYS.reply(process)
         client.publish(channel, payload)

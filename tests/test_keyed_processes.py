@@ -49,6 +49,15 @@ def handled(config: RedisConfig) -> list[list]:
     return [json.loads(line) for line in raw.lrange("handled", 0, -1)]
 
 
+def busy_in_both(config: RedisConfig, first: int) -> bool:
+    lines = handled(config)
+    return (
+        len(lines) >= len(KEYS) * 5
+        and len({line[2] for line in lines}) == 2
+        and any(line[2] == first for line in lines[-len(KEYS) :])
+    )
+
+
 async def send_all(runtime: Runtime, pause: float = 0.0) -> None:
     for body in range(MESSAGES):
         for key in KEYS:
@@ -92,8 +101,8 @@ async def test_a_sigkilled_holder_is_taken_over_in_order_without_loss(
         async with Runtime(redis_config, namespace="kp") as runtime:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(send_all, runtime, 0.02)
-                with trio.fail_after(20):
-                    while len(handled(redis_config)) < len(KEYS) * 5:  # noqa: ASYNC110
+                with trio.fail_after(20):  # both hold partitions, and work is under way
+                    while not busy_in_both(redis_config, first.pid):  # noqa: ASYNC110
                         await trio.sleep(0.02)
                 first.send_signal(signal.SIGKILL)
             await check_every_state(runtime, within=30)
@@ -107,10 +116,12 @@ async def test_hosts_joining_and_leaving_hand_partitions_over(redis_config: Redi
         await ready(first)
         async with Runtime(redis_config, namespace="kp") as runtime:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(send_all, runtime, 0.03)
+                nursery.start_soon(send_all, runtime, 0.1)
                 with host(redis_config) as second:
                     await ready(second)
-                    await trio.sleep(1.5)
+                    with trio.fail_after(20):  # it took partitions over, and handles them
+                        while not any(line[2] == second.pid for line in handled(redis_config)):  # noqa: ASYNC110
+                            await trio.sleep(0.05)
                     second.send_signal(signal.SIGTERM)  # graceful: gives its partitions back
                     assert second.wait(timeout=15) == 0
             await check_every_state(runtime, within=30)

@@ -100,7 +100,8 @@ def test_every_key_reads_back_as_what_it_names() -> None:
     assert parse_key(keys.topic("news")) == KeyName("demo", "topic", "news")
     assert parse_key(keys.process("host:42:ab")) == KeyName("demo", "process", "host:42:ab")
     assert parse_key(keys.processes) == KeyName("demo", "processes", "")
-    assert parse_key(keys.wake("host:42:ab/0")) == KeyName("demo", "wake", "host:42:ab/0")
+    assert parse_key(keys.bell("greeter")) == KeyName("demo", "bell", "greeter")
+    assert parse_key(keys.partition("chat", 7).state) == KeyName("demo", "keyed", "{chat:7}:state")
     for other in ("other:demo:mailbox:x", "ailf:", "ailf:demo", "ailf:a b:mailbox:x"):
         assert parse_key(other) is None, other
     assert keys.every_key == "ailf:demo:*" and EVERY_KEY == "ailf:*"

@@ -310,7 +310,6 @@ async def test_statistics_and_registry(redis_config: RedisConfig) -> None:
                 "ailf:t:mailbox:counted",
                 "ailf:t:processes",
                 f"ailf:t:process:{runtime.process_id}",
-                f"ailf:t:wake:{runtime.process_id}/0",
             } <= keys
             ttl = raw(redis_config).pttl(f"ailf:t:process:{runtime.process_id}")
             assert 0 < ttl <= 600

@@ -11,6 +11,12 @@ pub/sub session reconnects and subscribes again by itself, so listeners survive 
 restart. Malformed broadcasts are logged, counted in :attr:`BroadcastHub.malformed`
 and dropped.
 
+The same session carries the mailboxes' *doorbells* (see ailf/runtime/_reader.py): a
+channel per mailbox a reader hosts, subscribed in batches of a thousand in the
+background (sharded channels on a Redis Cluster, on their slots' primaries), whose
+messages only tell the reader to read that mailbox. :attr:`BroadcastHub.sessions`
+counts the sessions, so that readers know when bells may have been lost.
+
 The reply channel is subscribed on the first ``ask()``, not at start, so that a client
 that only sends needs no pub/sub rights on Redis (an ACL user without ``&channel``
 patterns can still ``send``). A subscription Redis refuses (``NOPERM``) fails the call
@@ -20,6 +26,7 @@ on, and the next call tries again.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
 from collections.abc import Callable
@@ -39,6 +46,9 @@ __all__ = ["BroadcastHub", "Listener", "ReplyInbox"]
 
 #: Takes a broadcast to queue it (an instance's ``hear``); must not block.
 Listener = Callable[[Message[Any]], None]
+
+#: Doorbells subscribed (or unsubscribed) per command.
+BELL_BATCH = 1000
 
 log = logging.getLogger("ailf.runtime")
 
@@ -137,11 +147,21 @@ class BroadcastHub:
         self._subscribing: dict[str, trio.Event] = {}
         #: Every channel subscribed on purpose, to subscribe again on a new session.
         self._wanted: set[str] = set()
+        #: Doorbell channel -> what to call when it rings.
+        self._bells: dict[str, Callable[[], None]] = {}
+        #: Doorbells to subscribe, and to unsubscribe, by the background task.
+        self._bells_to_add: dict[str, None] = {}
+        self._bells_to_drop: dict[str, None] = {}
+        self._bell_work = trio.Event()
+        self._sharded = client.config.cluster
+        #: How many pub/sub sessions this hub has had: a new one may have missed bells.
+        self.sessions = 0
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery  # for unsubscribing in the background
+                nursery.start_soon(self._keep_bells)
                 await self._serve(task_status)
         finally:
             self._nursery = None  # listeners detaching later have nothing to unsubscribe
@@ -153,16 +173,20 @@ class BroadcastHub:
             try:
                 async with self.client.pubsub() as pubsub:
                     self._pubsub = pubsub
+                    self.sessions += 1
                     await self._subscribe_again(pubsub)
                     if not started:
                         task_status.started()
                         started = True
                     async for message in pubsub:
                         failures = 0
-                        if message.get("type") != "message":
+                        if message.get("type") not in ("message", "smessage"):
                             continue
                         channel = message["channel"]
-                        if channel == self.inbox.channel:
+                        bell = self._bells.get(channel)
+                        if bell is not None:
+                            bell()
+                        elif channel == self.inbox.channel:
                             self.inbox.deliver(message["data"])
                         else:
                             self._broadcast(channel, message["data"])
@@ -185,6 +209,60 @@ class BroadcastHub:
                 await pubsub.subscribe(channel)
             except ResponseError as exc:  # NOPERM since: the others go on
                 log.warning("could not subscribe %s again: %s", channel, exc)
+        self._bells_to_add.update(dict.fromkeys(self._bells))
+        self._bell_work.set()
+
+    # -- doorbells --------------------------------------------------------------------
+
+    def add_bell(self, channel: str, ring: Callable[[], None]) -> None:
+        """Call ``ring`` whenever ``channel`` rings, once it is subscribed (soon, in the
+        background; ``ring`` is also called once then, for what came before)."""
+        self._bells[channel] = ring
+        self._bells_to_drop.pop(channel, None)
+        self._bells_to_add[channel] = None
+        self._bell_work.set()
+
+    def remove_bell(self, channel: str) -> None:
+        if self._bells.pop(channel, None) is not None:
+            self._bells_to_add.pop(channel, None)
+            self._bells_to_drop[channel] = None
+            self._bell_work.set()
+
+    async def _keep_bells(self) -> None:
+        """Subscribe and unsubscribe doorbells in batches, for as long as the hub runs."""
+        failures = 0
+        while True:
+            await self._bell_work.wait()
+            self._bell_work = trio.Event()
+            pubsub = self._pubsub
+            if pubsub is None:
+                continue
+            try:
+                await self._change_bells(pubsub, self._bells_to_drop, subscribe=False)
+                await self._change_bells(pubsub, self._bells_to_add, subscribe=True)
+                failures = 0
+            except RedisError as exc:
+                delay = self.client.config.retry.delay(min(failures, MAX_BACKOFF_STEP))
+                failures += 1
+                log.debug("could not subscribe doorbells (%s); again in %.2f s", exc, delay)
+                self._bell_work.set()
+                await trio.sleep(delay)
+
+    async def _change_bells(self, pubsub: Any, todo: dict[str, None], *, subscribe: bool) -> None:
+        """Subscribe (and ring) or unsubscribe the channels in ``todo``, a batch per
+        command; a batch is taken off ``todo`` only once Redis confirmed it."""
+        if subscribe:
+            change = pubsub.ssubscribe if self._sharded else pubsub.subscribe
+        else:
+            change = pubsub.sunsubscribe if self._sharded else pubsub.unsubscribe
+        while todo:
+            batch = list(itertools.islice(todo, BELL_BATCH))
+            await change(*batch)
+            for channel in batch:
+                todo.pop(channel, None)
+                ring = self._bells.get(channel) if subscribe else None
+                if ring is not None:
+                    ring()
 
     def _broadcast(self, channel: str, data: Any) -> None:
         listeners = self._listeners.get(channel)

@@ -81,6 +81,7 @@ class Cell:
             stream=host.keys.mailbox(spec.name),
             agent=spec.name,
             dead=host.keys.dead(spec.name),
+            bell=host.keys.bell(spec.name),
             claim_idle=spec.claim_idle,
             max_deliveries=spec.agent_cls.max_deliveries,
             deliver=self.deliver,

@@ -307,6 +307,7 @@ class KeyedHost:
             stream=pkeys.mailbox,
             agent=self.name,
             dead=pkeys.dead,
+            bell=pkeys.bell,
             claim_idle=self.lease_time,
             max_deliveries=self.spec.agent_cls.max_deliveries,
             deliver=self._deliver,

@@ -34,6 +34,7 @@ __all__ = [
     "EVERY_KEY",
     "GROUP",
     "MAX_NAME_LENGTH",
+    "Address",
     "KeyName",
     "Keys",
     "PartitionKeys",
@@ -97,6 +98,15 @@ class Keys:
         """The stream an agent's messages are added to."""
         return f"{self.prefix}mailbox:{agent}"
 
+    def address(self, agent: str) -> Address:
+        """A named agent's mailbox, dead letters and doorbell."""
+        return Address(self.mailbox(agent), self.dead(agent), self.bell(agent))
+
+    def bell(self, agent: str) -> str:
+        """The pub/sub channel senders ring after adding to an agent's mailbox (the
+        *doorbell*: see ailf/runtime/_reader.py)."""
+        return f"{self.prefix}bell:{agent}"
+
     def dead(self, agent: str) -> str:
         """The stream of an agent's dead letters."""
         return f"{self.prefix}dead:{agent}"
@@ -132,11 +142,6 @@ class Keys:
         head = f"{self.prefix}reply:"
         return channel.startswith(head) and _INBOX.fullmatch(channel, len(head)) is not None
 
-    def wake(self, process: str) -> str:
-        """A process's private stream, read with its mailboxes, used to interrupt a
-        blocked read when the set of mailboxes to read changes."""
-        return f"{self.prefix}wake:{process}"
-
     def process(self, process: str) -> str:
         """The hash a live process publishes its heartbeat, agents and counters in."""
         return f"{self.prefix}process:{process}"
@@ -145,6 +150,15 @@ class Keys:
     def processes(self) -> str:
         """The sorted set of process ids scored by their last heartbeat."""
         return f"{self.prefix}processes"
+
+
+@attrs.frozen
+class Address:
+    """Where messages to one mailbox go: the stream, its dead letters, its doorbell."""
+
+    mailbox: str
+    dead: str
+    bell: str
 
 
 @attrs.frozen
@@ -169,6 +183,11 @@ class PartitionKeys:
         return f"{self.base}state"
 
     @property
+    def bell(self) -> str:
+        """The partition's doorbell channel (sharded pub/sub on a cluster: its slot)."""
+        return f"{self.base}bell"
+
+    @property
     def lease(self) -> str:
         """The string naming the partition's owner (its fencing token), with a TTL."""
         return f"{self.base}lease"
@@ -177,6 +196,10 @@ class PartitionKeys:
     def dead(self) -> str:
         """The stream of the partition's dead letters."""
         return f"{self.base}dead"
+
+    @property
+    def address(self) -> Address:
+        return Address(self.mailbox, self.dead, self.bell)
 
 
 @attrs.frozen

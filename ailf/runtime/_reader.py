@@ -1,20 +1,30 @@
-"""Reading mailboxes: batched consumer-group reads, redeliveries, claims, upkeep.
+"""Reading mailboxes: doorbells, batched consumer-group reads, redeliveries, claims, upkeep.
 
 A process reads every mailbox it hosts through a few :class:`MailboxReader` loops, not
 one per agent: an XREADGROUP names one group and one consumer for all its streams, so
 all mailboxes share the group :data:`~ailf.runtime._keys.GROUP`, and reader number *k*
 of a process (consumer ``{process}/{k}``) reads for the *k*-th local replica of every
-agent. One reader therefore serves 10,000 single-replica agents on one connection.
+agent. One reader therefore serves 100,000 single-replica agents on one connection.
+
+A read never names every mailbox: its cost to Redis grows with the streams it names
+(about 0.14 µs each), so a read over 100,000 mailboxes would stall Redis for every
+other client. Instead every mailbox has a *doorbell*, a pub/sub channel its senders
+publish on right after adding an entry (in the same round trip). The reader keeps the
+set of mailboxes whose bell rang — its *dirty* set — and reads only those, a few
+hundred per XREADGROUP (on a Redis Cluster, those of one hash slot), without blocking;
+a mailbox stays dirty while reads return full batches or its bell rang during the read.
+With nothing dirty the reader waits in the process, costing Redis nothing. Bells are
+best-effort, like all pub/sub: whenever the pub/sub session had to reconnect, and every
+``max_block`` seconds anyway (longer with many mailboxes, so that the cost stays about
+5,000 mailboxes a second), every mailbox is read once more, so that an entry whose bell
+was lost — or whose sender only XADDed — is found.
 
 Each reader loop, in turn: redelivers failed messages whose backoff has passed
 (XCLAIM to itself, which bumps Redis's delivery counter), claims entries idle longer
 than ``claim_idle`` from other consumers (XAUTOCLAIM) and keeps its own held entries
-fresh so that live replicas do not steal them, trims and tidies now and then, and then
-blocks in one XREADGROUP on the mailboxes whose instances have room (``>``), or on
-their own pending entries (``0``) after a start, a restart or a lost connection.
-A private *wake* stream is part of every read, so that a new agent, a retry coming
-due or a mailbox with room again interrupts a blocked read without cancelling it (a
-cancelled read may still have delivered entries, and costs a connection).
+fresh so that live replicas do not steal them, trims and tidies now and then, and reads
+the dirty mailboxes whose instances have room (``>``), or their own pending entries
+(``0``) after a start, a restart or a lost connection.
 
 What it reads goes to the instance's queue (:attr:`Binding.deliver`); what becomes of
 it afterwards is the reader's :class:`~ailf.runtime._settle.Settler`'s business.
@@ -35,6 +45,7 @@ import attrs
 import trio
 
 from ailf.clients._async_client import AsyncRedisClient
+from ailf.clients._slots import key_slot
 from ailf.errors import (
     DecodeError,
     RedisConnectionError,
@@ -51,6 +62,12 @@ from ailf.runtime._settle import Binding, Delivery, Settler
 __all__ = ["MailboxReader"]
 
 log = logging.getLogger("ailf.runtime")
+
+#: The most mailboxes one XREADGROUP names (about 70 µs of Redis time).
+READ_STREAMS = 512
+#: Mailboxes a full sweep reads per second at most, whatever their number: a sweep
+#: comes every ``max_block`` seconds, or every ``mailboxes / SWEEP_RATE`` if longer.
+SWEEP_RATE = 5000
 
 
 @attrs.define(eq=False)
@@ -113,26 +130,24 @@ class MailboxReader:
         self.client = host.client
         self.acker = host.acker
         self.settings = host.settings
+        self.hub = host.hub
         self.consumer = consumer
-        self.wake_key = host.keys.wake(consumer)
         self.settler = Settler(host, consumer, wake=self.poke)
         self._places: dict[str, _Place] = {}
         self._changed = trio.Event()
-        self._in_redis = False
-        self._rung = False
         self._sequence = itertools.count()
-        self._nursery: trio.Nursery | None = None
         self._failures = 0
         self._seen: set[str] = set()
-        self._quiet_wake = False
         self._full: set[str] = set()
         self._claims: list[tuple[float, int, _Place]] = []
-        #: The ``streams`` argument of the next XREADGROUP; None when it must be rebuilt.
-        self._streams: dict[str, str] | None = None
-        self._backlog = False
-        #: Whether the wake stream's group exists (a full Redis refuses to create it).
-        self._wake = False
-        self._wake_retry = 0.0
+        #: Mailboxes to read (their bell rang, or they may hold entries), oldest first.
+        self._dirty: dict[str, None] = {}
+        #: The mailboxes being read now, and those whose bell rang meanwhile.
+        self._reading: set[str] = set()
+        self._rung_while_reading: set[str] = set()
+        self._sweep_at = 0.0
+        self._sessions = -1
+        self._cluster = self.client.config.cluster
 
     # -- called by instances (synchronous, never blocking) --------------------------
 
@@ -153,8 +168,8 @@ class MailboxReader:
         place.next_maintenance = now + random.uniform(1, 2) * _upkeep_interval(binding)
         self._schedule_claim(place, now + random.uniform(0, binding.claim_idle / 2))
         self._places[binding.stream] = place
-        self._streams = None
-        self.poke()
+        self.hub.add_bell(binding.bell, functools.partial(self.ring, binding.stream))
+        self.ring(binding.stream)
 
     def unbind(self, binding: Binding) -> None:
         binding.active = False
@@ -162,7 +177,8 @@ class MailboxReader:
         if place is not None and place.binding is binding:
             del self._places[binding.stream]
             self._full.discard(binding.stream)
-            self._streams = None
+            self._dirty.pop(binding.stream, None)
+            self.hub.remove_bell(binding.bell)
 
     def set_full(self, binding: Binding, full: bool) -> None:
         """An instance's queue is full (stop reading its mailbox) or has room again."""
@@ -171,61 +187,55 @@ class MailboxReader:
         else:
             self._full.discard(binding.stream)
             self.poke()
-        self._streams = None
 
     def poke(self) -> None:
-        """Make the loop look again at its mailboxes, retries and room (debounced)."""
+        """Make the loop look again at its mailboxes, retries and room."""
         self._changed.set()
-        if self._in_redis and self._wake and not self._rung and self._nursery is not None:
-            self._rung = True
-            self._nursery.start_soon(self._ring)
+
+    def ring(self, stream: str) -> None:
+        """``stream`` may hold new entries (its bell rang, or it was just bound)."""
+        self._dirty[stream] = None
+        if stream in self._reading:
+            self._rung_while_reading.add(stream)
+        self._changed.set()
 
     def problems(self) -> dict[str, str]:
         """Agent name -> why its mailbox is not read, for the mailboxes set aside."""
         return {p.binding.agent: p.problem for p in self._places.values() if p.problem is not None}
 
-    async def _ring(self) -> None:
-        try:
-            await self.client.xadd(self.wake_key, {"w": "1"}, maxlen=16, approximate=False)
-        except RedisError as exc:
-            log.debug("could not wake reader %s: %s", self.consumer, exc)
-
     # -- the loop -------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            await self._create_wake()
-            task_status.started()
-            recreate = unreadable = False
-            while True:
-                try:
-                    if recreate:
-                        await self._recreate_groups()
-                        recreate = False
-                    if unreadable:
-                        await self._set_aside_unreadable()
-                        unreadable = False
-                    await self._step()
-                    if self._failures:
-                        log.info(
-                            "mailbox reader %s: reading again after %d failed attempts",
-                            self.consumer,
-                            self._failures,
-                        )
-                        self._failures = 0
-                except DecodeError as exc:  # an entry that is not UTF-8 text
-                    unreadable = True
-                    await self._backoff(f"{exc}; dead-lettering the entries that are not text")
-                except ResponseError as exc:
-                    if exc.code == "WRONGTYPE" and await self._set_aside_wrong_types():
-                        continue
-                    recreate = exc.code == "NOGROUP"
-                    why = "consumer group missing, re-creating it" if recreate else "error reply"
-                    await self._backoff(f"{why} ({exc})")
-                except (RedisConnectionError, RedisTimeoutError) as exc:
-                    await self._backoff(f"Redis unreachable ({exc})")
-                    self._reread_all()
+        task_status.started()
+        recreate = unreadable = False
+        while True:
+            try:
+                if recreate:
+                    await self._recreate_groups()
+                    recreate = False
+                if unreadable:
+                    await self._set_aside_unreadable()
+                    unreadable = False
+                await self._step()
+                if self._failures:
+                    log.info(
+                        "mailbox reader %s: reading again after %d failed attempts",
+                        self.consumer,
+                        self._failures,
+                    )
+                    self._failures = 0
+            except DecodeError as exc:  # an entry that is not UTF-8 text
+                unreadable = True
+                await self._backoff(f"{exc}; dead-lettering the entries that are not text")
+            except ResponseError as exc:
+                if exc.code == "WRONGTYPE" and await self._set_aside_wrong_types():
+                    continue
+                recreate = exc.code == "NOGROUP"
+                why = "consumer group missing, re-creating it" if recreate else "error reply"
+                await self._backoff(f"{why} ({exc})")
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                await self._backoff(f"Redis unreachable ({exc})")
+                self._reread_all()
 
     async def _backoff(self, why: str) -> None:
         delay = self.settings.read_retry.delay(min(self._failures, MAX_BACKOFF_STEP))
@@ -238,60 +248,69 @@ class MailboxReader:
         Redis delivered meanwhile is pending here, unseen)."""
         for place in self._places.values():
             place.backlog, place.backlog_from = True, "0"
-        self._streams = None
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Read every mailbox once more (see the module docstring)."""
+        self._dirty.update(dict.fromkeys(self._places))
+        self._sweep_at = trio.current_time() + max(
+            self.settings.max_block, len(self._places) / SWEEP_RATE
+        )
 
     async def _step(self) -> None:
-        # A read naming N mailboxes costs Redis O(N) (about 1.4 ms for 10,000) even when
-        # few have entries. With many mailboxes, pause a little between reads so that
-        # each one finds more to return; after a wake-up for a change of mailboxes, not
-        # for messages, pause longer so that a burst of changes (spawning many agents)
-        # settles. Below a thousand mailboxes there is no pause at all.
-        mailboxes = len(self._places)
-        if self._quiet_wake:
-            self._quiet_wake = False
-            await trio.sleep(min(0.05, mailboxes * 2e-6))
-        elif mailboxes >= 1000:
-            await trio.sleep(min(0.005, mailboxes * 1e-7))
         now = trio.current_time()
         await self._due_work(now)
-        if not self._wake and now >= self._wake_retry:
-            await self._create_wake()
+        sessions = self.hub.sessions
+        if sessions != self._sessions or now >= self._sweep_at:
+            self._sessions = sessions  # a new session: bells rung meanwhile were lost
+            self._sweep()
         self._changed = trio.Event()
-        streams = self._streams
-        if streams is None:
-            streams = self._streams = self._build_streams()
-        if streams.keys() <= {self.wake_key}:  # nothing to read, or no room: wait here
+        streams = self._take_dirty()
+        if not streams:  # nothing to read, or no room: wait here, costing Redis nothing
             with trio.move_on_at(self._next_due(now)):
                 await self._changed.wait()
             return
-        block = None
-        if not self._backlog:
-            block = max(1, int((self._next_due(now) - now) * 1000))
-        self._in_redis = block is not None
+        self._reading = set(streams)
+        self._rung_while_reading = set()
         try:
             reply = await self.client.xreadgroup(
-                GROUP, self.consumer, streams, count=self.settings.batch_size, block=block
+                GROUP, self.consumer, streams, count=self.settings.batch_size
             )
         finally:
-            self._in_redis = self._rung = False
+            self._reading = set()
+        read_all = {stream for stream, entries in reply if len(entries) >= self.settings.batch_size}
+        for stream in streams:
+            place = self._places.get(stream)
+            more = stream in read_all or stream in self._rung_while_reading
+            if not more and not (place is not None and place.backlog):
+                self._dirty.pop(stream, None)
         await self._dispatch(reply)
 
-    def _build_streams(self) -> dict[str, str]:
-        streams = {self.wake_key: ">"} if self._wake else {}
-        self._backlog = False
-        full = self._full
-        for stream, place in self._places.items():
-            if stream in full or place.problem is not None:
+    def _take_dirty(self) -> dict[str, str]:
+        """The next mailboxes to read (at most :data:`READ_STREAMS`; on a cluster, of
+        one hash slot), each with where to read from."""
+        streams: dict[str, str] = {}
+        slot = -1
+        for stream in list(self._dirty):
+            place = self._places.get(stream)
+            if place is None:
+                del self._dirty[stream]
                 continue
-            if place.backlog:
-                self._backlog = True
-                streams[stream] = place.backlog_from
-            else:
-                streams[stream] = ">"
+            if stream in self._full or place.problem is not None:
+                continue
+            if self._cluster:
+                here = key_slot(stream)
+                if slot == -1:
+                    slot = here
+                elif here != slot:
+                    continue
+            streams[stream] = place.backlog_from if place.backlog else ">"
+            if len(streams) >= READ_STREAMS:
+                break
         return streams
 
     def _next_due(self, now: float) -> float:
-        due = now + self.settings.max_block
+        due = min(now + self.settings.max_block, self._sweep_at)
         retry = self.settler.next_due()
         if retry is not None:
             due = min(due, retry)
@@ -301,17 +320,11 @@ class MailboxReader:
 
     async def _dispatch(self, reply: list[Any]) -> None:
         now = trio.current_time()
-        self._quiet_wake = bool(reply) and all(stream == self.wake_key for stream, _ in reply)
         for stream, entries in reply:
-            if stream == self.wake_key:
-                for entry_id, _ in entries:
-                    self.acker.ack(stream, entry_id)
-                continue
             place = self._places.get(stream)
             if place is None:
                 continue  # unbound meanwhile: the entries stay pending for a claim
             if place.backlog:
-                self._streams = None
                 if len(entries) < self.settings.batch_size:
                     place.backlog = False
                 else:
@@ -492,7 +505,7 @@ class MailboxReader:
         deleted or a stream again, the mailbox is read again. The problem is logged, and
         shown in the registry (``ailf status``) until then.
         """
-        streams = [self.wake_key, *self._places]
+        streams = list(self._places)
         pipe = self.client.pipeline(transaction=False)
         for stream in streams:
             pipe.type(stream)
@@ -500,9 +513,6 @@ class MailboxReader:
         for stream, kind in zip(streams, await pipe.execute(raise_on_error=False), strict=True):
             if isinstance(kind, str) and kind not in ("stream", "none"):
                 found = True
-                if stream == self.wake_key:
-                    await self._create_wake()
-                    continue
                 place = self._places[stream]
                 place.problem = f"its key holds a {kind}, not a stream"
                 log.error(
@@ -513,7 +523,6 @@ class MailboxReader:
                     place.binding.agent,
                     stream,
                 )
-        self._streams = None
         return found
 
     async def _check_repaired(self, place: _Place) -> None:
@@ -525,45 +534,10 @@ class MailboxReader:
         await create_group(self.client, stream)
         place.problem = None
         place.start_over()
-        self._streams = None
+        self.ring(stream)
         log.warning("mailbox %s: its key is a stream again; reading it", stream)
 
-    async def _create_wake(self) -> None:
-        """Create the wake stream's group.
-
-        A Redis out of memory (noeviction) refuses that — while it still serves reads
-        and acks, which is how it drains — so read without the wake stream meanwhile (a
-        blocked read then lasts up to ``max_block`` instead of ending at a change) and
-        try again after ``max_block``. The wake stream is this reader's own: if its key
-        holds something else (WRONGTYPE), it is deleted and made again.
-        """
-        try:
-            try:
-                await create_group(self.client, self.wake_key)
-            except ResponseError as exc:
-                if exc.code != "WRONGTYPE":
-                    raise
-                log.warning("mailbox reader %s: %s; deleting the key", self.consumer, exc)
-                await self.client.delete(self.wake_key)
-                await create_group(self.client, self.wake_key)
-        except ResponseError as exc:
-            if exc.code != "OOM":
-                raise
-            if not self._wake_retry:
-                log.warning(
-                    "mailbox reader %s: Redis is out of memory (%s); reading on, without"
-                    " wake-ups, until it has room again",
-                    self.consumer,
-                    exc,
-                )
-            self._wake = False
-            self._wake_retry = trio.current_time() + self.settings.max_block
-        else:
-            self._wake, self._wake_retry = True, 0.0
-        self._streams = None
-
     async def _recreate_groups(self) -> None:
-        await self._create_wake()
         streams = [s for s, place in self._places.items() if place.problem is None]
         try:
             await _side_by_side([functools.partial(create_group, self.client, s) for s in streams])
@@ -572,4 +546,4 @@ class MailboxReader:
                 raise
         for place in self._places.values():
             place.start_over()
-        self._streams = None
+        self._sweep()

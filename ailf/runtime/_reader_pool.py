@@ -58,8 +58,5 @@ class ReaderPool:
         """A replica of ``agent`` is gone for good: its slot is free."""
         self._slots.get(agent, set()).discard(self._readers.index(reader))
 
-    def wake_keys(self) -> tuple[str, ...]:
-        return tuple(reader.wake_key for reader in self._readers)
-
     def retries_pending(self, stream: str) -> bool:
         return any(reader.settler.retries_pending(stream) for reader in self._readers)

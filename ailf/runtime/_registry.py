@@ -85,7 +85,6 @@ async def write_heartbeat(
     process: str,
     fields: dict[str, Any],
     ttl: float,
-    extra_keys: tuple[str, ...] = (),
 ) -> None:
     """Publish one heartbeat: the process hash, its TTL and its score, in one round trip."""
     now = time.time()
@@ -93,8 +92,6 @@ async def write_heartbeat(
     pipe.hset(keys.process(process), mapping={**fields, "heartbeat": repr(now)})
     ttl_ms = int(ttl * 1000)
     pipe.pexpire(keys.process(process), ttl_ms)
-    for key in extra_keys:
-        pipe.pexpire(key, ttl_ms)
     pipe.execute_command("ZADD", keys.processes, now, process)
     pipe.execute_command("ZREMRANGEBYSCORE", keys.processes, "-inf", now - ttl)
     await pipe.execute(raise_on_error=False)

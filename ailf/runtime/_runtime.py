@@ -46,7 +46,7 @@ from ailf.runtime._broadcast import BroadcastHub, ReplyInbox
 from ailf.runtime._cell import Cell
 from ailf.runtime._host import HostContext
 from ailf.runtime._keyed import KeyedHost
-from ailf.runtime._keys import Keys, check_name
+from ailf.runtime._keys import Address, Keys, check_name
 from ailf.runtime._mailbox import busy, delete_idle_consumers, open_mailbox
 from ailf.runtime._message import ENVELOPE_FIELD, DeadLetter, encode_envelope
 from ailf.runtime._partitions import (
@@ -325,7 +325,7 @@ class Runtime:
             ],
         )
         pipe = self.client.pipeline(transaction=False)
-        pipe.delete(self.keys.process(self.process_id), *self._readers.wake_keys())
+        pipe.delete(self.keys.process(self.process_id))
         pipe.execute_command("ZREM", self.keys.processes, self.process_id)
         await pipe.execute(raise_on_error=False)
 
@@ -554,17 +554,41 @@ class Runtime:
             )
         return count
 
-    async def _keyed_stream(self, to: str, key: Any) -> tuple[str, str]:
-        """The partition mailbox of ``key`` of keyed agent ``to``, and the key checked."""
+    async def _address(self, to: str, key: Any, *, create: bool = False) -> Address:
+        """Where a message to agent ``to`` goes: its mailbox, or for a keyed agent
+        ``key``'s partition (the agent's descriptor is written first if ``create``)."""
+        check_name("agent", to)
+        if key is None:
+            if to in self._partition_counts:
+                raise ConfigError(f"{to!r} is a keyed agent: say which key, e.g. key='user-42'")
+            return self.keys.address(to)
         key = check_key(to, key)
-        count = await self._partitions(to, create=True)
-        assert count is not None
-        return self.keys.partition(to, partition_of(key, count)).mailbox, key
+        count = await self._partitions(to, create=create)
+        if count is None:
+            raise ConfigError(f"{to!r} is not a keyed agent: it takes no key")
+        return self.keys.partition(to, partition_of(key, count)).address
 
-    def _named_stream(self, to: str) -> str:
-        if to in self._partition_counts:
-            raise ConfigError(f"{to!r} is a keyed agent: say which key, e.g. key='user-42'")
-        return self.keys.mailbox(to)
+    async def _add(self, address: Address, text: str, *, approximate: bool = False) -> str:
+        """XADD an envelope to a mailbox and ring its doorbell, in one round trip.
+
+        The bell only saves the reader a wait: if it cannot be rung (a user without
+        channel rights may still send), the reader finds the entry on its next sweep.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xadd(
+            address.mailbox,
+            {ENVELOPE_FIELD: text},
+            maxlen=self.settings.mailbox_maxlen,
+            approximate=approximate,
+        )
+        if self.config.cluster:
+            pipe.spublish(address.bell, "")
+        else:
+            pipe.publish(address.bell, "")
+        entry_id, _ = await pipe.execute(raise_on_error=False)
+        if isinstance(entry_id, Exception):
+            raise entry_id
+        return str(entry_id)
 
     async def _replica(
         self,
@@ -604,11 +628,7 @@ class Runtime:
         MailboxFull when the mailbox stayed at ``mailbox_limit`` for ``send_timeout``.
         For a keyed agent, ``key`` says which entity the message is for.
         """
-        check_name("agent", to)
-        if key is None:
-            stream = self._named_stream(to)
-        else:
-            stream, key = await self._keyed_stream(to, key)
+        address = await self._address(to, key, create=True)
         text = encode_envelope(
             body,
             sender=sender,
@@ -616,14 +636,8 @@ class Runtime:
             max_size=self.settings.max_message_size,
             key=key,
         )
-        await self.gate.admit(self.client, stream)
-        entry_id: str = await self.client.xadd(
-            stream,
-            {ENVELOPE_FIELD: text},
-            maxlen=self.settings.mailbox_maxlen,
-            approximate=True,
-        )
-        return entry_id
+        await self.gate.admit(self.client, address.mailbox)
+        return await self._add(address, text, approximate=True)
 
     async def ask(
         self,
@@ -646,11 +660,7 @@ class Runtime:
         reply channel: if Redis refuses it (``NOPERM``), the ask raises that
         :class:`~ailf.errors.ResponseError` before sending, and the next ask tries again.
         """
-        check_name("agent", to)
-        if key is None:
-            stream = self._named_stream(to)
-        else:
-            stream, key = await self._keyed_stream(to, key)
+        address = await self._address(to, key, create=True)
         number = isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
         if not (number and 0 < timeout < math.inf):
             raise ConfigError(f"ask({to!r}): timeout must be seconds > 0, not {timeout!r}")
@@ -666,11 +676,10 @@ class Runtime:
                 max_size=max_size,
                 key=key,
             )
-            await self.client.xadd(
-                stream, {ENVELOPE_FIELD: text}, maxlen=self.settings.mailbox_maxlen
-            )
+            await self._add(address, text)
 
-        await self.gate.admit(self.client, stream)  # waiting for room is not the ask's time
+        # waiting for room is not the ask's time
+        await self.gate.admit(self.client, address.mailbox)
         await self.hub.open_inbox()
         return await self._inbox.ask(to, timeout, request)
 
@@ -699,7 +708,7 @@ class Runtime:
         if key is None:
             streams = await self.dead_letter_streams(name)
         else:
-            streams = [(await self.streams_of(name, key))[1]]
+            streams = [(await self.address_of(name, key)).dead]
         pipe = self.client.pipeline(transaction=False)
         for stream in streams:
             pipe.xrange(stream, count=count)
@@ -722,18 +731,19 @@ class Runtime:
             return [self.keys.dead(name)]
         return [self.keys.partition(name, number).dead for number in range(partitions)]
 
-    async def streams_of(self, name: str, key: str | None = None) -> tuple[str, str]:
-        """The mailbox and dead-letter streams of agent ``name`` — for a keyed agent,
-        of ``key``'s partition (``ailf dlq redrive`` puts a dead letter back there)."""
-        check_name("agent", name)
-        if key is None:
-            return self._named_stream(name), self.keys.dead(name)
-        key = check_key(name, key)
-        partitions = await self._partitions(name)
-        if partitions is None:
-            raise ConfigError(f"{name!r} is not a keyed agent: it takes no key")
-        part = self.keys.partition(name, partition_of(key, partitions))
-        return part.mailbox, part.dead
+    async def address_of(self, name: str, key: str | None = None) -> Address:
+        """The mailbox, dead-letter stream and doorbell of agent ``name`` — for a keyed
+        agent, of ``key``'s partition (``ailf dlq redrive`` puts a dead letter back
+        there)."""
+        return await self._address(name, key)
+
+    async def ring(self, address: Address) -> None:
+        """Ring a mailbox's doorbell: its reader reads it now rather than at its next
+        sweep (for entries added by other means than :meth:`send`)."""
+        if self.config.cluster:
+            await self.client.spublish(address.bell, "")
+        else:
+            await self.client.publish(address.bell, "")
 
     async def state(self, name: str, key: str, state_type: type[T] | None = None) -> Any:
         """The state keyed agent ``name`` saved for ``key``: a dict of its fields (an
@@ -794,7 +804,6 @@ class Runtime:
             self.process_id,
             fields,
             HEARTBEAT_TTL_INTERVALS * self.heartbeat_interval,
-            self._readers.wake_keys(),
         )
 
     async def wait_idle(

@@ -69,6 +69,8 @@ class Binding:
     agent: str
     #: The stream its dead letters go to.
     dead: str
+    #: The mailbox's doorbell channel.
+    bell: str
     claim_idle: float
     max_deliveries: int
     #: Queues an entry to the instance (never blocks).
