@@ -206,7 +206,8 @@ async def test_a_reader_failing_for_hours_keeps_waiting_max_block(autojump_clock
     default max_block) and ended the runtime."""
     settings = MailboxSettings()
     # No Redis behind it: backing off sends nothing.
-    host = SimpleNamespace(client=None, acker=None, settings=settings, keys=Keys("r"))
+    client = SimpleNamespace(config=RedisConfig())
+    host = SimpleNamespace(client=client, acker=None, hub=None, settings=settings, keys=Keys("r"))
     reader = MailboxReader(cast(HostContext, host), "host:1:ab/0")
     started = trio.current_time()
     for _ in range(1100):

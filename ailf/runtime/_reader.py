@@ -68,6 +68,13 @@ READ_STREAMS = 512
 #: Mailboxes a full sweep reads per second at most, whatever their number: a sweep
 #: comes every ``max_block`` seconds, or every ``mailboxes / SWEEP_RATE`` if longer.
 SWEEP_RATE = 5000
+#: Mailboxes a reader looks for entries to claim in, per second at most: a mailbox's
+#: claims come every ``claim_idle / 2`` seconds, or every ``mailboxes / CLAIM_RATE``
+#: if longer, so that an idle process's cost to Redis stays bounded however many
+#: agents it hosts (then claims come later than ``claim_idle`` after a death).
+CLAIM_RATE = 200
+#: Mailboxes a reader trims and tidies per second at most (see :func:`_upkeep_interval`).
+UPKEEP_RATE = 20
 
 
 @attrs.define(eq=False)
@@ -118,9 +125,11 @@ def _is_text(fields: dict[bytes, bytes]) -> bool:
     return True
 
 
-def _upkeep_interval(binding: Binding) -> float:
-    """Seconds between trims and consumer clean-ups of one mailbox."""
-    return max(1.0, 4 * binding.claim_idle)
+def _upkeep_interval(binding: Binding, mailboxes: int) -> float:
+    """Seconds between trims and consumer clean-ups of one mailbox: four claim periods,
+    or longer with so many mailboxes that a reader would tidy over :data:`UPKEEP_RATE`
+    of them a second."""
+    return max(1.0, 4 * binding.claim_idle, mailboxes / UPKEEP_RATE)
 
 
 class MailboxReader:
@@ -165,8 +174,11 @@ class MailboxReader:
         if binding.stream not in self._seen:
             self._seen.add(binding.stream)
             place.backlog = binding.owned
-        place.next_maintenance = now + random.uniform(1, 2) * _upkeep_interval(binding)
-        self._schedule_claim(place, now + random.uniform(0, binding.claim_idle / 2))
+        place.next_maintenance = now + random.uniform(1, 2) * _upkeep_interval(
+            binding, len(self._places)
+        )
+        period = max(binding.claim_idle / 2, len(self._places) / CLAIM_RATE)
+        self._schedule_claim(place, now + random.uniform(0, period))
         self._places[binding.stream] = place
         self.hub.add_bell(binding.bell, functools.partial(self.ring, binding.stream))
         self.ring(binding.stream)
@@ -372,7 +384,8 @@ class MailboxReader:
             _, _, place = heapq.heappop(self._claims)
             if place.binding.active and self._places.get(place.binding.stream) is place:
                 claims.append(place)
-                self._schedule_claim(place, now + max(place.binding.claim_idle / 2, 0.05))
+                period = max(place.binding.claim_idle / 2, len(self._places) / CLAIM_RATE)
+                self._schedule_claim(place, now + max(period, 0.05))
         if not retries and not claims:
             return
         await _side_by_side(
@@ -415,7 +428,7 @@ class MailboxReader:
         if not binding.owned:
             await self._claim_stale(place, now)
         if place.next_maintenance <= now:
-            place.next_maintenance = now + _upkeep_interval(binding)
+            place.next_maintenance = now + _upkeep_interval(binding, len(self._places))
             await upkeep(self.client, stream, self.consumer, self.settings.stale_consumer_after)
 
     async def _claim_stale(self, place: _Place, now: float) -> None:

@@ -1,0 +1,224 @@
+"""Scale in one process: many named agents, many keys, and what they cost Redis.
+
+Two workloads, each on a throwaway ``redis-server`` of its own, in this process:
+
+* **named**: ``--agents`` echo agents (100,000) spawned by 50 concurrent spawners, each
+  asked once as soon as it is spawned;
+* **keyed**: one keyed agent (64 partitions, 64 keys at once) sent ``--keys`` messages
+  (200,000), each to a key of its own, by 50 concurrent senders.
+
+For each: the time it took, Redis's mean time per XREADGROUP and how many took over
+1 ms (Redis's SLOWLOG), the process's Redis connections and memory, and then what the
+idle process costs Redis over ``--idle`` seconds: commands per second and Redis CPU.
+
+Run ``python -m bench.scale``; the figures go in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import redis
+import trio
+
+from ailf import Agent, Message, RedisServer, Runtime
+from bench.machine import describe, machine
+
+SENDERS = 50
+NAME = "bench-scale"
+
+
+class Echo(Agent):
+    async def on_message(self, message: Message[Any]) -> Any:
+        return message.body
+
+
+@attrs.define
+class Seen:
+    count: int = 0
+
+
+class Keyed(Agent):
+    state_type = Seen
+
+    async def on_message(self, message: Message[Any]) -> None:
+        self.state.count += 1
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class RedisProbe:
+    """What Redis says about itself: command statistics, slow commands, CPU."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self.client = redis.Redis(port=server.port, decode_responses=True)
+        self.client.config_set("slowlog-log-slower-than", 1000)
+        self.client.config_set("slowlog-max-len", 100_000)
+
+    def reset(self) -> None:
+        self.client.config_resetstat()
+        self.client.slowlog_reset()
+
+    def xreadgroup(self) -> tuple[int, float, int]:
+        """(calls, mean µs per call, calls over 1 ms) since the last reset."""
+        stats = self.client.info("commandstats").get("cmdstat_xreadgroup", {})
+        slow = sum(
+            1
+            for entry in self.client.slowlog_get(100_000)
+            if str(entry["command"]).upper().startswith("XREADGROUP")
+        )
+        return int(stats.get("calls", 0)), float(stats.get("usec_per_call", 0.0)), slow
+
+    def cpu(self) -> float:
+        info = self.client.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    def commands(self) -> int:
+        return int(self.client.info("stats")["total_commands_processed"])
+
+    def connections(self) -> int:
+        return sum(c["name"] == NAME for c in self.client.client_list())
+
+    async def idle(self, seconds: float) -> tuple[float, float]:
+        """(commands per second, % of one core) Redis spends on an idle process."""
+        commands, cpu, started = self.commands(), self.cpu(), time.perf_counter()
+        await trio.sleep(seconds)
+        elapsed = time.perf_counter() - started
+        return (self.commands() - commands - 2) / elapsed, 100 * (self.cpu() - cpu) / elapsed
+
+
+async def named(server: RedisServer, count: int, idle: float) -> dict[str, Any]:
+    probe = RedisProbe(server)
+    probe.reset()
+    config = server.config.replace(client_name=NAME)
+    async with Runtime(config, namespace="scale") as runtime:
+        started = time.perf_counter()
+        names = iter(range(count))
+        slowest = last = 0.0
+
+        async def ask(name: str, spawned: float) -> None:
+            nonlocal slowest, last
+            assert await runtime.ask(name, name, timeout=120) == name
+            last = time.perf_counter()
+            slowest = max(slowest, last - spawned)
+
+        async with trio.open_nursery() as asks:
+
+            async def spawner() -> None:
+                for n in names:
+                    await runtime.spawn(Echo, name=f"echo-{n}")
+                    asks.start_soon(ask, f"echo-{n}", time.perf_counter())
+
+            async with trio.open_nursery() as spawners:
+                for _ in range(SENDERS):
+                    spawners.start_soon(spawner)
+            spawned = time.perf_counter() - started
+        reads = probe.xreadgroup()
+        connections = probe.connections()
+        await trio.sleep(5)  # the first claims and sweeps of the new mailboxes settle
+        idle_commands, idle_cpu = await probe.idle(idle)
+        return {
+            "count": count,
+            "spawned": spawned,
+            "answered": last - started,
+            "slowest": slowest,
+            "reads": reads,
+            "connections": connections,
+            "rss": _rss_mb(),
+            "idle_commands": idle_commands,
+            "idle_cpu": idle_cpu,
+        }
+
+
+async def keyed(server: RedisServer, count: int, idle: float) -> dict[str, Any]:
+    probe = RedisProbe(server)
+    probe.reset()
+    config = server.config.replace(client_name=NAME)
+    async with Runtime(config, namespace="scale") as runtime:
+        await runtime.spawn(Keyed, name="keyed", keyed=True, replicas=64, partitions=64)
+        started = time.perf_counter()
+        keys = iter(range(count))
+
+        async def sender() -> None:
+            for n in keys:
+                await runtime.send("keyed", None, key=f"key-{n}")
+
+        async with trio.open_nursery() as senders:
+            for _ in range(SENDERS):
+                senders.start_soon(sender)
+        sent = time.perf_counter() - started
+        while runtime.statistics()["keyed"].processed < count:  # noqa: ASYNC110 - a counter
+            await trio.sleep(0.05)
+        handled = time.perf_counter() - started
+        reads = probe.xreadgroup()
+        connections = probe.connections()
+        rss = _rss_mb()
+        await trio.sleep(5)
+        idle_commands, idle_cpu = await probe.idle(idle)
+        saved = await runtime.client.execute_command(
+            "HLEN", runtime.keys.partition("keyed", 0).state
+        )
+        return {
+            "count": count,
+            "sent": sent,
+            "handled": handled,
+            "reads": reads,
+            "connections": connections,
+            "rss": rss,
+            "idle_commands": idle_commands,
+            "idle_cpu": idle_cpu,
+            "saved_in_partition_0": saved,
+        }
+
+
+def report(arguments: argparse.Namespace) -> str:
+    with RedisServer() as server:
+        header = describe(machine(server.config))
+        many = trio.run(named, server, arguments.agents, arguments.idle)
+    with RedisServer() as server:
+        keys = trio.run(keyed, server, arguments.keys, arguments.idle)
+    calls, mean, slow = many["reads"]
+    kcalls, kmean, kslow = keys["reads"]
+    return "\n".join(
+        [
+            f"Measured by `python -m bench.scale` on {header}; idle cost over"
+            f" {arguments.idle:.0f} s.",
+            "",
+            "| workload | time | XREADGROUP (calls, mean, over 1 ms) | connections | RSS |"
+            " idle: commands/s, Redis CPU |",
+            "| --- | --- | --- | --- | --- | --- |",
+            f"| {many['count']:,} named agents spawned (50 spawners), each asked once"
+            f" | spawned in {many['spawned']:.1f} s, all answered at {many['answered']:.1f} s,"
+            f" slowest spawn-to-answer {many['slowest']:.1f} s"
+            f" | {calls:,}, {mean:.0f} µs, {slow} | {many['connections']}"
+            f" | {many['rss']:.0f} MB | {many['idle_commands']:.0f}, {many['idle_cpu']:.1f} % |",
+            f"| {keys['count']:,} keys of one keyed agent messaged once each (50 senders,"
+            f" state saved per message) | sent in {keys['sent']:.1f} s, all handled at"
+            f" {keys['handled']:.1f} s ({keys['count'] / keys['handled']:,.0f} msg/s)"
+            f" | {kcalls:,}, {kmean:.0f} µs, {kslow} | {keys['connections']}"
+            f" | {keys['rss']:.0f} MB | {keys['idle_commands']:.0f}, {keys['idle_cpu']:.1f} % |",
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.scale", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--agents", type=int, default=100_000, help="named agents")
+    parser.add_argument("--keys", type=int, default=200_000, help="keys messaged once")
+    parser.add_argument("--idle", type=float, default=20.0, help="seconds of idle measured")
+    print(report(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
