@@ -302,11 +302,12 @@ class MailboxReader:
         """The next mailboxes to read (at most :data:`READ_STREAMS`; on a cluster, of
         one hash slot), each with where to read from."""
         streams: dict[str, str] = {}
+        gone: list[str] = []
         slot = -1
-        for stream in list(self._dirty):
+        for stream in self._dirty:  # not copied: it may hold every mailbox, after a sweep
             place = self._places.get(stream)
             if place is None:
-                del self._dirty[stream]
+                gone.append(stream)
                 continue
             if stream in self._full or place.problem is not None:
                 continue
@@ -319,6 +320,8 @@ class MailboxReader:
             streams[stream] = place.backlog_from if place.backlog else ">"
             if len(streams) >= READ_STREAMS:
                 break
+        for stream in gone:
+            del self._dirty[stream]
         return streams
 
     def _next_due(self, now: float) -> float:
