@@ -25,6 +25,7 @@ from ailf.errors import EmbeddedServerError as EmbeddedServerError
 from ailf.errors import EscalationError as EscalationError
 from ailf.errors import MailboxFull as MailboxFull
 from ailf.errors import MessageTooLarge as MessageTooLarge
+from ailf.errors import NotReplicated as NotReplicated
 from ailf.errors import RedisConnectionError as RedisConnectionError
 from ailf.errors import RedisError as RedisError
 from ailf.errors import RedisTimeoutError as RedisTimeoutError
@@ -71,6 +72,7 @@ __all__ = [
     "MailboxFull",
     "Message",
     "MessageTooLarge",
+    "NotReplicated",
     "RedisClient",
     "RedisClusterServer",
     "RedisConfig",

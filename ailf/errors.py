@@ -211,6 +211,32 @@ class MailboxFull(AilfError):
         self.limit = limit
 
 
+class NotReplicated(AilfError):
+    """A message was added to its mailbox on the primary, but fewer replicas than the
+    runtime's ``wait_replicas`` confirmed it within ``wait_timeout`` seconds.
+
+    The message was sent (it is in the mailbox, and will be handled unless the primary
+    fails before it reaches a replica). ``mailbox`` is the stream, ``entry_id`` the
+    entry, ``confirmed`` how many replicas had it, ``wanted`` how many were asked for.
+    Sending it again may deliver it twice; check the replicas' health first.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        mailbox: str = "",
+        entry_id: str = "",
+        confirmed: int = 0,
+        wanted: int = 0,
+    ):
+        super().__init__(message)
+        self.mailbox = mailbox
+        self.entry_id = entry_id
+        self.confirmed = confirmed
+        self.wanted = wanted
+
+
 class AskTimeout(AilfError, TimeoutError):
     """``ask()`` got no reply in time. The message names the agent and the timeout.
 

@@ -97,6 +97,16 @@ async def test_named_and_keyed_agents_on_a_cluster(config: RedisConfig) -> None:
         assert runtime.statistics()["counter"].processed == 31
 
 
+async def test_sends_wait_for_a_replica_when_asked(config: RedisConfig) -> None:
+    async with Runtime(config, namespace="w", wait_replicas=1) as runtime:
+        await runtime.spawn(Echo, name="echo")
+        await runtime.spawn(Counter, name="counter", keyed=True, partitions=4)
+        assert await runtime.ask("echo", "durable") == {"echo": "durable", "agent": "echo"}
+        assert await runtime.ask("counter", 5, key="k") == 5
+        await runtime.send("counter", 2, key="k")
+        assert await runtime.ask("counter", 0, key="k") == 7
+
+
 @pytest.mark.slow
 async def test_a_killed_primary_and_a_killed_worker_lose_nothing(tmp_path: Path) -> None:
     """Keyed work over two worker processes while the primary of some partitions is

@@ -259,6 +259,11 @@ class ClusterRouter:
             return (yield from self.run(Attempt(slot), commands, blocking))
         slots: list[int | None] = []
         for args in commands:
+            if name_of(args) == "WAIT" and slots:
+                # WAIT counts the replicas of this connection's earlier writes: it goes
+                # with the command before it, to that command's node and connection.
+                slots.append(slots[-1])
+                continue
             slots.append((yield from self.slot([args])))
         groups: dict[Node, list[int]] = {}
         replies: list[Any] = [None] * len(commands)

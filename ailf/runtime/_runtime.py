@@ -39,7 +39,7 @@ from ailf.clients._async_client import AsyncRedisClient
 from ailf.clients._errors import raise_reply_error
 from ailf.codec import loads
 from ailf.config import RedisConfig, given_or_from_env
-from ailf.errors import ConfigError, EscalationError, RedisError
+from ailf.errors import ConfigError, EscalationError, NotReplicated, RedisError
 from ailf.runtime._acker import Acker
 from ailf.runtime._admission import MailboxGate
 from ailf.runtime._agent import Agent
@@ -105,6 +105,11 @@ class Runtime:
       message, doubling per delivery.
     - ``stale_consumer_after``: seconds idle before a consumer holding nothing is
       deleted from a mailbox's group.
+    - ``wait_replicas``: a ``send``/``ask`` returns only once this many replicas of the
+      mailbox's primary have the message (Redis ``WAIT``), and raises
+      :class:`~ailf.errors.NotReplicated` if fewer confirm within ``wait_timeout``
+      seconds; 0 (the default) returns once the primary has it (see
+      docs/reliability.md#replication).
     """
 
     def __init__(
@@ -124,9 +129,19 @@ class Runtime:
         retry_backoff: float = 0.1,
         retry_backoff_max: float = 5.0,
         stale_consumer_after: float = 60.0,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> None:
         check_setting("heartbeat_interval", heartbeat_interval)
         check_setting("grace_period", grace_period)
+        check_setting("wait_timeout", wait_timeout)
+        if type(wait_replicas) is not int or wait_replicas < 0:
+            raise ConfigError(
+                f"wait_replicas: expected an integer >= 0 (replicas that must confirm each"
+                f" send), got {wait_replicas!r}"
+            )
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = wait_timeout
         self.config = given_or_from_env(config, "Runtime")
         self.keys = Keys(namespace)
         self.namespace = namespace
@@ -580,15 +595,35 @@ class Runtime:
         if maxlen is not None:
             xadd += ("MAXLEN", "~" if approximate else "=", maxlen)
         ring = ("SPUBLISH" if self.config.cluster else "PUBLISH", address.bell, "")
+        commands = [(*xadd, "*", ENVELOPE_FIELD, text), ring]
+        if self.wait_replicas:
+            # On a connection of its own (a blocking command's), right after the XADD.
+            timeout_ms = max(1, int(self.wait_timeout * 1000))
+            commands.insert(1, ("WAIT", self.wait_replicas, timeout_ms))
         # The client's engine straight away, not a pipeline: this is every send's path,
-        # and a pipeline's bookkeeping costs more than the two commands (see
-        # docs/performance.md).
-        entry_id, _ = await self.client._execute_many(
-            [(*xadd, "*", ENVELOPE_FIELD, text), ring], False
-        )
+        # and a pipeline's bookkeeping costs more than the two commands.
+        replies = await self.client._execute_many(commands, bool(self.wait_replicas))
+        entry_id = replies[0]
         if isinstance(entry_id, Exception):
             raise_reply_error(entry_id, self.config.address)
+        if self.wait_replicas:
+            self._check_replicated(address.mailbox, str(entry_id), replies[1])
         return str(entry_id)
+
+    def _check_replicated(self, mailbox: str, entry_id: str, confirmed: Any) -> None:
+        if isinstance(confirmed, Exception):
+            raise_reply_error(confirmed, self.config.address)
+        if int(confirmed) < self.wait_replicas:
+            raise NotReplicated(
+                f"entry {entry_id} of {mailbox} is on the primary, but {confirmed} of the"
+                f" {self.wait_replicas} replica(s) asked for (wait_replicas) confirmed it"
+                f" within {self.wait_timeout} s; it is sent, and lost only if the primary"
+                " fails before a replica has it. Check the replicas (INFO replication)",
+                mailbox=mailbox,
+                entry_id=entry_id,
+                confirmed=int(confirmed),
+                wanted=self.wait_replicas,
+            )
 
     async def _replica(
         self,
