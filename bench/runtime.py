@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import redis
 import redis.asyncio
 import trio
@@ -78,6 +79,21 @@ class Sink(Agent):
 class Echo(Agent):
     async def on_message(self, message: Message) -> Any:
         return message.body
+
+
+@attrs.define
+class Tally:
+    count: int = 0
+
+
+class KeyedEcho(Agent):
+    """A keyed agent whose state counts its key's messages: each one is a state commit."""
+
+    state_type = Tally
+
+    async def on_message(self, message: Message) -> Any:
+        self.state.count += 1
+        return self.state.count
 
 
 async def role_consumer(config: RedisConfig, count: int) -> None:
@@ -124,6 +140,13 @@ async def role_sender(config: RedisConfig, count: int) -> None:
 async def role_responder(config: RedisConfig, count: int) -> None:
     async with Runtime(config, namespace=NAMESPACE) as runtime:
         await runtime.spawn(Echo, name="echo")
+        _emit(ready=True)
+        await runtime.run_forever()
+
+
+async def role_keyed_responder(config: RedisConfig, count: int) -> None:
+    async with Runtime(config, namespace=NAMESPACE) as runtime:
+        await runtime.spawn(KeyedEcho, name="keyed", keyed=True, replicas=64)
         _emit(ready=True)
         await runtime.run_forever()
 
@@ -198,6 +221,7 @@ ROLES = {
     "sender": role_sender,
     "responder": role_responder,
     "baseline_responder": role_baseline_responder,
+    "keyed_responder": role_keyed_responder,
     "many": role_many,
 }
 
@@ -371,6 +395,54 @@ def _responding(role: str, config: RedisConfig) -> Iterator[None]:
         responder.close()
 
 
+async def keyed_figures(
+    config: RedisConfig, count: int, asks: int = 2000
+) -> tuple[float, list[float]]:
+    """Tell through a keyed agent (50 senders over 1,000 keys; done once an ask to each
+    key, which queues behind its tells, is answered), msg/s; then sequential asks' times."""
+    keys = [f"user-{n}" for n in range(1000)]
+    async with Runtime(config, namespace=NAMESPACE) as runtime:
+        for key in keys[:50]:  # warm up: the agent's partitions are held, keys activated
+            await runtime.ask("keyed", BODY, key=key, timeout=30)
+        numbers = iter(range(count))
+
+        async def sender() -> None:
+            for n in numbers:
+                await runtime.send("keyed", BODY, key=keys[n % len(keys)])
+
+        async def last(key: str) -> None:
+            await runtime.ask("keyed", BODY, key=key, timeout=60)
+
+        started = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for _ in range(SENDERS):
+                nursery.start_soon(sender)
+        async with trio.open_nursery() as nursery:
+            for key in keys:
+                nursery.start_soon(last, key)
+        rate = (count + len(keys)) / (time.perf_counter() - started)
+        samples = []
+        for n in range(asks):
+            asked = time.perf_counter()
+            await runtime.ask("keyed", BODY, key=keys[n % len(keys)], timeout=10)
+            samples.append(time.perf_counter() - asked)
+    return rate, samples
+
+
+def keyed_samples(config: RedisConfig, count: int, asks: int) -> tuple[float, list[float]]:
+    """(tell msg/s, each ask's seconds) through a keyed agent in a process of its own."""
+    with redis.Redis(**config.redis_py_kwargs()) as client:
+        client.flushdb()  # a run starts with no state, leases or hosts of an earlier one
+    with _responding("keyed_responder", config):
+        return trio.run(keyed_figures, config, count, asks)
+
+
+def keyed(config: RedisConfig, count: int) -> tuple[float, tuple[float, float]]:
+    """(tell msg/s, (ask p50, p99) ms) through a keyed agent in a process of its own."""
+    rate, samples = keyed_samples(config, count, 2000)
+    return rate, _percentiles(samples)
+
+
 def ailf_ask_samples(config: RedisConfig, count: int) -> list[float]:
     """:func:`ailf_asks` against an echo agent in a process of its own."""
     with _responding("responder", config):
@@ -406,6 +478,8 @@ def report(arguments: argparse.Namespace, config: RedisConfig) -> str:
     sends = [sending(config, count) for _ in range(runs)]
     (ask50, ask99), (base50, base99) = asks(config, int(5000 * arguments.scale))
     crowd = many(config, arguments.agents)
+    keyed_tells = [keyed(config, count // 4) for _ in range(runs)]
+    (k50, k99) = keyed_tells[-1][1]
     ratio = statistics.median(ours) / statistics.median(base)
 
     def rate(values: list[float]) -> str:
@@ -431,6 +505,10 @@ def report(arguments: argparse.Namespace, config: RedisConfig) -> str:
             f" | hand-written redis-py asyncio ask: {base50:.2f} / {base99:.2f}"
             f" | {ask50 / base50:.2f}x / {ask99 / base99:.2f}x (lower is faster)"
             " | <= 0.6 / 1.5 ms |",
+            f"| tell to a keyed agent with state (own process; 50 senders, 1,000 keys;"
+            f" a state commit per message), msg/s | {rate([k[0] for k in keyed_tells])}"
+            " | — | — | — |",
+            f"| ask a keyed agent with state, p50 / p99, ms | {k50:.2f} / {k99:.2f} | — | — | — |",
             f"| {crowd['agents']:,} agents in one process (50 concurrent spawners, each"
             f" agent asked once spawned) | all spawned in {crowd['spawn_seconds']:.1f} s;"
             f" slowest spawn-to-answer {crowd['slowest_answer_seconds']:.1f} s; all"

@@ -52,6 +52,8 @@ FULL = {
     "asks": 10_000,
     "broadcasts": 2_000,
     "agents": 10_000,
+    "keyed": 50_000,
+    "keyed_asks": 2_000,
 }
 QUICK = {
     "runs": 1,
@@ -61,6 +63,8 @@ QUICK = {
     "asks": 300,
     "broadcasts": 100,
     "agents": 200,
+    "keyed": 2_000,
+    "keyed_asks": 100,
 }
 
 
@@ -211,6 +215,17 @@ def agents_workload(config: RedisConfig, counts: dict[str, Any]) -> dict[str, An
     return figures
 
 
+def keyed_workload(config: RedisConfig, counts: dict[str, Any]) -> dict[str, Any]:
+    """Workload 6: tell and ask through a keyed agent with state (bench.runtime's)."""
+    rates, samples = [], []
+    for _ in range(counts["runs"]):
+        rate, asked = runtime_bench.keyed_samples(config, counts["keyed"], counts["keyed_asks"])
+        rates.append(rate)
+        samples += asked
+    _flush(config)
+    return {"rates": rates, "ask": _percentiles(samples)}
+
+
 # -- the run -----------------------------------------------------------------------------
 
 
@@ -228,6 +243,7 @@ def run(quick: bool) -> dict[str, Any]:
             ("ask", ask_workloads),
             ("fanout", fanout_workloads),
             ("agents", agents_workload),
+            ("keyed", keyed_workload),
         ]
         for key, step in steps:
             print(f"running {key} ...", file=sys.stderr, flush=True)
@@ -389,6 +405,15 @@ def table(results: dict[str, Any]) -> str:
         f" {agents['spawn_seconds']:.1f} s; all answered after"
         f" {agents['all_answered_seconds']:.1f} s; {agents['connections']} Redis"
         f" connections; RSS {agents['rss_mb']:.0f} MB | — | — |"
+    )
+    keyed = results["keyed"]
+    lines.append(
+        f"| tell to a keyed agent with state (50 senders, 1,000 keys, a state commit per"
+        f" message), msg/s | {_rate(keyed['rates'])} | — | — |"
+    )
+    lines.append(
+        f"| ask a keyed agent with state, p50 / p99 / p99.9 ms ({keyed['ask']['samples']:,}"
+        f" asks) | {_latency(keyed['ask'])} | — | — |"
     )
     lines += ["", "| target | measured | holds |", "| --- | --- | --- |"]
     for target in results["targets"]:
