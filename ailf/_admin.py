@@ -26,10 +26,10 @@ import trio
 from ailf._text import count_of, format_table
 from ailf.clients._async_client import AsyncRedisClient
 from ailf.config import RedisConfig
-from ailf.errors import ResponseError
-from ailf.runtime._keys import EVERY_KEY, Keys, check_name, parse_key
-from ailf.runtime._mailbox import group_of, mailbox_report
-from ailf.runtime._message import ENVELOPE_FIELD, DeadLetter
+from ailf.errors import DecodeError, ResponseError
+from ailf.runtime._keys import EVERY_KEY, GROUP, Keys, check_name, parse_key
+from ailf.runtime._mailbox import compare_ids, group_of, mailbox_report
+from ailf.runtime._message import ENVELOPE_FIELD, DeadLetter, decode_envelope
 from ailf.runtime._registry import RegistrySnapshot, read_registry
 from ailf.runtime._runtime import Runtime
 from ailf.runtime._supervisor import unwrap
@@ -299,6 +299,67 @@ def status(config: RedisConfig, namespace: str | None = None) -> dict[str, Any]:
             }
 
     return _run(go)
+
+
+def key_status(config: RedisConfig, namespace: str, agent: str, key: str) -> dict[str, Any]:
+    """One key of keyed agent ``agent``: its partition, the process holding that
+    partition (None: none now), its messages still to handle (unread, and delivered but
+    not acknowledged), whether it has saved state, and its dead letters."""
+    check_name("agent", agent)
+
+    async def go() -> dict[str, Any]:
+        async with Runtime(config, namespace=namespace) as runtime:
+            address = await runtime.address_of(agent, key)
+            client = runtime.client
+            number = await runtime.partition_of(agent, key)
+            part = runtime.keys.partition(agent, number)
+            lease = await client.get(part.lease)
+            groups = (
+                await client.xinfo_groups(part.mailbox) if await client.exists(part.mailbox) else []
+            )
+            group = group_of(groups)
+            pending = set()
+            if group is not None and group.pending:
+                rows = await client.xpending_range(part.mailbox, GROUP, "-", "+", group.pending)
+                pending = {row["message_id"] for row in rows}
+            unread = delivered = 0
+            for entry_id, fields in await client.xrange(part.mailbox):
+                try:
+                    if decode_envelope(fields.get(ENVELOPE_FIELD)).key != key:
+                        continue
+                except DecodeError:
+                    continue
+                if entry_id in pending:
+                    delivered += 1
+                elif group is None or compare_ids(entry_id, group.last_delivered) > 0:
+                    unread += 1
+            letters = await runtime.dead_letters(agent, 1_000_000, key=key)
+            return {
+                "agent": agent,
+                "key": key,
+                "partition": number,
+                "mailbox": address.mailbox,
+                "held_by": lease.rpartition("/")[0] if isinstance(lease, str) else None,
+                "unread": unread,
+                "pending": delivered,
+                "has_state": bool(await client.hexists(part.state, key)),
+                "dead_letters": len(letters),
+            }
+
+    return _run(go)
+
+
+def format_key_status(report: dict[str, Any]) -> str:
+    held = report["held_by"] or "no process now (it is taken when a host balances)"
+    return "\n".join(
+        [
+            f"agent {report['agent']}  key {report['key']!r}",
+            f"  partition {report['partition']} ({report['mailbox']}), held by {held}",
+            f"  messages: {report['unread']} unread, {report['pending']} being handled",
+            f"  state: {'saved' if report['has_state'] else 'none saved yet'}",
+            f"  dead letters: {report['dead_letters']}",
+        ]
+    )
 
 
 def format_status(report: dict[str, Any]) -> str:

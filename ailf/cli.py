@@ -238,6 +238,15 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from ailf import _admin as admin
 
+    if args.key is not None:
+        if args.namespace is None or args.agent is None:
+            raise UsageError("status --key: also give -n NAMESPACE and --agent AGENT")
+        report = admin.key_status(_redis_config(args), args.namespace, args.agent, args.key)
+        if args.json:
+            _print_json(report)
+        else:
+            print(admin.format_key_status(report))
+        return EXIT_OK
     status = admin.status(_redis_config(args), args.namespace)
     if args.json:
         _print_json(status)
@@ -498,10 +507,15 @@ def build_parser() -> argparse.ArgumentParser:
         "Show what runs against a Redis: per namespace, the live processes (with their\n"
         "last heartbeat) and per agent its replicas, mailbox length, pending (delivered,\n"
         "not yet acknowledged), lag (not yet delivered) and dead letters.",
-        "  ailf status\n  ailf status -n word-count --json",
+        "  ailf status\n  ailf status -n word-count --json\n"
+        "  ailf status -n chat --agent assistant --key user-42",
     )
     status.add_argument(
         "-n", "--namespace", default=None, help="only this namespace (default: all of them)"
+    )
+    status.add_argument("--agent", help="with --key: the keyed agent")
+    status.add_argument(
+        "--key", help="one key of a keyed agent: its partition, holder, messages, state"
     )
     _add_redis(status)
     _add_json(status, "the status")

@@ -112,6 +112,16 @@ def test_keyed_assistants_remember_each_user(redis: RedisServer) -> None:
     missing = ailf("state", "assistant", "nobody", "-n", "assistants", "--redis", redis.url)
     assert missing.returncode == 1
     assert "saved no state for key 'nobody'" in missing.stderr
+    where = ["-n", "assistants", "--redis", redis.url]
+    one = ailf("status", *where, "--agent", "assistant", "--key", "ada", "--json")
+    assert one.returncode == 0, one.stderr
+    report = json.loads(one.stdout)
+    assert (report["unread"], report["pending"], report["has_state"]) == (0, 0, True)
+    assert report["held_by"] is None  # the run ended: its hosts gave the partitions back
+    assert 0 <= report["partition"] < 16 and report["dead_letters"] == 0
+    status = json.loads(ailf("status", *where, "--json").stdout)
+    (namespace,) = status["namespaces"]
+    assert namespace["agents"]["assistant"]["length"] == 9  # all partitions added up
 
 
 def test_word_count_matches_a_direct_count(redis: RedisServer) -> None:

@@ -772,6 +772,14 @@ class Runtime:
         there)."""
         return await self._address(name, key)
 
+    async def partition_of(self, name: str, key: str) -> int:
+        """The partition of keyed agent ``name`` that ``key`` belongs to."""
+        check_name("agent", name)
+        partitions = await self._partitions(name)
+        if partitions is None:
+            raise ConfigError(f"{name!r} is not a keyed agent: it takes no key")
+        return partition_of(check_key(name, key), partitions)
+
     async def ring(self, address: Address) -> None:
         """Ring a mailbox's doorbell: its reader reads it now rather than at its next
         sweep (for entries added by other means than :meth:`send`)."""
