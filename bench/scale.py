@@ -82,18 +82,33 @@ class RedisProbe:
         info = self.client.info("cpu")
         return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
-    def commands(self) -> int:
-        return int(self.client.info("stats")["total_commands_processed"])
-
     def connections(self) -> int:
         return sum(c["name"] == NAME for c in self.client.client_list())
 
-    async def idle(self, seconds: float) -> tuple[float, float]:
-        """(commands per second, % of one core) Redis spends on an idle process."""
-        commands, cpu, started = self.commands(), self.cpu(), time.perf_counter()
+    def calls(self) -> dict[str, int]:
+        return {
+            name.removeprefix("cmdstat_"): int(stats["calls"])
+            for name, stats in self.client.info("commandstats").items()
+        }
+
+    async def idle(self, seconds: float) -> tuple[float, float, str]:
+        """(commands per second, % of one core, the commonest commands) Redis spends on
+        an idle process."""
+        calls, cpu, started = self.calls(), self.cpu(), time.perf_counter()
         await trio.sleep(seconds)
         elapsed = time.perf_counter() - started
-        return (self.commands() - commands - 2) / elapsed, 100 * (self.cpu() - cpu) / elapsed
+        after = self.calls()
+        rates = {
+            name: (count - calls.get(name, 0)) / elapsed
+            for name, count in after.items()
+            if name != "info" and count > calls.get(name, 0)
+        }
+        top = sorted(rates.items(), key=lambda item: -item[1])[:4]
+        return (
+            sum(rates.values()),
+            100 * (self.cpu() - cpu) / elapsed,
+            ", ".join(f"{name} {rate:.0f}/s" for name, rate in top),
+        )
 
 
 async def named(server: RedisServer, count: int, idle: float) -> dict[str, Any]:
@@ -125,9 +140,10 @@ async def named(server: RedisServer, count: int, idle: float) -> dict[str, Any]:
         reads = probe.xreadgroup()
         connections = probe.connections()
         await trio.sleep(5)  # the first claims and sweeps of the new mailboxes settle
-        idle_commands, idle_cpu = await probe.idle(idle)
+        idle_commands, idle_cpu, idle_top = await probe.idle(idle)
         return {
             "count": count,
+            "idle_top": idle_top,
             "spawned": spawned,
             "answered": last - started,
             "slowest": slowest,
@@ -163,7 +179,7 @@ async def keyed(server: RedisServer, count: int, idle: float) -> dict[str, Any]:
         connections = probe.connections()
         rss = _rss_mb()
         await trio.sleep(5)
-        idle_commands, idle_cpu = await probe.idle(idle)
+        idle_commands, idle_cpu, idle_top = await probe.idle(idle)
         saved = await runtime.client.execute_command(
             "HLEN", runtime.keys.partition("keyed", 0).state
         )
@@ -177,6 +193,7 @@ async def keyed(server: RedisServer, count: int, idle: float) -> dict[str, Any]:
             "idle_commands": idle_commands,
             "idle_cpu": idle_cpu,
             "saved_in_partition_0": saved,
+            "idle_top": idle_top,
         }
 
 
@@ -206,6 +223,8 @@ def report(arguments: argparse.Namespace) -> str:
             f" {keys['handled']:.1f} s ({keys['count'] / keys['handled']:,.0f} msg/s)"
             f" | {kcalls:,}, {kmean:.0f} µs, {kslow} | {keys['connections']}"
             f" | {keys['rss']:.0f} MB | {keys['idle_commands']:.0f}, {keys['idle_cpu']:.1f} % |",
+            "",
+            f"Idle commands, named: {many['idle_top']}; keyed: {keys['idle_top']}.",
         ]
     )
 

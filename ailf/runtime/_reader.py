@@ -65,6 +65,10 @@ log = logging.getLogger("ailf.runtime")
 
 #: The most mailboxes one XREADGROUP names (about 70 µs of Redis time).
 READ_STREAMS = 512
+#: The entries a read should return at most (about 0.7 ms of Redis time): a read
+#: returning more names half as many mailboxes next time, one returning a quarter of
+#: it twice as many (up to :data:`READ_STREAMS`).
+READ_ENTRIES = 2048
 #: Mailboxes a full sweep reads per second at most, whatever their number: a sweep
 #: comes every ``max_block`` seconds, or every ``mailboxes / SWEEP_RATE`` if longer.
 SWEEP_RATE = 5000
@@ -155,6 +159,8 @@ class MailboxReader:
         self._reading: set[str] = set()
         self._rung_while_reading: set[str] = set()
         self._sweep_at = 0.0
+        #: How many mailboxes the next read names (see :data:`READ_ENTRIES`).
+        self._width = READ_STREAMS
         self._sessions = -1
         self._cluster = self.client.config.cluster
 
@@ -291,16 +297,23 @@ class MailboxReader:
         finally:
             self._reading = set()
         read_all = {stream for stream, entries in reply if len(entries) >= self.settings.batch_size}
+        returned = sum(len(entries) for _, entries in reply)
+        if returned > READ_ENTRIES:
+            self._width = max(1, self._width // 2)
+        elif returned < READ_ENTRIES // 4:
+            self._width = min(READ_STREAMS, self._width * 2)
         for stream in streams:
             place = self._places.get(stream)
             more = stream in read_all or stream in self._rung_while_reading
-            if not more and not (place is not None and place.backlog):
-                self._dirty.pop(stream, None)
+            self._dirty.pop(stream, None)
+            if more or (place is not None and place.backlog):
+                self._dirty[stream] = None  # to be read again, after the others (fairness)
         await self._dispatch(reply)
 
     def _take_dirty(self) -> dict[str, str]:
-        """The next mailboxes to read (at most :data:`READ_STREAMS`; on a cluster, of
-        one hash slot), each with where to read from."""
+        """The next mailboxes to read (at most :data:`READ_STREAMS`, fewer while reads
+        return many entries; on a cluster, of one hash slot), each with where to read
+        from."""
         streams: dict[str, str] = {}
         gone: list[str] = []
         slot = -1
@@ -318,7 +331,7 @@ class MailboxReader:
                 elif here != slot:
                     continue
             streams[stream] = place.backlog_from if place.backlog else ">"
-            if len(streams) >= READ_STREAMS:
+            if len(streams) >= self._width:
                 break
         for stream in gone:
             del self._dirty[stream]
