@@ -159,6 +159,9 @@ class MailboxReader:
         self._reading: set[str] = set()
         self._rung_while_reading: set[str] = set()
         self._sweep_at = 0.0
+        #: Claims this reader may make now, refilled at CLAIM_RATE a second.
+        self._claim_budget = float(CLAIM_RATE)
+        self._budget_at = 0.0
         #: How many mailboxes the next read names (see :data:`READ_ENTRIES`).
         self._width = READ_STREAMS
         self._sessions = -1
@@ -343,7 +346,8 @@ class MailboxReader:
         if retry is not None:
             due = min(due, retry)
         if self._claims:
-            due = min(due, self._claims[0][0])
+            refilled = now + max(0.0, 1 - self._claim_budget) / CLAIM_RATE
+            due = min(due, max(self._claims[0][0], refilled))
         return max(due, now + 0.001)
 
     async def _dispatch(self, reply: list[Any]) -> None:
@@ -396,7 +400,14 @@ class MailboxReader:
     async def _due_work(self, now: float) -> None:
         retries = self.settler.due(now)
         claims = []
-        while self._claims and self._claims[0][0] <= now:
+        # At most CLAIM_RATE claims a second, however many fall due at once (a burst of
+        # spawns schedules its first claims before knowing how many mailboxes there are).
+        self._claim_budget = min(
+            CLAIM_RATE, self._claim_budget + (now - self._budget_at) * CLAIM_RATE
+        )
+        self._budget_at = now
+        while self._claims and self._claims[0][0] <= now and self._claim_budget >= 1:
+            self._claim_budget -= 1
             _, _, place = heapq.heappop(self._claims)
             if place.binding.active and self._places.get(place.binding.stream) is place:
                 claims.append(place)
