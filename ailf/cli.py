@@ -163,7 +163,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"--only: no agent named {', '.join(unknown)} in {args.file}; agents: {known}"
         )
     report = run_scenario(
-        scenario, redis_url=args.redis, only=tuple(args.only or ()), json_output=args.json
+        scenario,
+        redis_url=args.redis,
+        only=tuple(args.only or ()),
+        json_output=args.json,
+        metrics_port=args.metrics_port,
     )
     if args.json:
         _print_json(report.to_json())
@@ -180,6 +184,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         process=args.process,
         events_fd=args.events_fd,
         only=tuple(args.only or ()),
+        metrics_port=args.metrics_port,
     )
 
 
@@ -408,6 +413,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="run only these agents (other hosts run the rest against the same Redis)",
     )
+    run.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        default=None,
+        help="serve Prometheus metrics: worker process i on PORT+i, at /metrics"
+        " (default: the file's [scenario] metrics_port; needs ailf[metrics])",
+    )
     _add_json(run, "the summary")
     run.set_defaults(handler=_cmd_run)
 
@@ -561,6 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--process", type=int, required=True)
     worker.add_argument("--events-fd", type=int, required=True)
     worker.add_argument("--only", nargs="*", default=())
+    worker.add_argument("--metrics-port", type=int, default=None)
     worker.set_defaults(handler=_cmd_worker)
     return parser
 

@@ -38,6 +38,7 @@ import trio
 from ailf.clients._async_client import AsyncRedisClient
 from ailf.config import RedisConfig, given_or_from_env
 from ailf.errors import ConfigError, EscalationError, RedisError
+from ailf.observability import NO_OBSERVER, Instrumented, ObservabilitySettings, Observer
 from ailf.runtime._acker import Acker
 from ailf.runtime._admission import MailboxGate
 from ailf.runtime._agent import Agent
@@ -47,6 +48,7 @@ from ailf.runtime._host import HostContext
 from ailf.runtime._keys import Keys, check_name
 from ailf.runtime._mailbox import busy, delete_idle_consumers, open_mailbox
 from ailf.runtime._message import ENVELOPE_FIELD, DeadLetter, encode_envelope
+from ailf.runtime._observe import make_observer, watch_mailboxes
 from ailf.runtime._reader import MailboxReader
 from ailf.runtime._reader_pool import ReaderPool
 from ailf.runtime._registry import (
@@ -93,6 +95,10 @@ class Runtime:
       message, doubling per delivery.
     - ``stale_consumer_after``: seconds idle before a consumer holding nothing is
       deleted from a mailbox's group.
+    - ``tracing``: OpenTelemetry spans (None, the default: when a tracer provider is
+      configured), ``metrics_port``/``metrics_host``: serve Prometheus metrics there,
+      ``metrics_interval``: seconds between readings of the mailbox gauges (see
+      :class:`~ailf.observability.ObservabilitySettings` and docs/observability.md).
     """
 
     def __init__(
@@ -112,6 +118,10 @@ class Runtime:
         retry_backoff: float = 0.1,
         retry_backoff_max: float = 5.0,
         stale_consumer_after: float = 60.0,
+        tracing: bool | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
+        metrics_interval: float = 5.0,
     ) -> None:
         check_setting("heartbeat_interval", heartbeat_interval)
         check_setting("grace_period", grace_period)
@@ -131,6 +141,16 @@ class Runtime:
             stale_consumer_after=stale_consumer_after,
         )
         self.gate = MailboxGate(mailbox_limit, send_timeout)
+        self.observability = ObservabilitySettings(
+            tracing=tracing,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+            metrics_interval=metrics_interval,
+        )
+        #: The hooks every part of the runtime calls (tracing, metrics); set at start.
+        self.observer: Observer = NO_OBSERVER
+        #: Where the metrics are served while the runtime runs (None: they are not).
+        self.metrics_url: str | None = None
         self.host = socket.gethostname()
         self.pid = os.getpid()
         #: This runtime's id in the registry, and the prefix of its consumer names.
@@ -206,6 +226,12 @@ class Runtime:
     @asynccontextmanager
     async def _lifecycle(self) -> AsyncIterator[Runtime]:
         body_error: BaseException | None = None
+        self.observer = make_observer(
+            self.observability,
+            self.namespace,
+            lambda: list(self._counters.values()),
+            lambda: self.client.reconnects,
+        )
         try:
             with trio.CancelScope() as self._root:
                 async with AsyncRedisClient(self.config) as client, trio.open_nursery() as services:
@@ -223,6 +249,7 @@ class Runtime:
                         hub=self.hub,
                         grace_period=self.grace_period,
                         runtime=self,
+                        observer=self.observer,
                     )
                     self._readers = ReaderPool(self._host_context, self.process_id)
                     await services.start(self.hub.run)
@@ -236,6 +263,7 @@ class Runtime:
                         self.namespace,
                     )
                     services.start_soon(self._heartbeat.run)
+                    self._serve_metrics(services)
                     if self.handle_signals:
                         services.start_soon(self._watch_signals)
                     async with trio.open_nursery() as agents:
@@ -261,8 +289,33 @@ class Runtime:
             if error is body_error or (caused_by_us and isinstance(error, Exception)):
                 raise error from None
             raise
+        finally:
+            self._stop_metrics()
         if self._escalation is not None:
             raise self._escalation
+
+    def _serve_metrics(self, services: trio.Nursery) -> None:
+        metrics = self.observer.metrics if isinstance(self.observer, Instrumented) else None
+        if metrics is None:
+            return
+        settings = self.observability
+        assert settings.metrics_port is not None
+        port = metrics.serve(settings.metrics_host, settings.metrics_port)
+        self.metrics_url = f"http://{settings.metrics_host}:{port}/metrics"
+        log.info("runtime %s serves metrics at %s", self.process_id, self.metrics_url)
+        services.start_soon(
+            watch_mailboxes,
+            self.client,
+            self.keys,
+            lambda: list(self._specs),
+            metrics,
+            settings.metrics_interval,
+        )
+
+    def _stop_metrics(self) -> None:
+        if isinstance(self.observer, Instrumented) and self.observer.metrics is not None:
+            self.observer.metrics.close()
+        self.metrics_url = None
 
     def _begin_stop(self) -> None:
         """Stop reading and ask every instance to stop; the agents nursery then drains."""
@@ -478,17 +531,22 @@ class Runtime:
         ``mailbox_maxlen``). Raises MessageTooLarge past ``max_message_size``, and
         MailboxFull when the mailbox stayed at ``mailbox_limit`` for ``send_timeout``.
         """
-        text = encode_envelope(
-            body, sender=sender, headers=headers, max_size=self.settings.max_message_size
-        )
         stream = self.keys.mailbox(check_name("agent", to))
-        await self.gate.admit(self.client, stream)
-        entry_id: str = await self.client.xadd(
-            stream,
-            {ENVELOPE_FIELD: text},
-            maxlen=self.settings.mailbox_maxlen,
-            approximate=True,
-        )
+        with self.observer.producing("send", to) as producing:
+            text = encode_envelope(
+                body,
+                sender=sender,
+                headers=producing.inject(headers),
+                max_size=self.settings.max_message_size,
+            )
+            await self.gate.admit(self.client, stream)
+            entry_id: str = await self.client.xadd(
+                stream,
+                {ENVELOPE_FIELD: text},
+                maxlen=self.settings.mailbox_maxlen,
+                approximate=True,
+            )
+            producing.sent(entry_id)
         return entry_id
 
     async def ask(
@@ -515,23 +573,25 @@ class Runtime:
         if not (number and 0 < timeout < math.inf):
             raise ConfigError(f"ask({to!r}): timeout must be seconds > 0, not {timeout!r}")
         max_size = self.settings.max_message_size
-
-        async def request(correlation: str) -> None:
-            text = encode_envelope(
-                body,
-                sender=sender,
-                headers=headers,
-                reply_to=self._inbox.channel,
-                correlation=correlation,
-                max_size=max_size,
-            )
-            await self.client.xadd(
-                stream, {ENVELOPE_FIELD: text}, maxlen=self.settings.mailbox_maxlen
-            )
-
         await self.gate.admit(self.client, stream)  # waiting for room is not the ask's time
         await self.hub.open_inbox()
-        return await self._inbox.ask(to, timeout, request)
+        with self.observer.producing("ask", to) as producing:
+
+            async def request(correlation: str) -> None:
+                text = encode_envelope(
+                    body,
+                    sender=sender,
+                    headers=producing.inject(headers),
+                    reply_to=self._inbox.channel,
+                    correlation=correlation,
+                    max_size=max_size,
+                )
+                entry_id = await self.client.xadd(
+                    stream, {ENVELOPE_FIELD: text}, maxlen=self.settings.mailbox_maxlen
+                )
+                producing.sent(entry_id)
+
+            return await self._inbox.ask(to, timeout, request)
 
     async def publish(self, topic: str, body: Any, *, sender: str | None = None) -> int:
         """Broadcast ``body`` to every instance subscribed to ``topic``, in every process.
@@ -539,14 +599,18 @@ class Runtime:
         Best-effort (pub/sub): only processes subscribed right now receive it. Returns
         the number of processes that did.
         """
-        text = encode_envelope(
-            body,
-            sender=sender,
-            topic=check_name("topic", topic),
-            message_id=f"{self.process_id}-{next(self._broadcast_ids)}",
-            max_size=self.settings.max_message_size,
-        )
-        receivers: int = await self.client.publish(self.keys.topic(topic), text)
+        with self.observer.producing("publish", check_name("topic", topic)) as producing:
+            message_id = f"{self.process_id}-{next(self._broadcast_ids)}"
+            text = encode_envelope(
+                body,
+                sender=sender,
+                headers=producing.inject(None),
+                topic=topic,
+                message_id=message_id,
+                max_size=self.settings.max_message_size,
+            )
+            receivers: int = await self.client.publish(self.keys.topic(topic), text)
+            producing.sent(message_id)
         return receivers
 
     async def dead_letters(self, name: str, count: int = 100) -> list[DeadLetter]:

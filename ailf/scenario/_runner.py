@@ -36,7 +36,8 @@ import trio
 from ailf._admin import describe_dead_letter, leftovers
 from ailf._text import count_of
 from ailf.config import RedisConfig, RetryPolicy
-from ailf.errors import AilfError, ResponseError
+from ailf.errors import AilfError, ConfigError, ResponseError
+from ailf.observability import metrics
 from ailf.runtime._runtime import Runtime
 from ailf.runtime._statistics import AgentStatistics
 from ailf.runtime._supervisor import unwrap
@@ -230,13 +231,20 @@ class ScenarioRun:
     """The state of one run; :meth:`main` is the whole of it."""
 
     def __init__(
-        self, scenario: Scenario, url: str | None, json_output: bool, only: tuple[str, ...]
+        self,
+        scenario: Scenario,
+        url: str | None,
+        json_output: bool,
+        only: tuple[str, ...],
+        metrics_port: int | None = None,
     ) -> None:
         #: The whole file; ``scenario`` is the part this run hosts (all of it without --only).
         self.whole = scenario
         self.scenario = scenario.only(only)
         self._url = url
         self._only = only
+        #: Worker process i serves its metrics on this port + i (None: no metrics).
+        self._metrics_port = metrics_port or scenario.scenario.metrics_port
         self.workdir = str(Path(scenario.path).resolve().parent)
         self.child_stdout = sys.stderr.fileno() if json_output else None
         self.child_env: dict[str, str] = {}
@@ -267,6 +275,9 @@ class ScenarioRun:
         argv += ["--process", str(index), "--events-fd", str(events_fd)]
         if self._only:
             argv += ["--only", *self._only]
+        port = self._metrics_port
+        if port is not None:
+            argv += ["--metrics-port", str(port + index)]
         return argv
 
     def finish(self, outcome: str) -> None:
@@ -530,18 +541,23 @@ def run_scenario(
     redis_url: str | None = None,
     only: tuple[str, ...] = (),
     json_output: bool = False,
+    metrics_port: int | None = None,
 ) -> RunReport:
     """Run ``scenario`` to its end and return the report (printed unless ``json_output``).
 
     ``redis_url`` overrides the file's ``[redis] url``; with neither, an embedded server
     is started for the run and stopped after it. ``only`` restricts the run to some
-    agents (see :meth:`Scenario.only`). Raises :class:`~ailf.errors.RedisError` when
+    agents (see :meth:`Scenario.only`). ``metrics_port`` overrides the file's
+    ``[scenario] metrics_port``: worker process *i* serves Prometheus metrics on that
+    port plus *i*. Raises :class:`~ailf.errors.RedisError` when
     Redis cannot be reached.
     """
     url = redis_url or scenario.redis.url
     if url:
         RedisConfig.from_url(url)  # a bad --redis URL fails here, before anything starts
-    run = ScenarioRun(scenario, url, json_output, only)
+    if (metrics_port or scenario.scenario.metrics_port) and not metrics.available():
+        raise ConfigError("metrics need prometheus-client: pip install 'ailf[metrics]'")
+    run = ScenarioRun(scenario, url, json_output, only, metrics_port)
     try:
         report = trio.run(run.main)
     except BaseExceptionGroup as group:
