@@ -9,6 +9,7 @@ as lines starting ``ailf: warning:``; no tracebacks for expected failures.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -240,6 +241,36 @@ def _cmd_status(args: argparse.Namespace) -> int:
         _print_json(status)
     else:
         print(admin.format_status(status))
+    return EXIT_OK
+
+
+def _needs(extra: str, command: str, module: str) -> None:
+    """A UsageError naming the extra to install when ``module`` cannot be imported."""
+    try:
+        __import__(module)
+    except ImportError:
+        raise UsageError(f"{command} needs {module}: pip install 'ailf[{extra}]'") from None
+
+
+def _cmd_top(args: argparse.Namespace) -> int:
+    _needs("top", "ailf top", "rich")
+    import trio
+
+    from ailf._top import top
+
+    config = _redis_config(args)
+    try:
+        trio.run(
+            functools.partial(
+                top, config, args.namespace, interval=args.interval, iterations=args.iterations
+            )
+        )
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how one quits a live view: not an interrupted run
+    except BaseExceptionGroup as group:
+        from ailf.runtime._supervisor import unwrap
+
+        raise unwrap(group) from None
     return EXIT_OK
 
 
@@ -493,6 +524,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_redis(status)
     _add_json(status, "the status")
     status.set_defaults(handler=_cmd_status)
+
+    top = _command(
+        commands,
+        "top",
+        "watch a namespace's agents live in the terminal",
+        "A live view of one namespace, refreshed every --interval seconds until q or\n"
+        "Ctrl-C: per agent its replicas and processes, messages handled per second,\n"
+        "backlog, lag, in flight (delivered, not yet acknowledged), failures and dead\n"
+        "letters; then the live processes. Read from Redis alone, so it shows every\n"
+        "process of the namespace, on any host. Needs rich: pip install 'ailf[top]'.",
+        "  ailf top -n work-queue\n  ailf top -n work-queue --redis redis://redis.internal:6379/0\n"
+        "  ailf top -n work-queue --iterations 1    # one frame, then exit",
+    )
+    _add_namespace(top)
+    _add_redis(top)
+    top.add_argument(
+        "--interval", type=_seconds, default=1.0, help="seconds between refreshes (default 1)"
+    )
+    top.add_argument(
+        "--iterations",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="exit after N refreshes (default: until q or Ctrl-C)",
+    )
+    top.set_defaults(handler=_cmd_top)
 
     dlq = _command(
         commands,
