@@ -108,11 +108,13 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _port(text: str) -> int:
+def _port(text: str, lowest: int = 1) -> int:
     """An argparse type: a TCP port number."""
     value = _number(int, text)
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {text}")
+    if not lowest <= value <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"expected a port number from {lowest} to 65535, got {text}"
+        )
     return value
 
 
@@ -274,6 +276,21 @@ def _cmd_top(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from ailf._dashboard import Dashboard
+
+    token = args.token or os.environ.get("AILF_DASHBOARD_TOKEN") or None
+    try:
+        dashboard = Dashboard(
+            _redis_config(args), args.namespace, host=args.host, port=args.port, token=token
+        )
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+    print(f"ailf dashboard of namespace {args.namespace!r}: {dashboard.url}", flush=True)
+    dashboard.serve_forever()
+    return EXIT_OK
+
+
 def _cmd_dlq(args: argparse.Namespace) -> int:
     from ailf import _admin as admin
 
@@ -409,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  ailf server                            # a throwaway Redis, prints its URL\n"
         "  ailf send echo '{\"hi\": 1}' --ask      # ask an agent, print the reply\n"
         "  ailf status                            # namespaces, agents, processes, backlog\n"
+        "  ailf top -n work-queue                 # a namespace live in the terminal\n"
+        "  ailf dashboard -n work-queue           # ... in a web page, dead letters too\n"
         "  ailf dlq list worker                   # an agent's dead letters\n"
         "  ailf reset -n work-queue               # empty a namespace (asks first)\n\n"
         "Exit codes: 0 success, 1 failure (a failed run, Redis unreachable), 2 bad usage or file,\n"
@@ -550,6 +569,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit after N refreshes (default: until q or Ctrl-C)",
     )
     top.set_defaults(handler=_cmd_top)
+
+    dashboard = _command(
+        commands,
+        "dashboard",
+        "serve a web page of a namespace: agents, rates, processes, dead letters",
+        "Serve a web page that shows one namespace live, from Redis: per agent its rate\n"
+        "(charted over the last minutes), backlog, lag, instances and processes; the live\n"
+        "processes and their hosts; and each agent's dead letters, to show, redrive or purge\n"
+        "(after a confirmation). It listens on 127.0.0.1 unless --host says otherwise; since\n"
+        "it can redrive and purge, another address needs --token (every request must then\n"
+        "carry it). Stop it with Ctrl-C.",
+        "  ailf dashboard -n work-queue                # http://localhost:8080/\n"
+        "  ailf dashboard -n work-queue --port 9000 --redis redis://redis.internal:6379/0\n"
+        '  ailf dashboard -n work-queue --host 0.0.0.0 --token "$(openssl rand -hex 16)"',
+    )
+    _add_namespace(dashboard)
+    _add_redis(dashboard)
+    dashboard.add_argument(
+        "--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)"
+    )
+    dashboard.add_argument(
+        "--port",
+        type=functools.partial(_port, lowest=0),
+        default=8080,
+        help="the port (default 8080; 0: a free one)",
+    )
+    dashboard.add_argument(
+        "--token",
+        default=None,
+        help="require this token on every request (default: AILF_DASHBOARD_TOKEN, if set)",
+    )
+    dashboard.set_defaults(handler=_cmd_dashboard)
 
     dlq = _command(
         commands,
