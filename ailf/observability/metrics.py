@@ -13,17 +13,23 @@ every metric with its labels and unit.
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 import attrs
 
-__all__ = ["AgentCounts", "MailboxState", "Metrics", "available"]
+__all__ = ["AgentCounts", "Histogram", "MailboxState", "Metrics", "available"]
 
 try:
     import prometheus_client as _prometheus
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+        Metric,
+    )
     from prometheus_client.registry import Collector
 except ImportError:  # the extra is not installed: Metrics() says what to install
     _prometheus = None  # type: ignore[assignment]
@@ -105,35 +111,25 @@ class Metrics:
             )
         self.namespace = namespace
         self.registry = _prometheus.CollectorRegistry()
-        labels = ("namespace", "agent")
-        self._handler = _prometheus.Histogram(
-            "ailf_handler_duration_seconds",
-            "Seconds a handler ran, mailbox messages and broadcasts",
-            labels,
-            buckets=BUCKETS,
-            registry=self.registry,
-        )
-        self._ask = _prometheus.Histogram(
-            "ailf_ask_duration_seconds",
-            "Seconds from an ask() to its reply, by the agent asked and the outcome",
-            (*labels, "outcome"),
-            buckets=BUCKETS,
-            registry=self.registry,
-        )
-        self._handler_by_agent: dict[str, Any] = {}
+        #: Handler durations by agent; ask durations by (agent asked, outcome).
+        self.handlers: dict[str, Histogram] = {}
+        self.asks: dict[tuple[str, str], Histogram] = {}
         self.mailboxes: dict[str, MailboxState] = {}
         self.registry.register(_RuntimeCollector(self, counts, reconnects))
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
     def handler_finished(self, agent: str, seconds: float) -> None:
-        child = self._handler_by_agent.get(agent)
-        if child is None:
-            child = self._handler_by_agent[agent] = self._handler.labels(self.namespace, agent)
-        child.observe(seconds)
+        histogram = self.handlers.get(agent)
+        if histogram is None:
+            histogram = self.handlers[agent] = Histogram()
+        histogram.observe(seconds)
 
     def ask_finished(self, agent: str, seconds: float, outcome: str) -> None:
-        self._ask.labels(self.namespace, agent, outcome).observe(seconds)
+        histogram = self.asks.get((agent, outcome))
+        if histogram is None:
+            histogram = self.asks[(agent, outcome)] = Histogram()
+        histogram.observe(seconds)
 
     def text(self) -> str:
         """The metrics in Prometheus's text format (what ``/metrics`` serves)."""
@@ -157,6 +153,34 @@ class Metrics:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+
+class Histogram:
+    """Counts of durations by bucket (``le`` :data:`BUCKETS`, then +Inf) and their sum.
+
+    Plain integers in a list, not prometheus-client's Histogram: an observation on the
+    handler path is a bisection and two additions, without a lock. The scraping thread
+    reads the counts as they are; the count it reports is their sum, so a scrape is
+    always consistent with itself.
+    """
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative counts by upper bound, as a Prometheus histogram has them."""
+        found, total = [], 0
+        for bound, count in zip((*map(str, BUCKETS), "+Inf"), list(self.counts), strict=True):
+            total += count
+            found.append((bound, float(total)))
+        return found
 
 
 class _RuntimeCollector(Collector):
@@ -195,6 +219,22 @@ class _RuntimeCollector(Collector):
                 if value is not None:
                     gauge.add_metric([namespace, agent_name], value)
             yield gauge
+        handlers = HistogramMetricFamily(
+            "ailf_handler_duration_seconds",
+            "Seconds from a handler's start to its outcome settled (an ask's reply sent)",
+            labels=labels,
+        )
+        for agent_name, histogram in list(self._metrics.handlers.items()):
+            handlers.add_metric([namespace, agent_name], histogram.buckets(), histogram.sum)
+        yield handlers
+        asks = HistogramMetricFamily(
+            "ailf_ask_duration_seconds",
+            "Seconds from an ask() to its reply, by the agent asked and the outcome",
+            labels=[*labels, "outcome"],
+        )
+        for (agent_name, outcome), histogram in list(self._metrics.asks.items()):
+            asks.add_metric([namespace, agent_name, outcome], histogram.buckets(), histogram.sum)
+        yield asks
         reconnects = CounterMetricFamily(
             "ailf_redis_reconnects",
             "Times the runtime's Redis connection was made again after it broke",
