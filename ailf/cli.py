@@ -272,7 +272,9 @@ def _cmd_top(args: argparse.Namespace) -> int:
     except BaseExceptionGroup as group:
         from ailf.runtime._supervisor import unwrap
 
-        raise unwrap(group) from None
+        error = unwrap(group)
+        if not isinstance(error, KeyboardInterrupt):
+            raise error from None
     return EXIT_OK
 
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -190,3 +193,26 @@ async def test_the_page_in_a_browser_shows_the_agents_and_redrives_a_dead_letter
 
             await trio.to_thread.run_sync(browse)
         assert await runtime.dead_letters("picky") == []
+
+
+def test_the_command_prints_its_address_serves_and_stops_on_ctrl_c(
+    redis_config: RedisConfig,
+) -> None:
+    command = [sys.executable, "-m", "ailf", "dashboard", "-n", "shown", "--port", "0"]
+    with subprocess.Popen(
+        [*command, "--redis", redis_config.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            url = line.rsplit(" ", 1)[-1].strip()
+            assert url.startswith("http://localhost:"), line
+            assert request(url + "api/status")["namespace"] == "shown"
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=30) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()

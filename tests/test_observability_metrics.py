@@ -183,3 +183,34 @@ def test_a_scenario_serves_each_worker_process_on_its_own_port(
     finally:
         run.send_signal(signal.SIGINT)
         run.communicate(timeout=30)
+
+
+async def test_a_broken_connection_made_again_counts_as_a_reconnect(
+    redis_config: RedisConfig,
+) -> None:
+    from ailf import AsyncRedisClient
+
+    async with AsyncRedisClient(redis_config) as client:
+        assert client.reconnects == 0
+        own = await client.execute_command("CLIENT", "ID")
+        async with AsyncRedisClient(redis_config) as other:
+            await other.execute_command("CLIENT", "KILL", "ID", own)
+        with trio.fail_after(10):
+            while True:  # the first command after the kill may fail: it was in flight
+                try:
+                    await client.ping()
+                    break
+                except Exception:
+                    await trio.sleep(0.01)
+        assert client.reconnects == 1
+
+
+async def test_without_prometheus_client_metrics_say_what_to_install(
+    redis_config: RedisConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ailf.observability import metrics
+
+    monkeypatch.setattr(metrics, "_prometheus", None)
+    with pytest.raises(ImportError, match=r"pip install 'ailf\[metrics\]'"):
+        async with Runtime(redis_config, metrics_port=0):
+            pass

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ailf import RedisConfig, Runtime
 from ailf.observability import NO_OBSERVER, tracing
 from ailf.runtime._message import encode_envelope
@@ -124,3 +126,15 @@ async def test_without_a_tracer_provider_the_runtime_keeps_the_do_nothing_observ
     assert tracing.available() and not tracing.configured()
     async with Runtime(redis_config, namespace="untraced") as runtime:
         assert runtime.observer is NO_OBSERVER
+
+
+async def test_tracing_asked_for_without_the_api_says_what_to_install(
+    redis_config: RedisConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tracing, "_trace", None)
+    assert not tracing.available() and not tracing.configured()
+    async with Runtime(redis_config, namespace="untraced") as runtime:
+        assert runtime.observer is NO_OBSERVER  # None: off, quietly
+    with pytest.raises(ImportError, match=r"pip install 'ailf\[otel\]'"):
+        async with Runtime(redis_config, tracing=True):
+            pass

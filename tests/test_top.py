@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 from rich.console import Console
 from runtime_helpers import Echo
@@ -113,3 +114,13 @@ def test_the_progress_line_has_a_rate_a_backlog_and_an_eta_and_output_goes_above
     # The status line was wiped before the agent's line, and drawn again after it.
     assert screen.getvalue().endswith("\r" + " " * len(line) + "\r" + line)
     assert printed.getvalue() == "hello from a handler\n"
+
+
+def test_without_rich_top_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ailf import cli
+
+    monkeypatch.setitem(sys.modules, "rich", None)
+    assert cli.main(["top", "-n", "any"]) == cli.EXIT_USAGE
+    assert "ailf top needs rich: pip install 'ailf[top]'" in capsys.readouterr().err
