@@ -150,6 +150,7 @@ def headless_chromium() -> Iterator[Any]:
 async def test_the_page_in_a_browser_shows_the_agents_and_redrives_a_dead_letter(
     redis_config: RedisConfig,
 ) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
@@ -160,23 +161,39 @@ async def test_the_page_in_a_browser_shows_the_agents_and_redrives_a_dead_letter
 
             def browse() -> None:
                 with headless_chromium() as driver:
-                    wait = WebDriverWait(driver, 20)
+                    # The page rebuilds its agents and processes tables every second: an
+                    # element found there may be gone by the next call, so each look is
+                    # one script, and a click is tried again on a stale element.
+                    wait = WebDriverWait(
+                        driver, 20, ignored_exceptions=(StaleElementReferenceException,)
+                    )
+
+                    def text(selector: str, attribute: str = "textContent") -> str:
+                        return str(
+                            driver.execute_script(
+                                "const found = document.querySelector(arguments[0]);"
+                                " return found ? found[arguments[1]] : '';",
+                                selector,
+                                attribute,
+                            )
+                        )
 
                     def cell(agent: str, column: str) -> str:
-                        selector = f'#agents tr[data-agent="{agent}"] td.{column}'
-                        found = driver.find_elements(By.CSS_SELECTOR, selector)
-                        return str(found[0].text) if found else ""
+                        return text(f'#agents tr[data-agent="{agent}"] td.{column}')
+
+                    def click(selector: str) -> bool:
+                        driver.find_element(By.CSS_SELECTOR, selector).click()
+                        return True
 
                     driver.get(dashboard.url)
                     wait.until(lambda _: cell("echo", "handled") == "5")
                     assert cell("echo", "replicas") == "2"
                     assert cell("echo", "processes") == "1"
                     assert cell("picky", "dead-letters") == "1"
-                    process = driver.find_element(By.CSS_SELECTOR, "#processes tbody tr")
-                    assert process.get_attribute("data-process") == runtime.process_id
-                    driver.find_element(
-                        By.CSS_SELECTOR, '#agents tr[data-agent="picky"] button.show-letters'
-                    ).click()
+                    assert text("#processes tbody tr td") == runtime.process_id
+                    wait.until(
+                        lambda _: click('#agents tr[data-agent="picky"] button.show-letters')
+                    )
                     row = wait.until(
                         expected_conditions.presence_of_element_located(
                             (By.CSS_SELECTOR, "#letters-table tr[data-dead-letter]")
