@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import json
 import logging
 import os
@@ -249,7 +250,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _needs(extra: str, command: str, module: str) -> None:
     """A UsageError naming the extra to install when ``module`` cannot be imported."""
     try:
-        __import__(module)
+        importlib.import_module(module)
     except ImportError:
         raise UsageError(f"{command} needs {module}: pip install 'ailf[{extra}]'") from None
 
