@@ -214,3 +214,13 @@ async def test_without_prometheus_client_metrics_say_what_to_install(
     with pytest.raises(ImportError, match=r"pip install 'ailf\[metrics\]'"):
         async with Runtime(redis_config, metrics_port=0):
             pass
+
+
+async def test_a_metrics_port_taken_says_so(redis_config: RedisConfig) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
+            async with Runtime(redis_config, metrics_port=port):
+                pass

@@ -20,6 +20,8 @@ from typing import Any, Protocol
 
 import attrs
 
+from ailf.errors import ConfigError
+
 __all__ = ["AgentCounts", "Histogram", "MailboxState", "Metrics", "available"]
 
 try:
@@ -137,10 +139,16 @@ class Metrics:
 
     def serve(self, host: str, port: int) -> int:
         """Serve ``/metrics`` on ``host:port`` from a thread (port 0: a free one); the
-        port. OSError (address in use, say) when it cannot listen."""
-        self._server, self._thread = _prometheus.start_http_server(
-            port, addr=host, registry=self.registry
-        )
+        port. ConfigError when it cannot listen there (the port is taken, say)."""
+        try:
+            self._server, self._thread = _prometheus.start_http_server(
+                port, addr=host, registry=self.registry
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}; choose"
+                " another metrics_port (each process on a host needs its own)"
+            ) from None
         bound: int = self._server.server_address[1]
         return bound
 

@@ -128,6 +128,9 @@ def run_worker(
     """The body of ``ailf _worker``: 0 after a graceful stop, 1 after a fatal error.
 
     ``metrics_port`` is this process's own (the runner adds the process number)."""
+    # stdout is a pipe to the runner, which shows each line as it comes: what an agent
+    # prints must not wait in a buffer for 8 KB or the end of the process.
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     logging.basicConfig(
         level=os.environ.get("AILF_LOG_LEVEL", "WARNING").upper(),
         stream=sys.stderr,
