@@ -28,7 +28,7 @@ from ailf.observability.metrics import AgentCounts
 from ailf.runtime._keys import Keys
 from ailf.runtime._mailbox import mailbox_report
 
-__all__ = ["make_observer", "watch_mailboxes"]
+__all__ = ["make_observer", "serve_metrics", "stop_metrics", "watch_mailboxes"]
 
 log = logging.getLogger("ailf.runtime")
 
@@ -76,3 +76,30 @@ async def watch_mailboxes(
                 dead_letters=report.dead_letters,
             )
         await trio.sleep(interval)
+
+
+def serve_metrics(
+    observer: Observer,
+    settings: ObservabilitySettings,
+    client: AsyncRedisClient,
+    keys: Keys,
+    agents: Callable[[], Iterable[str]],
+    services: trio.Nursery,
+) -> str | None:
+    """Serve the observer's metrics, if it has any, and keep their mailbox gauges of
+    ``agents()`` current in ``services``; the metrics' URL (None: no metrics)."""
+    metrics = observer.metrics if isinstance(observer, Instrumented) else None
+    if metrics is None:
+        return None
+    assert settings.metrics_port is not None
+    port = metrics.serve(settings.metrics_host, settings.metrics_port)
+    url = f"http://{settings.metrics_host}:{port}/metrics"
+    log.info("serving metrics at %s", url)
+    services.start_soon(watch_mailboxes, client, keys, agents, metrics, settings.metrics_interval)
+    return url
+
+
+def stop_metrics(observer: Observer) -> None:
+    """Stop serving the observer's metrics (if it served any)."""
+    if isinstance(observer, Instrumented) and observer.metrics is not None:
+        observer.metrics.close()

@@ -38,7 +38,7 @@ import trio
 from ailf.clients._async_client import AsyncRedisClient
 from ailf.config import RedisConfig, given_or_from_env
 from ailf.errors import ConfigError, EscalationError, RedisError
-from ailf.observability import NO_OBSERVER, Instrumented, ObservabilitySettings, Observer
+from ailf.observability import NO_OBSERVER, ObservabilitySettings, Observer
 from ailf.runtime._acker import Acker
 from ailf.runtime._admission import MailboxGate
 from ailf.runtime._agent import Agent
@@ -48,7 +48,7 @@ from ailf.runtime._host import HostContext
 from ailf.runtime._keys import Keys, check_name
 from ailf.runtime._mailbox import busy, delete_idle_consumers, open_mailbox
 from ailf.runtime._message import ENVELOPE_FIELD, DeadLetter, encode_envelope
-from ailf.runtime._observe import make_observer, watch_mailboxes
+from ailf.runtime._observe import make_observer, serve_metrics, stop_metrics
 from ailf.runtime._reader import MailboxReader
 from ailf.runtime._reader_pool import ReaderPool
 from ailf.runtime._registry import (
@@ -263,7 +263,14 @@ class Runtime:
                         self.namespace,
                     )
                     services.start_soon(self._heartbeat.run)
-                    self._serve_metrics(services)
+                    self.metrics_url = serve_metrics(
+                        self.observer,
+                        self.observability,
+                        self.client,
+                        self.keys,
+                        lambda: list(self._specs),
+                        services,
+                    )
                     if self.handle_signals:
                         services.start_soon(self._watch_signals)
                     async with trio.open_nursery() as agents:
@@ -290,32 +297,10 @@ class Runtime:
                 raise error from None
             raise
         finally:
-            self._stop_metrics()
+            stop_metrics(self.observer)
+            self.metrics_url = None
         if self._escalation is not None:
             raise self._escalation
-
-    def _serve_metrics(self, services: trio.Nursery) -> None:
-        metrics = self.observer.metrics if isinstance(self.observer, Instrumented) else None
-        if metrics is None:
-            return
-        settings = self.observability
-        assert settings.metrics_port is not None
-        port = metrics.serve(settings.metrics_host, settings.metrics_port)
-        self.metrics_url = f"http://{settings.metrics_host}:{port}/metrics"
-        log.info("runtime %s serves metrics at %s", self.process_id, self.metrics_url)
-        services.start_soon(
-            watch_mailboxes,
-            self.client,
-            self.keys,
-            lambda: list(self._specs),
-            metrics,
-            settings.metrics_interval,
-        )
-
-    def _stop_metrics(self) -> None:
-        if isinstance(self.observer, Instrumented) and self.observer.metrics is not None:
-            self.observer.metrics.close()
-        self.metrics_url = None
 
     def _begin_stop(self) -> None:
         """Stop reading and ask every instance to stop; the agents nursery then drains."""
