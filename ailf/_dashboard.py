@@ -97,9 +97,15 @@ class Dashboard:
         bound_host, bound_port = self._server.server_address[:2]
         self.host = str(bound_host)
         self.port = int(bound_port)
+        # Daemons: a Ctrl-C that lands while they start or stop must not leave the
+        # process waiting for them at exit.
         self._threads = [
-            threading.Thread(target=self._server.serve_forever, name="ailf-dashboard-http"),
-            threading.Thread(target=self._sample_forever, name="ailf-dashboard-sampler"),
+            threading.Thread(
+                target=self._server.serve_forever, name="ailf-dashboard-http", daemon=True
+            ),
+            threading.Thread(
+                target=self._sample_forever, name="ailf-dashboard-sampler", daemon=True
+            ),
         ]
 
     @property
@@ -109,28 +115,36 @@ class Dashboard:
         return f"http://{shown}:{self.port}/{query}"
 
     def __enter__(self) -> Dashboard:
-        for thread in self._threads:
-            thread.start()
+        try:
+            for thread in self._threads:
+                thread.start()
+        except BaseException:  # Ctrl-C while starting: stop what started
+            self.close()
+            raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def close(self) -> None:
+        """Stop serving and sampling (what of it started), and wait for both."""
         self._stop.set()
-        self._server.shutdown()
+        http, _ = self._threads
+        if http.ident is not None:  # shutdown() waits for a serve_forever() that runs
+            self._server.shutdown()
         self._server.server_close()
         for thread in self._threads:
-            thread.join()
+            if thread.ident is not None:
+                thread.join()
 
     def serve_forever(self) -> None:
         """Serve until Ctrl-C."""
-        with self:
-            try:
+        try:
+            with self:
                 while not self._stop.wait(3600):
                     pass
-            except KeyboardInterrupt:
-                pass
+        except KeyboardInterrupt:
+            pass
 
     # -- sampling ---------------------------------------------------------------------
 
