@@ -45,6 +45,7 @@ __all__ = [
     "format_dead_letters",
     "format_status",
     "leftovers",
+    "namespace_status",
     "publish",
     "purge",
     "redrive",
@@ -242,7 +243,9 @@ async def leftovers(client: Runtime, agents: list[str]) -> Leftovers:
     return Leftovers(messages, dead)
 
 
-async def _namespace_status(client: AsyncRedisClient, namespace: str) -> dict[str, Any]:
+async def namespace_status(client: AsyncRedisClient, namespace: str) -> dict[str, Any]:
+    """One namespace as ``ailf status --json`` shows it (also what ``ailf top`` and
+    ``ailf dashboard`` poll)."""
     keys = Keys(namespace)
     # Live processes: whose registry entries have not expired, each after its own TTL.
     registry = await read_registry(client, keys)
@@ -258,6 +261,7 @@ async def _namespace_status(client: AsyncRedisClient, namespace: str) -> dict[st
             "replicas": info.replicas if info else 0,
             "processes": len(info.processes) if info else 0,
             "length": mailbox.length,
+            "backlog": mailbox.waiting,
             "pending": mailbox.pending,
             "lag": mailbox.lag,
             "dead_letters": mailbox.dead_letters,
@@ -295,7 +299,7 @@ def status(config: RedisConfig, namespace: str | None = None) -> dict[str, Any]:
             names = [namespace] if namespace else await _namespaces(client)
             return {
                 "redis": config.url,
-                "namespaces": [await _namespace_status(client, name) for name in names],
+                "namespaces": [await namespace_status(client, name) for name in names],
             }
 
     return _run(go)

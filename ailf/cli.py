@@ -9,6 +9,8 @@ as lines starting ``ailf: warning:``; no tracebacks for expected failures.
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import json
 import logging
 import os
@@ -107,11 +109,13 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _port(text: str) -> int:
+def _port(text: str, lowest: int = 1) -> int:
     """An argparse type: a TCP port number."""
     value = _number(int, text)
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {text}")
+    if not lowest <= value <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"expected a port number from {lowest} to 65535, got {text}"
+        )
     return value
 
 
@@ -163,7 +167,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"--only: no agent named {', '.join(unknown)} in {args.file}; agents: {known}"
         )
     report = run_scenario(
-        scenario, redis_url=args.redis, only=tuple(args.only or ()), json_output=args.json
+        scenario,
+        redis_url=args.redis,
+        only=tuple(args.only or ()),
+        json_output=args.json,
+        metrics_port=args.metrics_port,
     )
     if args.json:
         _print_json(report.to_json())
@@ -180,6 +188,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         process=args.process,
         events_fd=args.events_fd,
         only=tuple(args.only or ()),
+        metrics_port=args.metrics_port,
     )
 
 
@@ -252,6 +261,53 @@ def _cmd_status(args: argparse.Namespace) -> int:
         _print_json(status)
     else:
         print(admin.format_status(status))
+    return EXIT_OK
+
+
+def _needs(extra: str, command: str, module: str) -> None:
+    """A UsageError naming the extra to install when ``module`` cannot be imported."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise UsageError(f"{command} needs {module}: pip install 'ailf[{extra}]'") from None
+
+
+def _cmd_top(args: argparse.Namespace) -> int:
+    _needs("top", "ailf top", "rich")
+    import trio
+
+    from ailf._top import top
+
+    config = _redis_config(args)
+    try:
+        trio.run(
+            functools.partial(
+                top, config, args.namespace, interval=args.interval, iterations=args.iterations
+            )
+        )
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how one quits a live view: not an interrupted run
+    except BaseExceptionGroup as group:
+        from ailf.runtime._supervisor import unwrap
+
+        error = unwrap(group)
+        if not isinstance(error, KeyboardInterrupt):
+            raise error from None
+    return EXIT_OK
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from ailf._dashboard import Dashboard
+
+    token = args.token or os.environ.get("AILF_DASHBOARD_TOKEN") or None
+    try:
+        dashboard = Dashboard(
+            _redis_config(args), args.namespace, host=args.host, port=args.port, token=token
+        )
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+    print(f"ailf dashboard of namespace {args.namespace!r}: {dashboard.url}", flush=True)
+    dashboard.serve_forever()
     return EXIT_OK
 
 
@@ -407,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  ailf server                            # a throwaway Redis, prints its URL\n"
         "  ailf send echo '{\"hi\": 1}' --ask      # ask an agent, print the reply\n"
         "  ailf status                            # namespaces, agents, processes, backlog\n"
+        "  ailf top -n work-queue                 # a namespace live in the terminal\n"
+        "  ailf dashboard -n work-queue           # ... in a web page, dead letters too\n"
         "  ailf dlq list worker                   # an agent's dead letters\n"
         "  ailf reset -n work-queue               # empty a namespace (asks first)\n\n"
         "Exit codes: 0 success, 1 failure (a failed run, Redis unreachable), 2 bad usage or file,\n"
@@ -441,6 +499,14 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="NAME",
         help="run only these agents (other hosts run the rest against the same Redis)",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        default=None,
+        help="serve Prometheus metrics: worker process i on PORT+i, at /metrics"
+        " (default: the file's [scenario] metrics_port; needs ailf[metrics])",
     )
     _add_json(run, "the summary")
     run.set_defaults(handler=_cmd_run)
@@ -520,6 +586,64 @@ def build_parser() -> argparse.ArgumentParser:
     _add_redis(status)
     _add_json(status, "the status")
     status.set_defaults(handler=_cmd_status)
+
+    top = _command(
+        commands,
+        "top",
+        "watch a namespace's agents live in the terminal",
+        "A live view of one namespace, refreshed every --interval seconds until q or\n"
+        "Ctrl-C: per agent its replicas and processes, messages handled per second,\n"
+        "backlog, lag, in flight (delivered, not yet acknowledged), failures and dead\n"
+        "letters; then the live processes. Read from Redis alone, so it shows every\n"
+        "process of the namespace, on any host. Needs rich: pip install 'ailf[top]'.",
+        "  ailf top -n work-queue\n  ailf top -n work-queue --redis redis://redis.internal:6379/0\n"
+        "  ailf top -n work-queue --iterations 1    # one frame, then exit",
+    )
+    _add_namespace(top)
+    _add_redis(top)
+    top.add_argument(
+        "--interval", type=_seconds, default=1.0, help="seconds between refreshes (default 1)"
+    )
+    top.add_argument(
+        "--iterations",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="exit after N refreshes (default: until q or Ctrl-C)",
+    )
+    top.set_defaults(handler=_cmd_top)
+
+    dashboard = _command(
+        commands,
+        "dashboard",
+        "serve a web page of a namespace: agents, rates, processes, dead letters",
+        "Serve a web page that shows one namespace live, from Redis: per agent its rate\n"
+        "(charted over the last minutes), backlog, lag, instances and processes; the live\n"
+        "processes and their hosts; and each agent's dead letters, to show, redrive or purge\n"
+        "(after a confirmation). It listens on 127.0.0.1 unless --host says otherwise; since\n"
+        "it can redrive and purge, another address needs --token (every request must then\n"
+        "carry it). Stop it with Ctrl-C.",
+        "  ailf dashboard -n work-queue                # http://localhost:8080/\n"
+        "  ailf dashboard -n work-queue --port 9000 --redis redis://redis.internal:6379/0\n"
+        '  ailf dashboard -n work-queue --host 0.0.0.0 --token "$(openssl rand -hex 16)"',
+    )
+    _add_namespace(dashboard)
+    _add_redis(dashboard)
+    dashboard.add_argument(
+        "--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)"
+    )
+    dashboard.add_argument(
+        "--port",
+        type=functools.partial(_port, lowest=0),
+        default=8080,
+        help="the port (default 8080; 0: a free one)",
+    )
+    dashboard.add_argument(
+        "--token",
+        default=None,
+        help="require this token on every request (default: AILF_DASHBOARD_TOKEN, if set)",
+    )
+    dashboard.set_defaults(handler=_cmd_dashboard)
 
     dlq = _command(
         commands,
@@ -616,6 +740,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--process", type=int, required=True)
     worker.add_argument("--events-fd", type=int, required=True)
     worker.add_argument("--only", nargs="*", default=())
+    worker.add_argument("--metrics-port", type=int, default=None)
     worker.set_defaults(handler=_cmd_worker)
     return parser
 

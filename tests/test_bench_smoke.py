@@ -61,3 +61,18 @@ def test_quick_suite_runs_every_workload(tmp_path: Path) -> None:
     again = run_bench("--from-json", tmp_path / "latest-quick.json", "--no-charts")
     assert again.returncode == 0, again.stderr[-3000:]
     assert done.stdout.splitlines()[-5:] == again.stdout.splitlines()[-5:]
+
+
+def test_the_observability_bench_measures_every_setting() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.observability", "--count", "300", "--rounds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for setting in ("off", "metrics", "tracing", "both"):
+        assert f"| {setting} | " in done.stdout
+    assert "do-nothing hooks:" in done.stdout

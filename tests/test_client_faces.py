@@ -24,8 +24,12 @@ from ailf.clients._pipeline import AsyncPipeline, Pipeline
 #: Names only one face has, and why: the sync client keeps redis-py at hand for what the
 #: surface lacks (``client``, and ``run`` to translate its errors); the async client has
 #: the async spelling of closing (``aclose``) and pub/sub sessions, which need an async
-#: library to read in the background (the sync face subscribes through RedisPubSub).
-FACE_ONLY = {RedisClient: {"client", "run"}, AsyncRedisClient: {"aclose", "pubsub"}}
+#: library to read in the background (the sync face subscribes through RedisPubSub), and
+#: its count of ``reconnects`` (a metric of the runtime; redis-py's pool reconnects unseen).
+FACE_ONLY = {
+    RedisClient: {"client", "run"},
+    AsyncRedisClient: {"aclose", "pubsub", "reconnects"},
+}
 
 
 def public(face: type) -> set[str]:

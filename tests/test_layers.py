@@ -18,13 +18,16 @@ LAYERS = {
     "ailf._cluster_server": 1,
     "ailf.clients": 2,
     "ailf.messaging": 3,
-    "ailf.runtime": 4,
-    "ailf.scenario": 5,
-    "ailf._admin": 5,
-    "ailf.cli": 5,
-    "ailf.testing": 5,
-    "ailf.__main__": 5,
-    "ailf": 5,  # the package itself re-exports everything
+    "ailf.observability": 4,
+    "ailf.runtime": 5,
+    "ailf.scenario": 6,
+    "ailf._admin": 6,
+    "ailf._top": 6,
+    "ailf._dashboard": 6,
+    "ailf.cli": 6,
+    "ailf.testing": 6,
+    "ailf.__main__": 6,
+    "ailf": 6,  # the package itself re-exports everything
 }
 
 

@@ -35,6 +35,7 @@ from ailf import (
     Runtime,
 )
 from ailf.clients._connection import open_connection
+from ailf.observability import NO_OBSERVER
 from ailf.runtime._host import HostContext
 from ailf.runtime._keys import GROUP, Keys
 from ailf.runtime._reader import MailboxReader
@@ -207,7 +208,14 @@ async def test_a_reader_failing_for_hours_keeps_waiting_max_block(autojump_clock
     settings = MailboxSettings()
     # No Redis behind it: backing off sends nothing.
     client = SimpleNamespace(config=RedisConfig())
-    host = SimpleNamespace(client=client, acker=None, hub=None, settings=settings, keys=Keys("r"))
+    host = SimpleNamespace(
+        client=client,
+        acker=None,
+        hub=None,
+        settings=settings,
+        keys=Keys("r"),
+        observer=NO_OBSERVER,
+    )
     reader = MailboxReader(cast(HostContext, host), "host:1:ab/0")
     started = trio.current_time()
     for _ in range(1100):

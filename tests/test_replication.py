@@ -47,9 +47,7 @@ async def test_no_replica_in_time_is_a_clear_error_and_the_message_is_sent(
 ) -> None:
     primary, replica = primary_and_replica
     replica.kill()
-    async with Runtime(
-        primary.config, namespace="w", wait_replicas=1, wait_timeout=0.2
-    ) as runtime:
+    async with Runtime(primary.config, namespace="w", wait_replicas=1, wait_timeout=0.2) as runtime:
         with pytest.raises(NotReplicated, match="0 of the 1 replica") as caught:
             await runtime.send("echo", "alone")
         assert caught.value.mailbox == "ailf:w:mailbox:echo" and caught.value.confirmed == 0

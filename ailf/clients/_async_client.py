@@ -123,6 +123,11 @@ class AsyncRedisClient(Commands):
         return f"<AsyncRedisClient {self.config.url}>"
 
     @property
+    def reconnects(self) -> int:
+        """How often the connection broke and was made again, since ``async with``."""
+        return 0 if self._backend is None else self._backend.reconnects
+
+    @property
     def address(self) -> str:
         """Where the client connects (``host:port`` or the socket path): what its errors
         name. For an embedded config, the shared server's, once connected."""

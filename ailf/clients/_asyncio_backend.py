@@ -135,6 +135,9 @@ def _client(config: RedisConfig) -> redis.asyncio.Redis:
 class AsyncioBackend:
     """Runs commands through ``redis.asyncio``; same interface as the trio backend."""
 
+    #: redis-py's pool reconnects inside, unseen.
+    reconnects = 0
+
     def __init__(self, config: RedisConfig, nursery: object = None) -> None:
         # ``nursery`` is the trio engine's; asyncio has none, and both are built alike.
         self._config = config

@@ -159,6 +159,12 @@ class AsyncBackend(Protocol):
         """The running library's sleep (backoff between retries)."""
         ...
 
+    @property
+    def reconnects(self) -> int:
+        """How often a connection that had broken was made again (the metric
+        ``ailf_redis_reconnects_total``); 0 where the library reconnects unseen."""
+        ...
+
     async def open(self) -> None:
         """Connect now, so that a wrong address or password fails at ``async with``."""
         ...

@@ -119,6 +119,11 @@ class ClusterBackend:
     async def sleep(self, seconds: float) -> None:
         await self.tools.sleep(seconds)
 
+    @property
+    def reconnects(self) -> int:
+        """Summed over the nodes' links."""
+        return sum(link.reconnects for link in list(self._links.values()))
+
     # -- carrying out steps -----------------------------------------------------------
 
     async def drive(self, steps: Steps) -> Any:

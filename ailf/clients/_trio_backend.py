@@ -46,6 +46,7 @@ class TrioBackend:
         self._connect_attempts = 0
         self._connect_failure: RedisConnectionError | None = None
         self._closed = False
+        self.reconnects = 0
 
     @staticmethod
     async def probe(config: RedisConfig) -> None:
@@ -157,6 +158,8 @@ class TrioBackend:
                     raise
                 raise failure from exc.__cause__
             self._connect_failure = None
+            if current is not None:
+                self.reconnects += 1
             shared = SharedConnection(connection)
             self._nursery.start_soon(shared.run)
             self._shared = shared

@@ -253,40 +253,44 @@ class Cell:
         except Refused as refused:
             await self._settler.refused(delivery, str(refused))
             return
-        token = current_message_id.set(delivery.id)
-        started = time.perf_counter()
-        try:
-            result = await self._call(message)
-        except Exception as exc:
+        with self.host.observer.handling(self.spec.name, message) as handling:
+            token = current_message_id.set(delivery.id)
+            started = time.perf_counter()
+            try:
+                result = await self._call(message)
+            except Exception as exc:
+                counters.handler_finished(time.perf_counter() - started)
+                counters.failed += 1
+                handling.failed(exc)
+                await self._settler.raised(delivery, message, exc)
+                return
+            finally:
+                current_message_id.reset(token)
             counters.handler_finished(time.perf_counter() - started)
-            counters.failed += 1
-            await self._settler.raised(delivery, message, exc)
-            return
-        finally:
-            current_message_id.reset(token)
-        counters.handler_finished(time.perf_counter() - started)
-        counters.processed += 1
-        counters.mailbox_processed += 1
-        await self._settler.returned(delivery, message, result)
+            counters.processed += 1
+            counters.mailbox_processed += 1
+            await self._settler.returned(delivery, message, result)
 
     async def _handle_broadcast(self, message: Message[Any]) -> None:
         counters = self.counters
         counters.received += 1
-        token = current_message_id.set(message.id)
-        started = time.perf_counter()
-        try:
-            await self._call(message)
-        except Exception as exc:
-            counters.failed += 1
-            self.log.warning(
-                "handler raised %s on a broadcast to %r: %s (broadcasts are not retried)",
-                type(exc).__name__,
-                message.topic,
-                exc,
-                exc_info=exc,
-            )
-        else:
-            counters.processed += 1
-        finally:
-            counters.handler_finished(time.perf_counter() - started)
-            current_message_id.reset(token)
+        with self.host.observer.handling(self.spec.name, message) as handling:
+            token = current_message_id.set(message.id)
+            started = time.perf_counter()
+            try:
+                await self._call(message)
+            except Exception as exc:
+                counters.failed += 1
+                handling.failed(exc)
+                self.log.warning(
+                    "handler raised %s on a broadcast to %r: %s (broadcasts are not retried)",
+                    type(exc).__name__,
+                    message.topic,
+                    exc,
+                    exc_info=exc,
+                )
+            else:
+                counters.processed += 1
+            finally:
+                counters.handler_finished(time.perf_counter() - started)
+                current_message_id.reset(token)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import attrs
 
 from ailf.clients._async_client import AsyncRedisClient
+from ailf.observability import Observer
 from ailf.runtime._acker import Acker
 from ailf.runtime._agent import AgentRuntime
 from ailf.runtime._broadcast import BroadcastHub
@@ -35,3 +36,5 @@ class HostContext:
     grace_period: float
     #: The runtime, as its agents see it (``self.runtime``).
     runtime: AgentRuntime
+    #: Tracing and metrics hooks (a do-nothing observer unless asked for).
+    observer: Observer

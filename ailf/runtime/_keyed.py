@@ -511,57 +511,59 @@ class KeyedHost:
         max_deliveries = delivery.binding.max_deliveries
         attempt = delivery.delivery_count
         while True:
-            counters.received += 1
-            token = current_message_id.set(delivery.id)
-            started = time.perf_counter()
-            activation = None
-            try:
-                activation = await self._activation(key, part)
-                log = activation.agent.log
-                result = await self._call(activation.agent, message)
-            except Exception as exc:
-                counters.handler_finished(time.perf_counter() - started)
-                counters.failed += 1
-                if activation is not None:
-                    self._restore(activation)
-                if message.reply_to is not None and activation is not None:
+            with self.host.observer.handling(self.name, message) as handling:
+                counters.received += 1
+                token = current_message_id.set(delivery.id)
+                started = time.perf_counter()
+                activation = None
+                try:
+                    activation = await self._activation(key, part)
+                    log = activation.agent.log
+                    result = await self._call(activation.agent, message)
+                except Exception as exc:
+                    counters.handler_finished(time.perf_counter() - started)
+                    counters.failed += 1
+                    handling.failed(exc)
+                    if activation is not None:
+                        self._restore(activation)
+                    if message.reply_to is not None and activation is not None:
+                        log.warning(
+                            "handler raised %s: %s (answered to the asker as RemoteError)",
+                            type(exc).__name__,
+                            exc,
+                        )
+                        return await self._commit(part, activation, delivery, message, error=exc)
+                    if attempt >= max_deliveries:
+                        await self._settler.refused(
+                            delivery,
+                            f"handler failed on delivery {attempt} of {max_deliveries}",
+                            exc,
+                        )
+                        return True
+                    delay = self.host.settings.redelivery.delay(attempt - 1)
                     log.warning(
-                        "handler raised %s: %s (answered to the asker as RemoteError)",
+                        "handler raised %s: %s (delivery %d of %d; retrying in %.2f s, before"
+                        " the key's next message)",
                         type(exc).__name__,
                         exc,
+                        attempt,
+                        max_deliveries,
+                        delay,
                     )
-                    return await self._commit(part, activation, delivery, message, error=exc)
-                if attempt >= max_deliveries:
-                    await self._settler.refused(
-                        delivery,
-                        f"handler failed on delivery {attempt} of {max_deliveries}",
-                        exc,
-                    )
-                    return True
-                delay = self.host.settings.redelivery.delay(attempt - 1)
-                log.warning(
-                    "handler raised %s: %s (delivery %d of %d; retrying in %.2f s, before"
-                    " the key's next message)",
-                    type(exc).__name__,
-                    exc,
-                    attempt,
-                    max_deliveries,
-                    delay,
-                )
-                counters.retried += 1
-                attempt += 1
-                message = attrs.evolve(message, delivery_count=attempt)
-                await trio.sleep(delay)
-                if not delivery.binding.active:
-                    return False
-                continue
-            finally:
-                current_message_id.reset(token)
-            counters.handler_finished(time.perf_counter() - started)
-            counters.processed += 1
-            counters.mailbox_processed += 1
-            return await self._commit(part, activation, delivery, message, result=result)
-        return False
+                    counters.retried += 1
+                    self.host.observer.retried(self.name, attempt, delay)
+                else:
+                    counters.handler_finished(time.perf_counter() - started)
+                    counters.processed += 1
+                    counters.mailbox_processed += 1
+                    return await self._commit(part, activation, delivery, message, result=result)
+                finally:
+                    current_message_id.reset(token)
+            attempt += 1
+            message = attrs.evolve(message, delivery_count=attempt)
+            await trio.sleep(delay)
+            if not delivery.binding.active:
+                return False
 
     async def _call(self, agent: Agent, message: Message[Any]) -> Any:
         if self._sync:

@@ -40,6 +40,7 @@ from ailf.clients._errors import raise_reply_error
 from ailf.codec import loads
 from ailf.config import RedisConfig, given_or_from_env
 from ailf.errors import ConfigError, EscalationError, NotReplicated, RedisError
+from ailf.observability import NO_OBSERVER, ObservabilitySettings, Observer
 from ailf.runtime._acker import Acker
 from ailf.runtime._admission import MailboxGate
 from ailf.runtime._agent import Agent
@@ -50,6 +51,7 @@ from ailf.runtime._keyed import KeyedHost
 from ailf.runtime._keys import Address, Keys, check_name
 from ailf.runtime._mailbox import busy, delete_idle_consumers, open_mailbox
 from ailf.runtime._message import ENVELOPE_FIELD, DeadLetter, encode_envelope
+from ailf.runtime._observe import make_observer, serve_metrics, stop_metrics
 from ailf.runtime._partitions import (
     DEFAULT_PARTITIONS,
     check_key,
@@ -110,6 +112,10 @@ class Runtime:
       :class:`~ailf.errors.NotReplicated` if fewer confirm within ``wait_timeout``
       seconds; 0 (the default) returns once the primary has it (see
       docs/reliability.md#replication).
+    - ``tracing``: OpenTelemetry spans (None, the default: when a tracer provider is
+      configured), ``metrics_port``/``metrics_host``: serve Prometheus metrics there,
+      ``metrics_interval``: seconds between readings of the mailbox gauges (see
+      :class:`~ailf.observability.ObservabilitySettings` and docs/observability.md).
     """
 
     def __init__(
@@ -131,6 +137,10 @@ class Runtime:
         stale_consumer_after: float = 60.0,
         wait_replicas: int = 0,
         wait_timeout: float = 1.0,
+        tracing: bool | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
+        metrics_interval: float = 5.0,
     ) -> None:
         check_setting("heartbeat_interval", heartbeat_interval)
         check_setting("grace_period", grace_period)
@@ -158,6 +168,16 @@ class Runtime:
             stale_consumer_after=stale_consumer_after,
         )
         self.gate = MailboxGate(mailbox_limit, send_timeout)
+        self.observability = ObservabilitySettings(
+            tracing=tracing,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+            metrics_interval=metrics_interval,
+        )
+        #: The hooks every part of the runtime calls (tracing, metrics); set at start.
+        self.observer: Observer = NO_OBSERVER
+        #: Where the metrics are served while the runtime runs (None: they are not).
+        self.metrics_url: str | None = None
         self.host = socket.gethostname()
         self.pid = os.getpid()
         #: This runtime's id in the registry, and the prefix of its consumer names.
@@ -237,6 +257,12 @@ class Runtime:
     @asynccontextmanager
     async def _lifecycle(self) -> AsyncIterator[Runtime]:
         body_error: BaseException | None = None
+        self.observer = make_observer(
+            self.observability,
+            self.namespace,
+            lambda: list(self._counters.values()),
+            lambda: self.client.reconnects,
+        )
         try:
             with trio.CancelScope() as self._root:
                 async with AsyncRedisClient(self.config) as client, trio.open_nursery() as services:
@@ -254,6 +280,7 @@ class Runtime:
                         hub=self.hub,
                         grace_period=self.grace_period,
                         runtime=self,
+                        observer=self.observer,
                     )
                     self._readers = ReaderPool(self._host_context, self.process_id)
                     await services.start(self.hub.run)
@@ -267,6 +294,14 @@ class Runtime:
                         self.namespace,
                     )
                     services.start_soon(self._heartbeat.run)
+                    self.metrics_url = serve_metrics(
+                        self.observer,
+                        self.observability,
+                        self.client,
+                        self.keys,
+                        lambda: list(self._specs),
+                        services,
+                    )
                     if self.handle_signals:
                         services.start_soon(self._watch_signals)
                     async with trio.open_nursery() as agents:
@@ -292,6 +327,9 @@ class Runtime:
             if error is body_error or (caused_by_us and isinstance(error, Exception)):
                 raise error from None
             raise
+        finally:
+            stop_metrics(self.observer)
+            self.metrics_url = None
         if self._escalation is not None:
             raise self._escalation
 
@@ -664,15 +702,18 @@ class Runtime:
         For a keyed agent, ``key`` says which entity the message is for.
         """
         address = await self._address(to, key, create=True)
-        text = encode_envelope(
-            body,
-            sender=sender,
-            headers=headers,
-            max_size=self.settings.max_message_size,
-            key=key,
-        )
-        await self.gate.admit(self.client, address.mailbox)
-        return await self._add(address, text, approximate=True)
+        with self.observer.producing("send", to) as producing:
+            text = encode_envelope(
+                body,
+                sender=sender,
+                headers=producing.inject(headers),
+                max_size=self.settings.max_message_size,
+                key=key,
+            )
+            await self.gate.admit(self.client, address.mailbox)
+            entry_id = await self._add(address, text, approximate=True)
+            producing.sent(entry_id)
+        return entry_id
 
     async def ask(
         self,
@@ -700,23 +741,24 @@ class Runtime:
         if not (number and 0 < timeout < math.inf):
             raise ConfigError(f"ask({to!r}): timeout must be seconds > 0, not {timeout!r}")
         max_size = self.settings.max_message_size
-
-        async def request(correlation: str) -> None:
-            text = encode_envelope(
-                body,
-                sender=sender,
-                headers=headers,
-                reply_to=self._inbox.channel,
-                correlation=correlation,
-                max_size=max_size,
-                key=key,
-            )
-            await self._add(address, text)
-
-        # waiting for room is not the ask's time
+        # Waiting for room is not the ask's time.
         await self.gate.admit(self.client, address.mailbox)
         await self.hub.open_inbox()
-        return await self._inbox.ask(to, timeout, request)
+        with self.observer.producing("ask", to) as producing:
+
+            async def request(correlation: str) -> None:
+                text = encode_envelope(
+                    body,
+                    sender=sender,
+                    headers=producing.inject(headers),
+                    reply_to=self._inbox.channel,
+                    correlation=correlation,
+                    max_size=max_size,
+                    key=key,
+                )
+                producing.sent(await self._add(address, text))
+
+            return await self._inbox.ask(to, timeout, request)
 
     async def publish(self, topic: str, body: Any, *, sender: str | None = None) -> int:
         """Broadcast ``body`` to every instance subscribed to ``topic``, in every process.
@@ -724,14 +766,18 @@ class Runtime:
         Best-effort (pub/sub): only processes subscribed right now receive it. Returns
         the number of processes that did.
         """
-        text = encode_envelope(
-            body,
-            sender=sender,
-            topic=check_name("topic", topic),
-            message_id=f"{self.process_id}-{next(self._broadcast_ids)}",
-            max_size=self.settings.max_message_size,
-        )
-        receivers: int = await self.client.publish(self.keys.topic(topic), text)
+        with self.observer.producing("publish", check_name("topic", topic)) as producing:
+            message_id = f"{self.process_id}-{next(self._broadcast_ids)}"
+            text = encode_envelope(
+                body,
+                sender=sender,
+                headers=producing.inject(None),
+                topic=topic,
+                message_id=message_id,
+                max_size=self.settings.max_message_size,
+            )
+            receivers: int = await self.client.publish(self.keys.topic(topic), text)
+            producing.sent(message_id)
         return receivers
 
     async def dead_letters(

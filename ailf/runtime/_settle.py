@@ -141,6 +141,7 @@ class Settler:
         self._client = host.client
         self._acker = host.acker
         self._settings = host.settings
+        self._observer = host.observer
         self._consumer = consumer
         self._wake = wake
         #: (due, sequence, delivery, backoff) of each retry, soonest first.
@@ -181,6 +182,7 @@ class Settler:
             else:
                 binding.counters.retried += 1
                 delay = self.retry(delivery)
+                self._observer.retried(binding.agent, delivery.delivery_count, delay)
                 binding.log.warning(
                     "handler raised %s: %s (delivery %d of %d; retrying in %.2f s)",
                     type(error).__name__,
@@ -242,6 +244,7 @@ class Settler:
         else:
             self._acker.ack(stream, delivery.id)
             binding.counters.dead_lettered += 1
+            self._observer.dead_lettered(binding.agent, why["reason"])
             binding.log.error("dead-lettered: %s", why["reason"], exc_info=error)
             return True
         finally:

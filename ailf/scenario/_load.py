@@ -431,6 +431,12 @@ def _check(scenario: Scenario, raw: dict[str, Any]) -> list[str]:
         )
     if not settings.timeout > 0:
         problems.append(f"scenario.timeout: expected seconds > 0, found {settings.timeout}")
+    port = settings.metrics_port
+    if port is not None and not 1 <= port <= 65535 - (scenario.process_count - 1):
+        problems.append(
+            f"scenario.metrics_port: expected a port from 1 to 65535 with room for one port"
+            f" per worker process ({scenario.process_count}), found {port}"
+        )
     if scenario.redis.url is not None:
         try:
             RedisConfig.from_url(scenario.redis.url)

@@ -33,6 +33,8 @@ class ScenarioSettings:
     ``until = "idle"`` ends the run once every mailbox of the scenario's agents is
     drained and nothing is in flight; ``"stop"`` ends it when an agent calls
     ``self.runtime.stop()``. Running past ``timeout`` seconds is a failure.
+    ``metrics_port`` serves Prometheus metrics: worker process *i* on port
+    ``metrics_port + i`` (docs/observability.md).
     """
 
     name: str
@@ -40,6 +42,7 @@ class ScenarioSettings:
     description: str = ""
     until: Until = "idle"
     timeout: float = 60.0
+    metrics_port: int | None = None
 
     @property
     def effective_namespace(self) -> str:

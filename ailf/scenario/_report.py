@@ -7,6 +7,7 @@ checks the scenario's ``[expect]`` tables against them.
 
 from __future__ import annotations
 
+import collections
 import sys
 import time
 from collections.abc import Iterable
@@ -154,23 +155,48 @@ def _table(rows: Iterable[AgentStatistics]) -> str:
 
 
 class Progress:
-    """One status line on stderr, at most every ``interval`` seconds.
+    """One status line on stderr, at most every ``interval`` seconds: the counts, the
+    rate over the last :data:`RATE_WINDOW` seconds, the backlog and, when the run ends at
+    idle, the time left at that rate.
 
-    On a terminal the line is rewritten in place; otherwise (a log file, a pipe) each
-    update is a new line, so logs stay readable.
+    On a terminal the line is rewritten in place, and whatever else is written —
+    :meth:`note`, the agents' own output through :meth:`output` — is written above it,
+    never into it; otherwise (a log file, a pipe) each update is a new line, so logs
+    stay readable.
     """
 
-    def __init__(self, name: str, stream: TextIO | None = None, interval: float = 1.0) -> None:
+    #: Seconds of counts the rate is computed over (workers report every 0.1 s).
+    RATE_WINDOW = 5.0
+
+    def __init__(
+        self, name: str, stream: TextIO | None = None, interval: float = 1.0, *, eta: bool = False
+    ) -> None:
         self._name = name
         self._stream = stream or sys.stderr
         self._interval = interval
+        self._eta = eta
         self._started = time.monotonic()
         self._last = 0.0
         self._tty = self._stream.isatty()
-        self._width = 0
+        self._line = ""
+        self._counts: collections.deque[tuple[float, int]] = collections.deque()
+
+    def _rate(self, now: float, processed: int) -> float | None:
+        counts = self._counts
+        counts.append((now, processed))
+        while now - counts[0][0] > self.RATE_WINDOW:
+            counts.popleft()
+        span = now - counts[0][0]
+        return (processed - counts[0][1]) / span if span > 0.5 else None
 
     def update(
-        self, totals: dict[str, AgentStatistics], alive: int, processes: int, force: bool = False
+        self,
+        totals: dict[str, AgentStatistics],
+        alive: int,
+        processes: int,
+        force: bool = False,
+        *,
+        backlog: int | None = None,
     ) -> None:
         now = time.monotonic()
         if not force and now - self._last < self._interval:
@@ -179,27 +205,57 @@ class Progress:
         processed = sum(s.processed for s in totals.values())
         failed = sum(s.failed for s in totals.values())
         dead = sum(s.dead_lettered for s in totals.values())
+        rate = self._rate(now, processed)
         per_agent = " ".join(f"{name}={s.processed}" for name, s in totals.items())
+        speed = "" if rate is None else f" ({rate:,.0f}/s)"
+        waiting = ""
+        if backlog is not None:
+            waiting = f" backlog {backlog:,}"
+            if self._eta and backlog and rate:
+                waiting += f" eta {_duration(backlog / rate)}"
         line = (
-            f"[{self._name} {now - self._started:5.1f}s] processed {processed}"
-            f" failed {failed} dead {dead} | {per_agent} | processes {alive}/{processes}"
+            f"[{self._name} {now - self._started:5.1f}s] processed {processed}{speed}"
+            f" failed {failed} dead {dead}{waiting} | {per_agent} | processes {alive}/{processes}"
         )
         if self._tty:
-            self._stream.write("\r" + line.ljust(self._width))
-            self._width = len(line)
+            self._stream.write("\r" + line.ljust(len(self._line)))
+            self._line = line
         else:
             self._stream.write(line + "\n")
         self._stream.flush()
 
+    def output(self, text: str, stream: TextIO) -> None:
+        """Write ``text`` (whole lines, from an agent's print or logging) to ``stream``
+        above the status line, which is drawn again below it."""
+        self._clear()
+        stream.write(text)
+        stream.flush()
+        if self._tty and self._line:
+            self._stream.write(self._line)
+            self._stream.flush()
+
+    def _clear(self) -> None:
+        if self._tty and self._line:
+            self._stream.write("\r" + " " * len(self._line) + "\r")
+            self._stream.flush()
+
     def note(self, text: str) -> None:
         """A line that stays (a crash, a restart, a fault fired)."""
-        if self._tty and self._width:
-            self._stream.write("\r" + " " * self._width + "\r")
         elapsed = time.monotonic() - self._started
-        self._stream.write(f"[{self._name} {elapsed:5.1f}s] {text}\n")
-        self._stream.flush()
+        self.output(f"[{self._name} {elapsed:5.1f}s] {text}\n", self._stream)
 
     def done(self) -> None:
-        if self._tty and self._width:
+        if self._tty and self._line:
             self._stream.write("\n")
             self._stream.flush()
+            self._line = ""
+
+
+def _duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``2h10m``."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

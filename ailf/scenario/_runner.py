@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -36,7 +37,8 @@ import trio
 from ailf._admin import describe_dead_letter, leftovers
 from ailf._text import count_of
 from ailf.config import RedisConfig, RetryPolicy
-from ailf.errors import AilfError
+from ailf.errors import AilfError, ConfigError, RedisError
+from ailf.observability import metrics
 from ailf.runtime._mailbox import mailbox_report
 from ailf.runtime._runtime import Runtime
 from ailf.runtime._statistics import AgentStatistics
@@ -56,6 +58,8 @@ _RESTART_BACKOFF = RetryPolicy(backoff_initial=0.1, backoff_max=2.0, jitter=Fals
 #: Seconds a worker is given to stop when the run ends: the runtime's own grace period
 #: for in-flight handlers (10 s) plus time for on_stop and goodbyes.
 STOP_GRACE = 15.0
+#: Seconds a worker's output is still read after it exited.
+OUTPUT_GRACE = 1.0
 #: How many dead letters per agent the summary shows.
 DEAD_LETTERS_SHOWN = 5
 
@@ -133,7 +137,8 @@ class WorkerProcess:
             self._process = await trio.lowlevel.open_process(
                 self._run.worker_argv(self.index, write_fd),
                 stdin=subprocess.PIPE,
-                stdout=self._run.child_stdout,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 pass_fds=(write_fd,),
                 cwd=self._run.workdir,
                 env=self._run.child_env,
@@ -151,16 +156,36 @@ class WorkerProcess:
             await self._ask_to_stop(self._process)
         self.snapshots.append({})
         fatal: str | None = None
-        async with trio.lowlevel.FdStream(read_fd) as events:
-            buffered = b""
-            while chunk := await events.receive_some():
-                buffered += chunk
-                *lines, buffered = buffered.split(b"\n")
-                for line in lines:
-                    fatal = self._handle(json.loads(line)) or fatal
-        code = await self._process.wait()
+        async with trio.open_nursery() as pumps:
+            assert self._process.stdout is not None and self._process.stderr is not None
+            pumps.start_soon(self._forward, self._process.stdout, "stdout")
+            pumps.start_soon(self._forward, self._process.stderr, "stderr")
+            async with trio.lowlevel.FdStream(read_fd) as events:
+                buffered = b""
+                while chunk := await events.receive_some():
+                    buffered += chunk
+                    *lines, buffered = buffered.split(b"\n")
+                    for line in lines:
+                        fatal = self._handle(json.loads(line)) or fatal
+            code = await self._process.wait()
+            # What the worker wrote last is still in the pipes; a process its agents
+            # started may hold them open after it is gone, so not for long.
+            pumps.cancel_scope.deadline = trio.current_time() + OUTPUT_GRACE
         self.alive = False
         return code, fatal
+
+    async def _forward(self, pipe: trio.abc.ReceiveStream, where: str) -> None:
+        """Hand the worker's output on to the run, a line at a time."""
+        buffered = b""
+        try:
+            while chunk := await pipe.receive_some():
+                buffered += chunk
+                complete, _, buffered = buffered.rpartition(b"\n")
+                if complete:
+                    self._run.output((complete + b"\n").decode(errors="replace"), where)
+        finally:
+            if buffered:
+                self._run.output(buffered.decode(errors="replace") + "\n", where)
 
     def _handle(self, event: dict[str, Any]) -> str | None:
         kind = event["event"]
@@ -231,17 +256,23 @@ class ScenarioRun:
     """The state of one run; :meth:`main` is the whole of it."""
 
     def __init__(
-        self, scenario: Scenario, url: str | None, json_output: bool, only: tuple[str, ...]
+        self,
+        scenario: Scenario,
+        url: str | None,
+        json_output: bool,
+        only: tuple[str, ...],
+        metrics_port: int | None = None,
     ) -> None:
         #: The whole file; ``scenario`` is the part this run hosts (all of it without --only).
         self.whole = scenario
         self.scenario = scenario.only(only)
         self._url = url
         self._only = only
+        #: Worker process i serves its metrics on this port + i (None: no metrics).
+        self._metrics_port = metrics_port or scenario.scenario.metrics_port
         self.workdir = str(Path(scenario.path).resolve().parent)
-        self.child_stdout = sys.stderr.fileno() if json_output else None
         self.child_env: dict[str, str] = {}
-        self._progress = Progress(scenario.name)
+        self._progress = Progress(scenario.name, eta=scenario.scenario.until == "idle")
         self._json = json_output
         self.workers = [WorkerProcess(i, self) for i in range(self.scenario.process_count)]
         self._finished = trio.Event()
@@ -268,6 +299,9 @@ class ScenarioRun:
         argv += ["--process", str(index), "--events-fd", str(events_fd)]
         if self._only:
             argv += ["--only", *self._only]
+        port = self._metrics_port
+        if port is not None:
+            argv += ["--metrics-port", str(port + index)]
         return argv
 
     def finish(self, outcome: str) -> None:
@@ -424,7 +458,7 @@ class ScenarioRun:
 
     async def _drive(self, client: Runtime) -> None:
         async with trio.open_nursery() as tasks:
-            tasks.start_soon(self._show_progress)
+            tasks.start_soon(self._show_progress, client)
             tasks.start_soon(self._start_then_send, client, tasks)
             await self._finished.wait()
             tasks.cancel_scope.cancel()
@@ -496,11 +530,35 @@ class ScenarioRun:
         where = f"process {worker.index} (pid {pid}, hosting {fault.kill})"
         self.note(f"fault: SIGKILL to {where} {when}")
 
-    async def _show_progress(self) -> None:
+    async def _show_progress(self, client: Runtime) -> None:
+        backlog: int | None = None
+        read_at = -math.inf
         while True:
+            if trio.current_time() - read_at >= 1.0:  # Redis once a second, not per redraw
+                read_at = trio.current_time()
+                backlog = await self._backlog(client)
             alive = sum(w.alive for w in self.workers)
-            self._progress.update(self.totals(), alive, len(self.workers))
+            self._progress.update(self.totals(), alive, len(self.workers), backlog=backlog)
             await trio.sleep(0.25)
+
+    async def _backlog(self, client: Runtime) -> int | None:
+        """What the scenario's mailboxes hold still (None if Redis would not say)."""
+        try:
+            return sum(
+                [
+                    (await mailbox_report(client.client, client.keys, agent.name)).waiting
+                    for agent in self.scenario.agents
+                ]
+            )
+        except RedisError:
+            return None
+
+    def output(self, text: str, where: str) -> None:
+        """A worker's output (its agents' prints, its log lines): written whole lines
+        at a time above the progress line; to stderr in a ``--json`` run, whose stdout
+        is the summary's."""
+        stream = sys.stderr if where == "stderr" or self._json else sys.stdout
+        self._progress.output(text, stream)
 
     async def _dead_letters(
         self, client: Runtime, totals: dict[str, AgentStatistics]
@@ -530,18 +588,23 @@ def run_scenario(
     redis_url: str | None = None,
     only: tuple[str, ...] = (),
     json_output: bool = False,
+    metrics_port: int | None = None,
 ) -> RunReport:
     """Run ``scenario`` to its end and return the report (printed unless ``json_output``).
 
     ``redis_url`` overrides the file's ``[redis] url``; with neither, an embedded server
     is started for the run and stopped after it. ``only`` restricts the run to some
-    agents (see :meth:`Scenario.only`). Raises :class:`~ailf.errors.RedisError` when
+    agents (see :meth:`Scenario.only`). ``metrics_port`` overrides the file's
+    ``[scenario] metrics_port``: worker process *i* serves Prometheus metrics on that
+    port plus *i*. Raises :class:`~ailf.errors.RedisError` when
     Redis cannot be reached.
     """
     url = redis_url or scenario.redis.url
     if url:
         RedisConfig.from_url(url)  # a bad --redis URL fails here, before anything starts
-    run = ScenarioRun(scenario, url, json_output, only)
+    if (metrics_port or scenario.scenario.metrics_port) and not metrics.available():
+        raise ConfigError("metrics need prometheus-client: pip install 'ailf[metrics]'")
+    run = ScenarioRun(scenario, url, json_output, only, metrics_port)
     try:
         report = trio.run(run.main)
     except BaseExceptionGroup as group:

@@ -87,10 +87,12 @@ async def _report(runtime: Runtime, events: _Events) -> None:
         await trio.sleep(REPORT_INTERVAL)
 
 
-async def _serve(scenario: Scenario, process: int, events: _Events) -> None:
+async def _serve(
+    scenario: Scenario, process: int, events: _Events, metrics_port: int | None
+) -> None:
     config = RedisConfig.from_env()
     stopped_by_runner: list[bool] = []
-    async with Runtime(config, namespace=scenario.namespace) as runtime:
+    async with Runtime(config, namespace=scenario.namespace, metrics_port=metrics_port) as runtime:
         for spec in scenario.agents:
             replicas = spec.replicas_in(process)
             if replicas:
@@ -117,8 +119,20 @@ async def _serve(scenario: Scenario, process: int, events: _Events) -> None:
         events.emit("stop_requested")
 
 
-def run_worker(file: str, *, process: int, events_fd: int, only: tuple[str, ...] = ()) -> int:
-    """The body of ``ailf _worker``: 0 after a graceful stop, 1 after a fatal error."""
+def run_worker(
+    file: str,
+    *,
+    process: int,
+    events_fd: int,
+    only: tuple[str, ...] = (),
+    metrics_port: int | None = None,
+) -> int:
+    """The body of ``ailf _worker``: 0 after a graceful stop, 1 after a fatal error.
+
+    ``metrics_port`` is this process's own (the runner adds the process number)."""
+    # stdout is a pipe to the runner, which shows each line as it comes: what an agent
+    # prints must not wait in a buffer for 8 KB or the end of the process.
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     logging.basicConfig(
         level=os.environ.get("AILF_LOG_LEVEL", "WARNING").upper(),
         stream=sys.stderr,
@@ -128,7 +142,7 @@ def run_worker(file: str, *, process: int, events_fd: int, only: tuple[str, ...]
         events = _Events(stream)
         try:
             scenario = load_scenario(file).only(only)
-            trio.run(_serve, scenario, process, events)
+            trio.run(_serve, scenario, process, events, metrics_port)
         except Exception as exc:
             if not isinstance(exc, AilfError):  # ailf's own errors were logged where raised
                 logging.getLogger("ailf.scenario").exception("worker process %d failed", process)
