@@ -541,8 +541,8 @@ def dead_letters(
     return _run(go)
 
 
-def state(config: RedisConfig, namespace: str, agent: str, key: str) -> Any:
-    """What keyed agent ``agent`` saved for ``key`` (None: nothing yet)."""
+def state(config: RedisConfig, namespace: str, agent: str, key: str | None) -> Any:
+    """What agent ``agent`` saved (a keyed agent's for ``key``; None: nothing yet)."""
     check_name("agent", agent)
 
     async def go() -> Any:

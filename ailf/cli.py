@@ -349,9 +349,9 @@ def _cmd_state(args: argparse.Namespace) -> int:
 
     saved = admin.state(_redis_config(args), args.namespace, args.agent, args.key)
     if saved is None:
+        which = f" for key {args.key!r}" if args.key is not None else ""
         print(
-            f"ailf: {args.agent!r} has saved no state for key {args.key!r} in namespace"
-            f" {args.namespace!r}",
+            f"ailf: {args.agent!r} has saved no state{which} in namespace {args.namespace!r}",
             file=sys.stderr,
         )
         return EXIT_FAILED
@@ -680,13 +680,16 @@ def build_parser() -> argparse.ArgumentParser:
     state = _command(
         commands,
         "state",
-        "print the state a keyed agent saved for one key",
-        "A keyed agent saves each key's state with the acknowledgement of every message it\n"
-        "handles; this prints the last saved one as JSON (exit 1 if there is none).",
-        "  ailf state assistant user-42 -n chat",
+        "print the state an agent saved (a keyed agent's, for one key)",
+        "An agent with state saves it with the acknowledgement of every message it\n"
+        "handles (a keyed agent, per key); this prints the last saved one as JSON (exit 1\n"
+        "if there is none).",
+        "  ailf state assistant user-42 -n chat\n  ailf state tally -n chat",
     )
-    state.add_argument("agent", metavar="AGENT", help="the keyed agent's name")
-    state.add_argument("key", metavar="KEY", help="the key (entity)")
+    state.add_argument("agent", metavar="AGENT", help="the agent's name")
+    state.add_argument(
+        "key", metavar="KEY", nargs="?", default=None, help="a keyed agent's key (entity)"
+    )
     _add_namespace(state)
     _add_redis(state)
     state.set_defaults(handler=_cmd_state)

@@ -224,14 +224,53 @@ async def test_mistakes_get_clear_errors(redis_config: RedisConfig) -> None:
             await runtime.spawn(Agent, name="assistant")
         with pytest.raises(ConfigError, match="hears no broadcast"):
             await runtime.spawn(Topical, keyed=True)
-        with pytest.raises(ConfigError, match="only keyed agents"):
-            await runtime.spawn(Stateful)
+        with pytest.raises(ConfigError, match="an agent with state hears no broadcast"):
+            await runtime.spawn(Stateful, topics=["news"])
         with pytest.raises(ConfigError, match="give one to needed"):
             await runtime.spawn(Bad, keyed=True)
         with pytest.raises(ConfigError, match="partitions must be"):
             await runtime.spawn(Assistant, name="p0", keyed=True, partitions=0)
         with pytest.raises(ConfigError, match="not a keyed agent"):
             await runtime.state("nobody", "k")
+
+
+class Tallying(Agent):
+    """A named agent with state: one instance at a time, its state saved per message."""
+
+    state_type = Chat
+
+    async def on_message(self, message: Message[Any]) -> Any:
+        if message.body == "boom":
+            self.state.turns += 100  # undone: the handler raises
+            raise ValueError("boom")
+        self.state.turns += 1
+        self.state.history.append(message.body)
+        return {"turns": self.state.turns, "key": self.key}
+
+
+async def test_a_named_agent_with_state(redis_config: RedisConfig) -> None:
+    async with (
+        Runtime(redis_config, namespace="k", retry_backoff=0.01) as runtime,
+        Runtime(redis_config, namespace="k") as standby,
+    ):
+        await runtime.spawn(Tallying, name="tally")
+        await standby.spawn(Tallying, name="tally")  # stands by: one instance at a time
+        for text in ("a", "b", "boom"):
+            await runtime.send("tally", text)
+        assert await runtime.ask("tally", "c") == {"turns": 3, "key": None}
+        await runtime.wait_idle(["tally"], timeout=10)
+        assert await runtime.state("tally") == {"turns": 3, "history": ["a", "b", "c"]}
+        assert await standby.state("tally", state_type=Chat) == Chat(3, ["a", "b", "c"])
+        held = [len(r._keyed["tally"].owned) for r in (runtime, standby)]
+        assert sorted(held) == [0, 1]
+        (letter,) = await runtime.dead_letters("tally")
+        assert letter.body == "boom" and letter.key is None
+        with pytest.raises(ConfigError, match="not a keyed agent"):
+            await runtime.send("tally", "x", key="k")
+        with pytest.raises(ConfigError, match="read without a key"):
+            await runtime.state("tally", "k")
+    r = raw(redis_config)
+    assert r.hget("ailf:k:state:{ailf:k:mailbox:tally}", "tally") is not None
 
 
 def test_fair_share_is_even_and_moves_little() -> None:

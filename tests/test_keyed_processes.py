@@ -29,10 +29,12 @@ MESSAGES = 25
 
 
 @contextmanager
-def host(config: RedisConfig, lease: float = 1.5) -> Iterator[subprocess.Popen[str]]:
+def host(config: RedisConfig, lease: float = 1.5, *extra: str) -> Iterator[subprocess.Popen[str]]:
     url = f"redis://127.0.0.1:{config.port}/0"
     process = subprocess.Popen(
-        [sys.executable, str(CHILD), url, "kp", str(lease)], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(CHILD), url, "kp", str(lease), *extra],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         yield process
@@ -129,3 +131,36 @@ async def test_hosts_joining_and_leaving_hand_partitions_over(redis_config: Redi
     lines = handled(redis_config)
     assert len({line[2] for line in lines}) == 2, "the second host took no partition"
     assert len(lines) == len(KEYS) * MESSAGES, "a graceful handover repeated a message"
+
+
+async def test_a_named_agent_with_state_moves_to_its_standby_in_order(
+    redis_config: RedisConfig,
+) -> None:
+    """One instance at a time over two processes; the active one SIGKILLed mid-stream:
+    the standby takes over after the lease, and the state holds every message once, in
+    order."""
+    with host(redis_config, 1.5, "named") as first, host(redis_config, 1.5, "named") as second:
+        await ready(first)
+        await ready(second)
+        async with Runtime(redis_config, namespace="kp") as runtime:
+            for body in range(40):
+                await runtime.send("ledger", body)
+            with trio.fail_after(20):
+                while len(handled(redis_config)) < 10:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+            active = handled(redis_config)[0][2]
+            victim = first if first.pid == active else second
+            victim.send_signal(signal.SIGKILL)
+            for body in range(40, 60):
+                await runtime.send("ledger", body)
+            with trio.fail_after(30):
+                while True:
+                    state = await runtime.state("ledger")
+                    if state and len(state["bodies"]) >= 60:
+                        break
+                    await trio.sleep(0.1)
+    assert state == {"bodies": list(range(60))}
+    lines = handled(redis_config)
+    assert len({line[2] for line in lines}) == 2  # the standby took over
+    for before, after in itertools.pairwise(sorted(lines, key=lambda line: line[3])):
+        assert before[4] <= after[3] + 0.001, f"two instances at once: {before} {after}"

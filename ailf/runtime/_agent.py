@@ -135,7 +135,9 @@ class AgentRuntime(Protocol):
         self, name: str, count: int = 100, *, key: str | None = None
     ) -> list[DeadLetter]: ...
 
-    async def state(self, name: str, key: str, state_type: type[T] | None = None) -> Any: ...
+    async def state(
+        self, name: str, key: str | None = None, state_type: type[T] | None = None
+    ) -> Any: ...
 
     def statistics(self) -> dict[str, AgentStatistics]: ...
 
@@ -178,8 +180,9 @@ class Agent:
     - ``strategy``: ``"one_for_one"`` restarts only the instance that failed;
       ``"one_for_all"`` restarts every instance of the agent in this process with it.
     - ``Options``: an attrs class of the agent's options; ``self.options`` is an instance.
-    - ``state_type``: for a keyed agent, an attrs class of its per-key state:
-      ``self.state`` is loaded when a key is activated and saved with each message's
+    - ``state_type``: an attrs class of the agent's state — per key for a keyed agent;
+      a named agent with one runs one instance at a time across processes (the others
+      stand by): ``self.state`` is loaded on activation and saved with each message's
       acknowledgement (see docs/concepts.md#keyed-agents).
     - ``passivate_after``: seconds a keyed agent's instance for one key stays active
       without a message (then ``on_stop`` runs and it is dropped from memory).

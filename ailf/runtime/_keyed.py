@@ -75,6 +75,7 @@ class _Partition:
 
 @attrs.define(eq=False)
 class _Activation:
+    key: str
     agent: Agent
     #: The state's JSON as last saved (None: never saved, or no state type).
     saved: str | None
@@ -124,6 +125,7 @@ class KeyedHost:
         partitions: int,
         workers: int,
         member: str,
+        stateful: bool = False,
     ) -> None:
         self.host = host
         self.spec = spec
@@ -132,6 +134,8 @@ class KeyedHost:
         self.partitions = partitions
         self.workers = workers
         self.member = member
+        #: A named agent with state: one partition, its mailbox, one key (its name).
+        self.stateful = stateful
         self.name = spec.name
         cls = spec.agent_cls
         self.state_type = cls.state_type
@@ -170,11 +174,6 @@ class KeyedHost:
 
     def busy(self) -> bool:
         return bool(self._queued or self._running or self._refusals)
-
-    def streams(self) -> list[str]:
-        """Every partition's mailbox (held here or not)."""
-        keys = self.host.keys
-        return [keys.partition(self.name, p).mailbox for p in range(self.partitions)]
 
     # -- lifetime -------------------------------------------------------------------
 
@@ -285,7 +284,7 @@ class KeyedHost:
     async def _acquire(self, number: int) -> None:
         """Take partition ``number`` if its lease is free: claim what is pending there
         (a previous holder's), then read it, pending entries first."""
-        pkeys = self.host.keys.partition(self.name, number)
+        pkeys = self._keys_of(number)
         self._tokens += 1
         token = f"{self.member}/{self._tokens}"
         sent = trio.current_time()
@@ -360,16 +359,20 @@ class KeyedHost:
     def _partition(self, key: str) -> int:
         return partition_of(key, self.partitions)
 
+    def _keys_of(self, number: int) -> PartitionKeys:
+        keys = self.host.keys
+        return keys.stateful(self.name) if self.stateful else keys.partition(self.name, number)
+
     # -- fed by the reader (synchronous) ---------------------------------------------
 
     def _deliver(self, delivery: Delivery) -> None:
         try:
             message = vet(delivery, self.host, delivery.binding.max_deliveries)
-            key = message.key
+            key = self.name if self.stateful else message.key
             if key is None:
                 raise Refused(f"no 'key' in the envelope: {self.name!r} is a keyed agent")
             number = self._partition(key)
-            if delivery.binding.stream != self.host.keys.partition(self.name, number).mailbox:
+            if delivery.binding.stream != self._keys_of(number).mailbox:
                 raise Refused(
                     f"key {key[:80]!r} belongs to partition {number} of {self.partitions},"
                     " not to the one it was added to"
@@ -458,7 +461,7 @@ class KeyedHost:
             await self._passivate(idle)
         agent = self.spec.agent_cls()
         agent.name = self.name
-        agent.key = key
+        agent.key = None if self.stateful else key
         agent.replica = 0
         agent.options = self.spec.options
         agent.runtime = self.host.runtime
@@ -469,7 +472,7 @@ class KeyedHost:
             saved = await self._client.hget(part.keys.state, key)
             agent.state = load_state(self.state_type, saved, agent.log)
         await agent.on_start()
-        activation = _Activation(agent, saved, trio.current_time(), part.token)
+        activation = _Activation(key, agent, saved, trio.current_time(), part.token)
         self._active[key] = activation
         return activation
 
@@ -595,8 +598,7 @@ class KeyedHost:
         connection broke) is simply sent again, for as long as the lease is trusted.
         """
         binding = delivery.binding
-        key = activation.agent.key
-        assert key is not None
+        key = activation.key
         if self.state_type is None and message.reply_to is None:
             self._settler.ack(binding, delivery.id)
             return True

@@ -123,7 +123,26 @@ class Keys:
 
     def partition(self, agent: str, partition: int) -> PartitionKeys:
         """The keys of one partition of a keyed agent, all in one hash slot."""
-        return PartitionKeys(f"{self.prefix}keyed:{{{agent}:{partition}}}:")
+        base = f"{self.prefix}keyed:{{{agent}:{partition}}}:"
+        return PartitionKeys(
+            mailbox=f"{base}mailbox",
+            state=f"{base}state",
+            lease=f"{base}lease",
+            dead=f"{base}dead",
+            bell=f"{base}bell",
+        )
+
+    def stateful(self, agent: str) -> PartitionKeys:
+        """A named agent with state: its mailbox, dead letters and doorbell as any named
+        agent's, and its state and lease in its mailbox's hash slot."""
+        mailbox = self.mailbox(agent)
+        return PartitionKeys(
+            mailbox=mailbox,
+            state=f"{self.prefix}state:{{{mailbox}}}",
+            lease=f"{self.prefix}lease:{{{mailbox}}}",
+            dead=self.dead(agent),
+            bell=self.bell(agent),
+        )
 
     def topic(self, topic: str) -> str:
         """The pub/sub channel of a broadcast topic."""
@@ -163,39 +182,27 @@ class Address:
 
 @attrs.frozen
 class PartitionKeys:
-    """The keys of one partition of a keyed agent: ``ailf:demo:keyed:{assistant:7}:…``.
+    """The keys of one partition of a keyed agent: ``ailf:demo:keyed:{assistant:7}:…``;
+    or of a named agent with state, whose one partition is its mailbox.
 
-    The part in braces is a Redis Cluster hash tag: the partition's mailbox, its state,
-    its lease and its dead letters hash to one slot, so that the script committing a
-    handled message (state write, ack, reply) runs on one node, atomically.
+    The part in braces is a Redis Cluster hash tag: the partition's mailbox, its state and
+    its lease hash to one slot, so that the script committing a handled message (lease
+    check, state write, ack, reply) runs on one node, atomically. A named agent's
+    mailbox ``ailf:demo:mailbox:counter`` has no tag, so its slot is its whole name's:
+    its state and lease take that name as their tag
+    (``ailf:demo:state:{ailf:demo:mailbox:counter}``) to land in the same slot.
     """
 
-    base: str
-
-    @property
-    def mailbox(self) -> str:
-        """The stream of the partition's messages, for every key in it, in send order."""
-        return f"{self.base}mailbox"
-
-    @property
-    def state(self) -> str:
-        """The hash of the partition's per-key state (field: the key; value: JSON)."""
-        return f"{self.base}state"
-
-    @property
-    def bell(self) -> str:
-        """The partition's doorbell channel (sharded pub/sub on a cluster: its slot)."""
-        return f"{self.base}bell"
-
-    @property
-    def lease(self) -> str:
-        """The string naming the partition's owner (its fencing token), with a TTL."""
-        return f"{self.base}lease"
-
-    @property
-    def dead(self) -> str:
-        """The stream of the partition's dead letters."""
-        return f"{self.base}dead"
+    #: The stream of the partition's messages, for every key in it, in send order.
+    mailbox: str
+    #: The hash of the per-key state (field: the key; value: JSON).
+    state: str
+    #: The string naming the partition's holder (its fencing token), with a TTL.
+    lease: str
+    #: The stream of the partition's dead letters.
+    dead: str
+    #: The partition's doorbell channel (sharded pub/sub on a cluster: its slot).
+    bell: str
 
     @property
     def address(self) -> Address:

@@ -30,6 +30,8 @@ from ailf.errors import ConfigError, ResponseError
 __all__ = [
     "COMMIT",
     "DEFAULT_PARTITIONS",
+    "DESCRIBE",
+    "MARK_STATEFUL",
     "MAX_KEY_LENGTH",
     "MAX_PARTITIONS",
     "RELEASE",
@@ -117,6 +119,33 @@ class Script:
                 raise
         return await client.execute_command("EVAL", self.source, len(keys), *keys, *args)
 
+
+#: KEYS: an agent's descriptor. ARGV: the partitions to record if none are ('' to only
+#: read). Returns its partitions, or nil for an agent that is not keyed (none recorded,
+#: or marked a named agent with state).
+DESCRIBE = Script(
+    """
+if redis.call('HEXISTS', KEYS[1], 'stateful') == 1 then
+  return false
+end
+if ARGV[1] ~= '' then
+  redis.call('HSETNX', KEYS[1], 'partitions', ARGV[1])
+end
+return redis.call('HGET', KEYS[1], 'partitions')
+"""
+)
+
+#: KEYS: an agent's descriptor. Marks it a named agent with state, unless it is keyed;
+#: returns 1 if it is (now) marked, 0 if it is keyed.
+MARK_STATEFUL = Script(
+    """
+if redis.call('HEXISTS', KEYS[1], 'partitions') == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'stateful', '1')
+return 1
+"""
+)
 
 #: KEYS: lease. ARGV: token, ttl in ms. Extends the lease if this token holds it.
 RENEW = Script(

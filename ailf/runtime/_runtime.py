@@ -54,6 +54,8 @@ from ailf.runtime._message import ENVELOPE_FIELD, DeadLetter, encode_envelope
 from ailf.runtime._observe import make_observer, serve_metrics, stop_metrics
 from ailf.runtime._partitions import (
     DEFAULT_PARTITIONS,
+    DESCRIBE,
+    MARK_STATEFUL,
     check_key,
     check_partitions,
     partition_of,
@@ -486,17 +488,12 @@ class Runtime:
             keyed=keyed,
         )
         name = spec.name
-        if keyed:
+        if partitions is not None and not keyed:
+            raise ConfigError(f"spawn({name!r}): partitions= is for keyed agents (keyed=True)")
+        if keyed or agent_cls.state_type is not None:
             await self._spawn_keyed(spec, replicas, partitions)
             return
-        if partitions is not None:
-            raise ConfigError(f"spawn({name!r}): partitions= is for keyed agents (keyed=True)")
-        if name in self._partition_counts or await self.client.exists(self.keys.agent(name)):
-            raise ConfigError(
-                f"spawn({name!r}): {name!r} is a keyed agent in namespace"
-                f" {self.namespace!r} ({self.keys.agent(name)} exists); spawn it with"
-                " keyed=True, or use another name"
-            )
+        await self._check_named(name, stateful=False)
         known = self._specs.get(name)
         if known is not None and known.agent_cls is not agent_cls:
             raise ConfigError(
@@ -535,14 +532,21 @@ class Runtime:
         self._heartbeat.announce()  # other processes (`ailf status`) see the replicas at once
 
     async def _spawn_keyed(self, spec: SpawnSpec, workers: int, partitions: int | None) -> None:
+        """A keyed agent, or a named agent with state: one partition, its own mailbox,
+        one instance at a time across processes (the others stand by)."""
         name = spec.name
         if name in self._specs:
             raise ConfigError(
-                f"spawn({name!r}): this runtime already runs {name!r}; a keyed agent is"
-                " spawned once per process (replicas= sets how many keys run at once)"
+                f"spawn({name!r}): this runtime already runs {name!r}; an agent with state"
+                " or keys is spawned once per process (replicas= sets how many keys run"
+                " at once)"
             )
-        count = await self._partitions(name, partitions, create=True)
-        assert count is not None
+        if spec.keyed:
+            count = await self._partitions(name, partitions, create=True)
+            assert count is not None
+        else:
+            await self._check_named(name, stateful=True)
+            count, workers = 1, 1
         self._specs[name] = spec
         counters = self.counters_for(name)
         reader = await self._readers.take(name)
@@ -554,6 +558,7 @@ class Runtime:
             partitions=count,
             workers=workers,
             member=self.process_id,
+            stateful=not spec.keyed,
         )
         self._keyed[name] = keyed
         counters.replicas += workers
@@ -570,6 +575,30 @@ class Runtime:
         )
         self._heartbeat.announce()
 
+    async def _check_named(self, name: str, *, stateful: bool) -> None:
+        """Refuse a named spawn onto a keyed agent's name, and mixing replicas with and
+        without state (a stateless one would read the mailbox beside the one instance
+        with state); mark the name as an agent with state when it is one."""
+        descriptor = self.keys.agent(name)
+        if stateful:
+            marked = await MARK_STATEFUL(self.client, [descriptor], [])
+            keyed = not marked
+        else:
+            found = await self.client.hgetall(descriptor)
+            keyed = "partitions" in found
+            if not keyed and "stateful" in found:
+                raise ConfigError(
+                    f"spawn({name!r}): {name!r} is a named agent with state in namespace"
+                    f" {self.namespace!r} ({descriptor}); spawn a class with that"
+                    " state_type, or use another name"
+                )
+        if keyed or name in self._partition_counts:
+            raise ConfigError(
+                f"spawn({name!r}): {name!r} is a keyed agent in namespace"
+                f" {self.namespace!r} ({descriptor} exists); spawn it with"
+                " keyed=True, or use another name"
+            )
+
     async def _partitions(
         self, name: str, wanted: int | None = None, *, create: bool = False
     ) -> int | None:
@@ -585,11 +614,8 @@ class Runtime:
         count = self._partition_counts.get(name)
         if count is None:
             descriptor = self.keys.agent(name)
-            if create:
-                await self.client.execute_command(
-                    "HSETNX", descriptor, "partitions", wanted or DEFAULT_PARTITIONS
-                )
-            stored = await self.client.hget(descriptor, "partitions")
+            record = (wanted or DEFAULT_PARTITIONS) if create else ""
+            stored = await DESCRIBE(self.client, [descriptor], [record])
             if stored is None:
                 return None
             try:
@@ -834,24 +860,32 @@ class Runtime:
         else:
             await self.client.publish(address.bell, "")
 
-    async def state(self, name: str, key: str, state_type: type[T] | None = None) -> Any:
-        """The state keyed agent ``name`` saved for ``key``: a dict of its fields (an
-        instance of ``state_type`` if given), or None if nothing was saved.
+    async def state(
+        self, name: str, key: str | None = None, state_type: type[T] | None = None
+    ) -> Any:
+        """The state agent ``name`` saved — a keyed agent's for ``key``, a named agent
+        with state its one (no key) —: a dict of its fields (an instance of
+        ``state_type`` if given), or None if nothing was saved.
 
         It is the state as of the last message whose handling committed; an instance
         handling a message now may hold a newer one in memory.
         """
         check_name("agent", name)
-        key = check_key(name, key)
         partitions = await self._partitions(name)
-        if partitions is None:
+        if key is None:
+            if partitions is not None:
+                raise ConfigError(f"state({name!r}): a keyed agent: say which key")
+            where, field = self.keys.stateful(name).state, name
+        elif partitions is None:
             raise ConfigError(
                 f"state({name!r}): {name!r} is not a keyed agent in namespace"
-                f" {self.namespace!r} (no {self.keys.agent(name)})"
+                f" {self.namespace!r} (no {self.keys.agent(name)}); a named agent's state"
+                " is read without a key"
             )
-        text = await self.client.hget(
-            self.keys.partition(name, partition_of(key, partitions)).state, key
-        )
+        else:
+            field = check_key(name, key)
+            where = self.keys.partition(name, partition_of(field, partitions)).state
+        text = await self.client.hget(where, field)
         if text is None:
             return None
         if state_type is not None:

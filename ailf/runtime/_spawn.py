@@ -72,15 +72,16 @@ def spawn_spec(
         raise ConfigError(f"spawn({name!r}): keyed must be True or False, not {keyed!r}")
     owner = agent_cls.__qualname__
     state_type = check_state_type(owner, agent_cls.state_type)
-    if keyed:
+    if keyed or state_type is not None:
+        kind = "a keyed agent" if keyed else "an agent with state"
         if all_topics:
             raise ConfigError(
-                f"spawn({name!r}): a keyed agent hears no broadcast topics (its instances"
-                f" come and go with their keys); got {', '.join(all_topics)}"
+                f"spawn({name!r}): {kind} hears no broadcast topics (its instances"
+                f" come and go with their messages); got {', '.join(all_topics)}"
             )
         if parallel != 1:
             raise ConfigError(
-                f"spawn({name!r}): a keyed agent handles one message per key at a time;"
+                f"spawn({name!r}): {kind} handles one message at a time (per key);"
                 " use replicas= for how many keys run at once, not concurrency"
             )
         for attr in ("passivate_after",):
@@ -90,11 +91,6 @@ def spawn_spec(
         active = agent_cls.max_active_keys
         if isinstance(active, bool) or not isinstance(active, int) or active < 1:
             raise ConfigError(f"{owner}.max_active_keys: expected an integer >= 1, got {active!r}")
-    elif state_type is not None:
-        raise ConfigError(
-            f"spawn({name!r}): {owner} has a state_type, which only keyed agents keep;"
-            " spawn it with keyed=True"
-        )
     return SpawnSpec(
         agent_cls=agent_cls,
         name=name,
