@@ -79,14 +79,6 @@ SWEEP_RATE = 5000
 CLAIM_RATE = 200
 #: Mailboxes a reader trims and tidies per second at most (see :func:`_upkeep_interval`).
 UPKEEP_RATE = 20
-#: Mailboxes that returned entries in the last HOT_WINDOW seconds ("hot"), at most
-#: HOT_STREAMS of them, are read by a blocking XREADGROUP when nothing else is to be
-#: read, so that a busy mailbox's next message is delivered as soon as it is added,
-#: without waiting for its bell and then a read; such a block lasts HOT_BLOCK at most,
-#: which is then the longest a cold mailbox's bell waits.
-HOT_STREAMS = 32
-HOT_WINDOW = 1.0
-HOT_BLOCK = 0.01
 
 
 @attrs.define(eq=False)
@@ -167,8 +159,6 @@ class MailboxReader:
         self._reading: set[str] = set()
         self._rung_while_reading: set[str] = set()
         self._sweep_at = 0.0
-        #: Hot mailbox -> when a read last returned entries from it, oldest first.
-        self._hot: dict[str, float] = {}
         #: Claims this reader may make now, refilled at CLAIM_RATE a second.
         self._claim_budget = float(CLAIM_RATE)
         self._budget_at = 0.0
@@ -209,7 +199,6 @@ class MailboxReader:
             del self._places[binding.stream]
             self._full.discard(binding.stream)
             self._dirty.pop(binding.stream, None)
-            self._hot.pop(binding.stream, None)
             self.hub.remove_bell(binding.bell)
 
     def set_full(self, binding: Binding, full: bool) -> None:
@@ -298,19 +287,15 @@ class MailboxReader:
             self._sweep()
         self._changed = trio.Event()
         streams = self._take_dirty()
-        block = None
-        if not streams:
-            streams = self._hot_streams(now)
-            if not streams:  # nothing to read, or no room: wait here, costing Redis nothing
-                with trio.move_on_at(self._next_due(now)):
-                    await self._changed.wait()
-                return
-            block = max(1, int(min(HOT_BLOCK, self._next_due(now) - now) * 1000))
+        if not streams:  # nothing to read, or no room: wait here, costing Redis nothing
+            with trio.move_on_at(self._next_due(now)):
+                await self._changed.wait()
+            return
         self._reading = set(streams)
         self._rung_while_reading = set()
         try:
             reply = await self.client.xreadgroup(
-                GROUP, self.consumer, streams, count=self.settings.batch_size, block=block
+                GROUP, self.consumer, streams, count=self.settings.batch_size
             )
         finally:
             self._reading = set()
@@ -328,38 +313,6 @@ class MailboxReader:
                 self._dirty[stream] = None  # to be read again, after the others (fairness)
         await self._dispatch(reply)
 
-    def _readable(self, stream: str, place: _Place | None) -> bool:
-        return place is not None and stream not in self._full and place.problem is None
-
-    def _hot_streams(self, now: float) -> dict[str, str]:
-        """The hot mailboxes to block on (see :data:`HOT_STREAMS`); those that cooled
-        down are read once more the usual way (their bells were not needed while hot)."""
-        cold_before = now - HOT_WINDOW
-        for stream, since in list(self._hot.items()):
-            if since >= cold_before:
-                break
-            del self._hot[stream]
-            self.ring(stream)
-        streams: dict[str, str] = {}
-        slot = -1
-        for stream in self._hot:
-            place = self._places.get(stream)
-            if not self._readable(stream, place) or place is None or place.backlog:
-                continue
-            if self._cluster:
-                here = key_slot(stream)
-                if slot == -1:
-                    slot = here
-                elif here != slot:
-                    continue
-            streams[stream] = ">"
-        return streams
-
-    def _is_hot(self, stream: str, place: _Place) -> bool:
-        """Whether the blocking read on hot mailboxes covers ``stream`` (then its bell
-        need not make it read). On a cluster, only one slot's hot mailboxes are."""
-        return stream in self._hot and not place.backlog and not self._cluster
-
     def _take_dirty(self) -> dict[str, str]:
         """The next mailboxes to read (at most :data:`READ_STREAMS`, fewer while reads
         return many entries; on a cluster, of one hash slot), each with where to read
@@ -372,10 +325,7 @@ class MailboxReader:
             if place is None:
                 gone.append(stream)
                 continue
-            if not self._readable(stream, place):
-                continue
-            if self._is_hot(stream, place):
-                gone.append(stream)  # the next read of the hot mailboxes takes it
+            if stream in self._full or place.problem is not None:
                 continue
             if self._cluster:
                 here = key_slot(stream)
@@ -402,18 +352,10 @@ class MailboxReader:
 
     async def _dispatch(self, reply: list[Any]) -> None:
         now = trio.current_time()
-        hot = self._hot
         for stream, entries in reply:
             place = self._places.get(stream)
             if place is None:
                 continue  # unbound meanwhile: the entries stay pending for a claim
-            if entries:
-                hot.pop(stream, None)
-                hot[stream] = now
-                if len(hot) > HOT_STREAMS:
-                    coldest = next(iter(hot))
-                    del hot[coldest]
-                    self.ring(coldest)
             if place.backlog:
                 if len(entries) < self.settings.batch_size:
                     place.backlog = False
