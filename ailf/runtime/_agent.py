@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 import attrs
 import cattrs
+import trio
 
 from ailf.clients._async_client import AsyncRedisClient
 from ailf.codec import converter
@@ -287,6 +288,15 @@ class Agent:
         """Stop this instance normally: a ``"permanent"`` agent is started again, a
         ``"transient"`` or ``"temporary"`` one is not."""
         self._context.request_stop(normal=True)
+
+
+async def call_handler(agent: Agent, message: Message[Any], sync: bool) -> Any:
+    """Run ``agent.on_message``; a plain ``def`` one (``sync``) in a worker thread,
+    abandoned on cancellation (shutdown past the grace period, a crash): the thread runs
+    to its end on its own, and its message stays pending."""
+    if sync:
+        return await trio.to_thread.run_sync(agent.on_message, message, abandon_on_cancel=True)
+    return await agent.on_message(message)
 
 
 def is_sync_handler(agent_cls: type[Agent]) -> bool:

@@ -29,7 +29,7 @@ from typing import Any
 
 import trio
 
-from ailf.runtime._agent import AgentLog, current_message_id, is_sync_handler
+from ailf.runtime._agent import AgentLog, call_handler, current_message_id, is_sync_handler
 from ailf.runtime._host import HostContext
 from ailf.runtime._keys import check_name
 from ailf.runtime._message import Message
@@ -88,14 +88,7 @@ class Cell:
             log=self.log,
             counters=counters,
         )
-        agent = spec.agent_cls()
-        agent.name = spec.name
-        agent.replica = replica
-        agent.options = spec.options
-        agent.runtime = host.runtime
-        agent.log = self.log
-        agent._context = self
-        self.agent = agent
+        self.agent = spec.instance(host.runtime, replica, self.log, self)
 
     # -- fed by the reader and the hub (synchronous) -----------------------------------
 
@@ -237,13 +230,7 @@ class Cell:
                 await trio.lowlevel.checkpoint()
 
     async def _call(self, message: Message[Any]) -> Any:
-        if self._sync:
-            # Abandoned on cancellation (shutdown past the grace period, a crash): the
-            # thread runs to its end on its own, its message stays pending.
-            return await trio.to_thread.run_sync(
-                self.agent.on_message, message, abandon_on_cancel=True
-            )
-        return await self.agent.on_message(message)
+        return await call_handler(self.agent, message, self._sync)
 
     async def _handle_delivery(self, delivery: Delivery) -> None:
         counters = self.counters

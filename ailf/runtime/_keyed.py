@@ -37,7 +37,13 @@ import attrs
 import trio
 
 from ailf.errors import DecodeError, RedisError
-from ailf.runtime._agent import Agent, AgentLog, current_message_id, is_sync_handler
+from ailf.runtime._agent import (
+    Agent,
+    AgentLog,
+    call_handler,
+    current_message_id,
+    is_sync_handler,
+)
 from ailf.runtime._host import HostContext
 from ailf.runtime._keys import GROUP, PartitionKeys
 from ailf.runtime._mailbox import create_group
@@ -459,14 +465,13 @@ class KeyedHost:
             if idle is None:
                 break
             await self._passivate(idle)
-        agent = self.spec.agent_cls()
-        agent.name = self.name
-        agent.key = None if self.stateful else key
-        agent.replica = 0
-        agent.options = self.spec.options
-        agent.runtime = self.host.runtime
-        agent.log = AgentLog(_logger, {"agent": self.name, "replica": key})
-        agent._context = _KeyContext(self, key)
+        agent = self.spec.instance(
+            self.host.runtime,
+            0,
+            AgentLog(_logger, {"agent": self.name, "replica": key}),
+            _KeyContext(self, key),
+            key=None if self.stateful else key,
+        )
         saved: str | None = None
         if self.state_type is not None:
             saved = await self._client.hget(part.keys.state, key)
@@ -522,7 +527,7 @@ class KeyedHost:
                 try:
                     activation = await self._activation(key, part)
                     log = activation.agent.log
-                    result = await self._call(activation.agent, message)
+                    result = await call_handler(activation.agent, message, self._sync)
                 except Exception as exc:
                     counters.handler_finished(time.perf_counter() - started)
                     counters.failed += 1
@@ -567,11 +572,6 @@ class KeyedHost:
             await trio.sleep(delay)
             if not delivery.binding.active:
                 return False
-
-    async def _call(self, agent: Agent, message: Message[Any]) -> Any:
-        if self._sync:
-            return await trio.to_thread.run_sync(agent.on_message, message, abandon_on_cancel=True)
-        return await agent.on_message(message)
 
     def _restore(self, activation: _Activation) -> None:
         """Put the state back as it was saved (a failed handler's changes are undone)."""

@@ -14,7 +14,15 @@ import attrs
 
 from ailf.codec import message_type
 from ailf.errors import ConfigError
-from ailf.runtime._agent import Agent, body_types, check_agent_class, structure_options
+from ailf.runtime._agent import (
+    Agent,
+    AgentContext,
+    AgentLog,
+    AgentRuntime,
+    body_types,
+    check_agent_class,
+    structure_options,
+)
 from ailf.runtime._keys import check_name
 from ailf.runtime._state import check_state_type
 
@@ -33,6 +41,26 @@ class SpawnSpec:
     concurrency: int
     #: One instance per key, activated on demand (see ailf/runtime/_keyed.py).
     keyed: bool = False
+
+    def instance(
+        self,
+        runtime: AgentRuntime,
+        replica: int,
+        log: AgentLog,
+        context: AgentContext,
+        key: str | None = None,
+    ) -> Agent:
+        """A new instance of the agent class, with everything set that ``on_start``
+        may use (a fresh one for every restart, and for every activation of a key)."""
+        agent = self.agent_cls()
+        agent.name = self.name
+        agent.key = key
+        agent.replica = replica
+        agent.options = self.options
+        agent.runtime = runtime
+        agent.log = log
+        agent._context = context
+        return agent
 
 
 def spawn_spec(
