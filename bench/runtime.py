@@ -176,42 +176,46 @@ def _rss_mb() -> float:
     return float("nan")
 
 
-async def role_many(config: RedisConfig, count: int) -> None:
+async def spawn_and_ask(runtime: Runtime, count: int) -> dict[str, float]:
     """Spawn ``count`` echo agents from 50 concurrent spawners, asking each one as soon
-    as it is spawned; the figure that matters is the slowest spawn-to-answer time."""
+    as it is spawned: seconds to spawn them all, until the last answer, and the slowest
+    spawn-to-answer (the figure that matters)."""
+    started = time.perf_counter()
+    names = iter(range(count))
+    slowest = last_answer = 0.0
+
+    async def ask(name: str, spawned: float) -> None:
+        nonlocal slowest, last_answer
+        assert await runtime.ask(name, name, timeout=120) == name
+        last_answer = time.perf_counter()
+        slowest = max(slowest, last_answer - spawned)
+
+    async with trio.open_nursery() as asks:
+
+        async def spawner() -> None:
+            for n in names:
+                await runtime.spawn(Echo, name=f"many-{n}")
+                asks.start_soon(ask, f"many-{n}", time.perf_counter())
+
+        async with trio.open_nursery() as spawners:
+            for _ in range(SENDERS):
+                spawners.start_soon(spawner)
+        spawned = time.perf_counter() - started
+    return {
+        "spawn_seconds": spawned,
+        "all_answered_seconds": last_answer - started,
+        "slowest_answer_seconds": slowest,
+    }
+
+
+async def role_many(config: RedisConfig, count: int) -> None:
+    """:func:`spawn_and_ask` in a process of its own, with its connections and memory."""
     probe = redis.Redis(**config.redis_py_kwargs())
     config = config.replace(client_name="bench-many")  # to count this process's connections
     async with Runtime(config, namespace=NAMESPACE) as runtime:
-        started = time.perf_counter()
-        names = iter(range(count))
-        slowest = last_answer = 0.0
-
-        async def ask(name: str, spawned: float) -> None:
-            nonlocal slowest, last_answer
-            assert await runtime.ask(name, name, timeout=60) == name
-            last_answer = time.perf_counter()
-            slowest = max(slowest, last_answer - spawned)
-
-        async with trio.open_nursery() as asks:
-
-            async def spawner() -> None:
-                for n in names:
-                    await runtime.spawn(Echo, name=f"many-{n}")
-                    asks.start_soon(ask, f"many-{n}", time.perf_counter())
-
-            async with trio.open_nursery() as spawners:
-                for _ in range(SENDERS):
-                    spawners.start_soon(spawner)
-            spawned = time.perf_counter() - started
+        figures = await spawn_and_ask(runtime, count)
         connections = sum(c["name"] == "bench-many" for c in probe.client_list())
-        _emit(
-            agents=count,
-            spawn_seconds=spawned,
-            all_answered_seconds=last_answer - started,
-            slowest_answer_seconds=slowest,
-            connections=connections,
-            rss_mb=_rss_mb(),
-        )
+        _emit(agents=count, **figures, connections=connections, rss_mb=_rss_mb())
     probe.close()
 
 

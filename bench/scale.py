@@ -27,14 +27,10 @@ import trio
 
 from ailf import Agent, Message, RedisServer, Runtime
 from bench.machine import describe, machine
+from bench.runtime import spawn_and_ask
 
 SENDERS = 50
 NAME = "bench-scale"
-
-
-class Echo(Agent):
-    async def on_message(self, message: Message[Any]) -> Any:
-        return message.body
 
 
 @attrs.define
@@ -116,27 +112,7 @@ async def named(server: RedisServer, count: int, idle: float) -> dict[str, Any]:
     probe.reset()
     config = server.config.replace(client_name=NAME)
     async with Runtime(config, namespace="scale") as runtime:
-        started = time.perf_counter()
-        names = iter(range(count))
-        slowest = last = 0.0
-
-        async def ask(name: str, spawned: float) -> None:
-            nonlocal slowest, last
-            assert await runtime.ask(name, name, timeout=120) == name
-            last = time.perf_counter()
-            slowest = max(slowest, last - spawned)
-
-        async with trio.open_nursery() as asks:
-
-            async def spawner() -> None:
-                for n in names:
-                    await runtime.spawn(Echo, name=f"echo-{n}")
-                    asks.start_soon(ask, f"echo-{n}", time.perf_counter())
-
-            async with trio.open_nursery() as spawners:
-                for _ in range(SENDERS):
-                    spawners.start_soon(spawner)
-            spawned = time.perf_counter() - started
+        figures = await spawn_and_ask(runtime, count)
         reads = probe.xreadgroup()
         connections = probe.connections()
         await trio.sleep(5)  # the first claims and sweeps of the new mailboxes settle
@@ -144,9 +120,7 @@ async def named(server: RedisServer, count: int, idle: float) -> dict[str, Any]:
         return {
             "count": count,
             "idle_top": idle_top,
-            "spawned": spawned,
-            "answered": last - started,
-            "slowest": slowest,
+            **figures,
             "reads": reads,
             "connections": connections,
             "rss": _rss_mb(),
@@ -216,8 +190,9 @@ def report(arguments: argparse.Namespace) -> str:
             " idle: commands/s, Redis CPU |",
             "| --- | --- | --- | --- | --- | --- |",
             f"| {many['count']:,} named agents spawned (50 spawners), each asked once"
-            f" | spawned in {many['spawned']:.1f} s, all answered at {many['answered']:.1f} s,"
-            f" slowest spawn-to-answer {many['slowest']:.1f} s"
+            f" | spawned in {many['spawn_seconds']:.1f} s,"
+            f" all answered at {many['all_answered_seconds']:.1f} s,"
+            f" slowest spawn-to-answer {many['slowest_answer_seconds']:.1f} s"
             f" | {calls:,}, {mean:.0f} µs, {slow} | {many['connections']}"
             f" | {many['rss']:.0f} MB | {many['idle_commands']:.0f}, {many['idle_cpu']:.1f} % |",
             f"| {keys['count']:,} keys of one keyed agent messaged once each (50 senders,"
