@@ -10,7 +10,17 @@ import pytest
 import redis
 import trio
 
-from ailf import Agent, ConfigError, Message, RedisConfig, RemoteError, Runtime
+from ailf import (
+    Agent,
+    AskTimeout,
+    ConfigError,
+    Message,
+    RedisConfig,
+    RedisError,
+    RedisServer,
+    RemoteError,
+    Runtime,
+)
 from ailf.runtime._partitions import fair_share, partition_of
 
 
@@ -281,3 +291,48 @@ def test_fair_share_is_even_and_moves_little() -> None:
     assert all(len(p) == 16 for p in four.values())
     moved = sum(len(three[m] - four[m]) for m in three)
     assert moved <= 24  # about a quarter moves to the newcomer, not everything
+
+
+async def test_hostile_bytes_in_a_keyed_agents_keys_stop_nothing(redis_config: RedisConfig) -> None:
+    """A saved state that is not JSON of the class fails only that key's messages (dead
+    letters saying why); a descriptor holding garbage is a ConfigError naming the key;
+    anything published on a doorbell only makes a reader look."""
+    r = raw(redis_config)
+    async with Runtime(redis_config, namespace="k", retry_backoff=0.01) as runtime:
+        await runtime.spawn(Assistant, name="assistant", keyed=True, partitions=1)
+        state = "ailf:k:keyed:{assistant:0}:state"
+        r.hset(state, "broken", "\x00not json")
+        r.hset(state, "wrong", '{"turns": "many"}')
+        for channel in ("ailf:k:keyed:{assistant:0}:bell", "ailf:k:bell:assistant"):
+            r.publish(channel, b"\xff\xfe garbage")
+        await runtime.send("assistant", {"text": "x"}, key="broken")
+        await runtime.send("assistant", {"text": "y"}, key="wrong")
+        assert await runtime.ask("assistant", {"text": "fine"}, key="ok") == {
+            "key": "ok",
+            "turns": 1,
+        }
+        await runtime.wait_idle(timeout=10)
+        letters = {letter.key: letter for letter in await runtime.dead_letters("assistant")}
+        assert set(letters) == {"broken", "wrong"}
+        assert letters["broken"].error_type == "DecodeError"
+        assert "does not fit Chat" in letters["wrong"].error_message
+        r.hset("ailf:k:agent:garbled", "partitions", "lots")
+        with pytest.raises(ConfigError, match="ailf:k:agent:garbled field 'partitions'"):
+            await runtime.send("garbled", {}, key="k")
+
+
+async def test_a_keyed_agent_goes_on_after_redis_restarts(fresh_server: RedisServer) -> None:
+    """Redis killed and restarted (no persistence: leases, groups and state are gone):
+    the hosts take the partitions again and the keys answer, from a new state."""
+    async with Runtime(fresh_server.config, namespace="k", grace_period=1) as runtime:
+        await runtime.spawn(Assistant, name="assistant", keyed=True, partitions=2, claim_idle=1.0)
+        assert (await runtime.ask("assistant", {"text": "a"}, key="x"))["turns"] == 1
+        fresh_server.restart(kill=True)
+        with trio.fail_after(30):
+            while True:
+                try:
+                    reply = await runtime.ask("assistant", {"text": "b"}, key="x", timeout=2)
+                    break
+                except (AskTimeout, RedisError):
+                    await trio.sleep(0.2)
+        assert reply == {"key": "x", "turns": 1}

@@ -119,6 +119,10 @@ def test_keyed_assistants_remember_each_user(redis: RedisServer) -> None:
     assert (report["unread"], report["pending"], report["has_state"]) == (0, 0, True)
     assert report["held_by"] is None  # the run ended: its hosts gave the partitions back
     assert 0 <= report["partition"] < 16 and report["dead_letters"] == 0
+    no_key = ailf("state", "assistant", *where)
+    assert no_key.returncode == 2 and "a keyed agent: say which key" in no_key.stderr
+    half = ailf("status", *where, "--key", "ada")
+    assert half.returncode == 2 and "also give -n NAMESPACE and --agent AGENT" in half.stderr
     status = json.loads(ailf("status", *where, "--json").stdout)
     (namespace,) = status["namespaces"]
     assert namespace["agents"]["assistant"]["length"] == 9  # all partitions added up
