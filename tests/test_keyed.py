@@ -3,6 +3,7 @@ and the errors that say what to do (docs/concepts.md#keyed-agents)."""
 
 from __future__ import annotations
 
+import urllib.request
 from typing import Any
 
 import attrs
@@ -107,14 +108,19 @@ async def test_keys_are_activated_on_demand_and_passivated_when_idle(
     redis_config: RedisConfig,
 ) -> None:
     Assistant.events = []
-    async with Runtime(redis_config, namespace="k") as runtime:
+    async with Runtime(redis_config, namespace="k", metrics_port=0) as runtime:
         await runtime.spawn(Assistant, name="assistant", keyed=True)
         await runtime.ask("assistant", {"text": "one"}, key="x")
         await runtime.ask("assistant", {"text": "two"}, key="x")
         assert Assistant.events == [("start", "x")]
+        assert runtime.statistics()["assistant"].active_keys == 1
+        assert runtime.metrics_url is not None
+        page = await trio.to_thread.run_sync(urllib.request.urlopen, runtime.metrics_url)
+        assert 'ailf_active_keys{agent="assistant",namespace="k"} 1.0' in page.read().decode()
         with trio.fail_after(5):
             while ("stop", "x") not in Assistant.events:  # noqa: ASYNC110
                 await trio.sleep(0.05)
+        assert runtime.statistics()["assistant"].active_keys == 0
         reply = await runtime.ask("assistant", {"text": "three"}, key="x")
         assert reply["turns"] == 3  # the state came back from Redis
         assert Assistant.events == [("start", "x"), ("stop", "x"), ("start", "x")]

@@ -71,6 +71,8 @@ class AgentCounts(Protocol):
     @property
     def replicas(self) -> int: ...
     @property
+    def active_keys(self) -> int: ...
+    @property
     def received(self) -> int: ...
     @property
     def processed(self) -> int: ...
@@ -219,6 +221,13 @@ class _RuntimeCollector(Collector):
         for agent in agents:
             instances.add_metric([namespace, agent.name], agent.replicas)
         yield instances
+        keys = GaugeMetricFamily(
+            "ailf_active_keys", "A keyed agent's keys active in this process", labels=labels
+        )
+        for agent in agents:
+            if agent.active_keys:
+                keys.add_metric([namespace, agent.name], agent.active_keys)
+        yield keys
         mailboxes = list(self._metrics.mailboxes.items())
         for name, field, text in GAUGES:
             gauge = GaugeMetricFamily(name, text, labels=labels)

@@ -479,6 +479,7 @@ class KeyedHost:
         await agent.on_start()
         activation = _Activation(key, agent, saved, trio.current_time(), part.token)
         self._active[key] = activation
+        self.counters.active_keys = len(self._active)
         return activation
 
     def passivate_soon(self, key: str) -> None:
@@ -491,6 +492,7 @@ class KeyedHost:
         activation = self._active.pop(key, None)
         if activation is None:
             return
+        self.counters.active_keys = len(self._active)
         with trio.move_on_after(self.host.grace_period):
             try:
                 await activation.agent.on_stop()

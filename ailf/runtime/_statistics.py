@@ -32,6 +32,7 @@ class AgentStatistics:
 
     ``replicas`` counts the instances running; once the runtime has stopped, those that
     ran when it began to stop (so a final snapshot still says how the agent was run).
+    ``active_keys`` counts a keyed agent's keys active now (0 for other agents).
     """
 
     name: str
@@ -42,6 +43,7 @@ class AgentStatistics:
     retried: int = 0
     dead_lettered: int = 0
     mailbox_processed: int = 0
+    active_keys: int = 0
     latency_p50: float = 0.0
     latency_p99: float = 0.0
     latency_mean: float = 0.0
@@ -77,6 +79,7 @@ COUNTS = (
     "retried",
     "dead_lettered",
     "mailbox_processed",
+    "active_keys",
 )
 
 
@@ -98,6 +101,7 @@ class Counters:
     retried: int = 0
     dead_lettered: int = 0
     mailbox_processed: int = 0
+    active_keys: int = 0
     total_latency: float = 0.0
     handled: int = 0
     samples: deque[float] = attrs.field(factory=lambda: deque(maxlen=SAMPLES))
