@@ -9,7 +9,7 @@ from typing import Any
 
 import redis
 
-from ailf import RedisClusterServer
+from ailf import RedisClient, RedisClusterServer, RedisConfig
 from ailf.clients._slots import key_slot
 
 
@@ -46,6 +46,13 @@ def owner_port(cluster: RedisClusterServer, key: str) -> int:
 
 def primary_ports(cluster: RedisClusterServer) -> list[int]:
     return sorted({int(entry[2][1]) for entry in call(cluster.nodes[0].port, "CLUSTER", "SLOTS")})
+
+
+def emptied(cluster: RedisClusterServer) -> RedisConfig:
+    """A config for ``cluster`` after FLUSHALL on every primary (a test's clean start)."""
+    for port in primary_ports(cluster):
+        RedisClient(cluster.nodes[0].config.replace(port=port)).execute_command("FLUSHALL")
+    return RedisConfig.from_url(cluster.url)
 
 
 def wait_until(predicate: Any, seconds: float = 15.0) -> float:

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +17,19 @@ from ailf.runtime import Agent, Message
 CHILD = Path(__file__).with_name("runtime_child.py")
 
 
-@contextmanager
-def child_runtime(url: str, namespace: str, **spec: Any) -> Iterator[subprocess.Popen[str]]:
+def child_runtime(
+    url: str, namespace: str, **spec: Any
+) -> AbstractContextManager[subprocess.Popen[str]]:
     """A real OS process running ``runtime_child.py`` with ``spec``; killed on exit."""
     spec = {"url": url, "namespace": namespace, **spec}
+    return child_process(CHILD, json.dumps(spec))
+
+
+@contextmanager
+def child_process(script: Path, *arguments: str) -> Iterator[subprocess.Popen[str]]:
+    """``python script arguments…`` as a real OS process, its stdout piped; killed on exit."""
     process = subprocess.Popen(
-        [sys.executable, str(CHILD), json.dumps(spec)], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(script), *arguments], stdout=subprocess.PIPE, text=True
     )
     try:
         yield process

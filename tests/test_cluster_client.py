@@ -13,6 +13,7 @@ import trio
 from cluster_helpers import (
     begin_migration,
     calls,
+    emptied,
     end_migration,
     fail_over,
     migrate_keys,
@@ -44,9 +45,7 @@ def cluster() -> Iterator[RedisClusterServer]:
 
 @pytest.fixture
 def config(cluster: RedisClusterServer) -> RedisConfig:
-    for port in primary_ports(cluster):
-        RedisClient(cluster.nodes[0].config.replace(port=port)).execute_command("FLUSHALL")
-    return RedisConfig.from_url(cluster.url)
+    return emptied(cluster)
 
 
 @pytest.fixture

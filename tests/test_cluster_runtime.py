@@ -5,7 +5,6 @@ load while a worker process is killed too (docs/cluster.md#the-runtime-on-a-clus
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,10 +13,10 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from cluster_helpers import owner_port, primary_ports
-from runtime_helpers import ready
+from cluster_helpers import emptied, owner_port
+from runtime_helpers import child_process, ready
 
-from ailf import Agent, Message, RedisClient, RedisClusterServer, RedisConfig, Runtime
+from ailf import Agent, Message, RedisClusterServer, RedisConfig, Runtime
 
 KEYED_CHILD = Path(__file__).with_name("keyed_child.py")
 
@@ -30,9 +29,7 @@ def cluster() -> Iterator[RedisClusterServer]:
 
 @pytest.fixture
 def config(cluster: RedisClusterServer) -> RedisConfig:
-    for port in primary_ports(cluster):
-        RedisClient(cluster.nodes[0].config.replace(port=port)).execute_command("FLUSHALL")
-    return RedisConfig.from_url(cluster.url)
+    return emptied(cluster)
 
 
 class Echo(Agent):
@@ -108,7 +105,7 @@ async def test_sends_wait_for_a_replica_when_asked(config: RedisConfig) -> None:
 
 
 @pytest.mark.slow
-async def test_a_killed_primary_and_a_killed_worker_lose_nothing(tmp_path: Path) -> None:
+async def test_a_killed_primary_and_a_killed_worker_lose_nothing() -> None:
     """Keyed work over two worker processes while the primary of some partitions is
     SIGKILLed (its replica takes over) and one worker is SIGKILLed: every key's state
     ends with every message once, in order."""
@@ -116,17 +113,8 @@ async def test_a_killed_primary_and_a_killed_worker_lose_nothing(tmp_path: Path)
     messages = 20
     with RedisClusterServer(primaries=3, replicas=1) as cluster:
         config = RedisConfig.from_url(cluster.url)
-        url = cluster.url
-
-        def worker() -> subprocess.Popen[str]:
-            return subprocess.Popen(
-                [sys.executable, str(KEYED_CHILD), url, "kp", "2.0"],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-
-        first, second = worker(), worker()
-        try:
+        worker = (KEYED_CHILD, cluster.url, "kp", "2.0")
+        with child_process(*worker) as first, child_process(*worker) as second:
             await ready(first)
             await ready(second)
             async with Runtime(config, namespace="kp") as runtime:
@@ -145,12 +133,5 @@ async def test_a_killed_primary_and_a_killed_worker_lose_nothing(tmp_path: Path)
                         if all(s and len(s["bodies"]) >= messages for s in states):
                             break
                         await trio.sleep(0.2)
-            for key, state in zip(keys, states, strict=True):
-                assert state == {"bodies": list(range(messages))}, key
-        finally:
-            for process in (first, second):
-                if process.poll() is None:
-                    process.kill()
-                process.wait()
-                assert process.stdout is not None
-                process.stdout.close()
+    for key, state in zip(keys, states, strict=True):
+        assert state == {"bodies": list(range(messages))}, key

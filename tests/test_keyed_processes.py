@@ -12,14 +12,12 @@ import itertools
 import json
 import signal
 import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import redis
 import trio
-from runtime_helpers import ready
+from runtime_helpers import child_process, ready
 
 from ailf import RedisConfig, Runtime
 
@@ -28,22 +26,11 @@ KEYS = [f"user-{n}" for n in range(24)]
 MESSAGES = 25
 
 
-@contextmanager
-def host(config: RedisConfig, lease: float = 1.5, *extra: str) -> Iterator[subprocess.Popen[str]]:
+def host(
+    config: RedisConfig, lease: float = 1.5, *extra: str
+) -> AbstractContextManager[subprocess.Popen[str]]:
     url = f"redis://127.0.0.1:{config.port}/0"
-    process = subprocess.Popen(
-        [sys.executable, str(CHILD), url, "kp", str(lease), *extra],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        assert process.stdout is not None
-        process.stdout.close()
+    return child_process(CHILD, url, "kp", str(lease), *extra)
 
 
 def handled(config: RedisConfig) -> list[list]:
