@@ -941,6 +941,8 @@ class Runtime:
         Raises TimeoutError naming the busy agents after ``timeout`` seconds.
         """
         wanted = list(self._specs) if names is None else [check_name("agent", n) for n in names]
+        for name in wanted:  # which are keyed (read once): their partitions are waited on
+            await self._partitions(name)
         busy: dict[str, str] = {}
         quiet = 0
         with trio.move_on_after(math.inf if timeout is None else timeout):
