@@ -43,6 +43,7 @@ from ailf.runtime import Agent as Agent
 from ailf.runtime import AgentStatistics as AgentStatistics
 from ailf.runtime import DeadLetter as DeadLetter
 from ailf.runtime import Message as Message
+from ailf.runtime import Reminder as Reminder
 from ailf.runtime import Runtime as Runtime
 from ailf.server import RedisServer as RedisServer
 
@@ -82,6 +83,7 @@ __all__ = [
     "RedisServer",
     "RedisStream",
     "RedisTimeoutError",
+    "Reminder",
     "RemoteError",
     "ResponseError",
     "RetryPolicy",

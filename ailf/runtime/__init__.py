@@ -23,6 +23,7 @@ from ailf.runtime._registry import ProcessInfo as ProcessInfo
 from ailf.runtime._registry import RegistrySnapshot as RegistrySnapshot
 from ailf.runtime._runtime import Runtime as Runtime
 from ailf.runtime._statistics import AgentStatistics as AgentStatistics
+from ailf.runtime._timers import Reminder as Reminder
 
 __all__ = [
     "Agent",
@@ -32,6 +33,7 @@ __all__ = [
     "Message",
     "ProcessInfo",
     "RegistrySnapshot",
+    "Reminder",
     "Runtime",
     "structure_options",
 ]

@@ -9,6 +9,7 @@ logger — is set before ``on_start`` runs.
 from __future__ import annotations
 
 import contextvars
+import datetime
 import functools
 import inspect
 import logging
@@ -28,6 +29,7 @@ from ailf.runtime._keys import Keys
 from ailf.runtime._message import DeadLetter, Message
 from ailf.runtime._registry import RegistrySnapshot
 from ailf.runtime._statistics import AgentStatistics
+from ailf.runtime._timers import Reminder
 
 __all__ = [
     "RESTART_POLICIES",
@@ -100,7 +102,30 @@ class AgentRuntime(Protocol):
         sender: str | None = None,
         headers: dict[str, str] | None = None,
         key: str | None = None,
+        delay: float | None = None,
+        at: datetime.datetime | float | None = None,
     ) -> str: ...
+
+    async def cancel_scheduled(self, timer_id: str) -> bool: ...
+
+    async def set_reminder(
+        self,
+        agent: str,
+        name: str,
+        body: Any = None,
+        *,
+        key: str | None = None,
+        delay: float | None = None,
+        at: datetime.datetime | float | None = None,
+        every: float | None = None,
+        cron: str | None = None,
+        timezone: str = "UTC",
+        sender: str | None = None,
+    ) -> Reminder: ...
+
+    async def cancel_reminder(self, agent: str, name: str, *, key: str | None = None) -> bool: ...
+
+    async def reminders(self, agent: str, *, key: str | None = None) -> list[Reminder]: ...
 
     async def ask(
         self,
@@ -239,10 +264,15 @@ class Agent:
         *,
         headers: dict[str, str] | None = None,
         key: str | None = None,
+        delay: float | None = None,
+        at: datetime.datetime | float | None = None,
     ) -> str:
         """Add a message to agent ``to``'s mailbox (for keyed agent ``to``: to ``key``'s);
-        returns its stream entry id."""
-        return await self.runtime.send(to, body, sender=self.name, headers=headers, key=key)
+        returns its stream entry id — or with ``delay``/``at``, a timed message's id
+        (see ``Runtime.send``)."""
+        return await self.runtime.send(
+            to, body, sender=self.name, headers=headers, key=key, delay=delay, at=at
+        )
 
     async def ask(
         self,
@@ -258,6 +288,43 @@ class Agent:
         replica waits for itself: it times out.
         """
         return await self.runtime.ask(to, body, timeout=timeout, sender=self.name, key=key)
+
+    async def set_reminder(
+        self,
+        name: str,
+        body: Any = None,
+        *,
+        delay: float | None = None,
+        at: datetime.datetime | float | None = None,
+        every: float | None = None,
+        cron: str | None = None,
+        timezone: str = "UTC",
+    ) -> Reminder:
+        """Set reminder ``name`` on this agent (for a keyed agent: on this key),
+        replacing one of that name. When it fires, a message carrying ``body`` with
+        ``message.reminder == name`` arrives like any other. One-shot with ``delay`` or
+        ``at``; recurring with ``every`` seconds or ``cron`` (see
+        ``Runtime.set_reminder`` and docs/time.md)."""
+        return await self.runtime.set_reminder(
+            self.name,
+            name,
+            body,
+            key=self.key,
+            delay=delay,
+            at=at,
+            every=every,
+            cron=cron,
+            timezone=timezone,
+            sender=self.name,
+        )
+
+    async def cancel_reminder(self, name: str) -> bool:
+        """Cancel this agent's (this key's) reminder ``name``; True if it was set."""
+        return await self.runtime.cancel_reminder(self.name, name, key=self.key)
+
+    async def reminders(self) -> list[Reminder]:
+        """This agent's (this key's) reminders, by when they fire next."""
+        return await self.runtime.reminders(self.name, key=self.key)
 
     async def publish(self, topic: str, body: Any) -> int:
         """Broadcast to every instance subscribed to ``topic``; returns the number of

@@ -147,8 +147,8 @@ class BroadcastHub:
         self._subscribing: dict[str, trio.Event] = {}
         #: Every channel subscribed on purpose, to subscribe again on a new session.
         self._wanted: set[str] = set()
-        #: Doorbell channel -> what to call when it rings.
-        self._bells: dict[str, Callable[[], None]] = {}
+        #: Doorbell channel -> what to call with its message when it rings.
+        self._bells: dict[str, list[Callable[[str], None]]] = {}
         #: Doorbells to subscribe, and to unsubscribe, by the background task.
         self._bells_to_add: dict[str, None] = {}
         self._bells_to_drop: dict[str, None] = {}
@@ -183,9 +183,10 @@ class BroadcastHub:
                         if message.get("type") not in ("message", "smessage"):
                             continue
                         channel = message["channel"]
-                        bell = self._bells.get(channel)
-                        if bell is not None:
-                            bell()
+                        rings = self._bells.get(channel)
+                        if rings is not None:
+                            for ring in rings:
+                                ring(message["data"])
                         elif channel == self.inbox.channel:
                             self.inbox.deliver(message["data"])
                         else:
@@ -214,16 +215,29 @@ class BroadcastHub:
 
     # -- doorbells --------------------------------------------------------------------
 
-    def add_bell(self, channel: str, ring: Callable[[], None]) -> None:
-        """Call ``ring`` whenever ``channel`` rings, once it is subscribed (soon, in the
-        background; ``ring`` is also called once then, for what came before)."""
-        self._bells[channel] = ring
+    def add_bell(self, channel: str, ring: Callable[[str], None]) -> None:
+        """Call ``ring`` with the message whenever ``channel`` rings, once it is
+        subscribed (soon, in the background; ``ring("")`` is also called then, for what
+        came before). Several listeners may share a channel: two local replicas' readers,
+        and the timekeeper."""
+        rings = self._bells.get(channel)
+        if rings is not None:
+            rings.append(ring)
+            ring("")
+            return
+        self._bells[channel] = [ring]
         self._bells_to_drop.pop(channel, None)
         self._bells_to_add[channel] = None
         self._bell_work.set()
 
-    def remove_bell(self, channel: str) -> None:
-        if self._bells.pop(channel, None) is not None:
+    def remove_bell(self, channel: str, ring: Callable[[str], None]) -> None:
+        """Stop calling ``ring``; the channel is unsubscribed when no listener is left."""
+        rings = self._bells.get(channel)
+        if rings is None or ring not in rings:
+            return
+        rings.remove(ring)
+        if not rings:
+            del self._bells[channel]
             self._bells_to_add.pop(channel, None)
             self._bells_to_drop[channel] = None
             self._bell_work.set()
@@ -260,9 +274,8 @@ class BroadcastHub:
             await change(*batch)
             for channel in batch:
                 todo.pop(channel, None)
-                ring = self._bells.get(channel) if subscribe else None
-                if ring is not None:
-                    ring()
+                for ring in self._bells.get(channel, ()) if subscribe else ():
+                    ring("")
 
     def _broadcast(self, channel: str, data: Any) -> None:
         listeners = self._listeners.get(channel)

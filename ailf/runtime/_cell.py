@@ -78,10 +78,8 @@ class Cell:
         self._settler = reader.settler
         self.log = AgentLog(_logger, {"agent": spec.name, "replica": replica})
         self.binding = Binding(
-            stream=host.keys.mailbox(spec.name),
+            address=host.keys.address(spec.name),
             agent=spec.name,
-            dead=host.keys.dead(spec.name),
-            bell=host.keys.bell(spec.name),
             claim_idle=spec.claim_idle,
             max_deliveries=spec.agent_cls.max_deliveries,
             deliver=self.deliver,

@@ -2,7 +2,7 @@
 
 Mailbox readers, settlement and cells (one instance's life each) need a few of the
 runtime's parts — its connection, its namespace's keys, its settings, the acker, the
-broadcast hub, the grace period, and the runtime itself to hand to each agent as
+broadcast hub, the timekeeper, the grace period, and the runtime itself to hand to each agent as
 ``self.runtime`` — not the runtime's own state. Passing this instead of the whole
 ``Runtime`` keeps them below the runtime: each depends on what it uses.
 """
@@ -18,6 +18,7 @@ from ailf.runtime._agent import AgentRuntime
 from ailf.runtime._broadcast import BroadcastHub
 from ailf.runtime._keys import Keys
 from ailf.runtime._settings import MailboxSettings
+from ailf.runtime._timekeeper import Timekeeper
 
 __all__ = ["HostContext"]
 
@@ -38,3 +39,5 @@ class HostContext:
     runtime: AgentRuntime
     #: Tracing and metrics hooks (a do-nothing observer unless asked for).
     observer: Observer
+    #: Moves due timed messages into the mailboxes read here.
+    timekeeper: Timekeeper

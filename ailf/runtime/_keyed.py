@@ -309,10 +309,8 @@ class KeyedHost:
             if cursor == "0-0":
                 break
         binding = Binding(
-            stream=pkeys.mailbox,
+            address=pkeys.address,
             agent=self.name,
-            dead=pkeys.dead,
-            bell=pkeys.bell,
             claim_idle=self.lease_time,
             max_deliveries=self.spec.agent_cls.max_deliveries,
             deliver=self._deliver,

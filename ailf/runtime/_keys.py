@@ -99,8 +99,15 @@ class Keys:
         return f"{self.prefix}mailbox:{agent}"
 
     def address(self, agent: str) -> Address:
-        """A named agent's mailbox, dead letters and doorbell."""
-        return Address(self.mailbox(agent), self.dead(agent), self.bell(agent))
+        """A named agent's mailbox, dead letters, doorbell and timers."""
+        mailbox = self.mailbox(agent)
+        return Address(
+            mailbox,
+            self.dead(agent),
+            self.bell(agent),
+            timers=f"{self.prefix}timers:{{{mailbox}}}",
+            timed=f"{self.prefix}timed:{{{mailbox}}}",
+        )
 
     def bell(self, agent: str) -> str:
         """The pub/sub channel senders ring after adding to an agent's mailbox (the
@@ -130,18 +137,23 @@ class Keys:
             lease=f"{base}lease",
             dead=f"{base}dead",
             bell=f"{base}bell",
+            timers=f"{base}timers",
+            timed=f"{base}timed",
         )
 
     def stateful(self, agent: str) -> PartitionKeys:
         """A named agent with state: its mailbox, dead letters and doorbell as any named
         agent's, and its state and lease in its mailbox's hash slot."""
-        mailbox = self.mailbox(agent)
+        address = self.address(agent)
+        mailbox = address.mailbox
         return PartitionKeys(
             mailbox=mailbox,
             state=f"{self.prefix}state:{{{mailbox}}}",
             lease=f"{self.prefix}lease:{{{mailbox}}}",
-            dead=self.dead(agent),
-            bell=self.bell(agent),
+            dead=address.dead,
+            bell=address.bell,
+            timers=address.timers,
+            timed=address.timed,
         )
 
     def topic(self, topic: str) -> str:
@@ -173,11 +185,21 @@ class Keys:
 
 @attrs.frozen
 class Address:
-    """Where messages to one mailbox go: the stream, its dead letters, its doorbell."""
+    """Where messages to one mailbox go: the stream, its dead letters, its doorbell,
+    and its timers (messages waiting to be due, see ailf/runtime/_timers.py).
+
+    The timer keys are in the mailbox's hash slot (a named agent's take the mailbox's
+    name as hash tag, a partition's share its tag), so that the script moving a due
+    message into the mailbox runs on one node, atomically.
+    """
 
     mailbox: str
     dead: str
     bell: str
+    #: The sorted set of timer ids scored by when they are due (Redis time, in ms).
+    timers: str
+    #: The hash of timer id -> what to add to the mailbox when it is due.
+    timed: str
 
 
 @attrs.frozen
@@ -203,10 +225,13 @@ class PartitionKeys:
     dead: str
     #: The partition's doorbell channel (sharded pub/sub on a cluster: its slot).
     bell: str
+    #: The partition's timers (see :class:`Address`).
+    timers: str
+    timed: str
 
     @property
     def address(self) -> Address:
-        return Address(self.mailbox, self.dead, self.bell)
+        return Address(self.mailbox, self.dead, self.bell, self.timers, self.timed)
 
 
 @attrs.frozen

@@ -76,6 +76,9 @@ class Message(Generic[BodyT]):
     correlation: str | None = attrs.field(default=None, repr=False)
     #: The entity a message to a keyed agent is for (``"user-42"``); None otherwise.
     key: str | None = None
+    #: The name of the reminder that sent this message (``set_reminder``); None for
+    #: every other message.
+    reminder: str | None = None
 
     @property
     def is_request(self) -> bool:
@@ -172,6 +175,7 @@ def encode_envelope(
     message_id: str | None = None,
     max_size: int | None = None,
     key: str | None = None,
+    reminder: str | None = None,
 ) -> str:
     """The envelope JSON text for a body; :class:`MessageTooLarge` past ``max_size`` bytes."""
     data, tag = encode_body(body)
@@ -194,6 +198,8 @@ def encode_envelope(
         envelope["headers"] = headers
     if key is not None:
         envelope["key"] = key
+    if reminder is not None:
+        envelope["reminder"] = reminder
     if topic is not None:
         envelope["topic"] = topic
         envelope["id"] = message_id
@@ -229,7 +235,16 @@ def _optional_str(envelope: dict[str, Any], key: str) -> str | None:
     return value
 
 
-_STRING_FIELDS = ("type", "sender", "topic", "reply_to", "correlation", "id", "key")
+_STRING_FIELDS = (
+    "type",
+    "sender",
+    "topic",
+    "reply_to",
+    "correlation",
+    "id",
+    "key",
+    "reminder",
+)
 
 
 def _parse(text: Any) -> dict[str, Any]:
@@ -275,6 +290,7 @@ def decode_envelope(
         correlation = get("correlation")
         own_id = get("id")
         key = get("key")
+        reminder = get("reminder")
         headers = get("headers")
         sent_at = get("sent_at", 0.0)
         if (
@@ -286,6 +302,7 @@ def decode_envelope(
             or (reply_to is not None and (type(reply_to) is not str or correlation is None))
             or (own_id is not None and type(own_id) is not str)
             or (key is not None and type(key) is not str)
+            or (reminder is not None and type(reminder) is not str)
             or (headers is not None and not _is_headers(headers))
             or not ((type(sent_at) is float or type(sent_at) is int) and -1e15 < sent_at < 1e15)
         ):
@@ -301,6 +318,7 @@ def decode_envelope(
             reply_to=reply_to,
             correlation=correlation,
             key=key,
+            reminder=reminder,
         )
     except DecodeError:
         raise

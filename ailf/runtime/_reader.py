@@ -58,6 +58,7 @@ from ailf.runtime._keys import GROUP
 from ailf.runtime._mailbox import create_group, upkeep
 from ailf.runtime._settings import MAX_BACKOFF_STEP
 from ailf.runtime._settle import Binding, Delivery, Settler
+from ailf.runtime._timers import is_timer_bell
 
 __all__ = ["MailboxReader"]
 
@@ -93,6 +94,8 @@ class _Place:
     next_maintenance: float = 0.0
     #: Why the mailbox cannot be read (its key is not a stream), or None.
     problem: str | None = None
+    #: What the mailbox's doorbell and the timekeeper call (see :meth:`MailboxReader.bind`).
+    listener: Callable[[str], None] = lambda data: None
 
     def start_over(self) -> None:
         """Read this consumer's pending entries again before new ones, and claim anew."""
@@ -144,6 +147,7 @@ class MailboxReader:
         self.acker = host.acker
         self.settings = host.settings
         self.hub = host.hub
+        self.timekeeper = host.timekeeper
         self.consumer = consumer
         self.settler = Settler(host, consumer, wake=self.poke)
         self._places: dict[str, _Place] = {}
@@ -189,7 +193,9 @@ class MailboxReader:
         period = max(binding.claim_idle / 2, len(self._places) / CLAIM_RATE)
         self._schedule_claim(place, now + random.uniform(0, period))
         self._places[binding.stream] = place
-        self.hub.add_bell(binding.bell, functools.partial(self.ring, binding.stream))
+        place.listener = functools.partial(self._heard, binding.stream)
+        self.hub.add_bell(binding.address.bell, place.listener)
+        self.timekeeper.watch(binding.address, place.listener)
         self.ring(binding.stream)
 
     def unbind(self, binding: Binding) -> None:
@@ -199,7 +205,8 @@ class MailboxReader:
             del self._places[binding.stream]
             self._full.discard(binding.stream)
             self._dirty.pop(binding.stream, None)
-            self.hub.remove_bell(binding.bell)
+            self.hub.remove_bell(binding.address.bell, place.listener)
+            self.timekeeper.unwatch(binding.address, place.listener)
 
     def set_full(self, binding: Binding, full: bool) -> None:
         """An instance's queue is full (stop reading its mailbox) or has room again."""
@@ -212,6 +219,12 @@ class MailboxReader:
     def poke(self) -> None:
         """Make the loop look again at its mailboxes, retries and room."""
         self._changed.set()
+
+    def _heard(self, stream: str, data: str) -> None:
+        """The doorbell of ``stream`` rang (or the timekeeper moved entries into it);
+        a bell announcing a timer is the timekeeper's business."""
+        if not is_timer_bell(data):
+            self.ring(stream)
 
     def ring(self, stream: str) -> None:
         """``stream`` may hold new entries (its bell rang, or it was just bound)."""

@@ -17,6 +17,7 @@ entries stay pending).
 
 from __future__ import annotations
 
+import datetime
 import functools
 import itertools
 import logging
@@ -76,6 +77,18 @@ from ailf.runtime._spawn import SpawnSpec, spawn_spec
 from ailf.runtime._state import load_state
 from ailf.runtime._statistics import AgentStatistics, Counters
 from ailf.runtime._supervisor import Supervisor, unwrap
+from ailf.runtime._timekeeper import Timekeeper
+from ailf.runtime._timers import (
+    Recurrence,
+    Reminder,
+    TimerId,
+    cancel,
+    due_ms,
+    list_reminders,
+    reminder_field,
+    reminder_value,
+    schedule,
+)
 
 __all__ = ["Runtime"]
 
@@ -274,6 +287,7 @@ class Runtime:
                     self.acker = Acker(client)
                     self._inbox = ReplyInbox(self.keys.reply(self.process_id), self.namespace)
                     self.hub = BroadcastHub(client, self._inbox)
+                    timekeeper = Timekeeper(client, self.hub, self.settings)
                     self._host_context = HostContext(
                         client=client,
                         keys=self.keys,
@@ -283,10 +297,12 @@ class Runtime:
                         grace_period=self.grace_period,
                         runtime=self,
                         observer=self.observer,
+                        timekeeper=timekeeper,
                     )
                     self._readers = ReaderPool(self._host_context, self.process_id)
                     await services.start(self.hub.run)
                     await services.start(self.acker.run)
+                    await services.start(timekeeper.run)
                     await services.start(self._readers.run)
                     await self._beat()
                     log.info(
@@ -719,6 +735,8 @@ class Runtime:
         sender: str | None = None,
         headers: dict[str, str] | None = None,
         key: str | None = None,
+        delay: float | None = None,
+        at: datetime.datetime | float | None = None,
     ) -> str:
         """Add a message to agent ``to``'s mailbox; returns its stream entry id.
 
@@ -726,7 +744,13 @@ class Runtime:
         ``mailbox_maxlen``). Raises MessageTooLarge past ``max_message_size``, and
         MailboxFull when the mailbox stayed at ``mailbox_limit`` for ``send_timeout``.
         For a keyed agent, ``key`` says which entity the message is for.
+
+        ``delay`` (seconds from now) or ``at`` (an aware datetime, or epoch seconds; a
+        past one is due at once) makes a timed message: it waits in Redis, not in this
+        process, and enters the mailbox when due (see docs/time.md). Then the return
+        value is the timer's id, for :meth:`cancel_scheduled`.
         """
+        when = None if delay is None and at is None else due_ms(f"send({to!r})", delay, at)
         address = await self._address(to, key, create=True)
         with self.observer.producing("send", to) as producing:
             text = encode_envelope(
@@ -736,10 +760,91 @@ class Runtime:
                 max_size=self.settings.max_message_size,
                 key=key,
             )
+            if when is not None:
+                partition = None if key is None else await self.partition_of(to, key)
+                timer = TimerId.new(to, partition)
+                await schedule(self.client, address, timer.field, text, when)
+                producing.sent(str(timer))
+                return str(timer)
             await self.gate.admit(self.client, address.mailbox)
             entry_id = await self._add(address, text, approximate=True)
             producing.sent(entry_id)
         return entry_id
+
+    async def cancel_scheduled(self, timer_id: str) -> bool:
+        """Cancel a timed message by the id ``send(..., delay=...)`` returned: True if it
+        had not entered the mailbox yet (it never will), False if it had (or the id was
+        cancelled before). A malformed id is a :class:`~ailf.errors.ConfigError`."""
+        timer = TimerId.parse(timer_id)
+        if timer.partition is None:
+            address = self.keys.address(timer.agent)
+        else:
+            address = self.keys.partition(timer.agent, timer.partition).address
+        return await cancel(self.client, address, timer.field)
+
+    async def set_reminder(
+        self,
+        agent: str,
+        name: str,
+        body: Any = None,
+        *,
+        key: str | None = None,
+        delay: float | None = None,
+        at: datetime.datetime | float | None = None,
+        every: float | None = None,
+        cron: str | None = None,
+        timezone: str = "UTC",
+        sender: str | None = None,
+    ) -> Reminder:
+        """Set reminder ``name`` on agent ``agent`` (on ``key`` of a keyed agent),
+        replacing one of that name: a message carrying ``body``, with
+        ``message.reminder == name``, added to the agent's mailbox when it fires.
+
+        One-shot: ``delay`` or ``at``. Recurring: ``every`` seconds (first after
+        ``delay``/``at`` if given, else after one period) or at the times of ``cron``
+        (five fields, in ``timezone``; needs ``ailf[cron]``). After downtime a recurring
+        reminder fires once for all it missed (docs/time.md#catch-up). Returns the
+        reminder as :meth:`reminders` lists it.
+        """
+        what = f"set_reminder({agent!r}, {name!r})"
+        check_name("reminder", name)
+        recurrence = Recurrence(every=every, cron=cron, timezone=timezone)
+        when: tuple[int | None, int | None]
+        if cron is not None:
+            if delay is not None or at is not None:
+                raise ConfigError(
+                    f"{what}: a cron reminder fires at the cron's times; no delay= or at="
+                )
+            now = int(time.time() * 1000)
+            when = (None, recurrence.next_ms(now, now))
+        elif every is not None and delay is None and at is None:
+            when = due_ms(what, delay=every)
+        else:
+            when = due_ms(what, delay, at)
+        address = await self._address(agent, key, create=True)
+        text = encode_envelope(
+            body,
+            sender=sender,
+            max_size=self.settings.max_message_size,
+            key=key,
+            reminder=name,
+        )
+        field = reminder_field(name, key)
+        due = await schedule(self.client, address, field, reminder_value(recurrence, text), when)
+        return Reminder.from_hash(field, reminder_value(recurrence, text), due)
+
+    async def cancel_reminder(self, agent: str, name: str, *, key: str | None = None) -> bool:
+        """Cancel reminder ``name`` of agent ``agent`` (on ``key``); True if it was set
+        (and, for a one-shot reminder, had not fired yet)."""
+        check_name("reminder", name)
+        address = await self._address(agent, key)
+        return await cancel(self.client, address, reminder_field(name, key))
+
+    async def reminders(self, agent: str, *, key: str | None = None) -> list[Reminder]:
+        """The reminders set on agent ``agent`` (on ``key`` of a keyed agent), by when
+        they fire next."""
+        address = await self._address(agent, key)
+        return await list_reminders(self.client, address, key)
 
     async def ask(
         self,

@@ -41,7 +41,7 @@ from ailf.codec import dumps
 from ailf.errors import DecodeError, RedisError
 from ailf.runtime._agent import AgentLog, current_message_id
 from ailf.runtime._host import HostContext
-from ailf.runtime._keys import GROUP
+from ailf.runtime._keys import GROUP, Address
 from ailf.runtime._message import (
     ENVELOPE_FIELD,
     Message,
@@ -65,12 +65,9 @@ class Binding:
     """One agent instance's hold on its mailbox: the entries it holds, and what settling
     them needs to know of the instance. Made by the instance, read by one reader."""
 
-    stream: str
+    #: The mailbox's stream, dead letters, doorbell and timers.
+    address: Address
     agent: str
-    #: The stream its dead letters go to.
-    dead: str
-    #: The mailbox's doorbell channel.
-    bell: str
     claim_idle: float
     max_deliveries: int
     #: Queues an entry to the instance (never blocks).
@@ -87,6 +84,14 @@ class Binding:
     #: claimed from other consumers, and its pending entries are read first on binding
     #: (the holder claimed them from the previous one).
     owned: bool = False
+
+    @property
+    def stream(self) -> str:
+        return self.address.mailbox
+
+    @property
+    def dead(self) -> str:
+        return self.address.dead
 
 
 @attrs.frozen
