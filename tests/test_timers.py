@@ -32,9 +32,9 @@ def raw(config: RedisConfig) -> redis.Redis:
     return redis.Redis(host="127.0.0.1", port=config.port, decode_responses=True)
 
 
-async def wait_for(condition: Any, timeout: float = 10) -> None:
-    with trio.fail_after(timeout):
-        while not condition():
+async def wait_for(condition: Any, seconds: float = 10) -> None:
+    with trio.fail_after(seconds):
+        while not condition():  # noqa: ASYNC110 - agents record into a plain list
             await trio.sleep(0.005)
 
 
@@ -119,7 +119,8 @@ class Nagger(Agent):
             return None
         command = message.body
         if command["do"] == "set":
-            reminder = await self.set_reminder(command["name"], command.get("body"), **command["how"])
+            how = command["how"]
+            reminder = await self.set_reminder(command["name"], command.get("body"), **how)
             return reminder.name
         if command["do"] == "cancel":
             return await self.cancel_reminder(command["name"])
@@ -132,9 +133,8 @@ async def test_reminders_one_shot_recurring_listed_and_cancelled(redis_config: R
         set_ = {"do": "set"}
         await runtime.ask("nag", {**set_, "name": "once", "body": 1, "how": {"delay": 0.1}})
         await runtime.ask("nag", {**set_, "name": "tick", "body": 2, "how": {"every": 0.15}})
-        await runtime.ask(
-            "nag", {**set_, "name": "daily", "how": {"cron": "0 9 * * *", "timezone": "Europe/Paris"}}
-        )
+        paris = {"cron": "0 9 * * *", "timezone": "Europe/Paris"}
+        await runtime.ask("nag", {**set_, "name": "daily", "how": paris})
         listed = await runtime.ask("nag", {"do": "list"})
         assert [name for name, *_ in listed] == ["once", "tick", "daily"]
         assert listed[2] == ["daily", None, "0 9 * * *", None]
@@ -216,7 +216,7 @@ async def test_keyed_agents_delay_and_remind_per_key(redis_config: RedisConfig) 
         ({"delay": -1}, "delay: expected finite seconds >= 0, got -1"),
         ({"delay": math.nan}, "got nan"),
         ({"delay": "30s"}, "expected a number of seconds, got '30s'"),
-        ({"at": dt.datetime(2030, 1, 1)}, "naive datetime"),  # noqa: DTZ001 - the point
+        ({"at": dt.datetime(2030, 1, 1)}, "naive datetime"),
         ({"at": "tomorrow"}, "expected an aware datetime or epoch seconds, got 'tomorrow'"),
         ({"delay": 1, "at": time.time()}, "not both"),
     ],
@@ -271,9 +271,7 @@ async def test_idle_cost_does_not_grow_with_pending_timers(redis_config: RedisCo
         for n in range(100):
             async with trio.open_nursery() as nursery:
                 for m in range(100):
-                    nursery.start_soon(
-                        lambda b: runtime.send("rec", b, delay=3600), n * 100 + m
-                    )
+                    nursery.start_soon(lambda b: runtime.send("rec", b, delay=3600), n * 100 + m)
         client = raw(redis_config)
         before = client.info("commandstats")
         await trio.sleep(1.0)

@@ -32,8 +32,8 @@ def arrivals(server: RedisServer) -> list[list[Any]]:
     return [json.loads(line) for line in client.lrange("arrived", 0, -1)]
 
 
-async def wait_arrived(server: RedisServer, count: int, timeout: float = 30) -> list[list[Any]]:
-    with trio.fail_after(timeout):
+async def wait_arrived(server: RedisServer, count: int, seconds: float = 30) -> list[list[Any]]:
+    with trio.fail_after(seconds):
         while True:
             lines = await trio.to_thread.run_sync(arrivals, server)
             if len({line[0]["n"] for line in lines if line[4] is None}) >= count:
@@ -91,16 +91,19 @@ async def test_a_worker_killed_while_timers_fall_due(fresh_server: RedisServer) 
 
 @pytest.mark.slow
 async def test_redis_killed_and_restarted_from_its_aof_keeps_every_timer() -> None:
-    with RedisServer(persistent=True) as server, trio.fail_after(90):
-        with child_process(CHILD, server.url, "p", "worker") as worker:
-            await ready(worker)
-            async with Runtime(server.config, namespace="p") as runtime:
-                await schedule(runtime, 200, 0.5, 3.0)
-            await trio.sleep(0.4)  # some have moved, most wait
-            await trio.to_thread.run_sync(server.kill)
-            await trio.sleep(1.0)  # timers fall due while Redis is down
-            await trio.to_thread.run_sync(server.start)
-            check_once_and_never_early(await wait_arrived(server, 200, timeout=60), 200)
+    with (
+        RedisServer(persistent=True) as server,
+        trio.fail_after(90),
+        child_process(CHILD, server.url, "p", "worker") as worker,
+    ):
+        await ready(worker)
+        async with Runtime(server.config, namespace="p") as runtime:
+            await schedule(runtime, 200, 0.5, 3.0)
+        await trio.sleep(0.4)  # some have moved, most wait
+        await trio.to_thread.run_sync(server.kill)
+        await trio.sleep(1.0)  # timers fall due while Redis is down
+        await trio.to_thread.run_sync(server.start)
+        check_once_and_never_early(await wait_arrived(server, 200, seconds=60), 200)
 
 
 @pytest.mark.slow
@@ -111,8 +114,7 @@ async def test_reminders_fire_once_per_period_under_replicas_kills_and_restarts(
     period = 0.4
     with RedisServer(persistent=True) as server, ExitStack() as stack, trio.fail_after(90):
         workers = [
-            stack.enter_context(child_process(CHILD, server.url, "p", "worker"))
-            for _ in range(3)
+            stack.enter_context(child_process(CHILD, server.url, "p", "worker")) for _ in range(3)
         ]
         for worker in workers:
             await ready(worker)
