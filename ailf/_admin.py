@@ -111,8 +111,11 @@ def send(
     *,
     warn: Warn | None = None,
     key: str | None = None,
+    delay: float | None = None,
+    at: float | None = None,
 ) -> list[str]:
-    """Add ``body`` to ``agent``'s mailbox ``count`` times; the new entry ids.
+    """Add ``body`` to ``agent``'s mailbox ``count`` times; the new entry ids (with a
+    ``delay`` or ``at``: the timers' ids).
 
     ``warn`` is called first when no agent of that name ever ran in the namespace."""
     check_name("agent", agent)  # before connecting: a bad name is not a Redis problem
@@ -120,7 +123,9 @@ def send(
     async def go() -> list[str]:
         async with Runtime(config, namespace=namespace) as client:
             await _warn_if_never_ran(client, agent, warn)
-            return [await client.send(agent, body, key=key) for _ in range(count)]
+            return [
+                await client.send(agent, body, key=key, delay=delay, at=at) for _ in range(count)
+            ]
 
     return _run(go)
 

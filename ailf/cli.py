@@ -9,6 +9,7 @@ as lines starting ``ailf: warning:``; no tracebacks for expected failures.
 from __future__ import annotations
 
 import argparse
+import datetime
 import functools
 import importlib
 import json
@@ -31,6 +32,7 @@ from ailf.errors import (
     ResponseError,
     ScenarioError,
 )
+from ailf.runtime._timers import parse_duration
 from ailf.server import RedisServer
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -107,6 +109,32 @@ def _seconds(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text}")
     return value
+
+
+def _duration(text: str) -> float:
+    """An argparse type: a duration, ``30``, ``30s``, ``5m``, ``1h30m``."""
+    try:
+        return parse_duration(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("duration: ")) from None
+
+
+def _instant(text: str) -> float:
+    """An argparse type: an ISO 8601 time with its offset, or epoch seconds."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 time with its offset (2026-12-24T09:00:00+01:00,"
+            f" ...Z) or epoch seconds, got {text!r}"
+        )
+    return when.timestamp()
 
 
 def _port(text: str, lowest: int = 1) -> int:
@@ -197,6 +225,8 @@ def _cmd_send(args: argparse.Namespace) -> int:
 
     body = _json_argument(args.body)
     config = _redis_config(args)
+    if args.ask and (args.delay is not None or args.at is not None):
+        raise UsageError("--ask waits for a reply now: it takes no --delay or --at")
     if args.ask:
         reply = _body_errors_are_usage_errors(
             lambda: admin.ask(
@@ -213,7 +243,15 @@ def _cmd_send(args: argparse.Namespace) -> int:
         return EXIT_OK
     ids = _body_errors_are_usage_errors(
         lambda: admin.send(
-            config, args.namespace, args.agent, body, count=args.count, warn=_warn, key=args.key
+            config,
+            args.namespace,
+            args.agent,
+            body,
+            count=args.count,
+            warn=_warn,
+            key=args.key,
+            delay=args.delay,
+            at=args.at,
         )
     )
     if args.json:
@@ -535,6 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  ailf send echo '{\"hi\": 1}'\n"
         '  ailf send calculator \'{"op": "add", "args": [1, 2]}\' --ask -n request-reply\n'
         "  ailf send worker '{\"job\": 1}' --count 100 -n work-queue\n"
+        "  ailf send billing '{\"x\": 1}' --delay 30s\n"
         "  echo '[1, 2]' | ailf send echo - --ask",
     )
     send.add_argument("agent", help="the agent's name")
@@ -542,6 +581,17 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--ask", action="store_true", help="wait for the reply and print it")
     send.add_argument("--key", help="for a keyed agent: the key (entity) the message is for")
     send.add_argument("--timeout", type=_seconds, default=10.0, help="seconds to wait with --ask")
+    send.add_argument(
+        "--delay",
+        type=_duration,
+        help="deliver it this long from now (30s, 5m, 1h30m): a durable timer in Redis;"
+        " prints the timer's id",
+    )
+    send.add_argument(
+        "--at",
+        type=_instant,
+        help="deliver it at this time (ISO 8601 with offset, or epoch seconds)",
+    )
     send.add_argument(
         "--count", type=_positive_int, default=1, help="send the message this many times"
     )

@@ -505,3 +505,18 @@ def test_mailbox_processed_leaves_broadcasts_out(tmp_path: Path, redis: RedisSer
     assert code == 0, summary["problems"]
     assert counters(summary, "counter")["mailbox_processed"] == 2
     assert [check["counter"] for check in summary["checks"]] == ["processed", "mailbox_processed"]
+
+
+def test_schedules_set_a_durable_reminder_that_a_second_run_replaces(redis: RedisServer) -> None:
+    """scenarios/reminders.toml: its reminder fires into the counter until it stops the
+    run; running the file again replaces the reminder rather than adding one."""
+    for _ in range(2):
+        code, summary, stderr = run_json("reminders", redis)
+        assert code == 0, stderr
+        assert counters(summary, "counter")["processed"] >= 3
+    client = redis_py.Redis(host="127.0.0.1", port=redis.port, decode_responses=True)
+    assert client.hkeys("ailf:reminders:timed:{ailf:reminders:mailbox:counter}") == ["r/tick/"]
+    delayed = ailf(
+        "send", "counter", '{"n": 1}', "--delay", "50ms", "-n", "reminders", "--redis", redis.url
+    )
+    assert delayed.returncode == 0 and delayed.stdout.startswith("counter/"), delayed.stderr

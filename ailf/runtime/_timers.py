@@ -57,6 +57,7 @@ __all__ = [
     "due_ms",
     "is_timer_bell",
     "list_reminders",
+    "parse_duration",
     "reminder_field",
     "reminder_value",
     "schedule",
@@ -107,13 +108,34 @@ def _epoch(what: str, at: object) -> float:
 def due_ms(what: str, delay: object = None, at: object = None) -> tuple[int | None, int | None]:
     """Check a ``delay=`` (seconds from now) or an ``at=`` (an aware datetime or epoch
     seconds; a past one fires now); returns them in milliseconds (rounded up: never
-early), one of them None.
-    Raises :class:`ConfigError` naming ``what`` and the value."""
+    early), one of them None. Raises :class:`ConfigError` naming ``what`` and the
+    value."""
     if (delay is None) == (at is None):
         raise ConfigError(f"{what}: give delay= (seconds) or at= (a time), not both")
     if delay is not None:
         return math.ceil(_seconds(f"{what}: delay", delay) * 1000), None
     return None, math.ceil(_epoch(f"{what}: at", at) * 1000)
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h|d)")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration as people write it: ``30``, ``30s``, ``250ms``, ``5m``,
+    ``1h30m``, ``2d`` (units ms, s, m, h, d); :class:`ConfigError` naming the text."""
+    spoken = text.strip().lower()
+    try:
+        return _seconds("duration", float(spoken))
+    except (ValueError, ConfigError):
+        pass
+    parts = _PART.findall(spoken)
+    if not spoken or "".join(number + unit for number, unit in parts) != spoken:
+        raise ConfigError(
+            f"duration: {text!r} is not a duration (seconds, or numbers with units ms, s,"
+            " m, h, d: '30s', '1h30m')"
+        )
+    return sum(float(number) * _UNITS[unit] for number, unit in parts)
 
 
 # -- recurrence -----------------------------------------------------------------------

@@ -46,6 +46,7 @@ from cattrs.gen import make_dict_structure_fn, override
 from ailf.config import RedisConfig
 from ailf.errors import ConfigError, ScenarioError
 from ailf.runtime._keys import check_name
+from ailf.runtime._timers import Recurrence, due_ms
 from ailf.scenario._imports import AgentModuleError, add_scenario_folder, import_agent_class
 from ailf.scenario._model import Scenario
 
@@ -377,6 +378,38 @@ def _check_messages(scenario: Scenario, topics: set[str]) -> list[str]:
     return problems
 
 
+def _check_schedules(scenario: Scenario) -> list[str]:
+    problems: list[str] = []
+    names = {agent.name for agent in scenario.agents}
+    keyed = {agent.name for agent in scenario.agents if agent.keyed}
+    seen: set[tuple[str, str | None, str]] = set()
+    for index, schedule in enumerate(scenario.schedules):
+        path = f"schedules[{index}]"
+        problems += _check_name("reminder", schedule.name, f"{path}.name")
+        if schedule.to not in names:
+            problems.append(
+                f"{path}.to: no agent named {_show(schedule.to)} in this file;"
+                f" agents: {', '.join(sorted(names))}"
+            )
+        elif schedule.to in keyed and not schedule.key:
+            problems.append(f"{path}.key: {_show(schedule.to)} is a keyed agent; say which key")
+        elif schedule.key is not None and schedule.to not in keyed:
+            problems.append(f"{path}.key: only schedules on keyed agents (keyed = true) take a key")
+        where = (schedule.to, schedule.key, schedule.name)
+        if where in seen:
+            problems.append(f"{path}.name: {_show(schedule.name)} is set twice on the same agent")
+        seen.add(where)
+        try:
+            recurrence = Recurrence(schedule.every, schedule.cron, schedule.timezone)
+            if schedule.cron is not None and schedule.delay is not None:
+                problems.append(f"{path}.delay: a cron schedule fires at the cron's times")
+            elif not recurrence.recurring or schedule.delay is not None:
+                due_ms(path, delay=schedule.delay)
+        except ConfigError as exc:
+            problems.append(f"{path}: {str(exc).removeprefix(f'{path}: ')}")
+    return problems
+
+
 def _check_expectations(scenario: Scenario) -> list[str]:
     problems: list[str] = []
     names = {agent.name for agent in scenario.agents}
@@ -447,6 +480,7 @@ def _check(scenario: Scenario, raw: dict[str, Any]) -> list[str]:
     agent_problems, topics = _check_agents(scenario, raw)
     problems += agent_problems
     problems += _check_messages(scenario, topics)
+    problems += _check_schedules(scenario)
     problems += _check_expectations(scenario)
     problems += _check_faults(scenario)
     return problems

@@ -21,6 +21,7 @@ __all__ = [
     "RedisSection",
     "Scenario",
     "ScenarioSettings",
+    "ScheduleSpec",
 ]
 
 Until = Literal["idle", "stop"]
@@ -110,6 +111,25 @@ class MessageSpec:
 
 
 @attrs.frozen
+class ScheduleSpec:
+    """One ``[[schedules]]`` entry: reminder ``name`` set on agent ``to`` (on ``key`` of
+    a keyed agent) when the run starts, carrying ``body``. Recurring with ``every``
+    seconds (first after ``delay``, else after one period) or ``cron`` (in
+    ``timezone``); one-shot with ``delay`` alone. Set again by every run of the file, it
+    replaces itself: running a scenario twice never doubles a schedule.
+    """
+
+    name: str
+    to: str
+    body: Any = attrs.Factory(dict)
+    key: str | None = None
+    delay: float | None = None
+    every: float | None = None
+    cron: str | None = None
+    timezone: str = "UTC"
+
+
+@attrs.frozen
 class Expectation:
     """``[expect.AGENT]``: counters the run must end with, or it fails (exit 1).
 
@@ -151,6 +171,7 @@ class Scenario:
     agents: tuple[AgentSpec, ...]
     redis: RedisSection = attrs.Factory(RedisSection)
     messages: tuple[MessageSpec, ...] = ()
+    schedules: tuple[ScheduleSpec, ...] = ()
     expect: dict[str, Expectation] = attrs.Factory(dict)
     faults: tuple[FaultSpec, ...] = ()
     path: str = attrs.field(default="", metadata={"toml": False})
@@ -188,6 +209,7 @@ class Scenario:
             self,
             agents=tuple(a for a in self.agents if a.name in wanted),
             messages=tuple(m for m in self.messages if m.to in wanted),
+            schedules=tuple(s for s in self.schedules if s.to in wanted),
             expect={k: v for k, v in self.expect.items() if k in wanted},
             faults=tuple(f for f in self.faults if f.kill in wanted),
         )

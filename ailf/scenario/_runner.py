@@ -471,6 +471,17 @@ class ScenarioRun:
         self._progress.note(f"{processes} ready; sending {count_of(total, 'message')}")
         for fault in self.scenario.faults:
             tasks.start_soon(self._inject, fault)
+        for schedule in self.scenario.schedules:
+            await client.set_reminder(
+                schedule.to,
+                schedule.name,
+                schedule.body,
+                key=schedule.key,
+                delay=schedule.delay,
+                every=schedule.every,
+                cron=schedule.cron,
+                timezone=schedule.timezone,
+            )
         for message in self.scenario.messages:
             await self._send(client, message)
         self._sent.set()
