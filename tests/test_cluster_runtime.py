@@ -17,6 +17,7 @@ from cluster_helpers import emptied, owner_port
 from runtime_helpers import child_process, ready
 
 from ailf import Agent, Message, RedisClusterServer, RedisConfig, Runtime
+from ailf.clients._slots import key_slot
 
 KEYED_CHILD = Path(__file__).with_name("keyed_child.py")
 
@@ -56,6 +57,40 @@ class Counter(Agent):
     async def on_message(self, message: Message[Any]) -> int:
         self.state.count += message.body
         return int(self.state.count)
+
+
+class Timed(Agent):
+    seen: list[tuple[Any, str | None, str | None]] = []
+
+    async def on_message(self, message: Message[Any]) -> None:
+        Timed.seen.append((message.body, message.key, message.reminder))
+
+
+async def test_timers_on_a_cluster_live_on_their_mailboxs_slot(config: RedisConfig) -> None:
+    """Delayed sends and reminders of named agents on every primary and of a keyed
+    agent's partitions: each timer key hashes to its mailbox's slot, and all arrive."""
+    Timed.seen = []
+    async with Runtime(config, namespace="c") as runtime:
+        names = [f"timed-{n}" for n in range(9)]
+        for name in names:
+            await runtime.spawn(Timed, name=name)
+        await runtime.spawn(Timed, name="keyed", keyed=True, replicas=4, partitions=8)
+        for name in names:
+            address = runtime.keys.address(name)
+            assert key_slot(address.timers) == key_slot(address.timed) == key_slot(address.mailbox)
+            await runtime.send(name, name, delay=0.2)
+        for n in range(16):
+            await runtime.send("keyed", n, key=f"k{n}", delay=0.1)
+        partition = runtime.keys.partition("keyed", 3)
+        assert key_slot(partition.timers) == key_slot(partition.mailbox)
+        await runtime.set_reminder(names[0], "tick", "tock", every=0.1)
+        with trio.fail_after(20):
+            while len({body for body, _, reminder in Timed.seen if reminder is None}) < 25:
+                await trio.sleep(0.02)
+            while sum(1 for *_, reminder in Timed.seen if reminder == "tick") < 3:
+                await trio.sleep(0.02)
+        assert await runtime.cancel_reminder(names[0], "tick") is True
+        assert sorted(key for _, key, _ in Timed.seen if key) == sorted(f"k{n}" for n in range(16))
 
 
 async def test_named_and_keyed_agents_on_a_cluster(config: RedisConfig) -> None:
