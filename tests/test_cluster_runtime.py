@@ -86,7 +86,7 @@ async def test_timers_on_a_cluster_live_on_their_mailboxs_slot(config: RedisConf
         await runtime.set_reminder(names[0], "tick", "tock", every=0.1)
         with trio.fail_after(20):
             arrived = {body for body, _, reminder in Timed.seen if reminder is None}
-            while len(arrived) < 25:  # noqa: ASYNC110 - the agents record into a list
+            while len(arrived) < 25:
                 await trio.sleep(0.02)
                 arrived = {body for body, _, reminder in Timed.seen if reminder is None}
             while sum(1 for *_, reminder in Timed.seen if reminder == "tick") < 3:  # noqa: ASYNC110
