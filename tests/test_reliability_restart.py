@@ -215,6 +215,7 @@ async def test_a_reader_failing_for_hours_keeps_waiting_max_block(autojump_clock
         settings=settings,
         keys=Keys("r"),
         observer=NO_OBSERVER,
+        timekeeper=None,
     )
     reader = MailboxReader(cast(HostContext, host), "host:1:ab/0")
     started = trio.current_time()

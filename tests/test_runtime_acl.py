@@ -201,3 +201,23 @@ async def test_an_agent_refused_a_topic_may_try_again(news_only: RedisConfig) ->
             await runtime.wait_idle(timeout=10)
             assert await runtime.publish("news", "heard") == 1
     assert Joiner.outcomes == ["NOPERM", "NOPERM", "subscribed"]
+
+
+async def test_the_agent_host_line_covers_timers(redis_config: RedisConfig) -> None:
+    """Delayed sends, reminders (set, listed, fired, cancelled) and the timekeeper's
+    scripts all run under operating.md's line for the namespace."""
+    admin = redis.Redis(port=redis_config.port, decode_responses=True)
+    admin.execute_command("ACL", "SETUSER", *documented_acl("shop", "acl-test-password"))
+    config = attrs.evolve(redis_config, username="shop", password="acl-test-password")
+    try:
+        with trio.fail_after(20):
+            async with Runtime(config, namespace="shop") as runtime:
+                await runtime.spawn(Clerk, name="clerk")
+                await runtime.send("clerk", "later", delay=0.05)
+                await runtime.set_reminder("clerk", "tick", "tock", every=0.05)
+                assert [r.name for r in await runtime.reminders("clerk")] == ["tick"]
+                while runtime.statistics()["clerk"].processed < 3:  # noqa: ASYNC110
+                    await trio.sleep(0.02)
+                assert await runtime.cancel_reminder("clerk", "tick") is True
+    finally:
+        admin.execute_command("ACL", "DELUSER", "shop")

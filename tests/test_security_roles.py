@@ -14,7 +14,7 @@ import redis
 import trio
 from runtime_helpers import Echo
 
-from ailf import RedisConfig, RedisServer, Runtime
+from ailf import RedisConfig, RedisServer, ResponseError, Runtime
 
 SECURITY = Path(__file__).resolve().parent.parent / "docs" / "security.md"
 PASSWORD = "sender-password"
@@ -125,3 +125,28 @@ async def test_the_operator_lists_resets_and_reads_dead_letters(fresh_server: Re
         user.get("other:secret")
     user.close()
     admin.close()
+
+
+async def test_a_scheduler_schedules_and_cancels_but_reads_no_timer(
+    fresh_server: RedisServer,
+) -> None:
+    """security.md's line for a sender that schedules: its timers arrive (found at the
+    host's next look, since it rings no bell), it may cancel them, and it may not read
+    the bodies waiting in the timers."""
+    admin = redis.Redis(port=fresh_server.port, decode_responses=True)
+    admin.execute_command("ACL", "SETUSER", *documented_role("shop-scheduler"))
+    scheduler = fresh_server.config.replace(username="shop-scheduler", password=PASSWORD)
+    with trio.fail_after(30):
+        async with Runtime(fresh_server.config, namespace="shop") as host:
+            await host.spawn(Echo, name="echo")
+            async with Runtime(scheduler, namespace="shop") as client:
+                kept = await client.send("echo", "timed", delay=0.1)
+                dropped = await client.send("echo", "dropped", delay=60)
+                assert await client.cancel_scheduled(dropped) is True
+                timed = host.keys.address("echo").timed
+                with pytest.raises(ResponseError, match="NOPERM"):
+                    await client.client.execute_command("HGETALL", timed)
+            assert kept.startswith("echo/")
+            while not host.statistics()["echo"].processed:  # noqa: ASYNC110
+                await trio.sleep(0.1)
+    assert admin.zcard(host.keys.address("echo").timers) == 0

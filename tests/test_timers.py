@@ -281,3 +281,32 @@ async def test_idle_cost_does_not_grow_with_pending_timers(redis_config: RedisCo
         )
         assert calls < 30  # heartbeats, sweeps, claims: none per timer
         assert isinstance(runtime._host_context.timekeeper, Timekeeper)
+
+
+async def test_hostile_timer_keys_stop_nothing(redis_config: RedisConfig) -> None:
+    """What anyone with write access may put in timer keys: a value that is not an
+    envelope (dead-lettered when due, saying why), a timer with no value (dropped), a
+    garbled recurring reminder (fired once, then dropped), a timers key of the wrong
+    type (that mailbox's timers wait; the others move), garbage on a doorbell."""
+    client = raw(redis_config)
+    async with Runtime(redis_config, namespace="t") as runtime:
+        await runtime.spawn(Recorder, "rec")
+        await runtime.spawn(Recorder, "other")
+        rec = runtime.keys.address("rec")
+        client.hset(rec.timed, mapping={"junk": "not an envelope", "r/bad/": "Rnot json\n{}"})
+        client.zadd(rec.timers, {"junk": 0, "orphan": 0, "r/bad/": 0})
+        client.set(runtime.keys.address("broken").timers, "a string")
+        await runtime.spawn(Recorder, "broken")
+        for data in ("t", "tNaN", "t-5", "t" + "9" * 40, "\x00\xff"):
+            client.publish(rec.bell, data)
+        await runtime.send("rec", "fine", delay=0.05)
+        await runtime.send("other", "also fine", delay=0.05)
+        await wait_for(lambda: len(Recorder.seen) == 2)
+        letters = await runtime.dead_letters("rec")
+        with trio.fail_after(10):
+            while len(letters) < 2:
+                await trio.sleep(0.05)
+                letters = await runtime.dead_letters("rec")
+        assert all("envelope" in letter.reason for letter in letters), letters
+        assert client.zcard(rec.timers) == 0 and client.hlen(rec.timed) == 0
+        assert sorted(body for body, _, _ in Recorder.seen) == ["also fine", "fine"]
