@@ -270,6 +270,7 @@ async def namespace_status(client: AsyncRedisClient, namespace: str) -> dict[str
             "pending": mailbox.pending,
             "lag": mailbox.lag,
             "dead_letters": mailbox.dead_letters,
+            "timers": mailbox.timers,
             "problem": mailbox.problem or reported.get(name),
             "statistics": stats.to_json() if stats else None,
         }
@@ -389,7 +390,7 @@ def format_status(report: dict[str, Any]) -> str:
             lines.append(
                 "  (this Redis user may not SCAN, so only the agents of live processes are listed)"
             )
-        header = ("agent", "replicas", "processes", "length", "pending", "lag", "dead")
+        header = ("agent", "replicas", "processes", "length", "pending", "lag", "dead", "timers")
         rows = [header]
         for name, a in ns["agents"].items():
             rows.append(
@@ -401,6 +402,7 @@ def format_status(report: dict[str, Any]) -> str:
                     "-" if a["pending"] is None else str(a["pending"]),
                     "-" if a["lag"] is None else str(a["lag"]),
                     str(a["dead_letters"]),
+                    str(a["timers"]),
                 )
             )
         lines.append(format_table(rows, indent="  "))

@@ -253,13 +253,13 @@ def test_status_and_run_summaries_print_one_table_layout() -> None:
     }
     for agent in agents.values():
         agent.setdefault("lag", None)
-        agent.update(dead_letters=0, problem=None, statistics=None)
+        agent.update(dead_letters=0, timers=0, problem=None, statistics=None)
     namespace = {"namespace": "shop", "processes": [], "agents": agents, "complete": True}
     assert format_status({"redis": "redis://r", "namespaces": [namespace]}).splitlines() == [
         "namespace shop  (0 live processes)",
-        "  agent              replicas  processes  length  pending  lag  dead",
-        "  orders                    2          1    1200        3    0     0",
-        "  nobody-reads-this         0          0       1        -    -     0",
+        "  agent              replicas  processes  length  pending  lag  dead  timers",
+        "  orders                    2          1    1200        3    0     0       0",
+        "  nobody-reads-this         0          0       1        -    -     0       0",
     ]
     report = RunReport(
         scenario="s",

@@ -14,6 +14,7 @@ import redis
 import trio
 
 from ailf import Agent, ConfigError, Message, RedisConfig, Runtime
+from ailf._admin import namespace_status
 from ailf.runtime._timekeeper import Timekeeper
 
 UTC = dt.UTC
@@ -78,6 +79,7 @@ async def test_cancel_scheduled(redis_config: RedisConfig) -> None:
         await runtime.spawn(Recorder, "rec")
         keep = await runtime.send("rec", "keep", delay=0.2)
         drop = await runtime.send("rec", "drop", delay=0.2)
+        assert (await namespace_status(runtime.client, "t"))["agents"]["rec"]["timers"] == 2
         assert await runtime.cancel_scheduled(drop) is True
         assert await runtime.cancel_scheduled(drop) is False
         await wait_for(lambda: len(Recorder.seen) == 1)

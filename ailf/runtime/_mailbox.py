@@ -246,6 +246,8 @@ class MailboxReport:
 
     length: int
     dead_letters: int
+    #: Timed messages and reminders waiting to enter the mailbox (docs/time.md).
+    timers: int
     #: Why nothing reads the mailbox (its key is not a stream), or None.
     problem: str | None
     group: Group | None
@@ -269,32 +271,36 @@ async def mailbox_report(client: AsyncRedisClient, keys: Keys, agent: str) -> Ma
     added up), in two round trips."""
     partitions = await client.hget(keys.agent(agent), "partitions")
     if partitions is not None and str(partitions).isdigit():
-        pairs = [
-            (part.mailbox, part.dead)
-            for part in (keys.partition(agent, n) for n in range(int(partitions)))
-        ]
+        addresses = [keys.partition(agent, n).address for n in range(int(partitions))]
     else:
-        pairs = [(keys.mailbox(agent), keys.dead(agent))]
+        addresses = [keys.address(agent)]
     pipe = client.pipeline(transaction=False)
-    for stream, dead in pairs:
-        pipe.xlen(stream)
-        pipe.xlen(dead)
-        pipe.xinfo_groups(stream)
+    for address in addresses:
+        pipe.xlen(address.mailbox)
+        pipe.xlen(address.dead)
+        pipe.xinfo_groups(address.mailbox)
+        pipe.execute_command("ZCARD", address.timers)
     replies = await pipe.execute(raise_on_error=False)
-    total = dead_total = 0
+    total = dead_total = timers_total = 0
     problem = None
     found: list[Group] = []
-    for index, (stream, _) in enumerate(pairs):
-        length, dead, groups = replies[3 * index : 3 * index + 3]
+    for index, address in enumerate(addresses):
+        length, dead, groups, timers = replies[4 * index : 4 * index + 4]
         if isinstance(length, ResponseError) and length.code == "WRONGTYPE":
+            stream = address.mailbox
             problem = f"its key holds something else than a stream; nothing reads it (DEL {stream})"
         total += length if isinstance(length, int) else 0
         dead_total += dead if isinstance(dead, int) else 0
+        timers_total += timers if isinstance(timers, int) else 0
         group = group_of(groups)
         if group is not None:
             found.append(group)
     return MailboxReport(
-        length=total, dead_letters=dead_total, problem=problem, group=_sum_groups(found)
+        length=total,
+        dead_letters=dead_total,
+        timers=timers_total,
+        problem=problem,
+        group=_sum_groups(found),
     )
 
 
