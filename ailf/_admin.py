@@ -33,6 +33,7 @@ from ailf.runtime._message import ENVELOPE_FIELD, DeadLetter, decode_envelope
 from ailf.runtime._registry import RegistrySnapshot, read_registry
 from ailf.runtime._runtime import Runtime
 from ailf.runtime._supervisor import unwrap
+from ailf.runtime._timers import Reminder
 
 __all__ = [
     "Leftovers",
@@ -557,6 +558,55 @@ def state(config: RedisConfig, namespace: str, agent: str, key: str | None) -> A
             return await runtime.state(agent, key)
 
     return _run(go)
+
+
+def reminders(
+    config: RedisConfig, namespace: str, agent: str, key: str | None, cancel: str | None
+) -> list[Reminder] | bool:
+    """Agent ``agent``'s reminders (on ``key``), or with ``cancel`` whether that one
+    was set (it is cancelled)."""
+    check_name("agent", agent)
+
+    async def go() -> list[Reminder] | bool:
+        async with Runtime(config, namespace=namespace) as runtime:
+            if cancel is not None:
+                return await runtime.cancel_reminder(agent, cancel, key=key)
+            return await runtime.reminders(agent, key=key)
+
+    return _run(go)
+
+
+def cancel_scheduled(config: RedisConfig, namespace: str, timer_id: str) -> bool:
+    """Cancel a timed message by its id; True if it had not entered its mailbox."""
+
+    async def go() -> bool:
+        async with Runtime(config, namespace=namespace) as runtime:
+            return await runtime.cancel_scheduled(timer_id)
+
+    return _run(go)
+
+
+def format_reminders(agent: str, found: list[Reminder]) -> str:
+    if not found:
+        return f"no reminders on {agent}"
+    rows = [("reminder", "key", "next (UTC)", "repeats", "body")]
+    for reminder in found:
+        if reminder.every is not None:
+            repeats = f"every {reminder.every:g} s"
+        elif reminder.cron is not None:
+            repeats = f"cron {reminder.cron} ({reminder.timezone})"
+        else:
+            repeats = "once"
+        rows.append(
+            (
+                reminder.name,
+                reminder.key or "-",
+                reminder.due.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+                repeats,
+                json.dumps(reminder.body, default=str)[:60],
+            )
+        )
+    return format_table(rows)
 
 
 def format_dead_letters(agent: str, letters: list[DeadLetter]) -> str:

@@ -397,6 +397,51 @@ def _cmd_state(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_reminders(args: argparse.Namespace) -> int:
+    from ailf import _admin as admin
+
+    found = admin.reminders(_redis_config(args), args.namespace, args.agent, args.key, args.cancel)
+    if isinstance(found, bool):
+        if args.json:
+            _print_json({"agent": args.agent, "reminder": args.cancel, "cancelled": found})
+        elif found:
+            print(f"cancelled reminder {args.cancel!r} of {args.agent}")
+        else:
+            print(f"ailf: {args.agent} has no reminder {args.cancel!r}", file=sys.stderr)
+        return EXIT_OK if found else EXIT_FAILED
+    if args.json:
+        _print_json(
+            [
+                {
+                    "name": r.name,
+                    "key": r.key,
+                    "due": r.due.isoformat(),
+                    "every": r.every,
+                    "cron": r.cron,
+                    "timezone": r.timezone,
+                    "body": r.body,
+                }
+                for r in found
+            ]
+        )
+    else:
+        print(admin.format_reminders(args.agent, found))
+    return EXIT_OK
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    from ailf import _admin as admin
+
+    cancelled = admin.cancel_scheduled(_redis_config(args), args.namespace, args.id)
+    if args.json:
+        _print_json({"id": args.id, "cancelled": cancelled})
+    elif cancelled:
+        print(f"cancelled {args.id}")
+    else:
+        print(f"ailf: {args.id} had entered its mailbox already, or was cancelled", file=sys.stderr)
+    return EXIT_OK if cancelled else EXIT_FAILED
+
+
 def _cmd_reset(args: argparse.Namespace) -> int:
     from ailf import _admin as admin
 
@@ -743,6 +788,39 @@ def build_parser() -> argparse.ArgumentParser:
     _add_namespace(state)
     _add_redis(state)
     state.set_defaults(handler=_cmd_state)
+
+    reminders = _command(
+        commands,
+        "reminders",
+        "list an agent's reminders, or cancel one",
+        "Reminders are named, durable timers on an agent (for a keyed agent, on one key;\n"
+        "docs/time.md). Lists them by when they fire next; --cancel NAME cancels one\n"
+        "(exit 1 if it was not set).",
+        "  ailf reminders billing -n shop\n"
+        "  ailf reminders assistant --key user-42 -n chat\n"
+        "  ailf reminders billing --cancel invoice -n shop",
+    )
+    reminders.add_argument("agent", metavar="AGENT", help="the agent's name")
+    reminders.add_argument("--key", help="for a keyed agent: the key the reminders are on")
+    reminders.add_argument("--cancel", metavar="NAME", help="cancel this reminder")
+    _add_namespace(reminders)
+    _add_redis(reminders)
+    _add_json(reminders, "the reminders")
+    reminders.set_defaults(handler=_cmd_reminders)
+
+    cancel = _command(
+        commands,
+        "cancel",
+        "cancel a timed message by the id send --delay printed",
+        "A timed message waits in Redis until it is due (docs/time.md); this cancels it\n"
+        "if it has not entered its agent's mailbox yet (exit 1 if it had).",
+        "  ailf cancel billing/5f0c3e9a1b2c4d6e -n shop",
+    )
+    cancel.add_argument("id", metavar="ID", help="the timer's id, as send --delay printed it")
+    _add_namespace(cancel)
+    _add_redis(cancel)
+    _add_json(cancel, "the outcome")
+    cancel.set_defaults(handler=_cmd_cancel)
 
     reset = _command(
         commands,

@@ -4,7 +4,10 @@ keyed agents, catch-up, bad input (docs/time.md)."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -312,3 +315,36 @@ async def test_hostile_timer_keys_stop_nothing(redis_config: RedisConfig) -> Non
         assert all("envelope" in letter.reason for letter in letters), letters
         assert client.zcard(rec.timers) == 0 and client.hlen(rec.timed) == 0
         assert sorted(body for body, _, _ in Recorder.seen) == ["also fine", "fine"]
+
+
+async def test_the_command_lists_and_cancels_reminders_and_timers(
+    redis_config: RedisConfig,
+) -> None:
+    url = ["-n", "t", "--redis", redis_config.url]
+
+    def ailf(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "ailf", *args, *url], capture_output=True, text=True, timeout=60
+        )
+
+    async with Runtime(redis_config, namespace="t") as runtime:
+        await runtime.set_reminder("rec", "invoice", {"a": 1}, cron="0 6 1 * *")
+        await runtime.set_reminder("rec", "tick", every=90)
+    listed = await trio.to_thread.run_sync(ailf, "reminders", "rec")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split()[:3] == ["reminder", "key", "next"]
+    assert lines[1].startswith("tick ") and "every 90 s" in lines[1]
+    assert lines[2].startswith("invoice ") and "cron 0 6 1 * * (UTC)" in lines[2]
+    as_json = json.loads((await trio.to_thread.run_sync(ailf, "reminders", "rec", "--json")).stdout)
+    assert [r["name"] for r in as_json] == ["tick", "invoice"] and as_json[1]["body"] == {"a": 1}
+    cancelled = await trio.to_thread.run_sync(ailf, "reminders", "rec", "--cancel", "tick")
+    assert cancelled.returncode == 0 and "cancelled reminder 'tick'" in cancelled.stdout
+    again = await trio.to_thread.run_sync(ailf, "reminders", "rec", "--cancel", "tick")
+    assert again.returncode == 1
+    sent = await trio.to_thread.run_sync(ailf, "send", "rec", "1", "--delay", "1h")
+    timer = sent.stdout.strip()
+    assert (await trio.to_thread.run_sync(ailf, "cancel", timer)).returncode == 0
+    assert (await trio.to_thread.run_sync(ailf, "cancel", timer)).returncode == 1
+    bad = await trio.to_thread.run_sync(ailf, "cancel", "nonsense")
+    assert bad.returncode == 2 and "is not an id returned by send" in bad.stderr
