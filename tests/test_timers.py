@@ -348,3 +348,22 @@ async def test_the_command_lists_and_cancels_reminders_and_timers(
     assert (await trio.to_thread.run_sync(ailf, "cancel", timer)).returncode == 1
     bad = await trio.to_thread.run_sync(ailf, "cancel", "nonsense")
     assert bad.returncode == 2 and "is not an id returned by send" in bad.stderr
+
+
+async def test_a_mailbox_that_cannot_take_its_timers_is_retried_backing_off(
+    redis_config: RedisConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A mailbox key of the wrong type fails every move into it: the timekeeper tries
+    again later, backing off (not in a loop), and moves the timers once it is repaired."""
+    client = raw(redis_config)
+    async with Runtime(redis_config, namespace="t") as runtime:
+        await runtime.spawn(Recorder, "rec")
+        await runtime.send("rec", "patient", delay=0.3)
+        address = runtime.keys.address("rec")
+        client.delete(address.mailbox)
+        client.set(address.mailbox, "not a stream")
+        await trio.sleep(1.5)
+        failures = caplog.text.count("moving the due timers of")
+        assert 1 <= failures <= 8, failures
+        client.delete(address.mailbox)
+        await wait_for(lambda: [body for body, _, _ in Recorder.seen] == ["patient"], 30)

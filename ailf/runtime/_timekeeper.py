@@ -94,6 +94,9 @@ class Timekeeper:
         #: Redis's clock minus this process's, in ms.
         self._offset = 0.0
         self._failures = 0
+        #: Mailbox -> moves that failed in a row (a key of the wrong type, a refused
+        #: script): each is tried again later, backing off, not at once.
+        self._failed_moves: dict[str, int] = {}
         self._changed = trio.Event()
 
     # -- called by readers and the hub (synchronous) ----------------------------------
@@ -119,6 +122,7 @@ class Timekeeper:
         if not watched.rings:
             del self._watched[mailbox]
             self._earliest.pop(mailbox, None)
+            self._failed_moves.pop(mailbox, None)
             self._to_peek.pop(mailbox, None)
             self.hub.remove_bell(address.bell, watched.listener)
 
@@ -232,9 +236,17 @@ class Timekeeper:
                 field, due, lease, value = reply[n : n + 4]
                 moved += await self._fire(keys, field, int(due), int(lease), value, redis_now)
         except RedisError as exc:
-            log.warning("timekeeper: moving the due timers of %s failed (%s)", mailbox, exc)
-            self._to_peek[mailbox] = None
+            failed = self._failed_moves[mailbox] = self._failed_moves.get(mailbox, 0) + 1
+            delay = self._retry.delay(min(failed - 1, MAX_BACKOFF_STEP))
+            log.warning(
+                "timekeeper: moving the due timers of %s failed (%s); again in %.2f s",
+                mailbox,
+                exc,
+                delay,
+            )
+            self._note(mailbox, int(self._redis_now() + delay * 1000))
             return
+        self._failed_moves.pop(mailbox, None)
         if following >= 0:
             self._note(mailbox, following)
         if moved:
