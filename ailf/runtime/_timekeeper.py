@@ -11,8 +11,9 @@ periodic look. It learns of earlier timers three ways:
 - a look at every mailbox's earliest timer (``ZRANGE timers 0 0``) when a mailbox is
   first read here, after the pub/sub session was lost (bells rung meanwhile were lost),
   and every :data:`RESYNC` seconds (a sender that died between its timer and its bell,
-  a process that moved timers and died before another learned the next time), at most
-  :data:`PEEK_RATE` mailboxes a second.
+  or that may not publish; a process that moved timers and died before another learned
+  the next time) — less often with many mailboxes, so that an idle process looks at no
+  more than :data:`RESYNC_RATE` a second.
 
 Due times are in Redis's clock; the timekeeper converts them to its own with the
 offset each script reply gives (Redis's ``TIME``). A wrong offset can make it wake too
@@ -55,9 +56,12 @@ MOVE_LIMIT = 1000
 #: Seconds between two rounds of moves at least: under a steady stream of timers, each
 #: round moves those due in the last few milliseconds together.
 MOVE_SPACING = 0.005
-#: Seconds between looks at every mailbox's earliest timer (longer with many mailboxes).
+#: Seconds between looks at every mailbox's earliest timer, or longer with so many
+#: mailboxes that the looks would exceed :data:`RESYNC_RATE` a second.
 RESYNC = 10.0
-#: Mailboxes looked at per second at most, and per pipeline.
+RESYNC_RATE = 200
+#: Mailboxes looked at per second at most (when first read here, after a lost pub/sub
+#: session, at a resync), and per pipeline.
 PEEK_RATE = 1000
 
 
@@ -174,7 +178,7 @@ class Timekeeper:
         if self.hub.sessions != self._sessions or now >= self._resync_at:
             self._sessions = self.hub.sessions
             self._to_peek.update(dict.fromkeys(self._watched))
-            self._resync_at = now + max(RESYNC, len(self._watched) / PEEK_RATE)
+            self._resync_at = now + max(RESYNC, len(self._watched) / RESYNC_RATE)
         if self._to_peek and now >= self._peek_at:
             await self._peek()
             return
