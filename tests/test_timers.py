@@ -367,3 +367,33 @@ async def test_a_mailbox_that_cannot_take_its_timers_is_retried_backing_off(
         assert 1 <= failures <= 8, failures
         client.delete(address.mailbox)
         await wait_for(lambda: [body for body, _, _ in Recorder.seen] == ["patient"], 30)
+
+
+class Quitter(Agent):
+    """Replica 1 stops itself at start, for good."""
+
+    restart = "temporary"
+
+    async def on_start(self) -> None:
+        if self.replica == 1:
+            self.stop()
+
+    async def on_message(self, message: Message[Any]) -> int:
+        return self.replica
+
+
+async def test_a_replica_leaving_keeps_its_siblings_bell(redis_config: RedisConfig) -> None:
+    """Two local replicas' readers and the timekeeper share the mailbox's doorbell: one
+    replica leaving must leave the others listening (it used to unsubscribe the bell
+    for all, leaving the survivor to find messages at its sweeps only)."""
+    async with Runtime(redis_config, namespace="t") as runtime:
+        await runtime.spawn(Quitter, "quit", replicas=2)
+        await runtime.wait_idle(timeout=5)
+        with trio.fail_after(5):
+            while runtime.statistics()["quit"].replicas != 1:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        bell = runtime.keys.address("quit").bell
+        assert len(runtime.hub._bells[bell]) == 2  # the survivor's reader, the timekeeper
+        for _ in range(5):
+            with trio.fail_after(1):
+                assert await runtime.ask("quit", "hi") == 0
