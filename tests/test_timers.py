@@ -298,8 +298,14 @@ async def test_hostile_timer_keys_stop_nothing(redis_config: RedisConfig) -> Non
         await runtime.spawn(Recorder, "rec")
         await runtime.spawn(Recorder, "other")
         rec = runtime.keys.address("rec")
-        client.hset(rec.timed, mapping={"junk": "not an envelope", "r/bad/": "Rnot json\n{}"})
-        client.zadd(rec.timers, {"junk": 0, "orphan": 0, "r/bad/": 0})
+        garbled = {
+            "r/bad/": "Rnot json\n{}",
+            "r/list/": "R[1, 2]\n{}",
+            "r/every/": 'R{"every": "x", "timezone": "UTC"}\n{}',
+        }
+        client.hset(rec.timed, mapping={"junk": "not an envelope", **garbled})
+        client.zadd(rec.timers, {"junk": 0, "orphan": 0, **dict.fromkeys(garbled, 0)})
+        client.zadd(rec.timers, {"forever": math.inf})
         client.set(runtime.keys.address("broken").timers, "a string")
         await runtime.spawn(Recorder, "broken")
         for data in ("t", "tNaN", "t-5", "t" + "9" * 40, "\x00\xff"):
@@ -309,12 +315,13 @@ async def test_hostile_timer_keys_stop_nothing(redis_config: RedisConfig) -> Non
         await wait_for(lambda: len(Recorder.seen) == 2)
         letters = await runtime.dead_letters("rec")
         with trio.fail_after(10):
-            while len(letters) < 2:
+            while len(letters) < 4:
                 await trio.sleep(0.05)
                 letters = await runtime.dead_letters("rec")
         assert all("envelope" in letter.reason for letter in letters), letters
-        assert client.zcard(rec.timers) == 0 and client.hlen(rec.timed) == 0
-        assert sorted(body for body, _, _ in Recorder.seen) == ["also fine", "fine"]
+        assert client.zrange(rec.timers, 0, -1) == ["forever"] and client.hlen(rec.timed) == 0
+        assert await runtime.ask("rec", "still answering") is None
+        assert sorted(body for body, _, _ in Recorder.seen)[:2] == ["also fine", "fine"]
 
 
 async def test_the_command_lists_and_cancels_reminders_and_timers(

@@ -41,11 +41,18 @@ import attrs
 import trio
 
 from ailf.clients._async_client import AsyncRedisClient
-from ailf.errors import ConfigError, RedisError
+from ailf.errors import RedisError
 from ailf.runtime._broadcast import BroadcastHub
 from ailf.runtime._keys import Address
 from ailf.runtime._settings import MAX_BACKOFF_STEP, MailboxSettings
-from ailf.runtime._timers import FIRE, LEASE_MS, MOVE, Recurrence, is_timer_bell
+from ailf.runtime._timers import (
+    FIRE,
+    LEASE_MS,
+    MOVE,
+    CronUnavailable,
+    Recurrence,
+    is_timer_bell,
+)
 
 __all__ = ["Timekeeper"]
 
@@ -222,7 +229,7 @@ class Timekeeper:
         for mailbox, reply in zip(batch, replies, strict=True):
             self._to_peek.pop(mailbox, None)
             if isinstance(reply, list) and len(reply) == 2:
-                with contextlib.suppress(ValueError):
+                with contextlib.suppress(ValueError, OverflowError):  # +inf: never due
                     self._note(mailbox, int(float(reply[1])))
         self._peek_at = trio.current_time() + len(batch) / PEEK_RATE
 
@@ -256,7 +263,10 @@ class Timekeeper:
         if moved:
             for ring in list(watched.rings):
                 ring("")
-            await self.client.execute_command(self._publish, timers.bell, "")
+            try:  # the other processes reading the mailbox
+                await self.client.execute_command(self._publish, timers.bell, "")
+            except RedisError as exc:  # they find the entries at their next sweep
+                log.debug("timekeeper: could not ring %s (%s)", timers.bell, exc)
 
     async def _fire(
         self, keys: list[str], field: str, due: int, lease: int, value: Any, now: int
@@ -265,10 +275,10 @@ class Timekeeper:
         try:
             recurrence = Recurrence.from_text(str(value)[1:].split("\n", 1)[0])
             following = recurrence.next_ms(due, now)
-        except ConfigError as exc:  # cron= without croniter here: leased again later
+        except CronUnavailable as exc:  # leased again later, for a process that can
             log.error("reminder %s of %s cannot fire here: %s", field, keys[2], exc)
             return 0
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, TypeError) as exc:
             # Garbled (not written by the runtime): fired once more, then dropped; the
             # reader dead-letters what is not an envelope.
             log.error(

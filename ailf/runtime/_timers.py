@@ -50,6 +50,7 @@ __all__ = [
     "LEASE_MS",
     "MOVE",
     "SCHEDULE",
+    "CronUnavailable",
     "Recurrence",
     "Reminder",
     "TimerId",
@@ -141,12 +142,16 @@ def parse_duration(text: str) -> float:
 # -- recurrence -----------------------------------------------------------------------
 
 
+class CronUnavailable(ConfigError):
+    """A cron reminder, and no croniter to compute its times in this process."""
+
+
 def _cron_iterator(expression: str, timezone: str) -> Callable[[float], float]:
     """A function from epoch seconds to the expression's next time after them."""
     try:
         from croniter import croniter
     except ImportError:
-        raise ConfigError(
+        raise CronUnavailable(
             f"cron={expression!r} needs the croniter package: pip install 'ailf[cron]'"
         ) from None
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -208,8 +213,20 @@ class Recurrence:
 
     @classmethod
     def from_text(cls, text: str) -> Recurrence:
+        """Read back :meth:`to_text`'s JSON; ValueError if it is anything else (the
+        timed hash is writable by anyone who may schedule), CronUnavailable if it is a
+        cron reminder and this process cannot compute its times."""
         data = json.loads(text)
-        return cls(every=data.get("every"), cron=data.get("cron"), timezone=data["timezone"])
+        if not isinstance(data, dict) or not isinstance(data.get("timezone", "UTC"), str):
+            raise ValueError(f"not a recurrence: {text[:80]!r}")
+        try:
+            return cls(
+                every=data.get("every"), cron=data.get("cron"), timezone=data.get("timezone", "UTC")
+            )
+        except CronUnavailable:
+            raise
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
 
 # -- what the timed hash holds ----------------------------------------------------------
