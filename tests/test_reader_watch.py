@@ -115,3 +115,27 @@ async def test_a_watched_mailbox_keeps_its_order_when_busy(redis_config: RedisCo
     for sender in range(4):
         mine = [body for body in seen if 1000 * (sender + 1) <= body < 1000 * (sender + 2)]
         assert mine == sorted(mine)
+
+
+async def test_bytes_that_are_not_text_in_a_watched_mailbox_are_dead_lettered(
+    redis_config: RedisConfig,
+) -> None:
+    """An entry that is not UTF-8 fails the watch's read after Redis delivered it: the
+    mailbox is read again from its pending entries, where the loop dead-letters it, and
+    the messages after it are handled."""
+    seen: list[Any] = []
+    with trio.fail_after(20):
+        async with _slow_sweeps(redis_config) as runtime:
+            await runtime.spawn(Log, name="log", options=Into(seen))
+            await runtime.send("log", "before")
+            while not seen:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            await trio.sleep(0.1)  # watched by now
+            client = redis.Redis(host=redis_config.host, port=redis_config.port)
+            client.xadd(runtime.keys.mailbox("log"), {b"envelope": b"\xff\xfe pickled"})
+            client.close()
+            await runtime.send("log", "after")
+            await runtime.wait_idle(timeout=10)
+            letters = await runtime.dead_letters("log")
+    assert seen == ["before", "after"]
+    assert [letter.reason.split(":")[0] for letter in letters] == ["undecodable"]
