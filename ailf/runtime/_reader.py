@@ -23,7 +23,7 @@ A bell costs an ask a hop, though: the bell reaches this process, which then rea
 the mailboxes that are *hot* — a read returned entries from them in the last few
 seconds, and fewer than a full batch (a mailbox with a backlog is drained by the loop's
 reads) — are also *watched*: a second task keeps one blocking XREADGROUP on the most
-recent 128 of them, on a connection of its own, so that an entry added to one comes back
+recent 16 of them, on a connection of its own, so that an entry added to one comes back
 as Redis adds it. The bells of watched mailboxes are ignored, and the loop leaves them
 alone: no mailbox is ever read by both at once, so none's entries are delivered out of
 order. A watch lasts ``max_block`` at most, when it is issued again over the hot
@@ -103,8 +103,11 @@ CLAIM_RATE = 200
 UPKEEP_RATE = 20
 #: A mailbox is *hot* while a read returned entries from it in the last HOT_WINDOW
 #: seconds; the HOT_STREAMS most recent ones are watched (see the module docstring).
-#: The cap keeps a watch under about 20 µs of Redis time.
-HOT_STREAMS = 128
+#: A watch costs Redis about 10 µs plus 0.5 µs per mailbox it names each time it
+#: returns (Redis 7.0: blocking on each, unblocking from each), and a watch over busy
+#: mailboxes returns about once per message: the cap keeps that near 20 µs, where a
+#: bell's non-blocking read costs a few.
+HOT_STREAMS = 16
 HOT_WINDOW = 5.0
 
 
