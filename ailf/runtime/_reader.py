@@ -19,28 +19,6 @@ best-effort, like all pub/sub: whenever the pub/sub session had to reconnect, an
 5,000 mailboxes a second), every mailbox is read once more, so that an entry whose bell
 was lost — or whose sender only XADDed — is found.
 
-A bell costs an ask a hop, though: the bell reaches this process, which then reads. So
-the mailboxes that are *hot* — a read returned entries from them in the last few
-seconds, and fewer than a full batch (a mailbox with a backlog is drained by the loop's
-reads) — are also *watched*: a second task keeps one blocking XREADGROUP on the most
-recent 16 of them, on a connection of its own, so that an entry added to one comes back
-as Redis adds it. The bells of watched mailboxes are ignored, and the loop leaves them
-alone: no mailbox is ever read by both at once, so none's entries are delivered out of
-order. A watch lasts ``max_block`` at most, when it is issued again over the hot
-mailboxes of the moment (one added meanwhile joins it then; until then its bells
-serve), and none is issued while nothing is hot: an idle process costs Redis nothing.
-Nothing waits behind a watch: the loop reads every other mailbox meanwhile, on the
-command connection, so a quiet mailbox's bell is heeded at once. (A short blocking read
-in the loop itself would not do: Redis ends a BLOCK only when data arrives on a stream
-it names or at its next cron tick, ``hz`` 10: up to 100 ms, and bells would wait for
-it.) A watch is cancelled only when its mailboxes' pending entries must be read again
-(a re-bound mailbox, a lost connection); having perhaps had entries delivered before
-it ended, its mailboxes are then read from their pending entries too. Keyed agents'
-partitions and named agents with state (mailboxes held under a lease) are not watched:
-a watch still blocked on a mailbox given back to another process could take entries
-that its next holder, having claimed what was pending, expects to read. On a Redis
-Cluster, where one read names keys of one slot, nothing is watched.
-
 Each reader loop, in turn: redelivers failed messages whose backoff has passed
 (XCLAIM to itself, which bumps Redis's delivery counter), claims entries idle longer
 than ``claim_idle`` from other consumers (XAUTOCLAIM) and keeps its own held entries
@@ -101,14 +79,6 @@ SWEEP_RATE = 5000
 CLAIM_RATE = 200
 #: Mailboxes a reader trims and tidies per second at most (see :func:`_upkeep_interval`).
 UPKEEP_RATE = 20
-#: A mailbox is *hot* while a read returned entries from it in the last HOT_WINDOW
-#: seconds; the HOT_STREAMS most recent ones are watched (see the module docstring).
-#: A watch costs Redis about 10 µs plus 0.5 µs per mailbox it names each time it
-#: returns (Redis 7.0: blocking on each, unblocking from each), and a watch over busy
-#: mailboxes returns about once per message: the cap keeps that near 20 µs, where a
-#: bell's non-blocking read costs a few.
-HOT_STREAMS = 16
-HOT_WINDOW = 5.0
 
 
 @attrs.define(eq=False)
@@ -196,12 +166,6 @@ class MailboxReader:
         self._width = READ_STREAMS
         self._sessions = -1
         self._cluster = self.client.config.cluster
-        #: Hot mailbox -> when a read last returned entries from it, oldest first.
-        self._hot: dict[str, float] = {}
-        #: The mailboxes the watch names (in flight, or about to be re-issued over them).
-        self._watching: frozenset[str] = frozenset()
-        self._watch_scope: trio.CancelScope | None = None
-        self._watch_wanted = trio.Event()
 
     # -- called by instances (synchronous, never blocking) --------------------------
 
@@ -226,8 +190,6 @@ class MailboxReader:
         self._schedule_claim(place, now + random.uniform(0, period))
         self._places[binding.stream] = place
         self.hub.add_bell(binding.bell, functools.partial(self.ring, binding.stream))
-        if binding.stream in self._watching:  # bound again: its backlog is the loop's
-            self._interrupt_watch()
         self.ring(binding.stream)
 
     def unbind(self, binding: Binding) -> None:
@@ -237,7 +199,6 @@ class MailboxReader:
             del self._places[binding.stream]
             self._full.discard(binding.stream)
             self._dirty.pop(binding.stream, None)
-            self._hot.pop(binding.stream, None)
             self.hub.remove_bell(binding.bell)
 
     def set_full(self, binding: Binding, full: bool) -> None:
@@ -247,7 +208,6 @@ class MailboxReader:
         else:
             self._full.discard(binding.stream)
             self.poke()
-            self._want_watch()
 
     def poke(self) -> None:
         """Make the loop look again at its mailboxes, retries and room."""
@@ -255,10 +215,6 @@ class MailboxReader:
 
     def ring(self, stream: str) -> None:
         """``stream`` may hold new entries (its bell rang, or it was just bound)."""
-        if stream in self._watching:
-            place = self._places.get(stream)
-            if place is not None and not place.backlog:
-                return  # the watch returns whatever was added
         self._dirty[stream] = None
         if stream in self._reading:
             self._rung_while_reading.add(stream)
@@ -271,13 +227,7 @@ class MailboxReader:
     # -- the loop -------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            if not self._cluster:  # a blocking read names keys of one slot only there
-                nursery.start_soon(self._watch)
-            task_status.started()
-            await self._read()
-
-    async def _read(self) -> None:
+        task_status.started()
         recreate = unreadable = False
         while True:
             try:
@@ -319,7 +269,6 @@ class MailboxReader:
         Redis delivered meanwhile is pending here, unseen)."""
         for place in self._places.values():
             place.backlog, place.backlog_from = True, "0"
-        self._interrupt_watch()
         self._sweep()
 
     def _sweep(self) -> None:
@@ -342,30 +291,27 @@ class MailboxReader:
             with trio.move_on_at(self._next_due(now)):
                 await self._changed.wait()
             return
-        # Held until the entries are delivered: the watch leaves these mailboxes alone,
-        # so it cannot deliver newer entries of theirs first.
         self._reading = set(streams)
         self._rung_while_reading = set()
         try:
             reply = await self.client.xreadgroup(
                 GROUP, self.consumer, streams, count=self.settings.batch_size
             )
-            read_all = {s for s, entries in reply if len(entries) >= self.settings.batch_size}
-            returned = sum(len(entries) for _, entries in reply)
-            if returned > READ_ENTRIES:
-                self._width = max(1, self._width // 2)
-            elif returned < READ_ENTRIES // 4:
-                self._width = min(READ_STREAMS, self._width * 2)
-            for stream in streams:
-                place = self._places.get(stream)
-                more = stream in read_all or stream in self._rung_while_reading
-                self._dirty.pop(stream, None)
-                if more or (place is not None and place.backlog):
-                    self._dirty[stream] = None  # to be read again, after the others (fairness)
-            await self._dispatch(reply)
         finally:
             self._reading = set()
-            self._want_watch()
+        read_all = {stream for stream, entries in reply if len(entries) >= self.settings.batch_size}
+        returned = sum(len(entries) for _, entries in reply)
+        if returned > READ_ENTRIES:
+            self._width = max(1, self._width // 2)
+        elif returned < READ_ENTRIES // 4:
+            self._width = min(READ_STREAMS, self._width * 2)
+        for stream in streams:
+            place = self._places.get(stream)
+            more = stream in read_all or stream in self._rung_while_reading
+            self._dirty.pop(stream, None)
+            if more or (place is not None and place.backlog):
+                self._dirty[stream] = None  # to be read again, after the others (fairness)
+        await self._dispatch(reply)
 
     def _take_dirty(self) -> dict[str, str]:
         """The next mailboxes to read (at most :data:`READ_STREAMS`, fewer while reads
@@ -381,10 +327,6 @@ class MailboxReader:
                 continue
             if stream in self._full or place.problem is not None:
                 continue
-            if stream in self._watching:
-                if not place.backlog:
-                    gone.append(stream)  # the watch returns whatever was added
-                continue  # its backlog once the watch is over
             if self._cluster:
                 here = key_slot(stream)
                 if slot == -1:
@@ -414,8 +356,6 @@ class MailboxReader:
             place = self._places.get(stream)
             if place is None:
                 continue  # unbound meanwhile: the entries stay pending for a claim
-            if entries:
-                self._warm(stream, place, now, len(entries))
             if place.backlog:
                 if len(entries) < self.settings.batch_size:
                     place.backlog = False
@@ -425,120 +365,6 @@ class MailboxReader:
                 self._deliver(place.binding, entries, now, counts)
             else:
                 self._deliver(place.binding, entries, now, None)
-
-    # -- the watch: a blocking read of the hot mailboxes ------------------------------
-
-    def _warm(self, stream: str, place: _Place, now: float, returned: int) -> None:
-        """A read returned ``returned`` entries from ``stream``: it is hot (the most
-        recent last) if that was all it held. A mailbox with a backlog is drained by the
-        loop's reads instead, which share the command connection with the acks."""
-        if place.binding.owned or self._cluster:
-            return
-        hot = self._hot
-        if returned >= self.settings.batch_size:
-            hot.pop(stream, None)
-            return
-        hot.pop(stream, None)
-        hot[stream] = now
-        if len(hot) > HOT_STREAMS:
-            del hot[next(iter(hot))]
-        self._want_watch()
-
-    def _want_watch(self) -> None:
-        """Start the watch if it names nothing (a hot mailbox may be watched now)."""
-        if not self._watching and self._hot:
-            self._watch_wanted.set()
-
-    def _watch_streams(self, now: float) -> dict[str, str]:
-        """The hot mailboxes the next watch names: those the loop is not reading and
-        may read (``>``: no backlog, room, a stream). Those the watch named before and
-        no longer does are rung, since their bells went unheeded meanwhile."""
-        hot = self._hot
-        cold_before = now - HOT_WINDOW
-        while hot:
-            stream, since = next(iter(hot.items()))
-            if since >= cold_before:
-                break
-            del hot[stream]
-        streams: dict[str, str] = {}
-        for stream in hot:
-            place = self._places.get(stream)
-            if (
-                place is None
-                or place.backlog
-                or place.problem is not None
-                or stream in self._full
-                or stream in self._reading
-            ):
-                continue
-            streams[stream] = ">"
-        before, self._watching = self._watching, frozenset(streams)
-        for stream in before - self._watching:
-            self.ring(stream)
-        return streams
-
-    async def _watch(self) -> None:
-        """Block in one XREADGROUP on the hot mailboxes, for as long as the reader runs.
-
-        Whatever is added to a watched mailbox comes back at once, on the watch's own
-        connection, without a bell or a read; the watch then delivers it and blocks
-        again. Bells of watched mailboxes are ignored meanwhile. A failed watch may
-        have had entries delivered to this consumer: its mailboxes are read again from
-        their pending entries by the loop.
-        """
-        failures = 0
-        block = max(1, int(self.settings.max_block * 1000))
-        while True:
-            streams = self._watch_streams(trio.current_time())
-            if not streams:
-                self._watch_wanted = trio.Event()
-                await self._watch_wanted.wait()
-                continue
-            reply = None
-            try:
-                with trio.CancelScope() as self._watch_scope:
-                    reply = await self.client.xreadgroup(
-                        GROUP, self.consumer, streams, count=self.settings.batch_size, block=block
-                    )
-                failures = 0
-            except (RedisError, DecodeError) as exc:
-                failures += 1
-                log.debug("mailbox reader %s: watch failed (%s)", self.consumer, exc)
-            finally:
-                self._watch_scope = None
-            if reply is None:  # interrupted or failed
-                self._start_over_watched()
-                if failures:
-                    await trio.sleep(
-                        self.settings.read_retry.delay(min(failures, MAX_BACKOFF_STEP))
-                    )
-                continue
-            now = trio.current_time()
-            for stream, entries in reply:
-                place = self._places.get(stream)
-                if place is None or not entries:
-                    continue  # unbound meanwhile: the entries stay pending for a claim
-                self._warm(stream, place, now, len(entries))
-                self._deliver(place.binding, entries, now, None)
-            # The handlers just woken run before the next watch is sent (tens of µs of
-            # this thread), so that their replies go out that much sooner.
-            await trio.lowlevel.cancel_shielded_checkpoint()
-
-    def _interrupt_watch(self) -> None:
-        """End the watch now (its mailboxes' backlogs are to be read: the loop's job)."""
-        if self._watch_scope is not None:
-            self._watch_scope.cancel()
-
-    def _start_over_watched(self) -> None:
-        """After an interrupted or failed watch: entries it may have had delivered are
-        pending here unseen, so its mailboxes are read from their pending entries."""
-        for stream in self._watching:
-            place = self._places.get(stream)
-            if place is not None:
-                place.backlog, place.backlog_from = True, "0"
-        before, self._watching = self._watching, frozenset()
-        for stream in before:
-            self.ring(stream)
 
     async def _counts(self, stream: str, entries: list[Any]) -> dict[str, int]:
         """Redis's delivery counts of entries re-read or claimed (one XPENDING)."""
@@ -760,5 +586,4 @@ class MailboxReader:
                 raise
         for place in self._places.values():
             place.start_over()
-        self._interrupt_watch()
         self._sweep()
