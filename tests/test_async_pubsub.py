@@ -336,6 +336,29 @@ def test_survives_a_restart_under_both_libraries(run, fresh_server: RedisServer)
     run(body)
 
 
+def test_messages_handed_to_a_handler_as_they_are_read(run, redis_config: RedisConfig) -> None:
+    """``deliver_to``: each message goes to the handler, in order, and none is kept for
+    the iterator."""
+
+    async def body() -> tuple[list[Any], Any]:
+        handled: list[Any] = []
+        async with AsyncRedisClient(redis_config) as client, client.pubsub() as ps:
+            ps.deliver_to(lambda message: handled.append((message["channel"], message["data"])))
+            await ps.subscribe("a")
+            await ps.psubscribe("b*")
+            for n in range(3):
+                await client.publish("a", f"a{n}")
+                await client.publish("bee", f"b{n}")
+            # under asyncio the task asking for messages is the one reading them
+            kept = await ps.get_message(timeout=0.3)
+            await wait_until(lambda: len(handled) == 6)
+        return handled, kept
+
+    handled, kept = run(body)
+    assert handled == [(c, f"{c[0]}{n}") for n in range(3) for c in ("a", "bee")]
+    assert kept is None
+
+
 def test_iterating_while_another_task_waits_for_its_confirmation(
     run, fresh_server: RedisServer
 ) -> None:

@@ -64,6 +64,23 @@ async def test_classic_and_sharded_channels_across_the_cluster(cluster: RedisClu
         assert await client.spublish(channels[0], "nobody") == 0
 
 
+async def test_messages_handed_to_a_handler_from_every_node(cluster: RedisClusterServer) -> None:
+    config = RedisConfig.from_url(cluster.url)
+    channels = [f"room-{n}" for n in range(6)]
+    handled: list[Any] = []
+    async with AsyncRedisClient(config) as client, client.pubsub() as session:
+        session.deliver_to(lambda message: handled.append((message["type"], message["data"])))
+        await session.subscribe("news")
+        await session.ssubscribe(*channels)
+        await client.publish("news", "hello")
+        for channel in channels:
+            await client.spublish(channel, channel)
+        with trio.fail_after(10):
+            while len(handled) < 7:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+    assert sorted(handled) == [("message", "hello")] + [("smessage", c) for c in channels]
+
+
 async def test_a_sharded_channel_follows_its_slot(cluster: RedisClusterServer) -> None:
     config = RedisConfig.from_url(cluster.url)
     async with AsyncRedisClient(config) as client, client.pubsub() as session:

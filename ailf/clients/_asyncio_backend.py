@@ -18,7 +18,7 @@ import logging
 import math
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio
@@ -329,6 +329,7 @@ class AsyncioPubSub(PubSubCommands):
         self._closed = False
         self._failures = 0
         self.reconnects = 0
+        self._handler: Callable[[dict[str, Any]], None] | None = None
 
     async def __aenter__(self) -> AsyncioPubSub:
         """Connect now, as the trio session does: a wrong address fails here, and a task
@@ -391,6 +392,11 @@ class AsyncioPubSub(PubSubCommands):
             await connection.send_packed_command(
                 connection.pack_commands(commands), check_health=False
             )
+
+    def deliver_to(self, handler: Callable[[dict[str, Any]], None]) -> None:
+        """Hand each message to ``handler`` as the task reading the connection reads it
+        (the iterating one, which then yields nothing more), instead of keeping it."""
+        self._handler = handler
 
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         return self
@@ -460,7 +466,11 @@ class AsyncioPubSub(PubSubCommands):
             self._reading = False
             self._progress.set()
         self._failures = 0
-        if message is not None:
+        if message is None:
+            return
+        if self._handler is not None:
+            self._handler(message)
+        else:
             self._kept.append(message)
 
     async def _reconnect(self, exc: RedisConnectionError) -> None:

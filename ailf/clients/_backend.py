@@ -23,7 +23,7 @@ Every engine keeps the same promises:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Protocol, Self
 
@@ -113,6 +113,12 @@ class PubSubSession(Protocol):
     async def sunsubscribe(self, *channels: Any) -> None: ...
 
     async def get_message(self, timeout: float | None = None) -> dict[str, Any] | None: ...  # noqa: ASYNC109
+
+    def deliver_to(self, handler: Callable[[dict[str, Any]], None]) -> None:
+        """Hand each message to ``handler`` as soon as it is read, instead of keeping it
+        for iteration; ``handler`` must not block. Iterating still ends (or raises)
+        when the session does."""
+        ...
 
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]: ...
 

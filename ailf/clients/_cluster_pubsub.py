@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol, Self
 
 from ailf.clients._async_tools import AsyncTools, Closed, Handle
@@ -84,6 +84,7 @@ class ClusterPubSub:
         self._repair = self._tools.event()
         self._messages = self._tools.queue(_BUFFER)
         self._repairing: Handle | None = None
+        self._handler: Callable[[dict[str, Any]], None] | None = None
         self.reconnects = 0
 
     # -- lifetime ---------------------------------------------------------------------
@@ -284,7 +285,10 @@ class ClusterPubSub:
                     )
                     self._want_repair()
                     continue
-                await self._messages.put(message)
+                if self._handler is not None:
+                    self._handler(message)
+                else:
+                    await self._messages.put(message)
         except RedisConnectionError as exc:
             where = node.address if node is not None else "the classic channels' node"
             log.warning("pub/sub session to %s ended (%s); moving its channels", where, exc)
@@ -329,6 +333,11 @@ class ClusterPubSub:
                 self._repair.set()
 
     # -- receiving ----------------------------------------------------------------------
+
+    def deliver_to(self, handler: Callable[[dict[str, Any]], None]) -> None:
+        """Hand each message to ``handler`` in the task forwarding its session's
+        messages, instead of through the queue to the iterating task."""
+        self._handler = handler
 
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         return self

@@ -156,6 +156,8 @@ class BroadcastHub:
         self._sharded = client.config.cluster
         #: How many pub/sub sessions this hub has had: a new one may have missed bells.
         self.sessions = 0
+        #: Sessions failed in a row, none of which received anything (the backoff step).
+        self._failures = 0
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -167,11 +169,13 @@ class BroadcastHub:
             self._nursery = None  # listeners detaching later have nothing to unsubscribe
 
     async def _serve(self, task_status: trio.TaskStatus) -> None:
-        failures = 0
         started = False
         while True:
             try:
                 async with self.client.pubsub() as pubsub:
+                    # Bells, replies and broadcasts are handled as the session reads
+                    # them (all without blocking): a task switch less on an ask's path.
+                    pubsub.deliver_to(self._receive)
                     self._pubsub = pubsub
                     self.sessions += 1
                     await self._subscribe_again(pubsub)
@@ -179,30 +183,33 @@ class BroadcastHub:
                         task_status.started()
                         started = True
                     async for message in pubsub:
-                        failures = 0
-                        if message.get("type") not in ("message", "smessage"):
-                            continue
-                        channel = message["channel"]
-                        rings = self._bells.get(channel)
-                        if rings is not None:
-                            for ring in rings:
-                                ring(message["data"])
-                        elif channel == self.inbox.channel:
-                            self.inbox.deliver(message["data"])
-                        else:
-                            self._broadcast(channel, message["data"])
+                        self._receive(message)
                 return
             except RedisError as exc:
                 if not started:
                     raise  # Redis unreachable or refusing us at start: the runtime says so
-                delay = self.client.config.retry.delay(min(failures, MAX_BACKOFF_STEP))
-                failures += 1
+                delay = self.client.config.retry.delay(min(self._failures, MAX_BACKOFF_STEP))
+                self._failures += 1
                 log.warning(
                     "the broadcast and reply session failed (%s); opening a new one in %.2f s",
                     exc,
                     delay,
                 )
                 await trio.sleep(delay)
+
+    def _receive(self, message: dict[str, Any]) -> None:
+        self._failures = 0  # the session works: the next one to fail starts its backoff anew
+        if message.get("type") not in ("message", "smessage"):
+            return
+        channel = message["channel"]
+        rings = self._bells.get(channel)
+        if rings is not None:
+            for ring in rings:
+                ring(message["data"])
+        elif channel == self.inbox.channel:
+            self.inbox.deliver(message["data"])
+        else:
+            self._broadcast(channel, message["data"])
 
     async def _subscribe_again(self, pubsub: Any) -> None:
         for channel in sorted(self._wanted):
