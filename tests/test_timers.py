@@ -19,6 +19,7 @@ import trio
 from ailf import Agent, ConfigError, Message, RedisConfig, Runtime
 from ailf._admin import namespace_status
 from ailf.runtime._timekeeper import Timekeeper
+from ailf.runtime._timers import LEASE_MS, MOVE
 
 UTC = dt.UTC
 
@@ -404,3 +405,25 @@ async def test_a_replica_leaving_keeps_its_siblings_bell(redis_config: RedisConf
         for _ in range(5):
             with trio.fail_after(1):
                 assert await runtime.ask("quit", "hi") == 0
+
+
+async def test_a_reminder_leased_by_a_process_that_died_fires_once_after_the_lease(
+    redis_config: RedisConfig,
+) -> None:
+    """A process leased a due recurring reminder (MOVE) and died before firing it: once
+    the lease runs out another process fires it, once, and schedules its next time."""
+    async with Runtime(redis_config, namespace="t") as runtime:
+        await runtime.set_reminder("rec", "tick", "t", every=60, delay=0)
+        address = runtime.keys.address("rec")
+        keys = [address.timers, address.timed, address.mailbox]
+        await trio.sleep(0.01)  # due "now", rounded up to the next millisecond
+        reply = await MOVE(runtime.client, keys, [1000, "", LEASE_MS])  # the dead process's
+        assert len(reply) == 7 and reply[3] == "r/tick/"  # one lease handed out, not fired
+        leased = time.time()
+        await runtime.spawn(Recorder, "rec")
+        await wait_for(lambda: len(Recorder.seen) == 1, 10)
+        assert Recorder.seen[0][2] - leased >= LEASE_MS / 1000 - 0.1
+        await trio.sleep(0.3)
+        assert len(Recorder.seen) == 1
+        (reminder,) = await runtime.reminders("rec")
+        assert reminder.due.timestamp() > time.time() + 50

@@ -68,7 +68,9 @@ __all__ = [
 log = logging.getLogger("ailf.runtime")
 
 #: Milliseconds a leased recurring reminder waits before another process may fire it.
-LEASE_MS = 10_000
+#: Only how late a crash makes a firing: safety comes from FIRE's check, which refuses
+#: a process whose lease another has taken since (it fires once, whoever it is).
+LEASE_MS = 2_000
 #: What a doorbell carries when it announces a timer rather than an entry.
 _TIMER_BELL = "t"
 
