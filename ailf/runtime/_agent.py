@@ -357,13 +357,19 @@ class Agent:
         self._context.request_stop(normal=True)
 
 
-async def call_handler(agent: Agent, message: Message[Any], sync: bool) -> Any:
-    """Run ``agent.on_message``; a plain ``def`` one (``sync``) in a worker thread,
-    abandoned on cancellation (shutdown past the grace period, a crash): the thread runs
-    to its end on its own, and its message stays pending."""
+def handler_of(agent: Agent, sync: bool) -> Callable[[Message[Any]], Awaitable[Any]]:
+    """What to await to run ``agent.on_message``: the bound method itself — no wrapper
+    coroutine per message, on the path every message takes — or, for a plain ``def``
+    one (``sync``), a worker thread, abandoned on cancellation (shutdown past the grace
+    period, a crash): the thread runs to its end on its own, and its message stays
+    pending."""
     if sync:
-        return await trio.to_thread.run_sync(agent.on_message, message, abandon_on_cancel=True)
-    return await agent.on_message(message)
+        return functools.partial(_in_thread, agent.on_message)
+    return agent.on_message
+
+
+async def _in_thread(on_message: Callable[[Message[Any]], Any], message: Message[Any]) -> Any:
+    return await trio.to_thread.run_sync(on_message, message, abandon_on_cancel=True)
 
 
 def is_sync_handler(agent_cls: type[Agent]) -> bool:

@@ -29,7 +29,7 @@ from typing import Any
 
 import trio
 
-from ailf.runtime._agent import AgentLog, call_handler, current_message_id, is_sync_handler
+from ailf.runtime._agent import AgentLog, current_message_id, handler_of, is_sync_handler
 from ailf.runtime._host import HostContext
 from ailf.runtime._keys import check_name
 from ailf.runtime._message import Message
@@ -74,7 +74,6 @@ class Cell:
         self._workers = trio.CancelScope()
         self._topics: set[str] = set()
         self._nursery: trio.Nursery | None = None
-        self._sync = is_sync_handler(spec.agent_cls)
         self._settler = reader.settler
         self.log = AgentLog(_logger, {"agent": spec.name, "replica": replica})
         self.binding = Binding(
@@ -87,6 +86,7 @@ class Cell:
             counters=counters,
         )
         self.agent = spec.instance(host.runtime, replica, self.log, self)
+        self._on_message = handler_of(self.agent, is_sync_handler(spec.agent_cls))
 
     # -- fed by the reader and the hub (synchronous) -----------------------------------
 
@@ -227,9 +227,6 @@ class Cell:
             if not handled % 64:
                 await trio.lowlevel.checkpoint()
 
-    async def _call(self, message: Message[Any]) -> Any:
-        return await call_handler(self.agent, message, self._sync)
-
     async def _handle_delivery(self, delivery: Delivery) -> None:
         counters = self.counters
         counters.received += 1
@@ -242,7 +239,7 @@ class Cell:
             token = current_message_id.set(delivery.id)
             started = time.perf_counter()
             try:
-                result = await self._call(message)
+                result = await self._on_message(message)
             except Exception as exc:
                 counters.handler_finished(time.perf_counter() - started)
                 counters.failed += 1
@@ -263,7 +260,7 @@ class Cell:
             token = current_message_id.set(message.id)
             started = time.perf_counter()
             try:
-                await self._call(message)
+                await self._on_message(message)
             except Exception as exc:
                 counters.failed += 1
                 handling.failed(exc)

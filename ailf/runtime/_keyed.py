@@ -40,8 +40,8 @@ from ailf.errors import DecodeError, RedisError
 from ailf.runtime._agent import (
     Agent,
     AgentLog,
-    call_handler,
     current_message_id,
+    handler_of,
     is_sync_handler,
 )
 from ailf.runtime._host import HostContext
@@ -527,7 +527,7 @@ class KeyedHost:
                 try:
                     activation = await self._activation(key, part)
                     log = activation.agent.log
-                    result = await call_handler(activation.agent, message, self._sync)
+                    result = await handler_of(activation.agent, self._sync)(message)
                 except Exception as exc:
                     counters.handler_finished(time.perf_counter() - started)
                     counters.failed += 1
