@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import signal
 import socket
 import subprocess
@@ -169,7 +170,9 @@ def test_a_scenario_serves_each_worker_process_on_its_own_port(
         while time.monotonic() < deadline:
             try:
                 both = [scrape(f"http://127.0.0.1:{p}/metrics") for p in (port, port + 1)]
-            except OSError:  # a worker not serving yet
+            # A worker not serving yet: refused, or — the port being free, in the
+            # ephemeral range — a connection to itself that reads back its own request.
+            except (OSError, http.client.HTTPException):
                 time.sleep(0.05)
                 continue
             handled = [value(s, "ailf_messages_handled_total", **ours) for s in both]
