@@ -2,8 +2,10 @@
 
 ``redis_server`` is one server for the session (fast); ``redis_config`` points at it
 with the database flushed before each test. Tests that kill or restart a server take
-``fresh_server``, which is theirs alone. Nothing here touches a server the tests did
-not start.
+``fresh_server``, which is theirs alone. Likewise for a local Redis Cluster (3 primaries,
+a replica each): ``cluster`` is shared by the tests of one module, ``fresh_cluster`` is a
+test's own (for those that move slots, fail nodes over or kill them). Nothing here
+touches a server the tests did not start.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from ailf import RedisConfig, RedisServer
+from ailf import RedisClusterServer, RedisConfig, RedisServer
 from ailf.server import supports_tls
 
 
@@ -44,3 +46,15 @@ def redis_config(redis_server: RedisServer) -> RedisConfig:
 def fresh_server() -> Iterator[RedisServer]:
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterServer]:
+    with RedisClusterServer(primaries=3, replicas=1) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def fresh_cluster() -> Iterator[RedisClusterServer]:
+    with RedisClusterServer(primaries=3, replicas=1) as cluster:
+        yield cluster

@@ -4,7 +4,6 @@ same routing, refusals and redirects), on redis.asyncio connections per node."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,15 +19,9 @@ from ailf import (
 from ailf.clients._slots import key_slot
 
 
-@pytest.fixture
-def cluster() -> Iterator[RedisClusterServer]:
-    with RedisClusterServer(primaries=3, replicas=1) as cluster:
-        yield cluster
-
-
-def test_commands_pipelines_and_transactions(cluster: RedisClusterServer) -> None:
+def test_commands_pipelines_and_transactions(fresh_cluster: RedisClusterServer) -> None:
     async def main() -> None:
-        async with AsyncRedisClient(RedisConfig.from_url(cluster.url)) as client:
+        async with AsyncRedisClient(RedisConfig.from_url(fresh_cluster.url)) as client:
             await asyncio.gather(*(client.set(f"a{n}", n) for n in range(300)))
             assert await client.dbsize() == 300
             with pytest.raises(CrossSlotError):
@@ -49,16 +42,16 @@ def test_commands_pipelines_and_transactions(cluster: RedisClusterServer) -> Non
     asyncio.run(main())
 
 
-def test_redirects_and_a_killed_primary(cluster: RedisClusterServer) -> None:
+def test_redirects_and_a_killed_primary(fresh_cluster: RedisClusterServer) -> None:
     async def main() -> None:
-        async with AsyncRedisClient(RedisConfig.from_url(cluster.url)) as client:
+        async with AsyncRedisClient(RedisConfig.from_url(fresh_cluster.url)) as client:
             await client.set("{mv}a", "A")
             slot = key_slot("{mv}a")
-            source = owner_port(cluster, "{mv}a")
-            target = next(p for p in primary_ports(cluster) if p != source)
-            await asyncio.to_thread(move_slot, cluster, slot, target)
+            source = owner_port(fresh_cluster, "{mv}a")
+            target = next(p for p in primary_ports(fresh_cluster) if p != source)
+            await asyncio.to_thread(move_slot, fresh_cluster, slot, target)
             assert await client.get("{mv}a") == "A"  # MOVED, followed
-            next(n for n in cluster.nodes if n.port == target).kill()
+            next(n for n in fresh_cluster.nodes if n.port == target).kill()
             async with asyncio.timeout(20):
                 while True:
                     try:
@@ -70,7 +63,9 @@ def test_redirects_and_a_killed_primary(cluster: RedisClusterServer) -> None:
     asyncio.run(main())
 
 
-def test_pubsub_follows_a_moved_slot_and_a_killed_primary(cluster: RedisClusterServer) -> None:
+def test_pubsub_follows_a_moved_slot_and_a_killed_primary(
+    fresh_cluster: RedisClusterServer,
+) -> None:
     """Classic and sharded channels under asyncio: the same sessions-per-node, moved
     where their channels live."""
 
@@ -88,18 +83,18 @@ def test_pubsub_follows_a_moved_slot_and_a_killed_primary(cluster: RedisClusterS
                     return
 
     async def main() -> None:
-        config = RedisConfig.from_url(cluster.url)
+        config = RedisConfig.from_url(fresh_cluster.url)
         async with AsyncRedisClient(config) as client, client.pubsub() as ps:
             await ps.subscribe("classic")
             await ps.ssubscribe("{room}chat", "{other}chat")
             await until_heard(client, ps, "classic", sharded=False)
             await until_heard(client, ps, "{room}chat", sharded=True)
             slot = key_slot("{room}chat")
-            source = owner_port(cluster, "{room}chat")
-            target = next(p for p in primary_ports(cluster) if p != source)
-            await asyncio.to_thread(move_slot, cluster, slot, target)
+            source = owner_port(fresh_cluster, "{room}chat")
+            target = next(p for p in primary_ports(fresh_cluster) if p != source)
+            await asyncio.to_thread(move_slot, fresh_cluster, slot, target)
             await until_heard(client, ps, "{room}chat", sharded=True)
-            next(n for n in cluster.nodes if n.port == target).kill()
+            next(n for n in fresh_cluster.nodes if n.port == target).kill()
             await until_heard(client, ps, "{room}chat", sharded=True)
             await until_heard(client, ps, "classic", sharded=False)
 

@@ -37,12 +37,6 @@ from ailf import (
 from ailf.clients._slots import key_slot
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisClusterServer]:
-    with RedisClusterServer(primaries=3, replicas=1) as cluster:
-        yield cluster
-
-
 @pytest.fixture
 def config(cluster: RedisClusterServer) -> RedisConfig:
     return emptied(cluster)

@@ -4,21 +4,13 @@ primary fails over or dies."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import trio
 from cluster_helpers import fail_over, move_slot, owner_port, primary_ports, replica_of
 
 from ailf import AsyncRedisClient, RedisClusterServer, RedisConfig
 from ailf.clients._slots import key_slot
-
-
-@pytest.fixture
-def cluster() -> Iterator[RedisClusterServer]:
-    with RedisClusterServer(primaries=3, replicas=1) as cluster:
-        yield cluster
 
 
 async def heard(session: Any, kind: str, channel: str, seconds: float = 10) -> list[Any]:
@@ -47,10 +39,12 @@ async def publish_until_heard(
             sent += 1
 
 
-async def test_classic_and_sharded_channels_across_the_cluster(cluster: RedisClusterServer) -> None:
-    config = RedisConfig.from_url(cluster.url)
+async def test_classic_and_sharded_channels_across_the_cluster(
+    fresh_cluster: RedisClusterServer,
+) -> None:
+    config = RedisConfig.from_url(fresh_cluster.url)
     channels = [f"room-{n}" for n in range(12)]
-    assert len({owner_port(cluster, c) for c in channels}) == 3  # every primary has some
+    assert len({owner_port(fresh_cluster, c) for c in channels}) == 3  # every primary has some
     async with AsyncRedisClient(config) as client, client.pubsub() as session:
         await session.subscribe("news")
         await session.ssubscribe(*channels)
@@ -64,8 +58,10 @@ async def test_classic_and_sharded_channels_across_the_cluster(cluster: RedisClu
         assert await client.spublish(channels[0], "nobody") == 0
 
 
-async def test_messages_handed_to_a_handler_from_every_node(cluster: RedisClusterServer) -> None:
-    config = RedisConfig.from_url(cluster.url)
+async def test_messages_handed_to_a_handler_from_every_node(
+    fresh_cluster: RedisClusterServer,
+) -> None:
+    config = RedisConfig.from_url(fresh_cluster.url)
     channels = [f"room-{n}" for n in range(6)]
     handled: list[Any] = []
     async with AsyncRedisClient(config) as client, client.pubsub() as session:
@@ -81,39 +77,39 @@ async def test_messages_handed_to_a_handler_from_every_node(cluster: RedisCluste
     assert sorted(handled) == [("message", "hello")] + [("smessage", c) for c in channels]
 
 
-async def test_a_sharded_channel_follows_its_slot(cluster: RedisClusterServer) -> None:
-    config = RedisConfig.from_url(cluster.url)
+async def test_a_sharded_channel_follows_its_slot(fresh_cluster: RedisClusterServer) -> None:
+    config = RedisConfig.from_url(fresh_cluster.url)
     async with AsyncRedisClient(config) as client, client.pubsub() as session:
         await session.ssubscribe("{moving}chat")
         slot = key_slot("{moving}chat")
-        source = owner_port(cluster, "{moving}chat")
-        target = next(p for p in primary_ports(cluster) if p != source)
-        await trio.to_thread.run_sync(move_slot, cluster, slot, target)
+        source = owner_port(fresh_cluster, "{moving}chat")
+        target = next(p for p in primary_ports(fresh_cluster) if p != source)
+        await trio.to_thread.run_sync(move_slot, fresh_cluster, slot, target)
         lost = await publish_until_heard(client, session, "{moving}chat", sharded=True)
         assert lost <= 20  # only while it was between nodes (milliseconds)
 
 
-async def test_channels_survive_a_planned_failover(cluster: RedisClusterServer) -> None:
-    config = RedisConfig.from_url(cluster.url)
+async def test_channels_survive_a_planned_failover(fresh_cluster: RedisClusterServer) -> None:
+    config = RedisConfig.from_url(fresh_cluster.url)
     async with AsyncRedisClient(config) as client, client.pubsub() as session:
         await session.subscribe("classic")
         await session.ssubscribe("{fo}chat")
-        primary = owner_port(cluster, "{fo}chat")
-        await trio.to_thread.run_sync(fail_over, cluster, replica_of(cluster, primary))
+        primary = owner_port(fresh_cluster, "{fo}chat")
+        await trio.to_thread.run_sync(fail_over, fresh_cluster, replica_of(fresh_cluster, primary))
         await publish_until_heard(client, session, "{fo}chat", sharded=True)
         await publish_until_heard(client, session, "classic", sharded=False)
 
 
-async def test_channels_survive_a_killed_primary(cluster: RedisClusterServer) -> None:
+async def test_channels_survive_a_killed_primary(fresh_cluster: RedisClusterServer) -> None:
     """The classic session's node and a sharded channel's primary are SIGKILLed: both
     are subscribed again once the replica took over (about two node timeouts)."""
-    config = RedisConfig.from_url(cluster.url)
+    config = RedisConfig.from_url(fresh_cluster.url)
     async with AsyncRedisClient(config) as client, client.pubsub() as session:
         await session.subscribe("classic")
         await session.ssubscribe("{kill}chat")
         await client.spublish("{kill}chat", "before")
         assert await heard(session, "smessage", "{kill}chat") == ["before"]
-        victim = owner_port(cluster, "{kill}chat")
-        next(n for n in cluster.nodes if n.port == victim).kill()
+        victim = owner_port(fresh_cluster, "{kill}chat")
+        next(n for n in fresh_cluster.nodes if n.port == victim).kill()
         await publish_until_heard(client, session, "{kill}chat", sharded=True, seconds=20)
         await publish_until_heard(client, session, "classic", sharded=False, seconds=20)

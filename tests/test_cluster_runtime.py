@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +19,6 @@ from ailf import Agent, Message, RedisClusterServer, RedisConfig, Runtime
 from ailf.clients._slots import key_slot
 
 KEYED_CHILD = Path(__file__).with_name("keyed_child.py")
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisClusterServer]:
-    with RedisClusterServer(primaries=3, replicas=1) as cluster:
-        yield cluster
 
 
 @pytest.fixture

@@ -3,20 +3,12 @@ the same map, and recorded replies with the known oddities parse as documented."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import redis
 
 from ailf import RedisClusterServer
 from ailf.clients._slots import key_slot
 from ailf.clients._topology import Node, SlotMap, parse_shards, parse_slots, split_address
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisClusterServer]:
-    with RedisClusterServer(primaries=3, replicas=1) as cluster:
-        yield cluster
 
 
 def raw_reply(port: int | None, *command: str) -> list:
