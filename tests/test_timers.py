@@ -296,8 +296,6 @@ async def test_hostile_timer_keys_stop_nothing(redis_config: RedisConfig) -> Non
     type (that mailbox's timers wait; the others move), garbage on a doorbell."""
     client = raw(redis_config)
     async with Runtime(redis_config, namespace="t") as runtime:
-        await runtime.spawn(Recorder, "rec")
-        await runtime.spawn(Recorder, "other")
         rec = runtime.keys.address("rec")
         garbled = {
             "r/bad/": "Rnot json\n{}",
@@ -308,7 +306,10 @@ async def test_hostile_timer_keys_stop_nothing(redis_config: RedisConfig) -> Non
         client.zadd(rec.timers, {"junk": 0, "orphan": 0, **dict.fromkeys(garbled, 0)})
         client.zadd(rec.timers, {"forever": math.inf})
         client.set(runtime.keys.address("broken").timers, "a string")
-        await runtime.spawn(Recorder, "broken")
+        # Written before the agents run: found when their mailboxes are bound (a hostile
+        # writer rings no bell; timers written later are found at the next look).
+        for name in ("rec", "other", "broken"):
+            await runtime.spawn(Recorder, name)
         for data in ("t", "tNaN", "t-5", "t" + "9" * 40, "\x00\xff"):
             client.publish(rec.bell, data)
         await runtime.send("rec", "fine", delay=0.05)
@@ -427,3 +428,30 @@ async def test_a_reminder_leased_by_a_process_that_died_fires_once_after_the_lea
         assert len(Recorder.seen) == 1
         (reminder,) = await runtime.reminders("rec")
         assert reminder.due.timestamp() > time.time() + 50
+
+
+async def test_bytes_that_are_not_text_in_timer_keys_stop_nothing(
+    redis_config: RedisConfig,
+) -> None:
+    """Timer keys are written by anyone who may schedule, so they may hold any bytes: an
+    envelope that is not text (moved, then dead-lettered by the reader), a timer id that
+    is not text (peeked and moved all the same), a recurring reminder whose name is not
+    text (leased, then tried again later). Other timers still move; the runtime answers."""
+    client = redis.Redis(host="127.0.0.1", port=redis_config.port)
+    async with Runtime(redis_config, namespace="t") as runtime:
+        rec = runtime.keys.address("rec")
+        every = b'R{"every": 60, "timezone": "UTC"}\n{"v": 1, "body": 1}'
+        client.hset(rec.timed, mapping={b"\xff\xfe": b"\x80 not text", b"r/\xff/": every})
+        client.zadd(rec.timers, {b"\xff\xfe": 0, b"r/\xff/": 0, b"\xc3": 0})
+        # Written before the agent runs: its process finds them when it binds the mailbox
+        # (a hostile writer rings no bell; such timers are found at the next look).
+        await runtime.spawn(Recorder, "rec")
+        await runtime.send("rec", "fine", delay=0.05)
+        await wait_for(lambda: "fine" in [body for body, _, _ in Recorder.seen])
+        assert [body for body, _, _ in Recorder.seen] == ["fine"], Recorder.seen
+        with trio.fail_after(10):
+            while not await runtime.dead_letters("rec"):  # noqa: ASYNC110 - in Redis
+                await trio.sleep(0.05)
+        (letter,) = await runtime.dead_letters("rec")
+        assert "not UTF-8" in letter.reason
+        assert await runtime.ask("rec", "still answering") is None

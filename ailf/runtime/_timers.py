@@ -49,6 +49,7 @@ __all__ = [
     "FIRE",
     "LEASE_MS",
     "MOVE",
+    "PEEK",
     "SCHEDULE",
     "CronUnavailable",
     "Recurrence",
@@ -357,7 +358,8 @@ return {due, 0}
 #: Moves due timers into the mailbox. KEYS: timers, timed, mailbox. ARGV: the most to
 #: move, the mailbox's MAXLEN ('' for none), lease ms. Delayed messages and one-shot
 #: reminders are added and forgotten; recurring reminders are leased and handed out.
-#: Returns {moved, next due or -1, Redis's time, then field, due, value per lease}.
+#: Returns {moved, next due or -1, Redis's time, then field, due, lease, recurrence JSON
+#: per lease} — never an envelope, which may hold any bytes (the reader vets it).
 MOVE = Script(
     """
 local t = redis.call('TIME')
@@ -375,7 +377,8 @@ for i = 1, #due, 2 do
     table.insert(out, field)
     table.insert(out, tonumber(due[i + 1]))
     table.insert(out, lease)
-    table.insert(out, value)
+    local newline = string.find(value, '\\n', 1, true)
+    table.insert(out, string.sub(value, 2, newline and newline - 1 or -1))
   else
     if value then
       if kind == 'O' then
@@ -427,6 +430,14 @@ end
 return 1
 """
 )
+
+#: The earliest due time of a mailbox's timers, as Redis writes the score, or nil.
+#: KEYS: timers. (Not ZRANGE: its member, written by anyone who may schedule, may be
+#: bytes that are not text.)
+PEEK = """
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return first[2]
+"""
 
 #: Cancels a timer. KEYS: timers, timed. ARGV: field. Returns 1 if it had not fired
 #: (a recurring reminder: if it existed).
