@@ -560,18 +560,26 @@ def state(config: RedisConfig, namespace: str, agent: str, key: str | None) -> A
     return _run(go)
 
 
-def reminders(
-    config: RedisConfig, namespace: str, agent: str, key: str | None, cancel: str | None
-) -> list[Reminder] | bool:
-    """Agent ``agent``'s reminders (on ``key``), or with ``cancel`` whether that one
-    was set (it is cancelled)."""
+def reminders(config: RedisConfig, namespace: str, agent: str, key: str | None) -> list[Reminder]:
+    """Agent ``agent``'s reminders (on ``key``), by when they fire next."""
     check_name("agent", agent)
 
-    async def go() -> list[Reminder] | bool:
+    async def go() -> list[Reminder]:
         async with Runtime(config, namespace=namespace) as runtime:
-            if cancel is not None:
-                return await runtime.cancel_reminder(agent, cancel, key=key)
             return await runtime.reminders(agent, key=key)
+
+    return _run(go)
+
+
+def cancel_reminder(
+    config: RedisConfig, namespace: str, agent: str, name: str, key: str | None
+) -> bool:
+    """Cancel agent ``agent``'s reminder ``name`` (on ``key``); True if it was set."""
+    check_name("agent", agent)
+
+    async def go() -> bool:
+        async with Runtime(config, namespace=namespace) as runtime:
+            return await runtime.cancel_reminder(agent, name, key=key)
 
     return _run(go)
 

@@ -400,15 +400,17 @@ def _cmd_state(args: argparse.Namespace) -> int:
 def _cmd_reminders(args: argparse.Namespace) -> int:
     from ailf import _admin as admin
 
-    found = admin.reminders(_redis_config(args), args.namespace, args.agent, args.key, args.cancel)
-    if isinstance(found, bool):
+    config = _redis_config(args)
+    if args.cancel is not None:
+        cancelled = admin.cancel_reminder(config, args.namespace, args.agent, args.cancel, args.key)
         if args.json:
-            _print_json({"agent": args.agent, "reminder": args.cancel, "cancelled": found})
-        elif found:
+            _print_json({"agent": args.agent, "reminder": args.cancel, "cancelled": cancelled})
+        elif cancelled:
             print(f"cancelled reminder {args.cancel!r} of {args.agent}")
         else:
             print(f"ailf: {args.agent} has no reminder {args.cancel!r}", file=sys.stderr)
-        return EXIT_OK if found else EXIT_FAILED
+        return EXIT_OK if cancelled else EXIT_FAILED
+    found = admin.reminders(config, args.namespace, args.agent, args.key)
     if args.json:
         _print_json(
             [

@@ -357,6 +357,12 @@ async def test_the_command_lists_and_cancels_reminders_and_timers(
     assert (await trio.to_thread.run_sync(ailf, "cancel", timer)).returncode == 1
     bad = await trio.to_thread.run_sync(ailf, "cancel", "nonsense")
     assert bad.returncode == 2 and "is not an id returned by send" in bad.stderr
+    late = await trio.to_thread.run_sync(ailf, "send", "rec", "1", "--delay", "3y")
+    assert late.returncode == 2 and "'3y' is not a duration" in late.stderr
+    naive = await trio.to_thread.run_sync(ailf, "send", "rec", "1", "--at", "2030-01-01T09:00")
+    assert naive.returncode == 2 and "ISO 8601 time with its offset" in naive.stderr
+    asked = await trio.to_thread.run_sync(ailf, "send", "rec", "1", "--ask", "--delay", "1")
+    assert asked.returncode == 2 and "takes no --delay or --at" in asked.stderr
 
 
 async def test_a_mailbox_that_cannot_take_its_timers_is_retried_backing_off(

@@ -42,7 +42,7 @@ from ailf.runtime._settings import MAX_BACKOFF_STEP
 if TYPE_CHECKING:
     from ailf.clients._async_client import AsyncRedisClient
 
-__all__ = ["BroadcastHub", "Listener", "ReplyInbox"]
+__all__ = ["BroadcastHub", "Listener", "ReplyInbox", "bell_command"]
 
 #: Takes a broadcast to queue it (an instance's ``hear``); must not block.
 Listener = Callable[[Message[Any]], None]
@@ -51,6 +51,12 @@ Listener = Callable[[Message[Any]], None]
 BELL_BATCH = 1000
 
 log = logging.getLogger("ailf.runtime")
+
+
+def bell_command(client: AsyncRedisClient) -> str:
+    """The command that rings a doorbell: PUBLISH, or SPUBLISH on a Redis Cluster, where
+    the hub subscribes bells as sharded channels (each on its slot's primary)."""
+    return "SPUBLISH" if client.config.cluster else "PUBLISH"
 
 
 @attrs.define(eq=False)

@@ -96,6 +96,8 @@ class _Place:
     """Where a reader is in one bound mailbox."""
 
     binding: Binding
+    #: What the mailbox's doorbell and the timekeeper call (:meth:`MailboxReader._heard`).
+    listener: Callable[[str], None]
     #: Re-reading this consumer's pending entries (from ``backlog_from``) before new ones.
     backlog: bool = True
     backlog_from: str = "0"
@@ -103,8 +105,6 @@ class _Place:
     next_maintenance: float = 0.0
     #: Why the mailbox cannot be read (its key is not a stream), or None.
     problem: str | None = None
-    #: What the mailbox's doorbell and the timekeeper call (see :meth:`MailboxReader.bind`).
-    listener: Callable[[str], None] = lambda data: None
 
     def start_over(self) -> None:
         """Read this consumer's pending entries again before new ones, and claim anew."""
@@ -192,7 +192,7 @@ class MailboxReader:
         send a burst of XAUTOCLAIMs.
         """
         now = trio.current_time()
-        place = _Place(binding)
+        place = _Place(binding, functools.partial(self._heard, binding.stream))
         if binding.stream not in self._seen:
             self._seen.add(binding.stream)
             place.backlog = binding.owned
@@ -202,7 +202,6 @@ class MailboxReader:
         period = max(binding.claim_idle / 2, len(self._places) / CLAIM_RATE)
         self._schedule_claim(place, now + random.uniform(0, period))
         self._places[binding.stream] = place
-        place.listener = functools.partial(self._heard, binding.stream)
         self.hub.add_bell(binding.address.bell, place.listener)
         self.timekeeper.watch(binding.address, place.listener)
         self.ring(binding.stream)

@@ -45,7 +45,7 @@ from ailf.observability import NO_OBSERVER, ObservabilitySettings, Observer
 from ailf.runtime._acker import Acker
 from ailf.runtime._admission import MailboxGate
 from ailf.runtime._agent import Agent
-from ailf.runtime._broadcast import BroadcastHub, ReplyInbox
+from ailf.runtime._broadcast import BroadcastHub, ReplyInbox, bell_command
 from ailf.runtime._cell import Cell
 from ailf.runtime._host import HostContext
 from ailf.runtime._keyed import KeyedHost
@@ -674,7 +674,7 @@ class Runtime:
         maxlen = self.settings.mailbox_maxlen
         if maxlen is not None:
             xadd += ("MAXLEN", "~" if approximate else "=", maxlen)
-        ring = ("SPUBLISH" if self.config.cluster else "PUBLISH", address.bell, "")
+        ring = (bell_command(self.client), address.bell, "")
         commands = [(*xadd, "*", ENVELOPE_FIELD, text), ring]
         if self.wait_replicas:
             # On a connection of its own (a blocking command's), right after the XADD.
@@ -829,9 +829,9 @@ class Runtime:
             key=key,
             reminder=name,
         )
-        field = reminder_field(name, key)
-        due = await schedule(self.client, address, field, reminder_value(recurrence, text), when)
-        return Reminder.from_hash(field, reminder_value(recurrence, text), due)
+        field, value = reminder_field(name, key), reminder_value(recurrence, text)
+        due = await schedule(self.client, address, field, value, when)
+        return Reminder.from_hash(field, value, due)
 
     async def cancel_reminder(self, agent: str, name: str, *, key: str | None = None) -> bool:
         """Cancel reminder ``name`` of agent ``agent`` (on ``key``); True if it was set
@@ -960,10 +960,7 @@ class Runtime:
     async def ring(self, address: Address) -> None:
         """Ring a mailbox's doorbell: its reader reads it now rather than at its next
         sweep (for entries added by other means than :meth:`send`)."""
-        if self.config.cluster:
-            await self.client.spublish(address.bell, "")
-        else:
-            await self.client.publish(address.bell, "")
+        await self.client.execute_command(bell_command(self.client), address.bell, "")
 
     async def state(
         self, name: str, key: str | None = None, state_type: type[T] | None = None

@@ -41,7 +41,7 @@ import trio
 
 from ailf.clients._async_client import AsyncRedisClient
 from ailf.errors import DecodeError, RedisError
-from ailf.runtime._broadcast import BroadcastHub
+from ailf.runtime._broadcast import BroadcastHub, bell_command
 from ailf.runtime._keys import Address
 from ailf.runtime._settings import MAX_BACKOFF_STEP, MailboxSettings
 from ailf.runtime._timers import (
@@ -89,7 +89,6 @@ class Timekeeper:
         self.hub = hub
         maxlen = settings.mailbox_maxlen
         self._maxlen = "" if maxlen is None else str(maxlen)
-        self._publish = "SPUBLISH" if client.config.cluster else "PUBLISH"
         self._retry = settings.read_retry
         self._watched: dict[str, _Watched] = {}
         #: (due, sequence, mailbox): the earliest due time known per mailbox.
@@ -264,7 +263,7 @@ class Timekeeper:
             for ring in list(watched.rings):
                 ring("")
             try:  # the other processes reading the mailbox
-                await self.client.execute_command(self._publish, address.bell, "")
+                await self.client.execute_command(bell_command(self.client), address.bell, "")
             except RedisError as exc:  # they find the entries at their next sweep
                 log.debug("timekeeper: could not ring %s (%s)", address.bell, exc)
 

@@ -40,6 +40,7 @@ import attrs
 
 from ailf.clients._async_client import AsyncRedisClient
 from ailf.errors import ConfigError, DecodeError, ResponseError
+from ailf.runtime._broadcast import bell_command
 from ailf.runtime._keys import Address, check_name
 from ailf.runtime._message import decode_envelope
 from ailf.runtime._partitions import Script
@@ -469,10 +470,9 @@ async def schedule(
         [field, value, "" if delay is None else delay, "" if at is None else at],
     )
     if earliest:
-        publish = "SPUBLISH" if client.config.cluster else "PUBLISH"
         # No rights on the channel: the timer is found at the next resync.
         with contextlib.suppress(ResponseError):
-            await client.execute_command(publish, address.bell, timer_bell(int(due)))
+            await client.execute_command(bell_command(client), address.bell, timer_bell(int(due)))
     return int(due)
 
 
